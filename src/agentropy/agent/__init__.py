@@ -1,0 +1,1 @@
+"""Agents: the multi-turn rollout runner and the embedded tiny agent."""

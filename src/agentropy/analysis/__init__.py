@@ -1,0 +1,1 @@
+"""Observe: breath analysis of episodes (eruptions, contractions, loops) and of training runs."""

@@ -1,0 +1,1 @@
+"""Control: sampling temperature set per row and per token by the agent's phase."""

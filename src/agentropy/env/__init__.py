@@ -1,0 +1,1 @@
+"""ToolWorld: the built-in tool environment with fault injection."""

@@ -1,0 +1,1 @@
+"""Report: a self-contained HTML report with inline plotly charts."""

@@ -1,0 +1,1 @@
+"""Train: multi-turn GRPO with phase-aware entropy objectives."""

@@ -16,7 +16,7 @@ import typer
 from agentropy import __version__
 
 #: Command modules, each with a ``register(app: typer.Typer) -> None`` function.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("bootstrap", "check", "analyze", "rollout", "eval")
 
 app = typer.Typer(
     name="agentropy",

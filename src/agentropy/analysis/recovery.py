@@ -1,0 +1,289 @@
+"""Recovery after tool failures versus the entropy spike, token costs and latency variance.
+
+Definitions (DESIGN.md "Definitions"):
+
+- **Episode-level recovery**: an episode with at least one failed (``error``) or ``unexpected``
+  tool result that still ends with a correct answer (``success``). Episodes whose ``success`` is
+  unknown are left out of the rates.
+- **Turn-level recovery**: for a failed tool turn, the next tool call in the episode succeeds
+  (status ``ok``). Failed turns with no later tool call have no turn-level outcome and are left out
+  (counted as ``no_next_call``).
+- **Spike bins**: ``< 1.5``, ``1.5-2``, ``2-3``, ``3-4``, ``>= 4`` (left-closed intervals).
+  Episode-level: an episode is represented by its *first* failed trigger that has a spike ratio
+  (the first failure is the one the episode's later course depends on; later spikes are already
+  conditioned on how the first was handled). Turn-level: every failed trigger with a spike ratio
+  and a next call is one unit, binned by its own spike ratio.
+- **Confidence intervals**: percentile bootstrap, 95 %, seeded. For a rate (the mean of 0/1
+  outcomes) a nonparametric bootstrap resample's mean is exactly ``Binomial(n, p_hat) / n``, so
+  the resamples are drawn from that distribution directly (same distribution as resampling rows,
+  O(1) memory in ``n``). The relative difference between two bins resamples each bin
+  independently (a stratified bootstrap). ``n < 2`` gives no interval (None); all-equal outcomes
+  give a zero-width interval.
+- **Logistic fit** ``P(recovered) = sigmoid(intercept + slope * S)`` by Newton / IRLS, with
+  standard errors from the inverse Fisher information and Wald 95 % intervals. Separable or
+  degenerate data (fewer than 3 units, one outcome class, constant ``S``, no convergence) give
+  None for the coefficients.
+- **Relative recovery difference** of 3-4x vs < 1.5x spikes: ``(rate_3_4 - rate_lt_1_5) /
+  rate_lt_1_5`` -- the form of the claim "a 3-4x spike after a failed API call gives a 22 %
+  higher recovery rate". Undefined (None) when ``rate_lt_1_5`` is 0 or a bin is empty; bootstrap
+  draws with a zero denominator count as +inf, and an infinite bound is reported as None.
+- **Costs**: token overhead of a policy = its mean assistant tokens per episode on the task_ids it
+  shares with the reference policy, divided by the reference's on the same tasks (each task
+  weighted equally: per-task means first), minus 1. Share of tokens in ``recover`` = recover
+  tokens / tokens with a known phase.
+- **Latency**: per-policy episode wall time p50, p95 (linear interpolation) and coefficient of
+  variation ``std / mean`` (sample std, ddof = 1; None for fewer than 2 episodes or mean 0).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+#: Left edges of the spike-ratio bins after the first; see :data:`SPIKE_BIN_LABELS`.
+SPIKE_BIN_EDGES: tuple[float, ...] = (1.5, 2.0, 3.0, 4.0)
+SPIKE_BIN_LABELS: tuple[str, ...] = ("<1.5", "1.5-2", "2-3", "3-4", ">=4")
+
+
+def spike_bin(spike_ratio: np.ndarray) -> np.ndarray:
+    """Bin index (0..4, see :data:`SPIKE_BIN_LABELS`) of each spike ratio; (n,) int64."""
+    return np.searchsorted(np.asarray(SPIKE_BIN_EDGES), np.asarray(spike_ratio), side="right")
+
+
+def _interval(draws: np.ndarray, confidence: float) -> list[float | None]:
+    alpha = 1.0 - confidence
+    # inverted_cdf picks order statistics (no interpolation), so +inf draws stay +inf and never
+    # produce inf - inf = NaN.
+    lo, hi = np.quantile(draws, [alpha / 2, 1 - alpha / 2], method="inverted_cdf")
+    return [float(v) if np.isfinite(v) else None for v in (lo, hi)]
+
+
+def rate_ci(
+    successes: int,
+    n: int,
+    *,
+    confidence: float = 0.95,
+    n_boot: int = 4000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """``{"rate", "n", "successes", "ci"}`` of a 0/1 outcome, with a percentile bootstrap CI.
+
+    ``rate`` is None for ``n == 0``; ``ci`` is None for ``n < 2``.
+    """
+    if n < 0 or successes < 0 or successes > n:
+        raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
+    if n == 0:
+        return {"rate": None, "n": 0, "successes": 0, "ci": None}
+    p = successes / n
+    ci = None
+    if n >= 2:
+        draws = np.random.default_rng(seed).binomial(n, p, size=n_boot) / n
+        ci = _interval(draws, confidence)
+    return {"rate": p, "n": int(n), "successes": int(successes), "ci": ci}
+
+
+def relative_difference_ci(
+    k_a: int,
+    n_a: int,
+    k_b: int,
+    n_b: int,
+    *,
+    confidence: float = 0.95,
+    n_boot: int = 4000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """``(rate_a - rate_b) / rate_b`` with a stratified percentile bootstrap CI.
+
+    Returns ``{"value", "ci", "n_a", "n_b"}``; value None when a bin is empty or rate_b == 0.
+    """
+    out: dict[str, Any] = {"value": None, "ci": None, "n_a": int(n_a), "n_b": int(n_b)}
+    if n_a == 0 or n_b == 0 or k_b == 0:
+        return out
+    ra, rb = k_a / n_a, k_b / n_b
+    out["value"] = (ra - rb) / rb
+    if n_a >= 2 and n_b >= 2:
+        rng = np.random.default_rng(seed)
+        da = rng.binomial(n_a, ra, size=n_boot) / n_a
+        db = rng.binomial(n_b, rb, size=n_boot) / n_b
+        safe = np.where(db > 0, db, 1.0)
+        draws = np.where(db > 0, (da - db) / safe, np.inf)
+        out["ci"] = _interval(draws, confidence)
+    return out
+
+
+def logistic_fit(
+    x: np.ndarray, y: np.ndarray, *, max_iter: int = 100, tol: float = 1e-10
+) -> dict[str, Any]:
+    """Fit ``P(y = 1) = sigmoid(intercept + slope * x)`` by Newton's method (IRLS).
+
+    ``x`` (n,) float, ``y`` (n,) 0/1. Returns ``{"intercept", "slope", "se", "ci", "n",
+    "converged"}`` where ``se`` and ``ci`` (Wald, 95 %) are ``[intercept, slope]`` lists; None
+    values when the fit is degenerate (see module docstring).
+    """
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    n = int(x.shape[0])
+    none: dict[str, Any] = {
+        "intercept": None,
+        "slope": None,
+        "se": None,
+        "ci": None,
+        "n": n,
+        "converged": False,
+    }
+    if n < 3 or y.min() == y.max() or x.min() == x.max():
+        return none
+    # Standardise x so that Newton steps are well conditioned, then map back.
+    mu, sd = float(x.mean()), float(x.std())
+    z = (x - mu) / sd
+    design = np.stack([np.ones(n), z], axis=1)
+    beta = np.zeros(2)
+    converged = False
+    for _ in range(max_iter):
+        eta = np.clip(design @ beta, -30.0, 30.0)
+        p = 1.0 / (1.0 + np.exp(-eta))
+        w = p * (1.0 - p)
+        hess = design.T @ (design * w[:, None])
+        grad = design.T @ (y - p)
+        if np.linalg.cond(hess) > 1e12:
+            break
+        step = np.linalg.solve(hess, grad)
+        beta = beta + step
+        if np.max(np.abs(step)) < tol:
+            converged = True
+            break
+    # Perfect separation drives |beta| to infinity: treat as no fit.
+    if not converged or np.max(np.abs(beta)) > 25.0:
+        return none
+    eta = design @ beta
+    p = 1.0 / (1.0 + np.exp(-eta))
+    hess = design.T @ (design * (p * (1.0 - p))[:, None])
+    cov_z = np.linalg.inv(hess)
+    # beta_x = [b0 - b1 * mu / sd, b1 / sd] = A @ beta_z.
+    a = np.array([[1.0, -mu / sd], [0.0, 1.0 / sd]])
+    b = a @ beta
+    cov = a @ cov_z @ a.T
+    se = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    return {
+        "intercept": float(b[0]),
+        "slope": float(b[1]),
+        "se": [float(se[0]), float(se[1])],
+        "ci": [
+            [float(b[0] - 1.959964 * se[0]), float(b[0] + 1.959964 * se[0])],
+            [float(b[1] - 1.959964 * se[1]), float(b[1] + 1.959964 * se[1])],
+        ],
+        "n": n,
+        "converged": True,
+    }
+
+
+def recovery_stats(
+    spike: np.ndarray,
+    recovered: np.ndarray,
+    *,
+    confidence: float = 0.95,
+    n_boot: int = 4000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Recovery rate overall and by spike bin, the logistic fit and the 3-4x vs < 1.5x difference.
+
+    ``spike`` (n,) float64 spike ratio per unit (NaN: unit has no spike ratio; it counts in
+    ``overall`` only), ``recovered`` (n,) bool. Order of units does not matter.
+    """
+    spike = np.asarray(spike, np.float64)
+    rec = np.asarray(recovered, bool)
+    kw = {"confidence": confidence, "n_boot": n_boot, "seed": seed}
+    has = ~np.isnan(spike)
+    bins = spike_bin(np.where(has, spike, 0.0))
+    by_bin = {}
+    counts = {}
+    for b, label in enumerate(SPIKE_BIN_LABELS):
+        sel = has & (bins == b)
+        k, n = int(rec[sel].sum()), int(sel.sum())
+        counts[label] = (k, n)
+        by_bin[label] = rate_ci(k, n, **kw)
+    k34, n34 = counts["3-4"]
+    k15, n15 = counts["<1.5"]
+    return {
+        "overall": rate_ci(int(rec.sum()), int(rec.shape[0]), **kw),
+        "by_spike_bin": by_bin,
+        "relative_3_4_vs_lt_1_5": relative_difference_ci(k34, n34, k15, n15, **kw),
+        "logistic": logistic_fit(spike[has], rec[has]),
+    }
+
+
+def cost_stats(
+    policy: list[str | None],
+    task_id: list[str | None],
+    tokens: np.ndarray,
+    recover_tokens: np.ndarray,
+    phased_tokens: np.ndarray,
+    *,
+    reference: str | None = None,
+) -> dict[str, Any]:
+    """Per-policy tokens per episode, overhead vs ``reference`` and share of ``recover`` tokens.
+
+    Per-episode inputs (E,). ``reference`` defaults to ``"greedy"`` when present, else the first
+    policy name in sorted order. Episodes without a policy are grouped under ``"unknown"``.
+    Returns ``{"reference": str | None, "policies": {name: {...}}}``.
+    """
+    tokens = np.asarray(tokens, np.float64)
+    names = ["unknown" if p is None else p for p in policy]
+    uniq = sorted(set(names))
+    if reference is None and uniq:
+        reference = "greedy" if "greedy" in uniq else uniq[0]
+    if reference is not None and reference not in uniq:
+        raise ValueError(f"reference policy {reference!r} not in the traces (have {uniq})")
+    pol = np.asarray(names, dtype=object)
+
+    def per_task(name: str) -> dict[str, float]:
+        sums: dict[str, list[float]] = {}
+        for t, n, p in zip(task_id, tokens, names, strict=True):
+            if p == name and t is not None:
+                s = sums.setdefault(t, [0.0, 0.0])
+                s[0] += n
+                s[1] += 1
+        return {t: s[0] / s[1] for t, s in sums.items()}
+
+    ref_tasks = per_task(reference) if reference is not None else {}
+    out: dict[str, Any] = {}
+    for name in uniq:
+        sel = pol == name
+        rec = float(np.asarray(recover_tokens)[sel].sum())
+        phased = float(np.asarray(phased_tokens)[sel].sum())
+        entry: dict[str, Any] = {
+            "episodes": int(sel.sum()),
+            "tokens": int(tokens[sel].sum()),
+            "tokens_per_episode": float(tokens[sel].mean()) if sel.any() else None,
+            "recover_share": rec / phased if phased > 0 else None,
+            "overhead": None,
+            "shared_tasks": 0,
+        }
+        mine = per_task(name)
+        shared = sorted(set(mine) & set(ref_tasks))
+        if shared:
+            ref_total = sum(ref_tasks[t] for t in shared)
+            entry["shared_tasks"] = len(shared)
+            if ref_total > 0:
+                entry["overhead"] = sum(mine[t] for t in shared) / ref_total - 1.0
+        out[name] = entry
+    return {"reference": reference, "policies": out}
+
+
+def latency_stats(policy: list[str | None], latency_s: np.ndarray) -> dict[str, Any]:
+    """Per-policy episode latency p50, p95 and coefficient of variation (NaN latencies skipped)."""
+    lat = np.asarray(latency_s, np.float64)
+    names = np.asarray(["unknown" if p is None else p for p in policy], dtype=object)
+    out: dict[str, Any] = {}
+    for name in sorted(set(names.tolist())):
+        v = lat[(names == name) & ~np.isnan(lat)]
+        entry: dict[str, Any] = {"n": int(v.shape[0]), "p50": None, "p95": None, "cv": None}
+        if v.shape[0]:
+            entry["p50"] = float(np.percentile(v, 50))
+            entry["p95"] = float(np.percentile(v, 95))
+            mean = float(v.mean())
+            if v.shape[0] >= 2 and mean > 0:
+                entry["cv"] = float(v.std(ddof=1) / mean)
+        out[name] = entry
+    return out

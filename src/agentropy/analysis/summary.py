@@ -1,0 +1,398 @@
+"""Streaming analyzer: accumulate parts of a trace store, then assemble the JSON summary.
+
+:class:`Analyzer` takes episodes one part at a time (an in-memory list, a JSONL file, a Parquet
+part), analyses each part vectorised (:mod:`breath`, :mod:`loops`), keeps only small
+per-episode and per-failure records, and builds the summary at the end; memory grows with the
+number of episodes and events, never with tokens. Results do not depend on how the episodes are
+split into parts or ordered (lists are sorted by ``episode_id``, ``turn_index``).
+
+JSON summary keys (stable; ``null`` wherever a value is undefined, never NaN):
+
+- ``episodes``, ``tokens`` (assistant tokens), ``dropped_nonfinite`` (tokens dropped by
+  ``--nan-policy drop``), ``triggers`` (tool turns), ``no_response`` (triggers with an empty
+  post-trigger stream), ``tool_failures`` (tool turns with status ``error`` / ``unexpected``).
+- ``eruptions``: list of ``{episode_id, turn_index, spike_ratio, baseline, contracted,
+  tokens_to_contraction (null if not contracted), kind}``; ``eruption_kinds``: counts per kind.
+- ``frozen``: list of ``{episode_id, turn_index, spike_ratio}``.
+- ``loops``: list of ``{episode_id, turn_index, type ("repeated_call" | "ngram"), length | rate}``.
+- ``recovery``: episode-level (unit = episode with a failure, binned by its first failed
+  trigger's spike ratio): ``overall`` and ``by_spike_bin`` (keys ``<1.5``, ``1.5-2``, ``2-3``,
+  ``3-4``, ``>=4``), each ``{rate, n, successes, ci: [lo, hi] | null}``;
+  ``relative_3_4_vs_lt_1_5`` ``{value, ci, n_a, n_b}``; ``logistic`` ``{intercept, slope, se,
+  ci, n, converged}``; ``unknown_success``; and ``turn_level`` with the same keys (unit = failed
+  trigger with a next tool call) plus ``no_next_call``.
+- ``costs``: ``{reference, policies: {name: {episodes, tokens, tokens_per_episode,
+  recover_share, overhead, shared_tasks}}}``.
+- ``latency``: ``{name: {n, p50, p95, cv}}`` per policy.
+- ``training``: ``{steps, series: {step, episodes, entropy, entropy_<phase>, reward, length,
+  tool_calls, failure_rate, loop_rate, hallucination_rate: lists}, regimes: list, cycles: list
+  of {start_step, peak_step, end_step, amplitude, subsided, reward_before, reward_after, kind,
+  loop_rate, hallucination_rate, fit}, fit: {a, b, r2, n}}``; ``steps`` is 0 and the rest empty
+  when no episode carries a ``step``.
+- ``config``: the thresholds used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agentropy.analysis.breath import (
+    KINDS,
+    BreathConfig,
+    NanPolicy,
+    TraceTable,
+    analyze_triggers,
+    eruption_records,
+    frozen_records,
+)
+from agentropy.analysis.loops import LoopConfig, find_loops, hallucinated_calls, loop_records
+from agentropy.analysis.recovery import cost_stats, latency_stats, recovery_stats
+from agentropy.analysis.training import (
+    ENTROPY_COLUMNS,
+    CycleConfig,
+    detect_cycles,
+    fit_exp_reward,
+    step_series,
+)
+from agentropy.trace import PHASE_CODE, Episode
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyzeConfig:
+    """Everything :class:`Analyzer` needs besides the traces."""
+
+    breath: BreathConfig = field(default_factory=BreathConfig)
+    """Within-episode thresholds."""
+    loops: LoopConfig = field(default_factory=LoopConfig)
+    """Loop and hallucination thresholds."""
+    cycles: CycleConfig = field(default_factory=CycleConfig)
+    """Training-cycle detector thresholds."""
+    known_tools: frozenset[str] | None = None
+    """Tool names that exist; calls to others count as hallucinated (None: not checked)."""
+    reference_policy: str | None = None
+    """Policy that token overhead is measured against (None: ``greedy`` if present, else first)."""
+    confidence: float = 0.95
+    """Confidence level of bootstrap intervals."""
+    n_boot: int = 4000
+    """Bootstrap resamples."""
+    seed: int = 0
+    """Seed of the bootstrap."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"confidence must be in (0, 1), got {self.confidence!r}")
+        if self.n_boot < 100:
+            raise ValueError(f"n_boot must be >= 100, got {self.n_boot!r}")
+
+
+def _json_safe(obj: Any) -> Any:
+    """Recursively turn numpy scalars/arrays into Python values and non-finite floats into None."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [_json_safe(v) for v in obj.tolist()]
+    if isinstance(obj, np.bool_ | bool):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating | float):
+        v = float(obj)
+        return v if np.isfinite(v) else None
+    return obj
+
+
+class Analyzer:
+    """Accumulates parts; :meth:`summary` assembles the result (see module docstring)."""
+
+    def __init__(self, config: AnalyzeConfig = AnalyzeConfig()) -> None:
+        self.config = config
+        self._counts = {
+            "episodes": 0,
+            "tokens": 0,
+            "dropped_nonfinite": 0,
+            "triggers": 0,
+            "no_response": 0,
+            "tool_failures": 0,
+        }
+        self._eruptions: list[dict[str, Any]] = []
+        self._frozen: list[dict[str, Any]] = []
+        self._loops: list[dict[str, Any]] = []
+        self._ep: dict[str, list[Any]] = {}
+        self._fail: dict[str, list[np.ndarray]] = {"spike": [], "has_next": [], "next_ok": []}
+
+    # ---------------------------------------------------------------------------------------
+    def add_episodes(
+        self,
+        episodes: list[Episode],
+        *,
+        nan_policy: NanPolicy = "raise",
+        source: str | None = None,
+    ) -> None:
+        """Analyse one part given as episodes (see :meth:`TraceTable.from_episodes`)."""
+        self.add_table(TraceTable.from_episodes(episodes, nan_policy=nan_policy, source=source))
+
+    def add_table(self, table: TraceTable) -> None:
+        """Analyse one part given as a :class:`TraceTable`."""
+        cfg = self.config
+        trig = analyze_triggers(table, cfg.breath)
+        loops = find_loops(table, cfg.loops)
+        checked, halluc = hallucinated_calls(table, known_tools=cfg.known_tools, config=cfg.loops)
+        n_ep = table.n_episodes
+        c = self._counts
+        c["episodes"] += n_ep
+        c["tokens"] += table.n_tokens
+        c["dropped_nonfinite"] += table.n_dropped
+        c["triggers"] += int(trig.ep.shape[0])
+        c["no_response"] += int(trig.no_response.sum())
+        c["tool_failures"] += int(trig.failed.sum())
+        self._eruptions += eruption_records(table, trig)
+        self._frozen += frozen_records(table, trig)
+        self._loops += loop_records(table, loops)
+
+        # Per-episode token aggregates, vectorised over the part's token table.
+        lengths = table.ep_end - table.ep_start
+        tok_ep = np.repeat(np.arange(n_ep), lengths)
+        ph = table.phase.astype(np.int64)
+        ncol = len(ENTROPY_COLUMNS)
+        ent_sum = np.zeros((n_ep, ncol))
+        ent_cnt = np.zeros((n_ep, ncol))
+        ent_sum[:, 0] = np.bincount(tok_ep, weights=table.entropy, minlength=n_ep)
+        ent_cnt[:, 0] = lengths
+        known = ph >= 0
+        flat = tok_ep[known] * (ncol - 1) + ph[known]
+        size = n_ep * (ncol - 1)
+        ent_sum[:, 1:] = np.bincount(flat, weights=table.entropy[known], minlength=size).reshape(
+            n_ep, ncol - 1
+        )
+        ent_cnt[:, 1:] = np.bincount(flat, minlength=size).reshape(n_ep, ncol - 1)
+
+        failed = trig.failed
+        tool_calls = np.bincount(trig.ep, minlength=n_ep)
+        failed_calls = np.bincount(trig.ep[failed], minlength=n_ep)
+        has_loop = np.bincount(loops.ep, minlength=n_ep) > 0
+        h_checked = np.bincount(table.turn_ep[checked], minlength=n_ep)
+        h_count = np.bincount(table.turn_ep[halluc], minlength=n_ep)
+        # Episode-level recovery unit: the first failed trigger with a spike ratio.
+        spike = trig.stats.spike_ratio
+        first_spike = np.full(n_ep, np.nan)
+        cand = np.flatnonzero(failed & ~np.isnan(spike))
+        uniq_ep, first = np.unique(trig.ep[cand], return_index=True)
+        first_spike[uniq_ep] = spike[cand[first]]
+
+        per_ep = {
+            "episode_id": table.episode_id,
+            "policy": table.policy,
+            "task_id": table.task_id,
+            "tokens": lengths,
+            "recover_tokens": ent_cnt[:, 1 + PHASE_CODE["recover"]],
+            "phased_tokens": ent_cnt[:, 1:].sum(axis=1),
+            "latency_s": table.latency_s,
+            "step": table.step,
+            "reward": table.reward,
+            "success": table.success,
+            "ent_sum": ent_sum,
+            "ent_cnt": ent_cnt,
+            "tool_calls": tool_calls,
+            "failed_calls": failed_calls,
+            "has_loop": has_loop,
+            "halluc_checked": h_checked,
+            "halluc": h_count,
+            "first_fail_spike": first_spike,
+        }
+        for k, v in per_ep.items():
+            self._ep.setdefault(k, []).append(v)
+
+        nxt = trig.next_tool[failed]
+        has_next = nxt >= 0
+        self._fail["spike"].append(spike[failed])
+        self._fail["has_next"].append(has_next)
+        self._fail["next_ok"].append(has_next & (trig.status[np.maximum(nxt, 0)] == 0))
+
+    # ---------------------------------------------------------------------------------------
+    def _cat(self, key: str) -> Any:
+        parts = self._ep.get(key, [])
+        if key in ("episode_id", "policy", "task_id"):
+            return [x for p in parts for x in p]
+        if not parts:
+            shape = (0, len(ENTROPY_COLUMNS)) if key in ("ent_sum", "ent_cnt") else (0,)
+            return np.zeros(shape)
+        return np.concatenate(parts)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-ready summary (module docstring lists the keys)."""
+        cfg = self.config
+        kw = {"confidence": cfg.confidence, "n_boot": cfg.n_boot, "seed": cfg.seed}
+        out: dict[str, Any] = dict(self._counts)
+
+        def order(rec: dict[str, Any]) -> tuple[str, int, str]:
+            return (rec["episode_id"], rec["turn_index"], rec.get("type", ""))
+
+        out["eruptions"] = sorted(self._eruptions, key=order)
+        out["eruption_kinds"] = {
+            k: sum(1 for e in self._eruptions if e["kind"] == k) for k in KINDS
+        }
+        out["frozen"] = sorted(self._frozen, key=order)
+        out["loops"] = sorted(self._loops, key=order)
+
+        # Recovery, episode level.
+        success = self._cat("success").astype(np.int64)
+        has_failure = self._cat("failed_calls") > 0
+        known = success >= 0
+        unit = has_failure & known
+        rec = recovery_stats(self._cat("first_fail_spike")[unit], success[unit] == 1, **kw)
+        rec["unknown_success"] = int((has_failure & ~known).sum())
+        fs = [np.concatenate(v) if v else np.zeros(0) for v in self._fail.values()]
+        f_spike, f_next, f_ok = fs[0], fs[1].astype(bool), fs[2].astype(bool)
+        turn = recovery_stats(f_spike[f_next], f_ok[f_next], **kw)
+        turn["no_next_call"] = int((~f_next).sum())
+        rec["turn_level"] = turn
+        out["recovery"] = rec
+
+        policy = self._cat("policy")
+        out["costs"] = cost_stats(
+            policy,
+            self._cat("task_id"),
+            self._cat("tokens"),
+            self._cat("recover_tokens"),
+            self._cat("phased_tokens"),
+            reference=cfg.reference_policy,
+        )
+        out["latency"] = latency_stats(policy, self._cat("latency_s"))
+        out["training"] = self._training()
+        out["config"] = {
+            "breath": dataclasses.asdict(cfg.breath),
+            "loops": dataclasses.asdict(cfg.loops),
+            "cycles": dataclasses.asdict(cfg.cycles),
+            "known_tools": None if cfg.known_tools is None else sorted(cfg.known_tools),
+            "confidence": cfg.confidence,
+            "n_boot": cfg.n_boot,
+            "seed": cfg.seed,
+        }
+        return _json_safe(out)
+
+    def _training(self) -> dict[str, Any]:
+        step = self._cat("step").astype(np.float64)
+        series = step_series(
+            step,
+            self._cat("ent_sum"),
+            self._cat("ent_cnt"),
+            self._cat("reward"),
+            self._cat("tokens"),
+            self._cat("tool_calls"),
+            self._cat("failed_calls"),
+            self._cat("has_loop"),
+            self._cat("halluc_checked"),
+            self._cat("halluc"),
+        )
+        n_steps = int(series["step"].shape[0])
+        out: dict[str, Any] = {
+            "steps": n_steps,
+            "series": series,
+            "regimes": [],
+            "cycles": [],
+            "fit": fit_exp_reward(series["entropy"], series["reward"]),
+        }
+        if n_steps == 0:
+            return out
+        cycles, regimes = detect_cycles(
+            series["step"], series["entropy"], series["reward"], self.config.cycles
+        )
+        out["regimes"] = regimes
+        has_loop = self._cat("has_loop").astype(np.float64)
+        h_checked = self._cat("halluc_checked").astype(np.float64)
+        h_count = self._cat("halluc").astype(np.float64)
+        for cyc in cycles:
+            sel = (step >= cyc.start_step) & (step <= cyc.end_step)
+            n_sel = int(sel.sum())
+            hc = float(h_checked[sel].sum())
+            span = slice(cyc.start, cyc.end + 1)
+            out["cycles"].append(
+                {
+                    "start_step": cyc.start_step,
+                    "peak_step": cyc.peak_step,
+                    "end_step": cyc.end_step,
+                    "amplitude": cyc.amplitude,
+                    "subsided": cyc.subsided,
+                    "reward_before": cyc.reward_before,
+                    "reward_after": cyc.reward_after,
+                    "kind": cyc.kind,
+                    "loop_rate": float(has_loop[sel].sum()) / n_sel if n_sel else None,
+                    "hallucination_rate": float(h_count[sel].sum()) / hc if hc else None,
+                    "fit": fit_exp_reward(series["entropy"][span], series["reward"][span]),
+                }
+            )
+        return out
+
+
+def iter_tables(
+    paths: str | Path | Sequence[str | Path],
+    *,
+    nan_policy: NanPolicy = "raise",
+    episodes_per_part: int = 256,
+) -> Iterator[TraceTable]:
+    """Stream :class:`TraceTable` parts from trace stores (directories) and JSONL files.
+
+    A store is read part by part through :func:`agentropy.trace.iter_parts` (no per-token Python
+    objects); a JSONL file is read episode by episode and grouped into parts of
+    ``episodes_per_part``. Memory stays bounded by one part.
+    """
+    from agentropy.trace import iter_episodes_counted, iter_parts
+
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    for path in paths:
+        p = Path(path)
+        if p.is_dir():
+            for ep_table, tok_table in iter_parts(p, nan_policy=nan_policy):
+                yield TraceTable.from_arrow(ep_table, tok_table, source=str(p))
+            continue
+        chunk: list[Episode] = []
+        dropped = 0
+        for episode, d in iter_episodes_counted(p, nan_policy=nan_policy):
+            chunk.append(episode)
+            dropped += d
+            if len(chunk) >= episodes_per_part:
+                table = TraceTable.from_episodes(chunk, nan_policy=nan_policy, source=str(p))
+                table.n_dropped += dropped
+                yield table
+                chunk, dropped = [], 0
+        if chunk:
+            table = TraceTable.from_episodes(chunk, nan_policy=nan_policy, source=str(p))
+            table.n_dropped += dropped
+            yield table
+
+
+def analyze_paths(
+    paths: str | Path | Sequence[str | Path],
+    config: AnalyzeConfig = AnalyzeConfig(),
+    *,
+    nan_policy: NanPolicy = "raise",
+) -> dict[str, Any]:
+    """Summary of trace files and stores, streamed part by part (module docstring: keys)."""
+    analyzer = Analyzer(config)
+    for table in iter_tables(paths, nan_policy=nan_policy):
+        analyzer.add_table(table)
+    return analyzer.summary()
+
+
+def analyze_episodes(
+    parts: Iterable[list[Episode]] | list[Episode],
+    config: AnalyzeConfig = AnalyzeConfig(),
+    *,
+    nan_policy: NanPolicy = "raise",
+) -> dict[str, Any]:
+    """Summary of in-memory episodes: one list, or an iterable of lists (parts)."""
+    analyzer = Analyzer(config)
+    if isinstance(parts, list) and (not parts or isinstance(parts[0], Episode)):
+        parts = [parts]  # type: ignore[list-item]
+    for part in parts:
+        analyzer.add_episodes(part, nan_policy=nan_policy)  # type: ignore[arg-type]
+    return analyzer.summary()

@@ -1,0 +1,198 @@
+"""``agentropy analyze PATH...``: breath analysis of traces, printed and optionally as JSON.
+
+Reads JSONL trace files and Parquet trace stores (streamed part by part, see
+:func:`agentropy.analysis.summary.iter_tables`), runs the within-episode analysis (eruptions,
+contractions, frozen responses, loops), recovery-vs-spike statistics, token costs, latency and,
+when episodes carry ``step``, training cycles. Prints a rich summary; ``--json OUT`` also writes
+the machine-readable summary whose stable keys are listed in :mod:`agentropy.analysis.summary`
+(``-`` writes it to stdout instead of the tables). Bad input exits with status 2 and a one-line
+message naming file, line/row and field.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from agentropy.cli._common import guarded
+
+
+class NanPolicyChoice(StrEnum):
+    """CLI spelling of :data:`agentropy.trace.NAN_POLICIES`."""
+
+    raise_ = "raise"
+    drop = "drop"
+
+
+def _fmt(x: Any, spec: str = ".3g") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _ci(entry: dict[str, Any]) -> str:
+    ci = entry.get("ci")
+    if not ci:
+        return "-"
+    return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    kinds = s["eruption_kinds"]
+    top = Table(title="agentropy analyze", show_header=False)
+    top.add_column("metric")
+    top.add_column("value", justify="right")
+    rows = [
+        ("episodes", s["episodes"]),
+        ("assistant tokens", s["tokens"]),
+        ("non-finite tokens dropped", s["dropped_nonfinite"]),
+        ("triggers (tool turns)", s["triggers"]),
+        ("tool failures", s["tool_failures"]),
+        ("no_response triggers", s["no_response"]),
+        ("eruptions", len(s["eruptions"])),
+        (
+            "  productive / neutral / divergent",
+            "{productive} / {neutral} / {divergent}".format(**kinds),
+        ),
+        ("frozen responses", len(s["frozen"])),
+        ("loops", len(s["loops"])),
+    ]
+    for k, v in rows:
+        top.add_row(k, str(v))
+    console.print(top)
+
+    rec = s["recovery"]
+    t = Table(title="Recovery after failures by spike ratio (95% bootstrap CI)")
+    for col in ("spike bin", "episode rate", "n", "CI", "turn rate", "n ", "CI "):
+        t.add_column(col, justify="right")
+    bins = [("all", rec["overall"], rec["turn_level"]["overall"])]
+    bins += [
+        (b, rec["by_spike_bin"][b], rec["turn_level"]["by_spike_bin"][b])
+        for b in rec["by_spike_bin"]
+    ]
+    for label, e, u in bins:
+        t.add_row(label, _fmt(e["rate"]), str(e["n"]), _ci(e), _fmt(u["rate"]), str(u["n"]), _ci(u))
+    console.print(t)
+    rel = rec["relative_3_4_vs_lt_1_5"]
+    lg = rec["logistic"]
+    console.print(
+        f"relative recovery, 3-4x vs <1.5x spikes: {_fmt(rel['value'])} {_ci(rel)}; "
+        f"logistic slope per unit spike: {_fmt(lg['slope'])}"
+        + (f" (SE {_fmt(lg['se'][1])})" if lg["se"] else "")
+    )
+
+    costs = s["costs"]
+    t = Table(title=f"Costs and latency per policy (reference: {costs['reference']})")
+    for col in (
+        "policy",
+        "episodes",
+        "tokens/ep",
+        "overhead",
+        "recover share",
+        "p50 s",
+        "p95 s",
+        "CV",
+    ):
+        t.add_column(col, justify="right")
+    for name, c in costs["policies"].items():
+        lat = s["latency"].get(name, {})
+        t.add_row(
+            name,
+            str(c["episodes"]),
+            _fmt(c["tokens_per_episode"], ".1f"),
+            _fmt(c["overhead"], "+.1%"),
+            _fmt(c["recover_share"], ".1%"),
+            _fmt(lat.get("p50")),
+            _fmt(lat.get("p95")),
+            _fmt(lat.get("cv")),
+        )
+    console.print(t)
+
+    tr = s["training"]
+    if tr["steps"]:
+        t = Table(title=f"Training cycles over {tr['steps']} steps")
+        for col in ("start", "peak", "end", "amplitude", "kind", "loop rate", "halluc. rate"):
+            t.add_column(col, justify="right")
+        for c in tr["cycles"]:
+            t.add_row(
+                str(c["start_step"]),
+                str(c["peak_step"]),
+                str(c["end_step"]),
+                _fmt(c["amplitude"]),
+                c["kind"],
+                _fmt(c["loop_rate"]),
+                _fmt(c["hallucination_rate"]),
+            )
+        console.print(t)
+        fit = tr["fit"]
+        console.print(
+            f"R = -a exp(H) + b over the run: a={_fmt(fit['a'])} b={_fmt(fit['b'])} R^2={_fmt(fit['r2'])}"
+        )
+
+
+def analyze(
+    paths: list[Path] = typer.Argument(..., help="JSONL trace files and/or Parquet trace stores."),
+    json_out: str | None = typer.Option(
+        None, "--json", help="Write the JSON summary to this file ('-' for stdout)."
+    ),
+    nan_policy: NanPolicyChoice = typer.Option(
+        NanPolicyChoice.raise_,
+        "--nan-policy",
+        help="Non-finite entropies: 'raise' (error, exit 2) or 'drop' (drop and count them).",
+    ),
+    reference: str | None = typer.Option(
+        None, "--reference", help="Reference policy for token overhead (default: greedy)."
+    ),
+    tools: str | None = typer.Option(
+        None,
+        "--tools",
+        help="Known tool names, comma-separated, or 'toolworld' for the built-in environment's "
+        "tools; calls to other tools count as hallucinated.",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap intervals."),
+) -> None:
+    """Eruptions, contractions, loops, recovery vs spike, costs and training cycles."""
+    _run(paths, json_out, nan_policy, reference, tools, seed)
+
+
+@guarded
+def _run(
+    paths: list[Path],
+    json_out: str | None,
+    nan_policy: NanPolicyChoice,
+    reference: str | None,
+    tools: str | None,
+    seed: int,
+) -> None:
+    from agentropy.analysis.summary import AnalyzeConfig, analyze_paths
+
+    known = None
+    if tools == "toolworld":
+        from agentropy.env.toolworld import TOOL_NAMES
+
+        known = frozenset(TOOL_NAMES)
+    elif tools is not None:
+        known = frozenset(t.strip() for t in tools.split(",") if t.strip())
+    config = AnalyzeConfig(known_tools=known, reference_policy=reference, seed=seed)
+    summary = analyze_paths(paths, config, nan_policy=nan_policy.value)  # type: ignore[arg-type]
+    text = json.dumps(summary, indent=2, allow_nan=False)
+    if json_out == "-":
+        typer.echo(text)
+        return
+    _print_summary(summary)
+    if json_out is not None:
+        try:
+            Path(json_out).write_text(text + "\n")
+        except OSError as err:
+            raise ValueError(f"cannot write {json_out}: {err.strerror}") from None
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``analyze`` to the CLI."""
+    app.command("analyze")(analyze)

@@ -1,0 +1,303 @@
+"""Within-episode definitions (DESIGN.md "Definitions") on hand-built episodes, a naive
+per-trigger reference implementation, and properties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agentropy.analysis.breath import (
+    BreathConfig,
+    TraceTable,
+    analyze_episode,
+    analyze_triggers,
+    trigger_stats,
+)
+from agentropy.errors import InputError
+from agentropy.trace import Episode, ToolCall, Turn
+
+
+def A(values) -> Turn:
+    return Turn(role="assistant", entropy=np.asarray(values, np.float32))
+
+
+def T(status: str, name: str = "lookup", **args) -> Turn:
+    return Turn(role="tool", call=ToolCall(name, args), status=status)
+
+
+def by_turn(result: dict) -> dict[int, dict]:
+    return {e["turn_index"]: e for e in result["eruptions"]}
+
+
+# Dyadic entropies (multiples of 1/4) keep every mean and ratio exact in float arithmetic.
+
+
+def test_post_trigger_stream_spans_later_turns_and_baseline_spans_episode():
+    ep = Episode(
+        "e1",
+        turns=[
+            A([0.25] * 10),
+            T("error", q="x"),
+            A([1.0] * 4),
+            T("ok", name="backup_lookup"),
+            A([1.0] * 12 + [0.25] * 20),
+        ],
+        success=True,
+    )
+    er = by_turn(analyze_episode(ep))
+    # Trigger 1: B = 0.25; P[0:16] = 4 ones (turn 2) + 12 ones (turn 4) -> S = 4.
+    assert er[1]["baseline"] == 0.25
+    assert er[1]["spike_ratio"] == 4.0
+    # 16 ones then 0.25s: the first all-0.25 window of 8 ends at n = 24; the window ending at 23
+    # holds one 1.0 -> mean 0.34375 > 1.25 * 0.25.
+    assert er[1]["contracted"] is True
+    assert er[1]["tokens_to_contraction"] == 24
+    assert er[1]["kind"] == "productive"  # next tool turn is ok
+    # Trigger 3: baseline from the last 14 tokens before it across turns 0 and 2 (ten 0.25,
+    # four 1.0 -> median 0.25); P = 12 ones + 20 quarters -> S = (12 + 4 * 0.25) / 16 / 0.25.
+    assert er[3]["baseline"] == 0.25
+    assert er[3]["spike_ratio"] == 3.25
+    assert er[3]["tokens_to_contraction"] == 20
+    assert er[3]["kind"] == "productive"  # no later tool turn, episode succeeded
+
+
+def test_neutral_when_no_progress():
+    ep = Episode(
+        "e",
+        turns=[A([0.25] * 8), T("error"), A([1.0] * 8 + [0.25] * 8)],
+        success=False,
+    )
+    (e,) = analyze_episode(ep)["eruptions"]
+    assert e["kind"] == "neutral"
+    assert e["tokens_to_contraction"] == 16
+    ep2 = Episode(
+        "e2",
+        turns=[A([0.25] * 8), T("error"), A([1.0] * 8 + [0.25] * 8), T("error", q="y"), A([0.25])],
+        success=True,
+    )
+    first = by_turn(analyze_episode(ep2))[1]
+    assert first["kind"] == "neutral"  # next tool turn failed, success does not matter
+    ep3 = Episode("e3", turns=ep.turns, success=None)
+    assert analyze_episode(ep3)["eruptions"][0]["kind"] == "neutral"
+
+
+def test_divergent_when_never_contracts():
+    ep = Episode("e", turns=[A([0.5] * 20), T("error"), A([2.0] * 200)], success=True)
+    (e,) = analyze_episode(ep)["eruptions"]
+    assert e["spike_ratio"] == 4.0
+    assert e["contracted"] is False
+    assert e["tokens_to_contraction"] is None
+    assert e["kind"] == "divergent"
+
+
+def test_contraction_horizon_and_short_stream():
+    # Returns to the band only at n = 130 > h = 128: not contracted.
+    post = [1.0] * 122 + [0.25] * 8
+    ep = Episode("e", turns=[A([0.25] * 8), T("error"), A(post)], success=True)
+    (e,) = analyze_episode(ep)["eruptions"]
+    assert e["contracted"] is False
+    assert e["kind"] == "divergent"
+    # With a longer horizon the same stream contracts at exactly 130.
+    (e,) = analyze_episode(ep, BreathConfig(horizon=200))["eruptions"]
+    assert e["tokens_to_contraction"] == 130
+    # n starts at 8: a post-trigger stream of 7 tokens can never contract.
+    ep = Episode("e", turns=[A([0.25] * 8), T("error"), A([2.0, 2.0] + [0.25] * 5)])
+    (e,) = analyze_episode(ep)["eruptions"]
+    assert e["spike_ratio"] == (4.0 + 5 * 0.25) / 7 / 0.25
+    assert e["contracted"] is False
+    # n is capped by len(P): a 9-token stream whose window [1:9] is in band contracts at 9.
+    ep = Episode("e", turns=[A([0.25] * 8), T("error"), A([4.0] + [0.25] * 8)])
+    (e,) = analyze_episode(ep)["eruptions"]
+    assert e["tokens_to_contraction"] == 9
+
+
+def test_baseline_uses_last_w_tokens_and_eps_floor():
+    # 60 tokens at 2.0 then 40 at 0.5: median of all 100 would be 2.0, of the last 64 is 0.5.
+    ep = Episode("e", turns=[A([2.0] * 60 + [0.5] * 40), T("error"), A([1.5] * 16)])
+    (e,) = analyze_episode(ep)["eruptions"]
+    assert e["baseline"] == 0.5
+    assert e["spike_ratio"] == 3.0
+    wide = analyze_triggers(TraceTable.from_episodes([ep]), BreathConfig(window=100))
+    assert wide.stats.baseline[0] == 2.0
+    assert wide.stats.spike_ratio[0] == 0.75
+    assert not wide.eruption[0]
+    # Even count: median is the mean of the two middle values.
+    table = TraceTable.from_episodes(
+        [Episode("e", turns=[A([0.25, 0.75, 1.25, 5.0]), T("ok"), A([1.0])])]
+    )
+    st_ = analyze_triggers(table).stats
+    assert st_.baseline[0] == 1.0
+    # eps floor, and eps when nothing precedes the trigger.
+    ep = Episode("e", turns=[A([0.01] * 5), T("error"), A([0.2] * 4)])
+    (e,) = analyze_episode(ep)["eruptions"]
+    assert e["baseline"] == pytest.approx(0.05)
+    assert e["spike_ratio"] == pytest.approx(0.2 / 0.05, rel=1e-6)
+    ep = Episode("e", turns=[T("error"), A([0.25] * 4)])
+    (e,) = analyze_episode(ep)["eruptions"]
+    assert e["baseline"] == pytest.approx(0.05)
+
+
+def test_baseline_does_not_cross_episodes():
+    eps = [
+        Episode("a", turns=[A([4.0] * 64)]),
+        Episode("b", turns=[A([0.25] * 2), T("error"), A([1.0] * 16)]),
+    ]
+    table = TraceTable.from_episodes(eps)
+    trig = analyze_triggers(table)
+    assert trig.stats.baseline[0] == 0.25
+    assert trig.stats.spike_ratio[0] == 4.0
+
+
+def test_no_response_and_spike_ratio_with_short_stream():
+    ep = Episode("e", turns=[A([0.25] * 4), T("error"), A([0.75] * 3), T("ok"), T("error")])
+    res = analyze_episode(ep)
+    assert res["no_response"] == [3, 4]  # tool turns followed by no assistant token
+    (e,) = res["eruptions"]
+    assert e["spike_ratio"] == 3.0  # mean over the 3 available tokens
+    table = TraceTable.from_episodes([ep])
+    trig = analyze_triggers(table)
+    assert np.isnan(trig.stats.spike_ratio[1:]).all()
+    assert not trig.eruption[1:].any()
+
+
+def test_frozen_response():
+    ep = Episode(
+        "e",
+        turns=[
+            A([0.5] * 16),
+            Turn(role="tool", call=ToolCall("lookup", {"a": 1, "b": 2}), status="error"),
+            A([0.5] * 16),  # S = 1.0 < 1.2
+            Turn(role="tool", call=ToolCall("lookup", {"b": 2, "a": 1}), status="error"),
+            A([0.5] * 4 + [0.75] * 12),  # S = (2 + 9) / 16 / 0.5 = 1.375 >= 1.2
+            Turn(role="tool", call=ToolCall("lookup", {"a": 1, "b": 2}), status="ok"),
+            A([0.5] * 4),
+        ],
+    )
+    res = analyze_episode(ep)
+    assert [f["turn_index"] for f in res["frozen"]] == [1]
+    assert res["frozen"][0]["spike_ratio"] == 1.0
+    # Same spike but a different next call: not frozen.
+    ep.turns[3] = Turn(role="tool", call=ToolCall("backup_lookup", {"a": 1}), status="ok")
+    assert analyze_episode(ep)["frozen"] == []
+    # An ok tool turn followed by the same call is not a frozen response either.
+    ep2 = Episode("e", turns=[A([0.5] * 16), T("ok"), A([0.5] * 16), T("ok"), A([0.5])])
+    assert analyze_episode(ep2)["frozen"] == []
+
+
+def test_nan_policy():
+    ep = Episode("e", turns=[A([0.25, float("nan"), 0.25]), T("error"), A([1.0] * 4)])
+    with pytest.raises(InputError, match=r"turns\[0\]\.entropy"):
+        TraceTable.from_episodes([ep], source="x.jsonl")
+    table = TraceTable.from_episodes([ep], nan_policy="drop")
+    assert table.n_dropped == 1
+    assert table.n_tokens == 6
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="horizon"):
+        BreathConfig(horizon=4)
+    with pytest.raises(ValueError, match="eps"):
+        BreathConfig(eps=0.0)
+    with pytest.raises(ValueError, match="window"):
+        BreathConfig(window=0)
+
+
+# --- naive reference: one trigger at a time, straight from the definitions ---------------------
+
+
+def naive(episode: Episode, cfg: BreathConfig) -> list[tuple]:
+    out = []
+    for i, turn in enumerate(episode.turns):
+        if turn.role != "tool":
+            continue
+        before = [x for t in episode.turns[:i] if t.role == "assistant" for x in t.entropy.tolist()]
+        post = [
+            x for t in episode.turns[i + 1 :] if t.role == "assistant" for x in t.entropy.tolist()
+        ]
+        b = max(float(np.median(before[-cfg.window :])), cfg.eps) if before else cfg.eps
+        if not post:
+            out.append((b, None, None))
+            continue
+        s = float(np.mean(post[: cfg.k])) / b
+        ttc = None
+        cw = cfg.contraction_window
+        for n in range(cw, min(cfg.horizon, len(post)) + 1):
+            if float(np.mean(post[n - cw : n])) <= cfg.band * b:
+                ttc = n
+                break
+        out.append((b, s, ttc))
+    return out
+
+
+episode_strategy = st.lists(
+    st.one_of(
+        st.lists(
+            st.floats(0.0, 4.0, allow_nan=False, width=32).map(lambda v: round(v * 4) / 4),
+            min_size=0,
+            max_size=40,
+        ),
+        st.sampled_from(["ok", "error", "unexpected"]),
+    ),
+    min_size=1,
+    max_size=10,
+)
+
+
+def build(spec) -> Episode:
+    turns = [T(x) if isinstance(x, str) else A(x) for x in spec]
+    return Episode("e", turns=turns, success=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(episode_strategy, min_size=1, max_size=4),
+    st.sampled_from([BreathConfig(), BreathConfig(window=5, k=3, contraction_window=2, horizon=9)]),
+)
+def test_vectorised_matches_naive(specs, cfg):
+    episodes = [build(s) for s in specs]
+    table = TraceTable.from_episodes(episodes)
+    stats = analyze_triggers(table, cfg).stats
+    expected = [row for ep in episodes for row in naive(ep, cfg)]
+    assert len(expected) == stats.baseline.shape[0]
+    for m, (b, s, ttc) in enumerate(expected):
+        assert stats.baseline[m] == pytest.approx(b, rel=1e-12)
+        if s is None:
+            assert stats.n_post[m] == 0 and np.isnan(stats.spike_ratio[m])
+        else:
+            assert stats.spike_ratio[m] == pytest.approx(s, rel=1e-12)
+            # Dyadic inputs make the window means exact, so the first n agrees exactly.
+            assert stats.tokens_to_contraction[m] == (-1 if ttc is None else ttc)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(0.2, 3.0), min_size=1, max_size=80),
+    st.lists(st.floats(0.0, 6.0), min_size=1, max_size=150),
+    st.sampled_from([0.5, 2.0, 4.0, 8.0]),
+)
+def test_scaling_entropy_leaves_ratios_and_kinds_unchanged(before, after, c):
+    # Inputs keep the median of `before` >= 0.2 > eps / 0.5, so the eps floor is inactive at every
+    # scale tried (c >= 0.5); with a floored baseline scaling would change S, by design. Powers of
+    # two keep float arithmetic exact, so comparisons at thresholds cannot flip.
+    def ep(scale):
+        return Episode(
+            "e",
+            turns=[A(np.asarray(before) * scale), T("error"), A(np.asarray(after) * scale)],
+            success=True,
+        )
+
+    t1 = TraceTable.from_episodes([ep(1.0)])
+    t2 = TraceTable.from_episodes([ep(c)])
+    a1, a2 = analyze_triggers(t1), analyze_triggers(t2)
+    np.testing.assert_allclose(a1.stats.spike_ratio, a2.stats.spike_ratio, rtol=1e-6)
+    np.testing.assert_array_equal(a1.eruption, a2.eruption)
+    np.testing.assert_array_equal(a1.kind, a2.kind)
+    np.testing.assert_array_equal(a1.stats.tokens_to_contraction, a2.stats.tokens_to_contraction)
+
+
+def test_trigger_stats_empty():
+    s = trigger_stats(np.zeros(0), np.zeros(0, int), np.zeros(0, int), np.zeros(0, int))
+    assert s.baseline.shape == (0,)
+    assert s.tokens_to_contraction.shape == (0,)

@@ -1,0 +1,227 @@
+"""transformers backend of the temperature controller: per-row temperature as a LogitsProcessor.
+
+``transformers`` applies custom ``logits_processor`` entries before its own temperature / top-k /
+top-p warpers (REFERENCE.md), so per-row temperature works by dividing each row's fp32 logits by
+that row's T here and leaving ``generate``'s own ``temperature`` at 1.0 (with ``top_k=None`` /
+``top_p=None`` the sampling distribution is then exactly ``softmax(z / T)``, as DESIGN.md requires:
+temperature applied once, to fp32 logits, before softmax).
+
+Rows with ``T == 0`` (greedy) are handled inside a sampling ``generate``: by default their scores
+become the argmax logit at the argmax position and ``-inf`` elsewhere, so ``do_sample=True``
+draws the argmax deterministically (ties go to the lowest token id, like ``torch.argmax``).
+``zero_temperature="error"`` instead rejects ``T <= 0``. ``T < 0`` and NaN are always errors.
+
+:class:`ScheduledTemperatureProcessor` owns a :class:`~agentropy.control.base.TemperatureSchedule`
+and its state, asks a callback for each row's phase, computes the model entropy (T = 1) of the
+step and the sampling entropy of the previous step itself, and records the temperature used for
+every generated token per row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+from transformers import LogitsProcessor
+
+from agentropy.control.base import StepObservation, TemperatureSchedule
+from agentropy.trace import PHASE_CODE
+
+__all__ = ["ScheduledTemperatureProcessor", "TemperatureLogitsProcessor", "apply_temperature"]
+
+ZeroTemperature = Literal["argmax", "error"]
+
+#: ``phase_fn(input_ids (B, t) int64) -> (B,)`` phase per row: int codes (tensor or list) or names.
+PhaseFn = Callable[[torch.Tensor], "torch.Tensor | Sequence[int] | Sequence[str]"]
+
+
+def apply_temperature(
+    scores: torch.Tensor,
+    temperatures: torch.Tensor,
+    *,
+    zero_temperature: ZeroTemperature = "argmax",
+) -> torch.Tensor:
+    """Divide each row of ``scores`` (B, V) by its temperature (B,); returns fp32 (B, V).
+
+    ``T == 0`` rows: argmax logit kept, ``-inf`` elsewhere (``zero_temperature="argmax"``) or
+    ValueError (``"error"``). Negative or NaN temperatures raise ValueError.
+    """
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be (batch, vocab), got shape {tuple(scores.shape)}")
+    t = torch.as_tensor(temperatures, dtype=torch.float32, device=scores.device).reshape(-1)
+    if t.shape[0] != scores.shape[0]:
+        raise ValueError(
+            f"{t.shape[0]} temperatures for {scores.shape[0]} rows of scores; with beams or "
+            "num_return_sequences give one temperature per expanded row"
+        )
+    if not bool((t >= 0).all()):  # also catches NaN
+        raise ValueError(f"temperatures must be >= 0 (0 = greedy), got {t.tolist()}")
+    z = scores.to(torch.float32)  # upcast before dividing (DESIGN.md)
+    zero = t == 0
+    any_zero = bool(zero.any())
+    if any_zero and zero_temperature == "error":
+        raise ValueError(
+            f"temperature 0 in rows {zero.nonzero().flatten().tolist()} while sampling; T must be "
+            '> 0 (use zero_temperature="argmax" to decode those rows greedily)'
+        )
+    out = z / torch.where(zero, 1.0, t)[:, None]
+    if any_zero:
+        top = z.argmax(dim=-1, keepdim=True)
+        greedy = torch.full_like(z, -math.inf).scatter(1, top, z.gather(1, top))
+        out = torch.where(zero[:, None], greedy, out)
+    return out
+
+
+def _entropy(z: torch.Tensor) -> torch.Tensor:
+    """(B,) entropy in nats of softmax over the last dim of fp32 logits; -inf logits are fine."""
+    logp = torch.log_softmax(z, dim=-1)
+    # p = 0 where logp = -inf: zero the log so that 0 * log 0 contributes 0, not NaN. (Faster on
+    # CPU than torch.special.entr, and this runs twice per generated token.)
+    return -(logp.exp() * torch.nan_to_num(logp, neginf=0.0)).sum(dim=-1)
+
+
+class TemperatureLogitsProcessor(LogitsProcessor):
+    """Divide each row's fp32 logits by that row's current temperature.
+
+    Set ``processor.temperatures`` ((B,) tensor or list) before each step, or pass a callable
+    ``temperatures_fn(input_ids) -> (B,)``. Use with ``generate(do_sample=True, temperature=1.0)``.
+    """
+
+    def __init__(
+        self,
+        temperatures: torch.Tensor | Sequence[float] | None = None,
+        *,
+        temperatures_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        zero_temperature: ZeroTemperature = "argmax",
+    ) -> None:
+        if zero_temperature not in ("argmax", "error"):
+            raise ValueError(
+                f'zero_temperature must be "argmax" or "error", got {zero_temperature!r}'
+            )
+        if (temperatures is None) == (temperatures_fn is None):
+            raise ValueError("give exactly one of temperatures or temperatures_fn")
+        self.temperatures = temperatures
+        self.temperatures_fn = temperatures_fn
+        self.zero_temperature: ZeroTemperature = zero_temperature
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        t = self.temperatures_fn(input_ids) if self.temperatures_fn else self.temperatures
+        return apply_temperature(scores, t, zero_temperature=self.zero_temperature)
+
+
+class ScheduledTemperatureProcessor(LogitsProcessor):
+    """A schedule, its state and a phase callback wrapped as one ``LogitsProcessor``.
+
+    Each call is one decoding step: it reads each row's phase from ``phase_fn(input_ids)``
+    (default: every row ``plan``), computes the step's model entropy (T = 1) from the raw scores,
+    calls ``schedule.update`` and divides the scores by the returned temperatures.
+    A call whose ``input_ids`` is not the previous call's plus one token starts a new generation: the state is re-initialised (``reset`` True for every row) and the records are
+    cleared. With ``eos_token_id`` set, rows that have generated it are inactive (their state and
+    records stop). Records, one list per row, one entry per generated token:
+    ``temperatures`` (T used), ``phases`` (phase code), ``modes`` (the phase controller's guard
+    mode; absent for other schedules).
+
+    Example::
+
+        proc = ScheduledTemperatureProcessor(schedule_from_name("phase"), phase_fn=tracker)
+        model.generate(ids, logits_processor=[proc], do_sample=True, temperature=1.0,
+                       top_k=None, top_p=None)
+        proc.temperatures[0]  # per-token temperatures of row 0
+    """
+
+    def __init__(
+        self,
+        schedule: TemperatureSchedule,
+        phase_fn: PhaseFn | None = None,
+        *,
+        eos_token_id: int | Sequence[int] | None = None,
+        zero_temperature: ZeroTemperature = "argmax",
+    ) -> None:
+        if zero_temperature not in ("argmax", "error"):
+            raise ValueError(
+                f'zero_temperature must be "argmax" or "error", got {zero_temperature!r}'
+            )
+        self.schedule = schedule
+        self.phase_fn = phase_fn
+        eos = (
+            []
+            if eos_token_id is None
+            else [eos_token_id]
+            if isinstance(eos_token_id, int)
+            else eos_token_id
+        )
+        self._eos = torch.tensor(list(eos), dtype=torch.int64)
+        self.zero_temperature: ZeroTemperature = zero_temperature
+        self.state: Any = None
+        self.temperatures: list[list[float]] = []
+        self.phases: list[list[int]] = []
+        self.modes: list[list[int]] = []
+        self._last_len = -1
+        self._prompt_len = 0
+        self._prev_sampling_entropy: torch.Tensor | None = None
+        self._last_ids: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        """Forget state and records (the next call starts a new generation)."""
+        self.state = None
+        self._last_len, self._last_ids = -1, None
+
+    def _phases(self, input_ids: torch.Tensor) -> torch.Tensor:
+        b = input_ids.shape[0]
+        if self.phase_fn is None:
+            return torch.full((b,), PHASE_CODE["plan"], dtype=torch.int64)
+        raw = self.phase_fn(input_ids)
+        if not isinstance(raw, torch.Tensor):
+            raw = [PHASE_CODE[p] if isinstance(p, str) else int(p) for p in raw]
+        phase = torch.as_tensor(raw, dtype=torch.int64).reshape(-1)
+        if phase.shape[0] != b:
+            raise ValueError(f"phase_fn returned {phase.shape[0]} phases for {b} rows")
+        return phase
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        b, cur = input_ids.shape
+        # ConstantTemperature's state is None, so "started" is tracked by _last_len, not state.
+        new = (
+            self._last_ids is None
+            or cur != self._last_len + 1
+            or len(self.temperatures) != b
+            or not torch.equal(input_ids[:, :-1], self._last_ids)
+        )
+        if new:
+            self.state = self.schedule.init(b)
+            self._prompt_len = cur
+            self.temperatures = [[] for _ in range(b)]
+            self.phases = [[] for _ in range(b)]
+            self.modes = [[] for _ in range(b)]
+            self._prev_sampling_entropy = torch.full((b,), math.nan)
+        self._last_len, self._last_ids = cur, input_ids
+        if self._eos.numel() and cur > self._prompt_len:
+            done = torch.isin(input_ids[:, self._prompt_len :], self._eos.to(input_ids.device))
+            active = ~done.any(dim=1).cpu()
+        else:
+            active = torch.ones(b, dtype=torch.bool)
+        z = scores.to(torch.float32)
+        phase = self._phases(input_ids).cpu()
+        obs = StepObservation(
+            phase=phase,
+            entropy=_entropy(z).cpu(),
+            prev_sampling_entropy=self._prev_sampling_entropy,
+            active=active,
+            reset=torch.full((b,), new, dtype=torch.bool),
+        )
+        temps, self.state = self.schedule.update(self.state, obs)
+        out = apply_temperature(z, temps.to(z.device), zero_temperature=self.zero_temperature)
+        h_s = _entropy(out).cpu()
+        self._prev_sampling_entropy = torch.where(active, h_s, self._prev_sampling_entropy)
+        mode = getattr(self.state, "mode", None)
+        t_list, p_list, a_list = temps.tolist(), phase.tolist(), active.tolist()
+        m_list = mode.tolist() if mode is not None else None
+        for r in range(b):
+            if a_list[r]:
+                self.temperatures[r].append(t_list[r])
+                self.phases[r].append(p_list[r])
+                if m_list is not None:
+                    self.modes[r].append(m_list[r])
+        return out

@@ -1,0 +1,546 @@
+"""Per-row, per-token temperature controllers: the phase controller (ours) and EDT (a peer).
+
+Every schedule is a pure pair in the style of optax (see :mod:`agentropy.control.base`):
+``init(batch_size) -> State`` and ``update(State, StepObservation) -> (temperatures (B,), State)``,
+where ``State`` is a NamedTuple of tensors, one row per sequence. Nothing is hidden in the
+schedule object (it only holds its frozen config), so a run is reproducible from
+``(config, state)``, and :func:`state_dict` / :func:`load_state` checkpoint the state as plain
+lists (``torch.save`` with ``weights_only=True`` and JSON both work).
+
+**Phase controller** (``phase``; DESIGN.md "Phases and the temperature controller"). Each phase
+(:data:`agentropy.trace.PHASES`: plan, act, recover, answer) has its own temperature; two guards
+act on ``recover`` tokens, checked in this order on each active step:
+
+1. *Budget guard*: once a row has sampled ``recover_budget`` recover tokens in the episode,
+   every further recover token of that episode uses the ``plan`` temperature.
+2. *Divergence guard* (forced exhale). A *trigger* is the start of a recover stretch (the row's
+   previous token was not ``recover``, or there is none). At the trigger the controller freezes
+   the row's baseline ``B`` exactly as DESIGN.md defines it for the analyzer: the median model
+   entropy (T = 1) of the last ``baseline_window`` (64) assistant tokens before the trigger in the
+   episode, floored at ``eps`` (0.05 nats), ``eps`` if there are none. The *contraction threshold*
+   is ``contraction_factor * B`` (1.25 B, DESIGN.md's contraction band). Let ``k`` be the number
+   of recover tokens already sampled in the stretch and ``m`` the mean sampling entropy (at the
+   temperature actually used, from ``StepObservation.prev_sampling_entropy``) of the last
+   ``min(k, contraction_window)`` of them (window 8, as in DESIGN.md). The guard is *engaged* on a
+   step iff ``k >= horizon`` and ``m > threshold``; every consecutive engaged step increments a
+   counter ``d`` and the temperature is ``T_plan + (T_recover - T_plan) * decay**d`` (geometric
+   decay toward ``plan``). The guard *releases* (``d = 0``, back to ``T_recover``) on the first
+   step with ``m <= threshold`` or when the phase leaves ``recover``; it engages again (from
+   ``d = 1``) if ``m`` climbs back above the threshold within the same stretch. So the first
+   ``horizon`` recover tokens of a stretch are always sampled at ``T_recover``.
+
+Sampling entropy, not model entropy, is compared with the threshold (as DESIGN.md says): it is
+what the policy actually emits, and lowering T lowers it, which is how the guard releases.
+
+**EDT** (``edt``; Zhang, Bao & Huang 2024, "EDT: Improving Large Language Models' Generation by
+Entropy-based Dynamic Temperature Sampling", arXiv 2403.14541): ``T = T0 * N ** (theta / H)``
+with ``H`` the model entropy of this step's distribution (nats). ``N = 0.8`` is the paper's
+published constant; ``T0`` and ``theta`` were tuned per task in the paper (no universal default),
+so ours (``T0 = 1.0``, ``theta = 1.0``) are a documented choice. ``H = 0`` gives ``N ** inf = 0``;
+temperatures are floored at ``min_temperature`` so that the sampling distribution stays a proper
+(on-policy) softmax instead of a division by ~0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+
+from agentropy.control.base import ConstantTemperature, StepObservation, TemperatureSchedule
+from agentropy.trace import PHASE_CODE, PHASES
+
+__all__ = [
+    "MODE_BUDGET",
+    "MODE_FORCED_EXHALE",
+    "MODE_NORMAL",
+    "SCHEDULE_NAMES",
+    "EDTConfig",
+    "EDTState",
+    "EDTTemperature",
+    "PhaseState",
+    "PhaseTemperature",
+    "PhaseTemperatureConfig",
+    "load_state",
+    "schedule_from_name",
+    "state_dict",
+]
+
+_RECOVER = PHASE_CODE["recover"]
+
+#: Guard modes reported in :attr:`PhaseState.mode` (one int8 per row, for the last active step).
+MODE_NORMAL, MODE_FORCED_EXHALE, MODE_BUDGET = 0, 1, 2
+
+
+# ----------------------------------------------------------------------------------- configs
+
+
+@dataclass(frozen=True)
+class PhaseTemperatureConfig:
+    """Temperatures per phase and the guard parameters of the phase controller.
+
+    Defaults: ``plan`` 0.7 is the usual chat temperature for free text; ``act`` 0.3 because a tool
+    call's syntax must be exact and its arguments are copied from context (sampling noise there
+    only manufactures bad-argument failures); ``recover`` 1.2 to inhale after a failed tool call,
+    spreading mass over alternative recoveries (ambiguous failures can only be resolved by
+    exploring), with the guards bounding the cost; ``answer`` 0.2, near-greedy because answers are
+    checked exactly, yet not 0 so every token keeps a proper sampling distribution (on-policy
+    log-probs and distinct samples within a GRPO group).
+    """
+
+    plan: float = 0.7
+    """Temperature of ``plan`` tokens (free text, no unresolved failure); also the forced-exhale
+    target and the post-budget temperature of ``recover`` tokens."""
+    act: float = 0.3
+    """Temperature of ``act`` tokens (inside a tool call)."""
+    recover: float = 1.2
+    """Temperature of ``recover`` tokens (after a failed/unexpected tool result)."""
+    answer: float = 0.2
+    """Temperature of ``answer`` tokens (inside the final answer)."""
+    horizon: int = 32
+    """Recover tokens of a stretch always sampled at ``recover`` before the divergence guard may
+    engage (a quarter of DESIGN.md's h = 128 contraction horizon: room for a short inhale)."""
+    decay: float = 0.85
+    """Per-token geometric factor of the gap ``T - T_plan`` while the guard is engaged (gap halves
+    in ~4 tokens, 90% closed in ~14)."""
+    contraction_factor: float = 1.25
+    """Threshold = ``contraction_factor * baseline`` (DESIGN.md's contraction band)."""
+    contraction_window: int = 8
+    """Recover tokens averaged when comparing sampling entropy with the threshold (DESIGN.md's 8)."""
+    baseline_window: int = 64
+    """Assistant tokens before the trigger whose median model entropy is the baseline (W = 64)."""
+    eps: float = 0.05
+    """Floor of the baseline, nats (DESIGN.md's eps)."""
+    recover_budget: int = 256
+    """Recover tokens per episode sampled at ``recover``; later ones use ``plan``."""
+
+    def __post_init__(self) -> None:
+        for name in PHASES:
+            t = getattr(self, name)
+            if not (isinstance(t, int | float) and math.isfinite(t) and t >= 0.0):
+                raise ValueError(
+                    f"PhaseTemperatureConfig.{name} must be a finite temperature >= 0 "
+                    f"(0 = greedy), got {t!r}"
+                )
+        if not 0.0 < self.decay < 1.0:
+            raise ValueError(f"decay must be in (0, 1) (geometric decay), got {self.decay!r}")
+        if not self.contraction_factor > 0.0:
+            raise ValueError(f"contraction_factor must be > 0, got {self.contraction_factor!r}")
+        if not self.eps > 0.0:
+            raise ValueError(f"eps must be > 0 nats, got {self.eps!r}")
+        for name in ("horizon", "recover_budget"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 0):
+                raise ValueError(f"{name} must be an integer >= 0 (tokens), got {v!r}")
+        for name in ("contraction_window", "baseline_window"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 1):
+                raise ValueError(f"{name} must be an integer >= 1 (tokens), got {v!r}")
+
+    def phase_temperatures(self) -> torch.Tensor:
+        """(4,) float32 temperatures indexed by phase code."""
+        return torch.tensor([getattr(self, p) for p in PHASES], dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class EDTConfig:
+    """Entropy-based dynamic temperature, ``T = t0 * n ** (theta / H)`` (arXiv 2403.14541)."""
+
+    t0: float = 1.0
+    """Temperature as H -> inf (the upper bound, since ``n < 1``); tuned per task in the paper."""
+    n: float = 0.8
+    """Base of the power, in (0, 1): the paper's published value 0.8."""
+    theta: float = 1.0
+    """Entropy scale, nats (T = t0 * n at H = theta); tuned per task in the paper."""
+    min_temperature: float = 0.01
+    """Floor on T (the formula gives T -> 0 as H -> 0; the floor keeps sampling well defined)."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.t0) and self.t0 > 0.0):
+            raise ValueError(f"EDT t0 must be a finite temperature > 0, got {self.t0!r}")
+        if not 0.0 < self.n < 1.0:
+            raise ValueError(f"EDT n must be in (0, 1) (the paper uses 0.8), got {self.n!r}")
+        if not (math.isfinite(self.theta) and self.theta > 0.0):
+            raise ValueError(f"EDT theta must be > 0 nats, got {self.theta!r}")
+        if not 0.0 < self.min_temperature <= self.t0:
+            raise ValueError(
+                f"EDT min_temperature must be in (0, t0={self.t0}], got {self.min_temperature!r}"
+            )
+
+
+# ------------------------------------------------------------------------------------ states
+
+
+class PhaseState(NamedTuple):
+    """Per-row state of the phase controller. Every field has leading dimension B."""
+
+    prev_phase: torch.Tensor
+    """(B,) int64 phase code of the row's previous token in the episode; -1 if none."""
+    history: torch.Tensor
+    """(B, baseline_window) float32 ring buffer of model entropies of the row's last assistant
+    tokens (NaN = empty slot)."""
+    n_history: torch.Tensor
+    """(B,) int64 assistant tokens pushed into ``history`` this episode."""
+    baseline: torch.Tensor
+    """(B,) float32 baseline of the latest trigger, nats (NaN before the first trigger)."""
+    recover_window: torch.Tensor
+    """(B, contraction_window) float32 ring buffer of sampling entropies of the current
+    stretch's recover tokens (NaN = empty)."""
+    recover_steps: torch.Tensor
+    """(B,) int64 recover tokens sampled in the current stretch (since the latest trigger)."""
+    recover_total: torch.Tensor
+    """(B,) int64 recover tokens sampled this episode (the budget guard's counter)."""
+    decay_steps: torch.Tensor
+    """(B,) int64 consecutive steps the divergence guard has been engaged (0 = released)."""
+    temperature: torch.Tensor
+    """(B,) float32 temperature returned at the row's last active step."""
+    mode: torch.Tensor
+    """(B,) int8 guard mode of the row's last active step: 0 normal, 1 forced exhale, 2 budget."""
+
+
+class EDTState(NamedTuple):
+    """EDT is memoryless; the state only carries the last temperature per row."""
+
+    temperature: torch.Tensor
+    """(B,) float32 temperature returned at the row's last active step."""
+
+
+# ---------------------------------------------------------------------------------- schedules
+
+
+def _check_obs(obs: StepObservation, batch_size: int) -> None:
+    if obs.phase.shape != (batch_size,):
+        raise ValueError(
+            f"observation has {tuple(obs.phase.shape)} rows but the state has ({batch_size},); "
+            "init the schedule with the runner's batch size"
+        )
+
+
+def _validate_active(obs: StepObservation, active: torch.Tensor, *, phase: bool = True) -> None:
+    # One host sync per step (cheap on CPU) turns silent garbage into an error; masks, not
+    # boolean indexing, because this runs once per generated token.
+    e = obs.entropy
+    bad = active & ~((e >= 0) & (e < math.inf))  # NaN fails both comparisons
+    if phase:
+        bad_phase = active & ((obs.phase < 0) | (obs.phase >= len(PHASES)))
+        bad = bad | bad_phase
+    if not bool(bad.any()):
+        return
+    if phase and bool(bad_phase.any()):
+        raise ValueError(
+            f"phase codes of active rows must be in [0, {len(PHASES)}) (agentropy.trace.PHASES), "
+            f"got {sorted(set(obs.phase[bad_phase].tolist()))}"
+        )
+    raise ValueError(
+        f"model entropy of active rows must be finite and >= 0 nats, got {e[bad].tolist()} "
+        f"in rows {bad.nonzero().flatten().tolist()}"
+    )
+
+
+class PhaseTemperature:
+    """The phase controller (policy name ``phase``); see the module docstring for the rules."""
+
+    def __init__(self, config: PhaseTemperatureConfig | None = None) -> None:
+        self.config = config if config is not None else PhaseTemperatureConfig()
+        self.name = _config_name("phase", self.config, PhaseTemperatureConfig())
+        self._table = self.config.phase_temperatures()
+        self._decay = torch.tensor(self.config.decay, dtype=torch.float32)
+        self._plan = torch.tensor(self.config.plan, dtype=torch.float32)
+
+    def init(self, batch_size: int) -> PhaseState:
+        """Fresh state for ``batch_size`` rows (each row at the start of an episode)."""
+        c, b = self.config, batch_size
+        return PhaseState(
+            prev_phase=torch.full((b,), -1, dtype=torch.int64),
+            history=torch.full((b, c.baseline_window), math.nan, dtype=torch.float32),
+            n_history=torch.zeros(b, dtype=torch.int64),
+            baseline=torch.full((b,), math.nan, dtype=torch.float32),
+            recover_window=torch.full((b, c.contraction_window), math.nan, dtype=torch.float32),
+            recover_steps=torch.zeros(b, dtype=torch.int64),
+            recover_total=torch.zeros(b, dtype=torch.int64),
+            decay_steps=torch.zeros(b, dtype=torch.int64),
+            temperature=torch.full((b,), c.plan, dtype=torch.float32),
+            mode=torch.zeros(b, dtype=torch.int8),
+        )
+
+    def update(self, state: PhaseState, obs: StepObservation) -> tuple[torch.Tensor, PhaseState]:
+        """Temperatures (B,) float32 for the tokens about to be sampled, and the next state.
+
+        Rows with ``obs.reset`` are re-initialised first; inactive rows keep their state and get
+        back their last temperature (the runner does not sample them).
+        """
+        c = self.config
+        b = state.prev_phase.shape[0]
+        _check_obs(obs, b)
+        reset = obs.reset.to(torch.bool)
+        if bool(reset.any()):
+            fresh = self.init(b)
+            state = PhaseState(
+                *(_where_rows(reset, f, s) for f, s in zip(fresh, state, strict=True))
+            )
+        active = obs.active.to(torch.bool)
+        _validate_active(obs, active)
+
+        phase = torch.where(active, obs.phase.to(torch.int64), 0)
+        is_rec = active & (phase == _RECOVER)
+        temps = self._table[phase]
+        if bool(is_rec.any()):
+            temps, recover_fields = self._recover_step(state, obs, active, is_rec, temps)
+        else:  # fast path (most tokens): no guard can act; the guard counter releases
+            mode = torch.where(active, MODE_NORMAL, state.mode).to(torch.int8)
+            recover_fields = {
+                "baseline": state.baseline,
+                "recover_window": state.recover_window,
+                "recover_steps": state.recover_steps,
+                "recover_total": state.recover_total,
+                "decay_steps": torch.where(active, 0, state.decay_steps),
+                "mode": mode,
+            }
+        temps = torch.where(active, temps, state.temperature)
+
+        # Model entropy of this step joins the baseline history after the trigger used it.
+        hslot = (state.n_history % c.baseline_window)[:, None]
+        history = torch.where(
+            active[:, None],
+            state.history.scatter(1, hslot, obs.entropy.to(torch.float32)[:, None]),
+            state.history,
+        )
+        new_state = PhaseState(
+            prev_phase=torch.where(active, phase, state.prev_phase),
+            history=history,
+            n_history=state.n_history + active.to(torch.int64),
+            temperature=temps,
+            **recover_fields,
+        )
+        return temps, new_state
+
+    def _recover_step(
+        self,
+        state: PhaseState,
+        obs: StepObservation,
+        active: torch.Tensor,
+        is_rec: torch.Tensor,
+        temps: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Triggers, baselines and both guards, for a step where some active row is in recover."""
+        c = self.config
+        trigger = is_rec & (state.prev_phase != _RECOVER)
+        cont = is_rec & ~trigger  # continuing a stretch: the previous token was a recover token
+
+        # Baseline frozen at the trigger, from the tokens *before* it (DESIGN.md "Baseline").
+        baseline = state.baseline
+        if bool(trigger.any()):
+            med = torch.nanquantile(state.history, 0.5, dim=1)  # averages the middle pair like np
+            med = torch.nan_to_num(med, nan=c.eps).clamp_min(c.eps)
+            baseline = torch.where(trigger, med, baseline)
+
+        # Recover window: a trigger clears it; a continuing step appends the sampling entropy of
+        # the previous token, which is the stretch's most recent recover token.
+        steps = torch.where(trigger, 0, state.recover_steps)
+        window = torch.where(trigger[:, None], math.nan, state.recover_window)
+        slot = ((steps - 1).clamp_min(0) % c.contraction_window)[:, None]
+        pushed = window.scatter(1, slot, obs.prev_sampling_entropy.to(torch.float32)[:, None])
+        window = torch.where(cont[:, None], pushed, window)
+        mean = torch.nanmean(window, dim=1)  # NaN when empty: comparisons below are then False
+
+        over_budget = is_rec & (state.recover_total >= c.recover_budget)
+        engaged = (
+            cont & ~over_budget & (steps >= c.horizon) & (mean > c.contraction_factor * baseline)
+        )
+        decay_steps = torch.where(engaged, state.decay_steps + 1, 0)
+        decay_steps = torch.where(active, decay_steps, state.decay_steps)
+
+        gap = c.recover - c.plan
+        t_guarded = c.plan + gap * torch.pow(self._decay, decay_steps.to(torch.float32))
+        temps = torch.where(engaged, t_guarded, temps)
+        temps = torch.where(over_budget, self._plan, temps)
+
+        mode = torch.where(engaged, MODE_FORCED_EXHALE, MODE_NORMAL)
+        mode = torch.where(over_budget, MODE_BUDGET, mode).to(torch.int8)
+        mode = torch.where(active, mode, state.mode)
+        fields = {
+            "baseline": baseline,
+            "recover_window": window,
+            "recover_steps": torch.where(is_rec, steps + 1, steps),
+            "recover_total": state.recover_total + is_rec.to(torch.int64),
+            "decay_steps": decay_steps,
+            "mode": mode,
+        }
+        return temps, fields
+
+
+class EDTTemperature:
+    """EDT, ``T = t0 * n ** (theta / H)`` per token (policy name ``edt``; arXiv 2403.14541)."""
+
+    def __init__(self, config: EDTConfig | None = None) -> None:
+        self.config = config if config is not None else EDTConfig()
+        self.name = _config_name("edt", self.config, EDTConfig())
+
+    def init(self, batch_size: int) -> EDTState:
+        return EDTState(temperature=torch.full((batch_size,), self.config.t0, dtype=torch.float32))
+
+    def update(self, state: EDTState, obs: StepObservation) -> tuple[torch.Tensor, EDTState]:
+        c = self.config
+        _check_obs(obs, state.temperature.shape[0])
+        active = obs.active.to(torch.bool)
+        _validate_active(obs, active, phase=False)
+        h = obs.entropy.to(torch.float64)
+        # theta / 0 = inf and n ** inf = 0: the H = 0 case needs no branch; the floor does the rest.
+        with torch.no_grad():
+            t = c.t0 * torch.pow(torch.tensor(c.n, dtype=torch.float64), c.theta / h)
+        t = t.clamp_min(c.min_temperature).to(torch.float32)
+        fresh = torch.full_like(state.temperature, c.t0)
+        prev = torch.where(obs.reset.to(torch.bool), fresh, state.temperature)
+        temps = torch.where(active, t, prev)
+        return temps, EDTState(temperature=temps)
+
+
+# ------------------------------------------------------------------------------------ by name
+
+#: Policy names understood by :func:`schedule_from_name` (with their syntax).
+SCHEDULE_NAMES: tuple[str, ...] = (
+    "greedy",
+    "constant:T",
+    "phase[:key=value,...]",
+    "edt[:key=value,...]",
+)
+
+
+def schedule_from_name(name: str) -> TemperatureSchedule:
+    """Build a sampling policy from its name.
+
+    - ``greedy``: T = 0 for every token.
+    - ``constant:T``: one temperature ``T >= 0`` (``constant:0`` is greedy).
+    - ``phase``: the phase controller with :class:`PhaseTemperatureConfig` defaults; override
+      fields with ``phase:recover=1.0,horizon=16``.
+    - ``edt``: EDT with :class:`EDTConfig` defaults; override with ``edt:t0=0.8,theta=0.5``.
+
+    The returned schedule's ``name`` is canonical (defaults omitted), so it round-trips.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"empty policy name; choose one of {', '.join(SCHEDULE_NAMES)}")
+    head, sep, arg = name.strip().partition(":")
+    head = head.strip().lower()
+    if head == "greedy":
+        if sep:
+            raise ValueError(f"'greedy' takes no argument, got {name!r}; use 'constant:T' instead")
+        return ConstantTemperature(0.0)
+    if head == "constant":
+        try:
+            t = float(arg)
+        except ValueError:
+            raise ValueError(
+                f"policy {name!r}: expected 'constant:T' with a number T >= 0, e.g. 'constant:0.7'"
+            ) from None
+        if not (math.isfinite(t) and t >= 0.0):
+            raise ValueError(
+                f"policy {name!r}: temperature must be a finite number >= 0 (0 = greedy), got {t}"
+            )
+        return ConstantTemperature(t)
+    if head == "phase":
+        return PhaseTemperature(_config_from_args(PhaseTemperatureConfig, name, arg))
+    if head == "edt":
+        return EDTTemperature(_config_from_args(EDTConfig, name, arg))
+    raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(SCHEDULE_NAMES)}")
+
+
+def _config_from_args(cls: type, name: str, arg: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in arg.split(","))):
+        key, eq, value = (s.strip() for s in item.partition("="))
+        if not eq or key not in fields:
+            raise ValueError(
+                f"policy {name!r}: bad override {item!r}; expected key=value with key one of "
+                f"{', '.join(fields)}"
+            )
+        default = fields[key].default
+        try:
+            kwargs[key] = int(value) if isinstance(default, int) else float(value)
+        except ValueError:
+            kind = "an integer" if isinstance(default, int) else "a number"
+            raise ValueError(f"policy {name!r}: {key} must be {kind}, got {value!r}") from None
+    return cls(**kwargs)
+
+
+def _config_name(head: str, config: Any, default: Any) -> str:
+    diff = [
+        f"{f.name}={_short(getattr(config, f.name))}"
+        for f in dataclasses.fields(config)
+        if getattr(config, f.name) != getattr(default, f.name)
+    ]
+    return head if not diff else f"{head}:{','.join(diff)}"
+
+
+def _short(v: float) -> str:
+    """Shortest text that parses back to exactly ``v`` (so policy names round-trip)."""
+    g = format(v, "g")
+    return g if float(g) == v else repr(v)
+
+
+def _where_rows(rows: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.where(rows.view(-1, *([1] * (a.dim() - 1))), a, b)
+
+
+# ------------------------------------------------------------------------------- checkpoints
+
+_STATE_TYPES: dict[str, type] = {"PhaseState": PhaseState, "EDTState": EDTState}
+
+
+def state_dict(state: Any) -> dict[str, Any]:
+    """Plain-Python snapshot of a schedule state (lists, str, None): JSON- and torch.save-safe.
+
+    NaN (empty slots) is stored as ``None`` so the JSON is standard. ``None`` (the state of
+    :class:`~agentropy.control.base.ConstantTemperature`) is stored as ``{"type": None}``.
+    """
+    if state is None:
+        return {"type": None}
+    kind = type(state).__name__
+    if kind not in _STATE_TYPES:
+        raise TypeError(
+            f"cannot serialise state of type {kind}; expected one of {list(_STATE_TYPES)}"
+        )
+    out: dict[str, Any] = {"type": kind, "fields": {}, "dtypes": {}, "shapes": {}}
+    for key, value in state._asdict().items():
+        out["dtypes"][key] = str(value.dtype).removeprefix("torch.")
+        out["shapes"][key] = list(value.shape)
+        listed = value.tolist()
+        if value.is_floating_point():
+            listed = _nan_to_none(listed)
+        out["fields"][key] = listed
+    return out
+
+
+def load_state(d: dict[str, Any]) -> Any:
+    """Inverse of :func:`state_dict`."""
+    kind = d.get("type")
+    if kind is None:
+        return None
+    if kind not in _STATE_TYPES:
+        raise ValueError(f"unknown state type {kind!r}; expected one of {list(_STATE_TYPES)}")
+    cls = _STATE_TYPES[kind]
+    values = []
+    for key in cls._fields:
+        if key not in d["fields"]:
+            raise ValueError(f"state {kind} is missing field {key!r}")
+        dtype = getattr(torch, d["dtypes"][key])
+        data = d["fields"][key]
+        if dtype.is_floating_point:
+            data = _none_to_nan(data)
+        values.append(torch.tensor(data, dtype=dtype).reshape(d["shapes"][key]))
+    return cls(*values)
+
+
+def _nan_to_none(x: Any) -> Any:
+    if isinstance(x, list):
+        return [_nan_to_none(v) for v in x]
+    return None if isinstance(x, float) and math.isnan(x) else x
+
+
+def _none_to_nan(x: Any) -> Any:
+    if isinstance(x, list):
+        return [_none_to_nan(v) for v in x]
+    return math.nan if x is None else x

@@ -1,0 +1,186 @@
+"""Tests of the transformers backend: per-row temperature LogitsProcessor and the scheduled one."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor
+
+from agentropy.control.base import ConstantTemperature
+from agentropy.control.hf import (
+    ScheduledTemperatureProcessor,
+    TemperatureLogitsProcessor,
+    apply_temperature,
+)
+from agentropy.control.temperature import PhaseTemperatureConfig, schedule_from_name
+from agentropy.trace import PHASE_CODE, PHASES
+
+VOCAB = 48
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    m = LlamaForCausalLM(cfg).eval()
+    m.generation_config.eos_token_id = None  # fixed length unless a test sets eos
+    m.generation_config.pad_token_id = 0
+    return m
+
+
+def _prompt(b=4, t=5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (b, t), generator=g)
+    return ids, torch.ones_like(ids)
+
+
+def _generate(model, procs, n=6, **kw):
+    ids, mask = _prompt(**({"b": kw.pop("b")} if "b" in kw else {}))
+    kw.setdefault("do_sample", True)
+    torch.manual_seed(0)
+    return model.generate(
+        ids,
+        attention_mask=mask,
+        logits_processor=procs,
+        temperature=1.0,
+        top_k=None,
+        top_p=None,
+        max_new_tokens=n,
+        return_dict_in_generate=True,
+        output_scores=True,
+        output_logits=True,
+        **kw,
+    )
+
+
+# ------------------------------------------------------------------------------ apply_temperature
+
+
+def test_each_row_is_divided_by_its_own_temperature():
+    g = torch.Generator().manual_seed(0)
+    z = (torch.randn(4, 50, generator=g) * 3).to(torch.float16)
+    z[1, :5] = -math.inf  # masked tokens stay probability 0
+    t = torch.tensor([0.3, 0.7, 1.0, 1.7])
+    out = apply_temperature(z, t)
+    assert out.dtype == torch.float32
+    for r in range(4):
+        zr = z[r].float()
+        assert torch.equal(out[r], zr / t[r])
+        assert torch.allclose(torch.softmax(out[r], -1), torch.softmax(zr / t[r], -1))
+    assert not torch.isnan(torch.softmax(out, -1)).any()
+
+
+def test_zero_temperature_row_becomes_its_argmax_and_other_rows_are_untouched():
+    z = torch.tensor([[0.1, 2.0, 1.9], [0.5, 0.2, 0.4]])
+    out = apply_temperature(z, torch.tensor([0.0, 0.5]))
+    assert out[0].tolist() == [-math.inf, 2.0, -math.inf]
+    assert torch.softmax(out[0], -1).tolist() == [0.0, 1.0, 0.0]
+    assert torch.equal(out[1], z[1] / 0.5)
+    with pytest.raises(ValueError, match="rows \\[0\\]"):
+        apply_temperature(z, torch.tensor([0.0, 0.5]), zero_temperature="error")
+
+
+@pytest.mark.parametrize("bad", [[-0.1, 1.0], [math.nan, 1.0]])
+def test_negative_or_nan_temperature_raises(bad):
+    with pytest.raises(ValueError, match=">= 0"):
+        apply_temperature(torch.zeros(2, 3), torch.tensor(bad))
+
+
+def test_one_temperature_per_row_is_required():
+    with pytest.raises(ValueError, match="3 temperatures for 2 rows"):
+        apply_temperature(torch.zeros(2, 3), torch.ones(3))
+
+
+def test_processor_from_list_or_callable():
+    z = torch.randn(2, 7)
+    ids = torch.zeros(2, 3, dtype=torch.long)
+    fixed = TemperatureLogitsProcessor([0.5, 2.0])
+    by_fn = TemperatureLogitsProcessor(temperatures_fn=lambda _ids: torch.tensor([0.5, 2.0]))
+    expected = z / torch.tensor([[0.5], [2.0]])
+    assert torch.equal(fixed(ids, z), expected)
+    assert torch.equal(by_fn(ids, z), expected)
+    with pytest.raises(ValueError, match="exactly one"):
+        TemperatureLogitsProcessor()
+
+
+# ------------------------------------------------------------------------- with model.generate
+
+
+def test_generate_applies_the_recorded_temperature_per_row_and_token(model):
+    phases = ["plan", "act", "recover", "answer"]
+    proc = ScheduledTemperatureProcessor(schedule_from_name("phase"), phase_fn=lambda ids: phases)
+    out = _generate(model, [proc], n=6)
+    cfg = PhaseTemperatureConfig()
+    assert [len(t) for t in proc.temperatures] == [6] * 4
+    for r, p in enumerate(phases):
+        assert proc.temperatures[r] == pytest.approx([getattr(cfg, p)] * 6)
+        assert proc.phases[r] == [PHASE_CODE[p]] * 6
+    # generate's scores are what it sampled from; logits are the raw model outputs.
+    for i, (scores, logits) in enumerate(zip(out.scores, out.logits, strict=True)):
+        t = torch.tensor([proc.temperatures[r][i] for r in range(4)])
+        assert torch.equal(scores, logits.float() / t[:, None])
+
+
+def test_dynamic_schedule_records_what_was_applied(model):
+    # EDT's temperature changes every token; the phase callback switches phases mid-generation.
+    proc = ScheduledTemperatureProcessor(
+        schedule_from_name("edt"), phase_fn=lambda ids: ids[:, -1] % len(PHASES)
+    )
+    out = _generate(model, [proc], n=5)
+    temps = torch.tensor(proc.temperatures)  # (B, n)
+    assert temps.unique().numel() > 4
+    for i, (scores, logits) in enumerate(zip(out.scores, out.logits, strict=True)):
+        assert torch.allclose(scores, logits.float() / temps[:, i, None])
+
+
+def test_greedy_rows_inside_sampling_generate_match_greedy_decoding(model):
+    proc = ScheduledTemperatureProcessor(ConstantTemperature(0.0))
+    sampled = _generate(model, [proc], n=6).sequences
+    greedy = _generate(model, [], n=6, do_sample=False).sequences
+    assert torch.equal(sampled, greedy)
+    assert proc.temperatures == [[0.0] * 6] * 4
+
+
+def test_zero_temperature_while_sampling_can_be_an_error(model):
+    proc = ScheduledTemperatureProcessor(schedule_from_name("greedy"), zero_temperature="error")
+    with pytest.raises(ValueError, match="T must be"):
+        _generate(model, [proc], n=2)
+
+
+class _ForceToken(LogitsProcessor):
+    """Force ``token`` for ``row`` at generation step ``step`` (0-based)."""
+
+    def __init__(self, prompt_len, row, step, token):
+        self.prompt_len, self.row, self.step, self.token = prompt_len, row, step, token
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] - self.prompt_len == self.step:
+            scores = scores.clone()
+            scores[self.row] = -math.inf
+            scores[self.row, self.token] = 0.0
+        return scores
+
+
+def test_rows_that_emitted_eos_stop_recording_and_new_generate_resets(model):
+    eos = 2
+    proc = ScheduledTemperatureProcessor(schedule_from_name("phase"), eos_token_id=eos)
+    out = _generate(model, [_ForceToken(5, row=0, step=1, token=eos), proc], n=5, eos_token_id=eos)
+    assert out.sequences[0, 5 + 1] == eos
+    lengths = [len(t) for t in proc.temperatures]
+    assert lengths[0] == 2  # steps 0 and 1; inactive from step 2 on
+    gen = out.sequences[:, 5:]
+    for r in range(gen.shape[0]):  # any row may also sample eos by chance
+        hits = (gen[r] == eos).nonzero().flatten().tolist()
+        assert lengths[r] == (hits[0] + 1 if hits else gen.shape[1])
+    _generate(model, [proc], n=3, b=2)
+    assert [len(t) for t in proc.temperatures] == [3, 3]  # a new generate starts afresh

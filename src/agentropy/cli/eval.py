@@ -1,0 +1,132 @@
+"""``agentropy eval``: sampling policies side by side on the same held-out tasks and faults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from agentropy.cli._common import guarded
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def _num(x: float | None, fmt: str = "{:.2f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _ci(ci: list[float | None] | None) -> str:
+    if not ci or ci[0] is None or ci[1] is None:
+        return ""
+    return f" [{100 * ci[0]:.0f},{100 * ci[1]:.0f}]"
+
+
+def render_table(rows: list[dict[str, Any]], level: int) -> Any:
+    """A rich table of one level's rows."""
+    from rich.table import Table
+
+    table = Table(title=f"ToolWorld L{level}", title_justify="left")
+    for col, justify in (
+        ("policy", "left"),
+        ("n", "right"),
+        ("success [95% CI]", "right"),
+        ("recovery (n)", "right"),
+        ("spike", "right"),
+        ("erupt p/n/d", "right"),
+        ("frozen", "right"),
+        ("loops", "right"),
+        ("tok/ep", "right"),
+        ("overhead", "right"),
+        ("lat p50/p95 s", "right"),
+        ("lat CV", "right"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for r in rows:
+        if r["level"] != level:
+            continue
+        table.add_row(
+            r["policy"],
+            str(r["episodes"]),
+            _pct(r["success"]) + _ci(r["success_ci"]),
+            f"{_pct(r['recovery'])} ({r['failure_episodes']})",
+            _num(r["spike_mean"]),
+            f"{r['eruptions_productive']}/{r['eruptions_neutral']}/{r['eruptions_divergent']}",
+            str(r["frozen"]),
+            str(r["loops"]),
+            _num(r["tokens_per_episode"], "{:.1f}"),
+            _num(r["overhead"], "{:.2f}x"),
+            f"{_num(r['latency_p50'])}/{_num(r['latency_p95'])}",
+            _num(r["latency_cv"]),
+        )
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``eval`` command to ``app``."""
+
+    @app.command("eval")
+    @guarded
+    def eval_command(
+        model: Path | None = typer.Option(
+            None, "--model", help="Hugging Face model directory (default: the embedded agent)."
+        ),
+        policies: str = typer.Option(
+            "greedy,constant:1.0,phase",
+            "--policies",
+            help="Comma-separated sampling policies: greedy, constant:T, phase, edt.",
+        ),
+        levels: str = typer.Option("0,1,2,3", "--levels", help="Comma-separated levels 0-3."),
+        episodes: int = typer.Option(50, "--episodes", help="Episodes per level and policy."),
+        seed: int = typer.Option(0, "--seed", help="Task-draw and sampling seed."),
+        out: Path | None = typer.Option(
+            None, "--out", help="Directory for eval.json and traces/<policy>.parquet."
+        ),
+        split: str = typer.Option("test", "--split", help="Task split: test or train."),
+        batch_size: int = typer.Option(16, "--batch-size", help="Episodes decoded together."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
+    ) -> None:
+        """Run every policy on the same held-out tasks with the same injected faults.
+
+        Prints a table per level (success, recovery after failures, mean spike ratio after
+        failures, eruptions by kind, frozen responses, loops, tokens per episode and overhead vs
+        greedy, latency p50/p95/CV) and, with --out, writes eval.json plus the traces.
+        """
+        from rich.console import Console
+
+        from agentropy.agent.loading import load_model
+        from agentropy.agent.runner import RunnerConfig
+        from agentropy.evaluate import EvalConfig, run_eval
+
+        try:
+            level_list = tuple(int(x) for x in levels.split(",") if x.strip())
+        except ValueError:
+            raise ValueError(f"--levels must be comma-separated integers, got {levels!r}") from None
+        config = EvalConfig(
+            policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
+            levels=level_list,
+            episodes=episodes,
+            seed=seed,
+            split=split,
+        )
+        runner_config = RunnerConfig(batch_size=batch_size)
+        lm, tokenizer = load_model(model)
+        result = run_eval(
+            lm,
+            tokenizer,
+            config=config,
+            runner_config=runner_config,
+            out_dir=out,
+            progress=progress,
+        )
+        console = Console()
+        for level in config.levels:
+            console.print(render_table(result["rows"], level))
+        console.print(
+            f"overhead = tokens per episode / {config.reference}'s on the same tasks; "
+            "erupt p/n/d = productive/neutral/divergent eruptions"
+        )
+        if out is not None:
+            console.print(f"wrote {out / 'eval.json'} and {len(config.policies)} trace stores")

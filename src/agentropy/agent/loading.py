@@ -17,8 +17,11 @@ def load_model(path: str | os.PathLike[str] | None = None) -> tuple[Any, Any]:
     ``save_pretrained`` output loads through ``AutoModelForCausalLM`` / ``AutoTokenizer`` from local
     files only (no hub access at run time); the tokenizer must have a chat template.
     """
+    from transformers.utils import logging as hf_logging
+
     from agentropy.agent import tiny
 
+    hf_logging.disable_progress_bar()  # our commands show their own progress
     if path is None:
         return tiny.load_agent()
     p = Path(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,10 @@ def register(app: typer.Typer) -> None:
         ),
         split: str = typer.Option("test", "--split", help="Task split: test or train."),
         batch_size: int = typer.Option(16, "--batch-size", help="Episodes decoded together."),
+        max_turns: int = typer.Option(8, "--max-turns", help="Assistant turns per episode."),
+        max_new_tokens: int = typer.Option(
+            128, "--max-new-tokens", help="Tokens per assistant turn."
+        ),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
     ) -> None:
         """Run every policy on the same held-out tasks with the same injected faults.
@@ -111,7 +116,9 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             split=split,
         )
-        runner_config = RunnerConfig(batch_size=batch_size)
+        runner_config = RunnerConfig(
+            batch_size=batch_size, max_turns=max_turns, max_new_tokens=max_new_tokens
+        )
         lm, tokenizer = load_model(model)
         result = run_eval(
             lm,
@@ -121,7 +128,8 @@ def register(app: typer.Typer) -> None:
             out_dir=out,
             progress=progress,
         )
-        console = Console()
+        # Wide enough for every column when output is piped or captured (rich defaults to 80).
+        console = Console() if sys.stdout.isatty() else Console(width=160)
         for level in config.levels:
             console.print(render_table(result["rows"], level))
         console.print(

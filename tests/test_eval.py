@@ -1,0 +1,110 @@
+"""`agentropy eval`: every policy on the same tasks, every column present, traces written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from agentropy.agent.runner import RunnerConfig
+from agentropy.cli import app
+from agentropy.evaluate import COLUMNS, EvalConfig, run_eval
+from agentropy.trace import read_traces
+
+
+@pytest.fixture(scope="module")
+def random_agent(tmp_path_factory):
+    """A random-weight tiny Llama saved in Hugging Face format with the tiny tokenizer (so the
+    eval loads it through the generic AutoModel/AutoTokenizer path)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from agentropy.agent.tiny import build_tokenizer
+
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    path = tmp_path_factory.mktemp("agent")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return model, tok, path
+
+
+def test_run_eval_rows_have_every_column_and_share_tasks(random_agent):
+    model, tok, _ = random_agent
+    cfg = EvalConfig(policies=("greedy", "constant:1.0", "phase"), levels=(1, 3), episodes=3)
+    result = run_eval(
+        model, tok, config=cfg, runner_config=RunnerConfig(max_turns=2, max_new_tokens=8)
+    )
+    rows = result["rows"]
+    assert len(rows) == 2 * 3
+    for r in rows:
+        assert set(r) == set(COLUMNS)
+        assert r["episodes"] == 3
+        assert 0.0 <= r["success"] <= 1.0
+    for level in (1, 3):
+        greedy = next(r for r in rows if r["level"] == level and r["policy"] == "greedy")
+        assert greedy["overhead"] == pytest.approx(1.0)
+
+
+def test_cli_eval_writes_json_and_traces_and_refuses_to_overwrite(random_agent, tmp_path):
+    _, _, path = random_agent
+    out = tmp_path / "ev"
+    args = [
+        "eval",
+        "--model",
+        str(path),
+        "--policies",
+        "greedy,phase",
+        "--levels",
+        "3",
+        "--episodes",
+        "2",
+        "--max-turns",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "ToolWorld L3" in res.output and "phase" in res.output
+    data = json.loads((out / "eval.json").read_text())
+    assert [r["policy"] for r in data["rows"]] == ["greedy", "phase"]
+    greedy_eps = read_traces([data["traces"]["greedy"]])
+    phase_eps = read_traces([data["traces"]["phase"]])
+    # Same tasks, in the same order, for both policies.
+    assert [e.task_id for e in greedy_eps] == [e.task_id for e in phase_eps]
+    assert all(e.policy == "phase" for e in phase_eps)
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2
+    assert "exists" in again.output and "Traceback" not in again.output
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--policies", "greedy,hot", "unknown policy"),
+        ("--levels", "7", "levels"),
+        ("--episodes", "0", "episodes"),
+    ],
+)
+def test_cli_eval_bad_options_exit_2(random_agent, flag, value, message):
+    _, _, path = random_agent
+    res = CliRunner().invoke(app, ["eval", "--model", str(path), flag, value, "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert message in res.output

@@ -7,7 +7,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo demo-quick test test-fast test-slow lint format bench clean
+VERL_VENV ?= .venv-verl
+VERL_STAMP := $(VERL_VENV)/.installed
+
+.PHONY: venv demo demo-quick test test-fast test-slow test-verl lint format bench clean
 
 venv: $(STAMP)
 
@@ -41,8 +44,20 @@ test-slow: $(STAMP)
 
 test: lint test-fast test-slow
 
+# verl 0.9 needs transformers < 5.11, so its adapter is tested in its own environment.
+$(VERL_STAMP): requirements/verl.txt pyproject.toml
+	test -x $(VERL_VENV)/bin/python || $(PY) -m venv $(VERL_VENV)
+	$(VERL_VENV)/bin/pip install -q torch==2.13.0
+	$(VERL_VENV)/bin/pip install -q -r requirements/verl.txt
+	$(VERL_VENV)/bin/pip install -q --no-deps -e .
+	! $(VERL_VENV)/bin/pip list 2>/dev/null | grep -i nvidia
+	touch $(VERL_STAMP)
+
+test-verl: $(VERL_STAMP)
+	$(VERL_VENV)/bin/python -m pytest -q tests/verl $(PYTEST_ARGS)
+
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VERL_VENV) .pytest_cache .ruff_cache .hypothesis

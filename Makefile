@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
-# Both create .venv when missing and install the project into it, torch pinned first so pip
-# takes the local CPU wheel instead of pulling CUDA packages.
+# Both create .venv when missing and install the project (with the dev and trl extras) into it,
+# torch pinned first so pip takes the local CPU wheel instead of pulling CUDA packages.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -17,7 +17,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,trl]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -16,7 +16,17 @@ import typer
 from agentropy import __version__
 
 #: Command modules, each with a ``register(app: typer.Typer) -> None`` function.
-COMMAND_MODULES: tuple[str, ...] = ("bootstrap", "check", "analyze", "rollout", "eval")
+COMMAND_MODULES: tuple[str, ...] = (
+    "bootstrap",
+    "check",
+    "analyze",
+    "rollout",
+    "eval",
+    "train",
+    "experiment",
+    "report",
+    "demo",
+)
 
 app = typer.Typer(
     name="agentropy",

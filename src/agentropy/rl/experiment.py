@@ -1,0 +1,289 @@
+"""Arms x seeds training experiment: does training the rhythm beat a flat entropy bonus?
+
+Each *arm* is a sampling policy plus a loss (:data:`ARMS`): ``baseline`` samples at a constant
+temperature 1.0 and trains with the ``flat`` entropy bonus (common practice); ``rhythm`` samples
+with the phase controller and trains with the phase-aware ``rhythm`` loss. Every arm shares one
+:class:`~agentropy.rl.config.TrainConfig` (same steps, tasks per step, group size: the same
+rollout budget) and runs once per seed (``seed = 0 .. seeds-1``; seeds drive task draws and
+sampling), each from the same starting model.
+
+After training, each run is evaluated on the same held-out test-split tasks and faults per level
+with *its own arm's* sampling policy (an arm is what would be deployed: policy and weights), and
+:func:`agentropy.evaluate.policy_row` turns the episodes into success, recovery after failures,
+eruptions by kind, loops and tokens per episode. Per arm the run also reports the trainer's greedy
+held-out success gain (after - before training) and the training cycles the analyzer finds in the
+run's training traces (:func:`agentropy.analysis.summary.analyze_paths`: ``training.cycles``).
+
+Intervals: a Student-t 95% interval over seeds (``mean +- t_{0.975, n-1} * sd / sqrt(n)``), since
+the seed is the unit of replication and a bootstrap over 3 seeds would be too narrow; ``null``
+with one seed. Writes ``experiment.json`` and prints rich tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agentropy.rl.config import TrainConfig
+
+__all__ = [
+    "ARMS",
+    "ARM_METRICS",
+    "LEVEL_METRICS",
+    "ExperimentConfig",
+    "render_tables",
+    "run_experiment",
+    "t_interval",
+]
+
+#: Arms by name: the sampling policy and loss each one trains (and is evaluated) with.
+ARMS: dict[str, dict[str, str]] = {
+    "baseline": {"policy": "constant:1.0", "loss": "flat"},
+    "rhythm": {"policy": "phase", "loss": "rhythm"},
+    "vanilla": {"policy": "constant:1.0", "loss": "vanilla"},
+    "target": {"policy": "constant:1.0", "loss": "target"},
+}
+
+#: Per (arm, level) metrics, averaged over seeds (keys of ``experiment.json``'s ``levels``).
+LEVEL_METRICS: tuple[str, ...] = (
+    "success",
+    "recovery",
+    "eruptions_productive",
+    "eruptions_neutral",
+    "eruptions_divergent",
+    "loops",
+    "tokens_per_episode",
+)
+
+#: Per arm metrics, averaged over seeds (keys of ``experiment.json``'s ``arms``).
+ARM_METRICS: tuple[str, ...] = (
+    "greedy_before",
+    "greedy_after",
+    "greedy_gain",
+    "training_cycles",
+    "cycles_productive",
+    "cycles_divergent",
+    "train_wall_s",
+)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """What ``agentropy experiment`` runs."""
+
+    arms: tuple[str, ...] = ("baseline", "rhythm")
+    """Arm names (keys of :data:`ARMS`)."""
+    seeds: int = 3
+    """Runs per arm, with seeds 0 .. seeds-1."""
+    out: str = "runs/experiment"
+    """Directory: ``<arm>/seed-<k>/`` run directories and ``experiment.json``."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Shared training config; each run overrides ``policy``, ``loss``, ``seed`` and ``out``."""
+    eval_episodes: int = 50
+    """Held-out test-split tasks per level in the final evaluation of each run."""
+    eval_seed: int = 2000
+    """Task seed of the final evaluation (the same tasks and faults for every run)."""
+
+    def __post_init__(self) -> None:
+        if not self.arms:
+            raise ValueError("give at least one arm, e.g. --arms baseline,rhythm")
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown:
+            raise ValueError(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
+        if len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"arms repeat: {self.arms}")
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
+            raise ValueError(f"seeds must be an integer >= 1, got {self.seeds!r}")
+        if self.eval_episodes < 1:
+            raise ValueError(f"eval_episodes must be >= 1, got {self.eval_episodes}")
+
+    def run_config(self, arm: str, seed: int) -> TrainConfig:
+        """The TrainConfig of one run."""
+        return dataclasses.replace(
+            self.train,
+            **ARMS[arm],
+            seed=seed,
+            out=str(Path(self.out) / arm / f"seed-{seed}"),
+        )
+
+
+def t_interval(values: Sequence[float | None], confidence: float = 0.95) -> dict[str, Any]:
+    """Mean and Student-t interval over seeds; None values (undefined in a run) are dropped."""
+    from scipy import stats
+
+    x = np.array([v for v in values if v is not None], dtype=float)
+    if x.size == 0:
+        return {"mean": None, "ci": None, "n": 0}
+    mean = float(x.mean())
+    if x.size < 2:
+        return {"mean": mean, "ci": None, "n": int(x.size)}
+    half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return {"mean": mean, "ci": [mean - half, mean + half], "n": int(x.size)}
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    *,
+    load: Callable[[], tuple[Any, Any]] | None = None,
+    console: Any = None,
+) -> dict[str, Any]:
+    """Train and evaluate every (arm, seed); return (and write) ``experiment.json``'s content.
+
+    ``load`` returns a fresh ``(model, tokenizer)`` for each run (default: load
+    ``config.train.model``, the embedded agent when None).
+    """
+    from agentropy.agent.runner import RunnerConfig, rollout
+    from agentropy.analysis.summary import analyze_paths
+    from agentropy.control.temperature import schedule_from_name
+    from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
+    from agentropy.evaluate import policy_row
+    from agentropy.rl.trainer import train
+
+    if load is None:
+        from agentropy.agent.loading import load_model
+
+        def load() -> tuple[Any, Any]:
+            return load_model(config.train.model)
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    world = ToolWorld(ToolWorldConfig(seed=config.train.world_seed))
+    tc = config.train
+    runner_config = RunnerConfig(
+        max_turns=tc.max_turns, max_new_tokens=tc.max_new_tokens, max_tokens=tc.max_tokens,
+        batch_size=tc.rollout_batch_size,
+    )  # fmt: skip
+    runs: list[dict[str, Any]] = []
+    for arm in config.arms:
+        for seed in range(config.seeds):
+            run_cfg = config.run_config(arm, seed)
+            if console is not None:
+                console.print(f"[bold]{arm}[/] seed {seed}: training {run_cfg.out}")
+            model, tokenizer = load()
+            result = train(run_cfg, model=model, tokenizer=tokenizer, world=world)
+            schedule = schedule_from_name(run_cfg.policy)
+            levels = []
+            for level in tc.levels:
+                tasks = world.tasks(
+                    split="test", level=level, n=config.eval_episodes, seed=config.eval_seed
+                )
+                episodes = rollout(
+                    model, tokenizer, world, tasks, schedule=schedule, config=runner_config,
+                    seed=config.eval_seed, policy_name=run_cfg.policy,
+                )  # fmt: skip
+                levels.append(policy_row(episodes, level=level, policy=arm))
+            training = analyze_paths(Path(run_cfg.out) / "traces")["training"]
+            kinds = [c.get("kind") for c in training["cycles"]]
+            before, after = result.held_out_before, result.held_out_after
+            runs.append({
+                "arm": arm,
+                "seed": seed,
+                "out": run_cfg.out,
+                "levels": levels,
+                "greedy_before": before,
+                "greedy_after": after,
+                "greedy_gain": None if before is None or after is None else after - before,
+                "training_cycles": len(kinds),
+                "cycles_productive": kinds.count("productive"),
+                "cycles_divergent": kinds.count("divergent"),
+                "train_wall_s": result.wall_s,
+            })  # fmt: skip
+
+    level_table = []
+    for arm in config.arms:
+        arm_runs = [r for r in runs if r["arm"] == arm]
+        for level in tc.levels:
+            rows = [next(x for x in r["levels"] if x["level"] == level) for r in arm_runs]
+            entry: dict[str, Any] = {"arm": arm, "level": level}
+            for m in LEVEL_METRICS:
+                entry[m] = t_interval([row[m] for row in rows])
+            level_table.append(entry)
+    arm_table = []
+    for arm in config.arms:
+        arm_runs = [r for r in runs if r["arm"] == arm]
+        entry = {"arm": arm, **ARMS[arm]}
+        for m in ARM_METRICS:
+            entry[m] = t_interval([r[m] for r in arm_runs])
+        arm_table.append(entry)
+    report = {
+        "config": {
+            "arms": list(config.arms),
+            "seeds": config.seeds,
+            "eval_episodes": config.eval_episodes,
+            "eval_seed": config.eval_seed,
+            "train": config.train.to_dict(),
+            "rollouts_per_run": config.train.steps * config.train.episodes_per_step,
+            "interval": "Student-t 95% over seeds",
+        },
+        "levels": level_table,
+        "arms": arm_table,
+        "runs": runs,
+    }
+    (out / "experiment.json").write_text(json.dumps(_json_safe(report), indent=2))
+    return report
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _cell(entry: dict[str, Any], fmt: str = "{:.2f}", scale: float = 1.0) -> str:
+    if entry["mean"] is None:
+        return "-"
+    text = fmt.format(scale * entry["mean"])
+    if entry["ci"] is not None:
+        lo, hi = entry["ci"]
+        text += f" [{fmt.format(scale * lo)}, {fmt.format(scale * hi)}]"
+    return text
+
+
+def render_tables(report: dict[str, Any]) -> list[Any]:
+    """Rich tables: per (arm, level) outcomes, then per arm training summaries."""
+    from rich.table import Table
+
+    n = report["config"]["seeds"]
+    levels = Table(title=f"held-out, mean [95% t-interval] over {n} seeds", title_justify="left")
+    for col in ("arm", "level", "success %", "recovery %", "erupt p/n/d", "loops", "tok/ep"):
+        levels.add_column(col, justify="left" if col == "arm" else "right")
+    for e in report["levels"]:
+        # Means only: three intervals in one cell would be unreadable (they are in the JSON).
+        erupt = "/".join(
+            _cell({**e[f"eruptions_{k}"], "ci": None}, "{:.1f}")
+            for k in ("productive", "neutral", "divergent")
+        )
+        levels.add_row(
+            e["arm"], f"L{e['level']}", _cell(e["success"], "{:.0f}", 100),
+            _cell(e["recovery"], "{:.0f}", 100), erupt, _cell(e["loops"], "{:.1f}"),
+            _cell(e["tokens_per_episode"], "{:.0f}"),
+        )  # fmt: skip
+    caption = "; ".join(f"{e['arm']} = {e['policy']} + {e['loss']}" for e in report["arms"])
+    arms = Table(
+        title="training: greedy held-out success (all levels), analyzer's training cycles",
+        title_justify="left", caption=caption, caption_justify="left",
+    )  # fmt: skip
+    for col in ("arm", "before %", "after %", "gain", "cycles", "prod.", "div.",
+                "wall s"):  # fmt: skip
+        arms.add_column(col, justify="left" if col == "arm" else "right")
+    for e in report["arms"]:
+        arms.add_row(
+            e["arm"], _cell(e["greedy_before"], "{:.1f}", 100),
+            _cell(e["greedy_after"], "{:.1f}", 100), _cell(e["greedy_gain"], "{:+.1f}", 100),
+            _cell(e["training_cycles"], "{:.1f}"), _cell(e["cycles_productive"], "{:.1f}"),
+            _cell(e["cycles_divergent"], "{:.1f}"), _cell(e["train_wall_s"], "{:.0f}"),
+        )  # fmt: skip
+    return [levels, arms]

@@ -1,0 +1,150 @@
+"""TrainConfig: validation with fix-it messages, TOML round trip, ``--set`` overrides, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from agentropy.cli import app
+from agentropy.errors import InputError
+from agentropy.rl.config import TrainConfig, apply_overrides, parse_override
+from agentropy.rl.losses import RhythmConfig, TargetConfig
+
+
+def test_defaults_are_valid_and_documented() -> None:
+    import ast
+    import inspect
+
+    from agentropy.rl import config as mod
+
+    cfg = TrainConfig()
+    assert cfg.episodes_per_step == cfg.tasks_per_step * cfg.group_size
+    # Every field has a docstring right under it (it becomes the reference documentation).
+    tree = ast.parse(inspect.getsource(mod))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TrainConfig")
+    body = cls.body
+    documented = {
+        a.target.id
+        for a, nxt in itertools.pairwise(body)
+        if isinstance(a, ast.AnnAssign)
+        and isinstance(nxt, ast.Expr)
+        and isinstance(nxt.value, ast.Constant)
+    }
+    assert documented == {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"group_size": 1}, "group_size must be >= 2"),
+        ({"steps": 0}, "steps must be an integer >= 1"),
+        ({"loss": "entropy"}, "choose one of flat, rhythm, target, vanilla"),
+        ({"policy": "hot"}, "unknown policy"),
+        ({"eval_policy": "constant:-1"}, "temperature"),
+        ({"levels": (0, 4)}, "levels must be"),
+        ({"levels": (1, 1)}, "must not repeat"),
+        ({"start_level": 3, "levels": (0, 1)}, "add it to levels or start at 0"),
+        ({"clip_low": 1.0}, "clip_low must be in [0, 1)"),
+        ({"promote_threshold": 0.0}, "promote_threshold"),
+        ({"mix_lower": 1.0}, "mix_lower"),
+        ({"lr": 0.0}, "lr must be"),
+        ({"agg_mode": "mean"}, "agg_mode must be one of"),
+        ({"checkpoint_every": -1}, "0 = only at the end"),
+        ({"threads": -1}, "0 = torch default"),
+    ],
+)
+def test_validation_says_how_to_fix(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(")", r"\)")):
+        TrainConfig(**change)
+
+
+CHANGED = [
+    {},
+    {"lr": 3e-5, "steps": 7, "policy": "phase:recover=1,horizon=16", "loss": "rhythm"},
+    {"model": "/tmp/some model/", "levels": (2, 3), "start_level": 3, "tensorboard": False},
+    {"threads": 1, "eval_policy": "constant:0.5", "agg_mode": "seq-mean-token-mean"},
+    {"rhythm": RhythmConfig(step=1e-3, horizon=16), "target": TargetConfig(target=0.35)},
+    {"out": 'runs/with "quotes" and \\ backslash', "flat_coef": -1e-3, "mix_lower": 0.0},
+]
+
+
+@pytest.mark.parametrize("change", CHANGED)
+def test_toml_round_trip(change: dict[str, Any], tmp_path: Any) -> None:
+    cfg = dataclasses.replace(TrainConfig(), **change)
+    path = tmp_path / "c.toml"
+    path.write_text(cfg.to_toml())
+    assert TrainConfig.from_toml(path) == cfg
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_toml_errors_name_the_file_and_the_fix(tmp_path: Any) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("stpes = 4\n")
+    with pytest.raises(InputError, match="did you mean 'steps'") as err:
+        TrainConfig.from_toml(path)
+    assert "c.toml" in str(err.value)
+    path.write_text("[rhythm]\nstepp = 1e-3\n")
+    with pytest.raises(InputError, match=r"rhythm\.stepp.*did you mean 'step'"):
+        TrainConfig.from_toml(path)
+    path.write_text('steps = "ten"\n')
+    with pytest.raises(InputError, match="steps must be an integer"):
+        TrainConfig.from_toml(path)
+    path.write_text("steps = \n")
+    with pytest.raises(InputError, match="not valid TOML"):
+        TrainConfig.from_toml(path)
+    with pytest.raises(InputError, match="not found"):
+        TrainConfig.from_toml(tmp_path / "missing.toml")
+
+
+def test_overrides_parse_toml_values_and_bare_strings() -> None:
+    assert parse_override("lr=3e-5") == (["lr"], 3e-5)
+    assert parse_override("rhythm.step = 1e-3") == (["rhythm", "step"], 1e-3)
+    assert parse_override("policy=constant:1.0") == (["policy"], "constant:1.0")
+    assert parse_override("policy=phase:recover=1.0") == (["policy"], "phase:recover=1.0")
+    assert parse_override("levels=[0, 1]") == (["levels"], [0, 1])
+    cfg = apply_overrides(
+        TrainConfig(),
+        ["lr=3e-5", "rhythm.step=1e-3", "levels=0,1", "start_level=0", "tensorboard=false",
+         "model=agents/x", "model=none", "steps=5", "steps=6"],
+    )  # fmt: skip
+    assert cfg.lr == 3e-5 and cfg.rhythm.step == 1e-3 and cfg.levels == (0, 1)
+    assert cfg.tensorboard is False and cfg.model is None and cfg.steps == 6  # later wins
+    assert isinstance(apply_overrides(TrainConfig(), ["lr=1"]).lr, float)
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("lr", "must look like key=value"),
+        ("lrr=1", "did you mean 'lr'"),
+        ("rhythm.nope=1", "unknown key"),
+        ("lr.x=1", "not a nested section"),
+        ("steps=abc", "steps must be an integer"),
+        ("steps=1.5", "steps must be an integer"),
+        ("tensorboard=2", "true or false"),
+        ("group_size=1", "group_size must be >= 2"),
+    ],
+)
+def test_bad_overrides(item: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        apply_overrides(TrainConfig(), [item])
+
+
+def test_cli_print_config_applies_file_options_then_set(tmp_path: Any) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('steps = 3\nloss = "target"\n[rhythm]\nhorizon = 8\n')
+    res = CliRunner().invoke(app, [
+        "train", "--config", str(path), "--steps", "9", "--policy", "phase",
+        "--set", "rhythm.horizon=12", "--set", "steps=11", "--print-config",
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "printed.toml"
+    out.write_text(res.output)
+    cfg = TrainConfig.from_toml(out)
+    assert (cfg.steps, cfg.loss, cfg.policy, cfg.rhythm.horizon) == (11, "target", "phase", 12)
+    bad = CliRunner().invoke(app, ["train", "--loss", "nope", "--print-config"])
+    assert bad.exit_code == 2 and "error:" in bad.output and "choose one of" in bad.output

@@ -1,0 +1,598 @@
+"""The essay's claims as testable hypotheses, each with our measurement, a CI and a rule verdict.
+
+Every row of the claims table is computed, never written by hand: a measurement, its 95 %
+percentile-bootstrap confidence interval (seeded, so the table is deterministic), the number of
+units ``n`` behind it, and a verdict from one rule shared by all claims (:func:`verdict`):
+
+- **supported**: the CI excludes the null value on the side the claim predicts;
+- **not supported**: the CI excludes the null value on the other side;
+- **inconclusive**: the CI contains the null, there is no CI, or fewer units than the claim's
+  minimum ``n``.
+
+A missing CI bound (an infinite bootstrap quantile, e.g. a ratio whose denominator can be drawn as
+zero) counts as unbounded on that side.
+
+The claims (null value, predicted direction, minimum ``n``; definitions of spike ratio, eruption,
+contraction and loop are DESIGN.md's, computed by :mod:`agentropy.analysis`):
+
+1. ``spike_after_failure`` -- entropy spikes after failed tool calls. Unit: failed (``error`` /
+   ``unexpected``) trigger with a spike ratio. Measurement: median spike ratio; CI: bootstrap of
+   the median. Null 1.0 (no spike), claimed ``> 1``; min n 10.
+2. ``spike_3_4_recovery`` -- a 3-4x spike recovers more often than a forced-low (< 1.5x) one
+   (essay: +22 %). Measurement: the analyzer's episode-level
+   ``recovery.relative_3_4_vs_lt_1_5`` (``(rate_3_4 - rate_lt_1_5) / rate_lt_1_5``, stratified
+   bootstrap). Null 0, claimed ``> 0``; min n 5 episodes in each bin.
+3. ``exploration_token_cost`` -- exploration costs tokens (essay: up to +150 %). Measurement:
+   token overhead of the exploring policy vs the reference on the tasks both ran (per-task mean
+   tokens, summed, ratio minus 1; the analyzer's ``costs`` definition); CI: paired bootstrap over
+   shared tasks. Null 0, claimed ``> 0``; min n 10 shared tasks. The exploring policy's share of
+   tokens in the ``recover`` phase is reported alongside.
+4. ``exploration_latency_variance`` -- exploration makes latency less predictable. Measurement:
+   coefficient of variation (sample std / mean) of episode latency of the exploring policy minus
+   the reference's; CI: bootstrap within each policy. Null 0, claimed ``> 0``; min n 10 episodes
+   per policy.
+5. ``divergent_eruptions_fail`` -- eruptions that never contract end in loops or failure more
+   often. Unit: eruption whose episode outcome is known. Bad outcome: the episode did not
+   succeed, or a loop starts at or after the eruption's trigger. Measurement: bad rate of
+   divergent eruptions minus bad rate of contracted (productive + neutral) ones; CI: stratified
+   bootstrap. Null 0, claimed ``> 0``; min n 5 per group.
+6. ``phase_beats_constant`` -- phase-aware temperature beats a global constant. Measurement:
+   success of ``phase`` minus success of ``constant:1.0`` pooled over the levels both ran (eval
+   rows); CI: bootstrap stratified by level and policy. Null 0, claimed ``> 0``; min n 20 episodes
+   per policy.
+7. ``level_drop`` -- success falls from L0/L1 to L3 by more than 30 % (the essay's GAIA
+   motivation). Measurement: relative drop ``1 - success(L3) / success(L0 + L1)`` of the reference
+   policy (eval rows); CI: stratified bootstrap. Null 0.30, claimed ``> 0.30``; min n 20 episodes at
+   L0 + L1 and at L3.
+
+Per-episode inputs that the analyzer summary does not carry (failed-trigger spike ratios, episode
+outcomes, per-episode tokens and latency) are gathered by :class:`Evidence`, which streams
+:class:`~agentropy.analysis.breath.TraceTable` parts like the analyzer does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from agentropy.trace import Episode
+
+Verdict = Literal["supported", "not supported", "inconclusive"]
+VERDICTS: tuple[str, ...] = ("supported", "not supported", "inconclusive")
+Direction = Literal["greater", "less"]
+UNITS: tuple[str, ...] = ("x", "%", "pp", "num")
+
+#: Policies compared by claims 3, 4 and 6 unless told otherwise.
+DEFAULT_EXPLORE_POLICY = "phase"
+DEFAULT_REFERENCE_POLICY = "greedy"
+DEFAULT_CONSTANT_POLICY = "constant:1.0"
+
+
+def verdict(
+    ci: Sequence[float | None] | None,
+    *,
+    null: float,
+    direction: Direction,
+    n: int,
+    min_n: int,
+) -> Verdict:
+    """The verdict rule shared by every claim (module docstring).
+
+    ``ci`` is ``[lo, hi]`` (a None bound is unbounded on its side) or None; ``direction`` is the
+    side of ``null`` the claim predicts.
+    """
+    if direction not in ("greater", "less"):
+        raise ValueError(f"direction must be 'greater' or 'less', got {direction!r}")
+    if ci is None or n < min_n:
+        return "inconclusive"
+    lo = -np.inf if ci[0] is None else float(ci[0])
+    hi = np.inf if ci[1] is None else float(ci[1])
+    if lo > null:
+        return "supported" if direction == "greater" else "not supported"
+    if hi < null:
+        return "supported" if direction == "less" else "not supported"
+    return "inconclusive"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRow:
+    """One row of the claims table."""
+
+    key: str
+    """Stable identifier, e.g. ``spike_after_failure``."""
+    claim: str
+    """The essay's claim, phrased as a testable hypothesis."""
+    essay: str
+    """The figure the essay gives (or ``-``)."""
+    measurement: float | None
+    """Our estimate (None: not measurable on this data)."""
+    ci: tuple[float | None, float | None] | None
+    """95 % bootstrap interval of the measurement (None: no interval)."""
+    n: int
+    """Units behind the measurement (the smallest group for comparisons)."""
+    n_detail: str
+    """Units per group, e.g. ``divergent 12, contracted 30``."""
+    verdict: Verdict
+    """From :func:`verdict`, never by hand."""
+    rule: str
+    """Null, direction and minimum n, in words."""
+    unit: str = "x"
+    """How to display the measurement: ``x`` (ratio), ``%`` (relative change), ``pp``
+    (difference of rates, percentage points) or ``num`` (signed plain number)."""
+    note: str = ""
+    """Extra context (e.g. the recover-phase token share), or why the row is inconclusive."""
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+        if self.unit not in UNITS:
+            raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON view."""
+        return {
+            "key": self.key,
+            "claim": self.claim,
+            "essay": self.essay,
+            "measurement": self.measurement,
+            "ci": None if self.ci is None else list(self.ci),
+            "n": self.n,
+            "n_detail": self.n_detail,
+            "verdict": self.verdict,
+            "rule": self.rule,
+            "unit": self.unit,
+            "note": self.note,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Per-episode evidence
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Evidence:
+    """Per-episode facts and failed-trigger spike ratios, accumulated part by part.
+
+    Memory grows with episodes and failed triggers, never with tokens.
+    """
+
+    failed_spikes: list[float] = field(default_factory=list)
+    """Spike ratio of every failed trigger that has one."""
+    episode_id: list[str] = field(default_factory=list)
+    policy: list[str] = field(default_factory=list)
+    """Policy name per episode (``unknown`` when absent)."""
+    task_id: list[str | None] = field(default_factory=list)
+    success: list[int] = field(default_factory=list)
+    """1 success, 0 failure, -1 unknown."""
+    tokens: list[int] = field(default_factory=list)
+    """Assistant tokens per episode."""
+    recover_tokens: list[int] = field(default_factory=list)
+    """Assistant tokens in the ``recover`` phase per episode."""
+    phased_tokens: list[int] = field(default_factory=list)
+    """Assistant tokens with a known phase per episode."""
+    latency_s: list[float] = field(default_factory=list)
+    """Episode wall time (NaN when absent)."""
+
+    def add_table(self, table: Any, breath_config: Any = None) -> None:
+        """Add one :class:`~agentropy.analysis.breath.TraceTable` part."""
+        from agentropy.analysis.breath import BreathConfig, analyze_triggers
+        from agentropy.trace import PHASE_CODE
+
+        trig = analyze_triggers(table, breath_config or BreathConfig())
+        spikes = trig.stats.spike_ratio[trig.failed]
+        self.failed_spikes += [float(s) for s in spikes[np.isfinite(spikes)]]
+        n_ep = table.n_episodes
+        lengths = table.ep_end - table.ep_start
+        tok_ep = np.repeat(np.arange(n_ep), lengths)
+        ph = table.phase.astype(np.int64)
+        rec = np.bincount(tok_ep[ph == PHASE_CODE["recover"]], minlength=n_ep)
+        phased = np.bincount(tok_ep[ph >= 0], minlength=n_ep)
+        self.episode_id += list(table.episode_id)
+        self.policy += ["unknown" if p is None else p for p in table.policy]
+        self.task_id += list(table.task_id)
+        self.success += [int(s) for s in table.success]
+        self.tokens += [int(x) for x in lengths]
+        self.recover_tokens += [int(x) for x in rec]
+        self.phased_tokens += [int(x) for x in phased]
+        self.latency_s += [float(x) for x in table.latency_s]
+
+    @classmethod
+    def from_episodes(cls, episodes: Iterable[Episode], breath_config: Any = None) -> Evidence:
+        """Evidence of in-memory episodes."""
+        from agentropy.analysis.breath import TraceTable
+
+        out = cls()
+        eps = list(episodes)
+        if eps:
+            out.add_table(TraceTable.from_episodes(eps), breath_config)
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Bootstrap helpers (percentile intervals, seeded)
+# --------------------------------------------------------------------------------------------
+
+
+def _interval(draws: np.ndarray, confidence: float) -> tuple[float | None, float | None]:
+    alpha = 1.0 - confidence
+    draws = draws[~np.isnan(draws)]
+    if draws.size == 0:
+        return (None, None)
+    lo, hi = np.quantile(draws, [alpha / 2, 1 - alpha / 2], method="inverted_cdf")
+    return tuple(float(v) if np.isfinite(v) else None for v in (lo, hi))  # type: ignore[return-value]
+
+
+def _rate_draws(k: int, n: int, rng: np.random.Generator, n_boot: int) -> np.ndarray:
+    # Resampling n 0/1 outcomes with replacement: the resample mean is Binomial(n, k/n) / n.
+    return rng.binomial(n, k / n, size=n_boot) / n
+
+
+def _boot(
+    stat: Any, n: int, rng: np.random.Generator, n_boot: int, max_cells: int = 2_000_000
+) -> np.ndarray:
+    """``stat(idx)`` over ``n_boot`` resamples of ``n`` indices, in chunks of bounded memory.
+
+    ``stat`` maps an ``(m, n)`` int array of resampled indices to ``(m,)`` values.
+    """
+    chunk = max(1, max_cells // max(n, 1))
+    out = []
+    for start in range(0, n_boot, chunk):
+        m = min(chunk, n_boot - start)
+        out.append(np.asarray(stat(rng.integers(0, n, size=(m, n))), np.float64))
+    return np.concatenate(out)
+
+
+def _cv(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    mean = x.mean(axis=axis)
+    std = x.std(axis=axis, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(mean > 0, std / np.where(mean > 0, mean, 1.0), np.nan)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimsConfig:
+    """Which policies the comparisons use, and the bootstrap settings."""
+
+    explore_policy: str = DEFAULT_EXPLORE_POLICY
+    """Policy whose exploration costs are measured (claims 3, 4) and that claim 6 tests."""
+    reference_policy: str = DEFAULT_REFERENCE_POLICY
+    """Baseline of claims 3, 4 and the policy claim 7 is measured on."""
+    constant_policy: str = DEFAULT_CONSTANT_POLICY
+    """The global-constant temperature claim 6 compares against."""
+    confidence: float = 0.95
+    """Confidence level of the intervals."""
+    n_boot: int = 4000
+    """Bootstrap resamples."""
+    seed: int = 0
+    """Bootstrap seed (the table is deterministic given the inputs)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"confidence must be in (0, 1), got {self.confidence!r}")
+        if self.n_boot < 100:
+            raise ValueError(f"n_boot must be >= 100, got {self.n_boot!r}")
+
+
+def _rule(null: float, direction: Direction, min_n: str) -> str:
+    side = ">" if direction == "greater" else "<"
+    return f"supported if the CI lies {side} {null:g}; min n {min_n}"
+
+
+# --------------------------------------------------------------------------------------------
+# The claims
+# --------------------------------------------------------------------------------------------
+
+
+def claim_spike_after_failure(ev: Evidence, cfg: ClaimsConfig) -> ClaimRow:
+    """Claim 1: median spike ratio of failed triggers, vs 1.0."""
+    min_n, null = 10, 1.0
+    x = np.asarray(ev.failed_spikes, np.float64)
+    n = int(x.size)
+    med: float | None = float(np.median(x)) if n else None
+    ci = None
+    if n >= 2:
+        rng = np.random.default_rng(cfg.seed)
+        draws = _boot(lambda idx: np.median(x[idx], axis=1), n, rng, cfg.n_boot)
+        ci = _interval(draws, cfg.confidence)
+    return ClaimRow(
+        key="spike_after_failure",
+        claim="Entropy spikes after failed tool calls (median spike ratio of failed triggers > 1)",
+        essay="spike after failure",
+        measurement=med,
+        ci=ci,
+        n=n,
+        n_detail=f"{n} failed triggers",
+        verdict=verdict(ci, null=null, direction="greater", n=n, min_n=min_n),
+        rule=_rule(null, "greater", f"{min_n} failed triggers"),
+        unit="x",
+    )
+
+
+def claim_spike_3_4_recovery(summary: Mapping[str, Any]) -> ClaimRow:
+    """Claim 2: relative recovery of 3-4x vs < 1.5x spikes (the analyzer's estimate and CI)."""
+    min_n, null = 5, 0.0
+    rel = (summary.get("recovery") or {}).get("relative_3_4_vs_lt_1_5") or {}
+    n_a, n_b = int(rel.get("n_a") or 0), int(rel.get("n_b") or 0)
+    ci_raw = rel.get("ci")
+    ci = None if ci_raw is None else (ci_raw[0], ci_raw[1])
+    n = min(n_a, n_b)
+    note = "" if rel.get("value") is not None else "undefined: empty bin or zero recovery at <1.5x"
+    return ClaimRow(
+        key="spike_3_4_recovery",
+        claim="A 3-4x spike after a failure recovers more often than a forced-low (<1.5x) one",
+        essay="+22%",
+        measurement=rel.get("value"),
+        ci=ci,
+        n=n,
+        n_detail=f"3-4x: {n_a}, <1.5x: {n_b} episodes",
+        verdict=verdict(ci, null=null, direction="greater", n=n, min_n=min_n),
+        rule=_rule(null, "greater", f"{min_n} episodes per bin"),
+        unit="%",
+        note=note,
+    )
+
+
+def _policy_mask(ev: Evidence, name: str) -> np.ndarray:
+    return np.asarray([p == name for p in ev.policy], bool)
+
+
+def claim_exploration_token_cost(ev: Evidence, cfg: ClaimsConfig) -> ClaimRow:
+    """Claim 3: token overhead of the exploring policy vs the reference on shared tasks."""
+    min_n, null = 10, 0.0
+    explore, ref = cfg.explore_policy, cfg.reference_policy
+
+    def per_task(name: str) -> dict[str, float]:
+        acc: dict[str, list[float]] = {}
+        for p, t, k in zip(ev.policy, ev.task_id, ev.tokens, strict=True):
+            if p == name and t is not None:
+                a = acc.setdefault(t, [0.0, 0.0])
+                a[0] += k
+                a[1] += 1
+        return {t: a[0] / a[1] for t, a in acc.items()}
+
+    mine, base = per_task(explore), per_task(ref)
+    shared = sorted(set(mine) & set(base))
+    n = len(shared)
+    value = ci = None
+    if n:
+        a = np.asarray([mine[t] for t in shared])
+        b = np.asarray([base[t] for t in shared])
+        if b.sum() > 0:
+            value = float(a.sum() / b.sum() - 1.0)
+        if n >= 2:
+            rng = np.random.default_rng(cfg.seed)
+
+            def overhead(idx: np.ndarray) -> np.ndarray:
+                den = b[idx].sum(axis=1)
+                safe = np.where(den > 0, den, 1.0)
+                return np.where(den > 0, a[idx].sum(axis=1) / safe - 1.0, np.inf)
+
+            ci = _interval(_boot(overhead, n, rng, cfg.n_boot), cfg.confidence)
+    sel = _policy_mask(ev, explore)
+    phased = int(np.asarray(ev.phased_tokens)[sel].sum()) if sel.any() else 0
+    recover = int(np.asarray(ev.recover_tokens)[sel].sum()) if sel.any() else 0
+    note = f"{explore}: {recover / phased:.1%} of tokens in recover" if phased else ""
+    return ClaimRow(
+        key="exploration_token_cost",
+        claim=f"Exploration costs tokens: {explore} uses more tokens per episode than {ref}",
+        essay="up to +150%",
+        measurement=value,
+        ci=ci,
+        n=n,
+        n_detail=f"{n} shared tasks",
+        verdict=verdict(ci, null=null, direction="greater", n=n, min_n=min_n),
+        rule=_rule(null, "greater", f"{min_n} shared tasks"),
+        unit="%",
+        note=note,
+    )
+
+
+def claim_exploration_latency_variance(ev: Evidence, cfg: ClaimsConfig) -> ClaimRow:
+    """Claim 4: latency CV of the exploring policy minus the reference's."""
+    min_n, null = 10, 0.0
+    lat = np.asarray(ev.latency_s, np.float64)
+    groups = []
+    for name in (cfg.explore_policy, cfg.reference_policy):
+        v = lat[_policy_mask(ev, name)] if lat.size else np.zeros(0)
+        groups.append(v[np.isfinite(v)])
+    a, b = groups
+    n = int(min(a.size, b.size))
+    value = ci = None
+    if a.size >= 2 and b.size >= 2:
+        value = float(_cv(a) - _cv(b))
+        rng = np.random.default_rng(cfg.seed)
+        da = _boot(lambda idx: _cv(a[idx], axis=1), a.size, rng, cfg.n_boot)
+        db = _boot(lambda idx: _cv(b[idx], axis=1), b.size, rng, cfg.n_boot)
+        ci = _interval(da - db, cfg.confidence)
+        if not np.isfinite(value):
+            value = None
+    return ClaimRow(
+        key="exploration_latency_variance",
+        claim=f"Exploration makes latency less predictable: latency CV of {cfg.explore_policy} "
+        f"exceeds {cfg.reference_policy}'s",
+        essay="higher variance",
+        measurement=value,
+        ci=ci,
+        n=n,
+        n_detail=f"{cfg.explore_policy}: {a.size}, {cfg.reference_policy}: {b.size} episodes",
+        verdict=verdict(ci, null=null, direction="greater", n=n, min_n=min_n),
+        rule=_rule(null, "greater", f"{min_n} episodes per policy"),
+        unit="num",
+        note="measurement: difference of coefficients of variation",
+    )
+
+
+def claim_divergent_eruptions_fail(
+    summary: Mapping[str, Any], ev: Evidence, cfg: ClaimsConfig
+) -> ClaimRow:
+    """Claim 5: bad-outcome rate of divergent minus contracted eruptions."""
+    min_n, null = 5, 0.0
+    success = dict(zip(ev.episode_id, ev.success, strict=True))
+    loop_turns: dict[str, list[int]] = {}
+    for lp in summary.get("loops") or []:
+        loop_turns.setdefault(lp["episode_id"], []).append(int(lp["turn_index"]))
+    counts = {"divergent": [0, 0], "contracted": [0, 0]}  # [bad, n]
+    for er in summary.get("eruptions") or []:
+        eid = er["episode_id"]
+        looped = any(t >= er["turn_index"] for t in loop_turns.get(eid, []))
+        s = success.get(eid, -1)
+        if s == -1 and not looped:
+            continue  # outcome unknown
+        bad = looped or s == 0
+        group = "divergent" if er["kind"] == "divergent" else "contracted"
+        counts[group][0] += int(bad)
+        counts[group][1] += 1
+    (kd, nd), (kc, nc) = counts["divergent"], counts["contracted"]
+    n = min(nd, nc)
+    value = ci = None
+    if nd and nc:
+        value = kd / nd - kc / nc
+        if nd >= 2 and nc >= 2:
+            rng = np.random.default_rng(cfg.seed)
+            draws = _rate_draws(kd, nd, rng, cfg.n_boot) - _rate_draws(kc, nc, rng, cfg.n_boot)
+            ci = _interval(draws, cfg.confidence)
+    return ClaimRow(
+        key="divergent_eruptions_fail",
+        claim="Eruptions without contraction end in loops or failure more often than "
+        "contracted ones",
+        essay="-",
+        measurement=value,
+        ci=ci,
+        n=n,
+        n_detail=f"divergent: {nd}, contracted: {nc} eruptions",
+        verdict=verdict(ci, null=null, direction="greater", n=n, min_n=min_n),
+        rule=_rule(null, "greater", f"{min_n} eruptions per group"),
+        unit="pp",
+        note="measurement: difference in failure-or-loop rate",
+    )
+
+
+def _row_counts(rows: Sequence[Mapping[str, Any]], policy: str) -> dict[int, tuple[int, int]]:
+    """``{level: (successes, episodes)}`` of ``policy`` from eval rows."""
+    out: dict[int, tuple[int, int]] = {}
+    for r in rows:
+        if r.get("policy") != policy or r.get("success") is None:
+            continue
+        n = int(r["episodes"])
+        k = round(float(r["success"]) * n)
+        out[int(r["level"])] = (k, n)
+    return out
+
+
+def claim_phase_beats_constant(rows: Sequence[Mapping[str, Any]], cfg: ClaimsConfig) -> ClaimRow:
+    """Claim 6: success of the phase policy minus the constant-temperature policy (eval rows)."""
+    min_n, null = 20, 0.0
+    a = _row_counts(rows, cfg.explore_policy)
+    b = _row_counts(rows, cfg.constant_policy)
+    levels = sorted(set(a) & set(b))
+    na = sum(a[lv][1] for lv in levels)
+    nb = sum(b[lv][1] for lv in levels)
+    n = min(na, nb)
+    value = ci = None
+    if levels and na and nb:
+        ka = sum(a[lv][0] for lv in levels)
+        kb = sum(b[lv][0] for lv in levels)
+        value = ka / na - kb / nb
+        rng = np.random.default_rng(cfg.seed)
+        da = sum(_rate_draws(*a[lv], rng, cfg.n_boot) * a[lv][1] for lv in levels) / na
+        db = sum(_rate_draws(*b[lv], rng, cfg.n_boot) * b[lv][1] for lv in levels) / nb
+        if na >= 2 and nb >= 2:
+            ci = _interval(da - db, cfg.confidence)
+    return ClaimRow(
+        key="phase_beats_constant",
+        claim=f"Phase-aware temperature ({cfg.explore_policy}) succeeds more often than a global "
+        f"constant ({cfg.constant_policy})",
+        essay="phase > constant",
+        measurement=value,
+        ci=ci,
+        n=n,
+        n_detail=f"{cfg.explore_policy}: {na}, {cfg.constant_policy}: {nb} episodes; "
+        f"levels {','.join(str(lv) for lv in levels) or '-'}",
+        verdict=verdict(ci, null=null, direction="greater", n=n, min_n=min_n),
+        rule=_rule(null, "greater", f"{min_n} episodes per policy"),
+        unit="pp",
+        note="" if rows else "no eval rows given",
+    )
+
+
+def claim_level_drop(rows: Sequence[Mapping[str, Any]], cfg: ClaimsConfig) -> ClaimRow:
+    """Claim 7: relative success drop from L0/L1 to L3 of the reference policy (eval rows)."""
+    min_n, null = 20, 0.30
+    c = _row_counts(rows, cfg.reference_policy)
+    low = [lv for lv in (0, 1) if lv in c]
+    k_lo = sum(c[lv][0] for lv in low)
+    n_lo = sum(c[lv][1] for lv in low)
+    k3, n3 = c.get(3, (0, 0))
+    n = min(n_lo, n3)
+    value = ci = None
+    if n_lo and n3 and k_lo:
+        value = 1.0 - (k3 / n3) / (k_lo / n_lo)
+        if n_lo >= 2 and n3 >= 2:
+            rng = np.random.default_rng(cfg.seed)
+            d_lo = sum(_rate_draws(*c[lv], rng, cfg.n_boot) * c[lv][1] for lv in low) / n_lo
+            d3 = _rate_draws(k3, n3, rng, cfg.n_boot)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                draws = np.where(d_lo > 0, 1.0 - d3 / np.where(d_lo > 0, d_lo, 1.0), -np.inf)
+            ci = _interval(draws, cfg.confidence)
+    note = "" if rows else "no eval rows given"
+    if rows and n_lo and not k_lo:
+        note = "undefined: no success at L0/L1"
+    return ClaimRow(
+        key="level_drop",
+        claim=f"Success of {cfg.reference_policy} falls from L0/L1 to L3 by more than 30%",
+        essay="GAIA: 30.3% (L1) -> 0% (L3)",
+        measurement=value,
+        ci=ci,
+        n=n,
+        n_detail=f"L0+L1: {n_lo}, L3: {n3} episodes",
+        verdict=verdict(ci, null=null, direction="greater", n=n, min_n=min_n),
+        rule=_rule(null, "greater", f"{min_n} episodes at L0+L1 and at L3"),
+        unit="%",
+        note=note,
+    )
+
+
+def claims_table(
+    summary: Mapping[str, Any],
+    evidence: Evidence,
+    eval_rows: Sequence[Mapping[str, Any]] | None = None,
+    config: ClaimsConfig = ClaimsConfig(),
+) -> list[ClaimRow]:
+    """Every claim, in the essay's order (module docstring gives the rules)."""
+    rows = list(eval_rows or [])
+    return [
+        claim_spike_after_failure(evidence, config),
+        claim_spike_3_4_recovery(summary),
+        claim_exploration_token_cost(evidence, config),
+        claim_exploration_latency_variance(evidence, config),
+        claim_divergent_eruptions_fail(summary, evidence, config),
+        claim_phase_beats_constant(rows, config),
+        claim_level_drop(rows, config),
+    ]
+
+
+def format_value(value: float | None, unit: str) -> str:
+    """Display a measurement or CI bound (``x``: ``2.31x``, ``%``: ``+22.0%``, ``pp``: ``+5.0 pp``,
+    ``num``: ``+0.123``)."""
+    if value is None:
+        return "-"
+    if unit == "x":
+        return f"{value:.2f}x"
+    if unit == "%":
+        return f"{100 * value:+.1f}%"
+    if unit == "pp":
+        return f"{100 * value:+.1f} pp"
+    return f"{value:+.3f}"
+
+
+def format_ci(ci: Sequence[float | None] | None, unit: str) -> str:
+    """``[lo, hi]`` with unbounded sides shown as ``-inf`` / ``+inf``."""
+    if ci is None:
+        return "-"
+    lo = "-inf" if ci[0] is None else format_value(ci[0], unit)
+    hi = "+inf" if ci[1] is None else format_value(ci[1], unit)
+    return f"[{lo}, {hi}]"

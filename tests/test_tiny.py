@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
+import re
 
 import pytest
 import torch
@@ -159,10 +161,10 @@ def test_assistant_labels_mask_everything_but_assistant_tokens(tok, world: ToolW
 # ------------------------------------------------------------------------------ model, recipe
 
 
-def test_default_model_size_is_a_few_million_parameters(tok) -> None:
+def test_default_model_size_is_small(tok) -> None:
     model = tiny.build_model(tiny.TinyRecipe(), tok)
     n_params = sum(p.numel() for p in model.parameters())
-    assert 1_000_000 <= n_params <= 5_000_000
+    assert 200_000 <= n_params <= 5_000_000
     assert model.config.vocab_size == len(tok)
     assert model.config.eos_token_id == tok.eos_token_id
 
@@ -179,6 +181,11 @@ def test_recipe_hash_and_validation(tmp_path) -> None:
         tiny.TinyRecipe(steps=10, warmup_steps=10)
     with pytest.raises(ValueError, match="lr"):
         tiny.TinyRecipe(lr=0.0)
+    with pytest.raises(ValueError, match="drill_mix"):
+        tiny.TinyRecipe(drill_mix=-1)
+    with pytest.raises(ValueError, match="drill_batch_size"):
+        tiny.TinyRecipe(drill_steps=10, drill_batch_size=0)
+    assert base.recipe_hash != tiny.TinyRecipe(drill_steps=base.drill_steps + 1).recipe_hash
 
 
 def test_agentropy_home_env(monkeypatch, tmp_path) -> None:
@@ -317,6 +324,39 @@ def test_bootstrap_cli_with_fake_training(monkeypatch, tmp_path) -> None:
     assert bad.exit_code == 2
 
 
+# ------------------------------------------------------------------------------ copy drills
+
+
+def test_copy_drills_are_answerable_by_copying(tok) -> None:
+    """Every name and number the assistant writes in a drill is in the turn before it."""
+    kinds = set()
+    for seed in range(200):
+        messages = tiny.copy_drill(random.Random(seed))
+        assert messages == tiny.copy_drill(random.Random(seed))  # deterministic
+        prompt, reply = messages[0]["content"], messages[-1]["content"]
+        assert [m["role"] for m in messages][-1] == "assistant"
+        words = re.findall(r"[A-Z][a-z]+|\d+", reply)
+        assert words, reply
+        copied = [w for w in words if w not in ("I",)]
+        assert all(w in prompt for w in copied), (prompt, reply)
+        kinds.add("answer" if "<answer>" in reply else "call" if "<tool_call>" in reply else "echo")
+        ids, labels = tiny.assistant_labels(tok, messages)
+        n_labels = sum(label != -100 for label in labels)
+        assert n_labels >= 3
+        trained = [i for i, label in zip(ids, labels, strict=True) if label != -100]
+        assert tok.decode(trained).startswith(reply)
+    assert kinds == {"answer", "call", "echo"}
+
+
+def test_lr_schedule_spans_drill_and_transcript_steps() -> None:
+    recipe = tiny.TinyRecipe(steps=50, drill_steps=30, drill_batch_size=4, warmup_steps=10)
+    assert recipe.total_steps == 80
+    factors = [tiny._lr_factor(s, recipe) for s in range(recipe.total_steps)]
+    assert factors[9] == pytest.approx(1.0)
+    assert factors[-1] == pytest.approx(recipe.min_lr_ratio)
+    assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
+
+
 # ------------------------------------------------------------------------------ slow tier
 
 
@@ -342,7 +382,9 @@ def test_bootstrap_trains_saves_and_reuses(bootstrapped, monkeypatch) -> None:
     info = tiny.read_agent_info(path)
     assert info["recipe_hash"] == _small_recipe().recipe_hash
     losses = info["losses"]
-    assert len(losses) == _small_recipe().steps
+    assert len(losses) == _small_recipe().total_steps
+    drills = info["drill_losses"]
+    assert len(drills) == _small_recipe().total_steps  # warm-up steps, then one per mixed step
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first
     assert info["heldout"]["tokens"] > 0
@@ -375,3 +417,58 @@ def test_bootstrap_cli(bootstrapped) -> None:
     assert f"{info['n_params']:,}" in result.output
     assert "held-out assistant tokens: accuracy" in result.output
     json.dumps(info)  # the record is plain JSON
+
+
+def _copy_recipe() -> tiny.TinyRecipe:
+    """A reduced recipe that already copies: L1 transcripts only, the default 2-layer 8-head
+    shape (narrower MLP) and a full-length copy-drill warm-up."""
+    return tiny.TinyRecipe(
+        levels=(1,),
+        n_tasks_per_level=48,
+        n_eval_tasks_per_level=4,
+        tokenizer_tasks_per_level=32,
+        hidden_size=128,
+        n_layers=2,
+        n_heads=8,
+        intermediate_size=256,
+        steps=100,
+        batch_size=8,
+        warmup_steps=20,
+        drill_steps=600,
+        drill_batch_size=32,
+        drill_mix=8,
+    )
+
+
+@pytest.mark.slow
+def test_drill_warmup_makes_the_agent_copy(world: ToolWorld, tmp_path) -> None:
+    """Greedy L1 episodes copy the question's entity into the call and the tool's value into the
+    answer. Without the drills (the earlier recipe) neither happened in 0 of 24 episodes."""
+    from agentropy.agent.runner import RunnerConfig, rollout
+    from agentropy.control.base import ConstantTemperature
+
+    path = tiny.bootstrap(_copy_recipe(), home=tmp_path, progress=False, num_threads=1)
+    model, tok = tiny.load_agent(path)
+    tasks = world.tasks(split="train", level=1, n=16, seed=5)
+    episodes = rollout(
+        model,
+        tok,
+        world,
+        tasks,
+        schedule=ConstantTemperature(0.0),
+        config=RunnerConfig(batch_size=16),
+    )
+    entity_copies = value_copies = 0
+    for task, episode in zip(tasks, episodes, strict=True):
+        tools = [t for t in episode.turns if t.role == "tool"]
+        if not tools or tools[0].call is None:
+            continue
+        entity = task.meta["lookups"][0][0]
+        entity_copies += tools[0].call.arguments.get("entity") == entity
+        after = [t for t in episode.turns[episode.turns.index(tools[0]) + 1 :]]
+        answer = re.search(r"<answer>(.*?)</answer>", after[0].text or "") if after else None
+        if answer and tools[0].status == "ok":
+            value_copies += answer.group(1) == str(json.loads(tools[0].content)["value"])
+    # Measured 4 entity and 7 value copies of 16 (1 thread, seed 0); the drill-free recipe: 0
+    # and 0. The floor leaves room for run-to-run noise, not for "no copying at all".
+    assert entity_copies + value_copies >= 4, (entity_copies, value_copies)

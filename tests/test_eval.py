@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from agentropy.agent.runner import RunnerConfig
@@ -15,31 +14,13 @@ from agentropy.trace import read_traces
 
 
 @pytest.fixture(scope="module")
-def random_agent(tmp_path_factory):
-    """A random-weight tiny Llama saved in Hugging Face format with the tiny tokenizer (so the
-    eval loads it through the generic AutoModel/AutoTokenizer path)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from agentropy.agent.tiny import build_tokenizer
-
-    torch.manual_seed(0)
-    tok = build_tokenizer()
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    model = LlamaForCausalLM(cfg).eval()
+def random_agent(random_llama, tiny_tokenizer, tmp_path_factory):
+    """The random tiny Llama saved in Hugging Face format with the tiny tokenizer (so the eval
+    loads it through the generic AutoModel/AutoTokenizer path)."""
     path = tmp_path_factory.mktemp("agent")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return model, tok, path
+    random_llama.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return random_llama, tiny_tokenizer, path
 
 
 def test_run_eval_rows_have_every_column_and_share_tasks(random_agent):

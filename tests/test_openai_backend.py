@@ -12,7 +12,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 from agentropy.env.toolworld import ToolWorld
 from agentropy.integrations.openai import OpenAIAgentConfig, make_client, run_episode
@@ -28,26 +27,11 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served():
+def served(random_llama, tiny_tokenizer):
     """A uvicorn server on a free loopback port serving a random-weight tiny Llama."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from agentropy.agent.tiny import build_tokenizer
     from agentropy.integrations.serve import create_app
 
-    torch.manual_seed(0)
-    tok = build_tokenizer()
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        pad_token_id=tok.pad_token_id,
-    )
-    model = LlamaForCausalLM(cfg).eval()
+    model, tok = random_llama, tiny_tokenizer
     port = _free_port()
     server = uvicorn.Server(
         uvicorn.Config(

@@ -27,7 +27,7 @@ def load_model(path: str | os.PathLike[str] | None = None) -> tuple[Any, Any]:
     p = Path(path)
     if not (p / "config.json").is_file():
         raise InputError("not a Hugging Face model directory (config.json missing)", path=p)
-    if (p / tiny._INFO_FILE).is_file():  # our own agent: load it exactly as saved
+    if (p / tiny.INFO_FILE).is_file():  # our own agent: load it exactly as saved
         return tiny.load_agent(p)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -171,7 +171,8 @@ def _seed_for(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, index]).generate_state(1)[0])
 
 
-def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
+def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Token ids that end an assistant turn: the tokenizer's and the generation config's eos."""
     ids: set[int] = set()
     for src in (
         getattr(tokenizer, "eos_token_id", None),
@@ -183,7 +184,7 @@ def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
-def _forward_kwargs(model: Any) -> tuple[str, bool]:
+def forward_kwargs(model: Any) -> tuple[str, bool]:
     """Name of the cache argument of ``model.forward`` and whether it takes ``logits_to_keep``."""
     params = inspect.signature(model.forward).parameters
     cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -357,9 +358,9 @@ def _run_wave(
 
     device = next(model.parameters()).device
     tools = world.tool_schemas()
-    stop_ids = _stop_ids(model, tokenizer)
+    stop_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    cache_kw, has_keep = _forward_kwargs(model)
+    cache_kw, has_keep = forward_kwargs(model)
     max_context = config.max_context or getattr(model.config, "max_position_embeddings", None)
 
     rows = [_new_row(i, tasks[i], tokenizer, world, tools, config.markers, seed) for i in wave]

@@ -113,7 +113,7 @@ MARKER_TOKENS: tuple[str, ...] = (
 # Bump when the template, tokenizer construction or training procedure changes in a way that
 # makes agents cached under the same recipe hash stale.
 _FORMAT_VERSION = 2
-_INFO_FILE = "agentropy_tiny.json"
+INFO_FILE = "agentropy_tiny.json"
 
 # Hermes/Qwen-style tool template. Each tool is one compact signature line inside <tools>
 # (``name(arg: type, ...): description``) rather than its full JSON schema: the system turn is in
@@ -951,7 +951,7 @@ def _train(recipe: TinyRecipe, out_dir: Path, *, progress: bool) -> dict[str, An
     with _no_hf_progress_bars():
         model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / _INFO_FILE).write_text(json.dumps(info, indent=2))
+    (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2))
     return info
 
 
@@ -979,7 +979,7 @@ def default_agent_path(*, home: str | os.PathLike[str] | None = None) -> Path:
 
 
 def _is_complete(path: Path) -> bool:
-    return (path / _INFO_FILE).is_file() and (path / "config.json").is_file()
+    return (path / INFO_FILE).is_file() and (path / "config.json").is_file()
 
 
 def bootstrap(
@@ -1037,7 +1037,7 @@ def bootstrap(
 
 def read_agent_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``agentropy_tiny.json`` record written by :func:`bootstrap`."""
-    return json.loads((Path(path) / _INFO_FILE).read_text())
+    return json.loads((Path(path) / INFO_FILE).read_text())
 
 
 def load_agent(

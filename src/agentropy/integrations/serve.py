@@ -18,7 +18,6 @@ entropy estimate an estimate of model entropy.
 
 from __future__ import annotations
 
-import inspect
 import threading
 import time
 import uuid
@@ -29,17 +28,6 @@ from agentropy.integrations._extras import require
 #: Closing markers that end an assistant turn in our tool-call format (Hermes/Qwen convention).
 END_MARKERS: tuple[str, ...] = ("</tool_call>", "</answer>")
 MAX_TOP_LOGPROBS = 20
-
-
-def _end_token_ids(tokenizer: Any) -> set[int]:
-    ids: set[int] = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    for tok in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
-        tid = tokenizer.convert_tokens_to_ids(tok)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid >= 0:
-            ids.add(tid)
-    return ids
 
 
 def generate_completion(
@@ -61,6 +49,8 @@ def generate_completion(
     """
     import torch
 
+    from agentropy.agent.runner import forward_kwargs, stop_token_ids
+
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
@@ -72,16 +62,14 @@ def generate_completion(
         prompt = prompt["input_ids"]
     input_ids = torch.tensor([list(prompt)], dtype=torch.long)
     generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
-    end_ids = _end_token_ids(tokenizer)
+    end_ids = stop_token_ids(model, tokenizer)
     stops = list(END_MARKERS) + list(stop or [])
 
     records: list[dict[str, Any]] = []
     out_ids: list[int] = []
     finish = "length"
     cache = None
-    cache_kw = (
-        "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    )
+    cache_kw, _ = forward_kwargs(model)
     step_input = input_ids
     with torch.no_grad():
         for _ in range(max_tokens):

@@ -1,10 +1,69 @@
-"""Fixtures shared across test files."""
+"""Fixtures and model builders shared across test files.
+
+Plain helpers (:func:`tiny_lm`, :func:`tool_tokenizer`, :data:`CALL_OK`, :data:`CALL_BAD`) are
+imported by test modules with ``from conftest import ...`` (pytest puts ``tests/`` on
+``sys.path``), for module-level helpers that cannot take fixtures.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+
+#: Two whole tool calls (one readable, one cut off) that :func:`tool_tokenizer` makes single tokens.
+CALL_OK = '{"name":"lookup","arguments":{"entity":"Pata","attribute":"age"}}'
+CALL_BAD = '{"name":"lookup","argu'
+
+
+def tool_tokenizer() -> Any:
+    """A fresh tiny tokenizer plus :data:`CALL_OK` and :data:`CALL_BAD` as single tokens."""
+    from agentropy.agent.tiny import build_tokenizer
+
+    tok = build_tokenizer()
+    tok.add_tokens([CALL_OK, CALL_BAD])
+    return tok
+
+
+def tiny_lm(
+    tokenizer: Any,
+    *,
+    arch: str = "llama",
+    seed: int | None = 0,
+    hidden: int = 32,
+    layers: int = 1,
+    heads: int = 4,
+    max_positions: int = 2048,
+    train: bool = False,
+    **config: Any,
+) -> Any:
+    """A random-weight causal LM over ``tokenizer``, in eval mode unless ``train``.
+
+    ``arch`` is ``llama`` or ``qwen3``. Weights are drawn after ``torch.manual_seed(seed)``
+    (``seed=None``: from the current RNG state). The model is ``hidden`` wide with an MLP twice
+    as wide, ``layers`` deep, with ``heads`` attention heads over 2 key-value heads; ``config``
+    sets further config fields (e.g. ``tie_word_embeddings``, ``head_dim``).
+    """
+    import torch
+    import transformers
+
+    prefix = {"llama": "Llama", "qwen3": "Qwen3"}[arch]
+    if seed is not None:
+        torch.manual_seed(seed)
+    cfg = getattr(transformers, f"{prefix}Config")(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **config,
+    )
+    model = getattr(transformers, f"{prefix}ForCausalLM")(cfg)
+    return model if train else model.eval()
 
 
 @pytest.fixture(scope="session")
@@ -18,20 +77,4 @@ def tiny_tokenizer() -> Any:
 @pytest.fixture(scope="session")
 def random_llama(tiny_tokenizer: Any) -> Any:
     """A random-weight 1-layer Llama over the tiny tokenizer (seeded), in eval mode."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    tok = tiny_tokenizer
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_lm(tiny_tokenizer)

@@ -18,22 +18,17 @@ import pytest
 import torch
 
 from agentropy.agent.runner import RunnerConfig, ToolSuffix, rollout
-from agentropy.agent.tiny import build_tokenizer
 from agentropy.control.base import ConstantTemperature, StepObservation
 from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
 from agentropy.trace import PHASE_CODE, Episode
+from conftest import CALL_BAD, CALL_OK, tiny_lm, tool_tokenizer
 
 torch.set_num_threads(1)
-
-CALL_OK = '{"name":"lookup","arguments":{"entity":"Pata","attribute":"age"}}'
-CALL_BAD = '{"name":"lookup","argu'
 
 
 @pytest.fixture(scope="module")
 def tok() -> Any:
-    t = build_tokenizer()
-    t.add_tokens([CALL_OK, CALL_BAD])
-    return t
+    return tool_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -103,40 +98,11 @@ class Spy:
 
 
 def _llama(tok: Any, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    return LlamaForCausalLM(cfg).to(dtype).eval()
+    return tiny_lm(tok, seed=seed, layers=2).to(dtype)
 
 
 def _qwen3(tok: Any, seed: int = 0) -> torch.nn.Module:
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Qwen3Config(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=2048,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    return Qwen3ForCausalLM(cfg).eval()
+    return tiny_lm(tok, arch="qwen3", seed=seed, layers=2, head_dim=8)
 
 
 CFG = RunnerConfig(max_turns=3, max_new_tokens=6, max_tokens=40, batch_size=6, record_inputs=True)

@@ -19,6 +19,7 @@ import pytest
 from agentropy.control.phases import decode_token_texts, label_tokens
 from agentropy.integrations import trl as adapter
 from agentropy.trace import PHASE_CODE, Episode, ToolCall, Turn
+from conftest import tiny_lm
 
 PLAN, ACT, RECOVER, ANSWER = (PHASE_CODE[p] for p in ("plan", "act", "recover", "answer"))
 
@@ -225,14 +226,12 @@ def fitted_model(tokenizer):
     """A tiny Llama fitted to CONVERSATION, so that TRL's tool loop actually runs."""
     pytest.importorskip("trl")
     import torch
-    from transformers import GenerationConfig, LlamaForCausalLM
+    from transformers import GenerationConfig
 
     from agentropy.agent.tiny import assistant_labels
 
     torch.set_num_threads(1)  # the machine is shared; more threads only spin
-    torch.manual_seed(0)
-    config = _config_of(tokenizer)
-    model = LlamaForCausalLM(config)
+    model = _model(tokenizer, seed=0)
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
@@ -251,10 +250,9 @@ def fitted_model(tokenizer):
 def _trainer(cls, tokenizer, state, tmp_path, **kwargs):
     import torch
     from datasets import Dataset
-    from transformers import LlamaForCausalLM
     from trl import GRPOConfig
 
-    model = LlamaForCausalLM(_config_of(tokenizer))
+    model = _model(tokenizer, seed=None)  # weights come from ``state``
     model.load_state_dict(state)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -291,21 +289,18 @@ def _trainer(cls, tokenizer, state, tmp_path, **kwargs):
     )
 
 
-def _config_of(tokenizer):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+def _model(tokenizer, seed):
+    """The tiny Llama the slow tests train (in train mode; ``seed=None``: current RNG state)."""
+    return tiny_lm(
+        tokenizer,
+        seed=seed,
+        hidden=64,
+        layers=2,
+        heads=2,
+        max_positions=512,
+        train=True,
         tie_word_embeddings=True,
         bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
 
 

@@ -613,16 +613,22 @@ def _opt(d: Mapping[str, Any], key: str, kind: str, w: _Where, f: str) -> Any:
     return value
 
 
+def _list_array(value: Any, w: _Where, f: str, what: str, dtype: Any) -> np.ndarray | None:
+    """A JSON list (else an error naming its items, ``what``) as numpy: an empty ``dtype`` array
+    for ``[]``, ``np.asarray(value)`` otherwise, None if numpy cannot make one array of it."""
+    if not isinstance(value, list):
+        raise w.err(f"expected a list of {what}, got {_tname(value)}", f)
+    if not value:
+        return np.empty(0, dtype=dtype)
+    try:
+        return np.asarray(value)
+    except ValueError:
+        return None
+
+
 def _float_list(value: Any, w: _Where, f: str) -> np.ndarray:
     """A JSON list of numbers (null = missing = NaN) as float32."""
-    if not isinstance(value, list):
-        raise w.err(f"expected a list of numbers, got {_tname(value)}", f)
-    if not value:
-        return np.empty(0, dtype=np.float32)
-    try:
-        arr = np.asarray(value)
-    except ValueError:
-        arr = None
+    arr = _list_array(value, w, f, "numbers", np.float32)
     if arr is not None and arr.ndim == 1 and arr.dtype.kind in "fiu":
         with np.errstate(over="ignore"):
             return arr.astype(np.float32)
@@ -639,14 +645,7 @@ def _float_list(value: Any, w: _Where, f: str) -> np.ndarray:
 
 
 def _int_list(value: Any, w: _Where, f: str) -> np.ndarray:
-    if not isinstance(value, list):
-        raise w.err(f"expected a list of integers, got {_tname(value)}", f)
-    if not value:
-        return np.empty(0, dtype=np.int64)
-    try:
-        arr = np.asarray(value)
-    except ValueError:
-        arr = None
+    arr = _list_array(value, w, f, "integers", np.int64)
     if arr is None or arr.ndim != 1 or arr.dtype.kind not in "iu":
         for i, x in enumerate(value):
             if isinstance(x, bool) or not isinstance(x, int):

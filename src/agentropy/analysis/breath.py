@@ -86,6 +86,88 @@ class BreathConfig:
             )
 
 
+class _TurnColumns:
+    """The per-turn columns of a :class:`TraceTable`, appended turn by turn by its builders."""
+
+    def __init__(self) -> None:
+        self.ep: list[int] = []
+        self.index: list[int] = []
+        self.is_tool: list[bool] = []
+        self.start: list[int] = []
+        self.end: list[int] = []
+        self.has_ids: list[bool] = []
+        self.status: list[int] = []
+        self.key: list[int] = []
+        self.name: list[str | None] = []
+        self.arguments: list[Any] = []
+        self.content: list[str | None] = []
+        self.key_codes: dict[str, int] = {}
+
+    def add_assistant(self, e: int, i: int, start: int, n: int, has_ids: bool) -> None:
+        """Turn ``i`` of episode ``e``: an assistant turn owning tokens ``[start, start + n)``."""
+        self._add(e, i, False, start, start + n, has_ids, -1, -1, None, None, None)
+
+    def add_tool(
+        self,
+        e: int,
+        i: int,
+        pos: int,
+        status: str | None,
+        call_key: str | None,
+        name: str | None,
+        arguments: Any,
+        content: str | None,
+    ) -> None:
+        """Turn ``i`` of episode ``e``: a tool turn at token position ``pos`` (``call_key``:
+        name + canonical arguments, None for an unparseable call)."""
+        key = -1 if call_key is None else self.key_codes.setdefault(call_key, len(self.key_codes))
+        code = STATUS_CODES.get(status or "", -1)
+        self._add(e, i, True, pos, pos, False, code, key, name, arguments, content)
+
+    def _add(
+        self,
+        e: int,
+        i: int,
+        is_tool: bool,
+        start: int,
+        end: int,
+        has_ids: bool,
+        status: int,
+        key: int,
+        name: str | None,
+        arguments: Any,
+        content: str | None,
+    ) -> None:
+        self.ep.append(e)
+        self.index.append(i)
+        self.is_tool.append(is_tool)
+        self.start.append(start)
+        self.end.append(end)
+        self.has_ids.append(has_ids)
+        self.status.append(status)
+        self.key.append(key)
+        self.name.append(name)
+        self.arguments.append(arguments)
+        self.content.append(content)
+
+    def fields(self) -> dict[str, Any]:
+        """The :class:`TraceTable` fields ``turn_*``, ``tool_*`` and ``key_names``."""
+        return {
+            "turn_ep": np.asarray(self.ep, np.int64),
+            "turn_index": np.asarray(self.index, np.int64),
+            "turn_is_tool": np.asarray(self.is_tool, bool),
+            "turn_start": np.asarray(self.start, np.int64),
+            "turn_end": np.asarray(self.end, np.int64),
+            "turn_has_ids": np.asarray(self.has_ids, bool),
+            "tool_status": np.asarray(self.status, np.int8),
+            "tool_key": np.asarray(self.key, np.int64),
+            "tool_name": self.name,
+            "tool_arguments": self.arguments,
+            "tool_content": self.content,
+            "key_names": list(self.key_codes),
+        }
+
+
 @dataclass(slots=True)
 class TraceTable:
     """Columnar view of a list of episodes (one Parquet part, or an in-memory list).
@@ -172,11 +254,7 @@ class TraceTable:
         ent_parts: list[np.ndarray] = []
         tid_parts: list[np.ndarray] = []
         ph_parts: list[np.ndarray] = []
-        t_ep, t_idx, t_tool, t_start, t_end, t_ids, t_status, t_key = ([] for _ in range(8))
-        t_name: list[str | None] = []
-        t_args: list[Any] = []
-        t_content: list[str | None] = []
-        key_codes: dict[str, int] = {}
+        turn_cols = _TurnColumns()
         pos = 0
         dropped = 0
         for e, ep in enumerate(episodes):
@@ -195,23 +273,13 @@ class TraceTable:
                 latency[e] = ep.latency_s
             ep_start[e] = pos
             for i, turn in enumerate(ep.turns):
-                t_ep.append(e)
-                t_idx.append(i)
                 if turn.role == "tool":
-                    t_tool.append(True)
-                    t_start.append(pos)
-                    t_end.append(pos)
-                    t_ids.append(False)
-                    t_status.append(STATUS_CODES.get(turn.status or "", -1))
-                    if turn.call is None:
-                        t_key.append(-1)
-                        t_name.append(None)
-                        t_args.append(None)
+                    call = turn.call
+                    if call is None:
+                        turn_cols.add_tool(e, i, pos, turn.status, None, None, None, turn.content)
                     else:
-                        t_key.append(key_codes.setdefault(turn.call.key, len(key_codes)))
-                        t_name.append(turn.call.name)
-                        t_args.append(turn.call.arguments)
-                    t_content.append(turn.content)
+                        key, name, args = call.key, call.name, call.arguments
+                        turn_cols.add_tool(e, i, pos, turn.status, key, name, args, turn.content)
                     continue
                 ent = np.asarray(turn.entropy if turn.entropy is not None else [], np.float64)
                 tid = turn.token_ids
@@ -239,15 +307,7 @@ class TraceTable:
                     if ph is not None and len(ph) == n
                     else np.full(n, -1, np.int8)
                 )
-                t_tool.append(False)
-                t_start.append(pos)
-                t_end.append(pos + n)
-                t_ids.append(has_ids)
-                t_status.append(-1)
-                t_key.append(-1)
-                t_name.append(None)
-                t_args.append(None)
-                t_content.append(None)
+                turn_cols.add_assistant(e, i, pos, n, has_ids)
                 pos += n
             ep_end[e] = pos
 
@@ -268,19 +328,8 @@ class TraceTable:
             entropy=cat(ent_parts, np.float64),
             token_ids=cat(tid_parts, np.int64),
             phase=cat(ph_parts, np.int8),
-            turn_ep=np.asarray(t_ep, np.int64),
-            turn_index=np.asarray(t_idx, np.int64),
-            turn_is_tool=np.asarray(t_tool, bool),
-            turn_start=np.asarray(t_start, np.int64),
-            turn_end=np.asarray(t_end, np.int64),
-            turn_has_ids=np.asarray(t_ids, bool),
-            tool_status=np.asarray(t_status, np.int8),
-            tool_key=np.asarray(t_key, np.int64),
-            tool_name=t_name,
-            tool_arguments=t_args,
-            tool_content=t_content,
             n_dropped=dropped,
-            key_names=list(key_codes),
+            **turn_cols.fields(),
         )
 
     @classmethod
@@ -339,48 +388,22 @@ class TraceTable:
 
         ep_start = np.zeros(n_ep, np.int64)
         ep_end = np.zeros(n_ep, np.int64)
-        t_ep, t_idx, t_tool, t_start, t_end, t_ids, t_status, t_key = ([] for _ in range(8))
-        t_name: list[str | None] = []
-        t_args: list[Any] = []
-        t_content: list[str | None] = []
-        key_codes: dict[str, int] = {}
+        turn_cols = _TurnColumns()
         pos = 0
         k = 0
         for e, tl in enumerate(turns):
             ep_start[e] = pos
             for i, td in enumerate(tl):
-                t_ep.append(e)
-                t_idx.append(i)
                 if td.get("role") == "assistant":
                     n = int(actual[k])
                     k += 1
-                    t_tool.append(False)
-                    t_start.append(pos)
-                    t_end.append(pos + n)
-                    t_ids.append("token_ids" in td.get("arrays", ()))
-                    t_status.append(-1)
-                    t_key.append(-1)
-                    t_name.append(None)
-                    t_args.append(None)
-                    t_content.append(None)
+                    turn_cols.add_assistant(e, i, pos, n, "token_ids" in td.get("arrays", ()))
                     pos += n
                     continue
                 name = td.get("name")
-                t_tool.append(True)
-                t_start.append(pos)
-                t_end.append(pos)
-                t_ids.append(False)
-                t_status.append(STATUS_CODES.get(td.get("status") or "", -1))
-                if name is None:
-                    t_key.append(-1)
-                    t_args.append(None)
-                else:
-                    args = td.get("arguments", {})
-                    call_key = f"{name}:{canonical_arguments(args)}"
-                    t_key.append(key_codes.setdefault(call_key, len(key_codes)))
-                    t_args.append(args)
-                t_name.append(name)
-                t_content.append(td.get("content"))
+                args = None if name is None else td.get("arguments", {})
+                key = None if name is None else f"{name}:{canonical_arguments(args)}"
+                turn_cols.add_tool(e, i, pos, td.get("status"), key, name, args, td.get("content"))
             ep_end[e] = pos
 
         def column(name: str, fill: Any, dtype: Any) -> np.ndarray:
@@ -403,19 +426,8 @@ class TraceTable:
             entropy=column("entropy", 0.0, np.float64),
             token_ids=column("token_id", -1, np.int64),
             phase=column("phase", -1, np.int8),
-            turn_ep=np.asarray(t_ep, np.int64),
-            turn_index=np.asarray(t_idx, np.int64),
-            turn_is_tool=np.asarray(t_tool, bool),
-            turn_start=np.asarray(t_start, np.int64),
-            turn_end=np.asarray(t_end, np.int64),
-            turn_has_ids=np.asarray(t_ids, bool),
-            tool_status=np.asarray(t_status, np.int8),
-            tool_key=np.asarray(t_key, np.int64),
-            tool_name=t_name,
-            tool_arguments=t_args,
-            tool_content=t_content,
             n_dropped=int(declared.sum()) - n_rows,
-            key_names=list(key_codes),
+            **turn_cols.fields(),
         )
 
 

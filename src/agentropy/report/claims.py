@@ -282,6 +282,46 @@ def _rule(null: float, direction: Direction, min_n: str) -> str:
     return f"supported if the CI lies {side} {null:g}; min n {min_n}"
 
 
+#: Per claim key: the essay's figure, the null value, the minimum n and what it counts, and the
+#: display unit. Every claim predicts a measurement above its null (``direction="greater"``).
+_CLAIMS: dict[str, tuple[str, float, int, str, str]] = {
+    "spike_after_failure": ("spike after failure", 1.0, 10, "failed triggers", "x"),
+    "spike_3_4_recovery": ("+22%", 0.0, 5, "episodes per bin", "%"),
+    "exploration_token_cost": ("up to +150%", 0.0, 10, "shared tasks", "%"),
+    "exploration_latency_variance": ("higher variance", 0.0, 10, "episodes per policy", "num"),
+    "divergent_eruptions_fail": ("-", 0.0, 5, "eruptions per group", "pp"),
+    "phase_beats_constant": ("phase > constant", 0.0, 20, "episodes per policy", "pp"),
+    "level_drop": ("GAIA: 30.3% (L1) -> 0% (L3)", 0.30, 20, "episodes at L0+L1 and at L3", "%"),
+}
+
+
+def _row(
+    key: str,
+    claim: str,
+    *,
+    measurement: float | None,
+    ci: tuple[float | None, float | None] | None,
+    n: int,
+    n_detail: str,
+    note: str = "",
+) -> ClaimRow:
+    """The row of claim ``key``: essay figure, unit and verdict rule from :data:`_CLAIMS`."""
+    essay, null, min_n, per, unit = _CLAIMS[key]
+    return ClaimRow(
+        key=key,
+        claim=claim,
+        essay=essay,
+        measurement=measurement,
+        ci=ci,
+        n=n,
+        n_detail=n_detail,
+        verdict=verdict(ci, null=null, direction="greater", n=n, min_n=min_n),
+        rule=_rule(null, "greater", f"{min_n} {per}"),
+        unit=unit,
+        note=note,
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # The claims
 # --------------------------------------------------------------------------------------------
@@ -289,7 +329,6 @@ def _rule(null: float, direction: Direction, min_n: str) -> str:
 
 def claim_spike_after_failure(ev: Evidence, cfg: ClaimsConfig) -> ClaimRow:
     """Claim 1: median spike ratio of failed triggers, vs 1.0."""
-    min_n, null = 10, 1.0
     x = np.asarray(ev.failed_spikes, np.float64)
     n = int(x.size)
     med: float | None = float(np.median(x)) if n else None
@@ -298,40 +337,31 @@ def claim_spike_after_failure(ev: Evidence, cfg: ClaimsConfig) -> ClaimRow:
         rng = np.random.default_rng(cfg.seed)
         draws = _boot(lambda idx: np.median(x[idx], axis=1), n, rng, cfg.n_boot)
         ci = _interval(draws, cfg.confidence)
-    return ClaimRow(
-        key="spike_after_failure",
-        claim="Entropy spikes after failed tool calls (median spike ratio of failed triggers > 1)",
-        essay="spike after failure",
+    return _row(
+        "spike_after_failure",
+        "Entropy spikes after failed tool calls (median spike ratio of failed triggers > 1)",
         measurement=med,
         ci=ci,
         n=n,
         n_detail=f"{n} failed triggers",
-        verdict=verdict(ci, null=null, direction="greater", n=n, min_n=min_n),
-        rule=_rule(null, "greater", f"{min_n} failed triggers"),
-        unit="x",
     )
 
 
 def claim_spike_3_4_recovery(summary: Mapping[str, Any]) -> ClaimRow:
     """Claim 2: relative recovery of 3-4x vs < 1.5x spikes (the analyzer's estimate and CI)."""
-    min_n, null = 5, 0.0
     rel = (summary.get("recovery") or {}).get("relative_3_4_vs_lt_1_5") or {}
     n_a, n_b = int(rel.get("n_a") or 0), int(rel.get("n_b") or 0)
     ci_raw = rel.get("ci")
     ci = None if ci_raw is None else (ci_raw[0], ci_raw[1])
     n = min(n_a, n_b)
     note = "" if rel.get("value") is not None else "undefined: empty bin or zero recovery at <1.5x"
-    return ClaimRow(
-        key="spike_3_4_recovery",
-        claim="A 3-4x spike after a failure recovers more often than a forced-low (<1.5x) one",
-        essay="+22%",
+    return _row(
+        "spike_3_4_recovery",
+        "A 3-4x spike after a failure recovers more often than a forced-low (<1.5x) one",
         measurement=rel.get("value"),
         ci=ci,
         n=n,
         n_detail=f"3-4x: {n_a}, <1.5x: {n_b} episodes",
-        verdict=verdict(ci, null=null, direction="greater", n=n, min_n=min_n),
-        rule=_rule(null, "greater", f"{min_n} episodes per bin"),
-        unit="%",
         note=note,
     )
 
@@ -342,7 +372,6 @@ def _policy_mask(ev: Evidence, name: str) -> np.ndarray:
 
 def claim_exploration_token_cost(ev: Evidence, cfg: ClaimsConfig) -> ClaimRow:
     """Claim 3: token overhead of the exploring policy vs the reference on shared tasks."""
-    min_n, null = 10, 0.0
     explore, ref = cfg.explore_policy, cfg.reference_policy
 
     def per_task(name: str) -> dict[str, float]:
@@ -376,24 +405,19 @@ def claim_exploration_token_cost(ev: Evidence, cfg: ClaimsConfig) -> ClaimRow:
     phased = int(np.asarray(ev.phased_tokens)[sel].sum()) if sel.any() else 0
     recover = int(np.asarray(ev.recover_tokens)[sel].sum()) if sel.any() else 0
     note = f"{explore}: {recover / phased:.1%} of tokens in recover" if phased else ""
-    return ClaimRow(
-        key="exploration_token_cost",
-        claim=f"Exploration costs tokens: {explore} uses more tokens per episode than {ref}",
-        essay="up to +150%",
+    return _row(
+        "exploration_token_cost",
+        f"Exploration costs tokens: {explore} uses more tokens per episode than {ref}",
         measurement=value,
         ci=ci,
         n=n,
         n_detail=f"{n} shared tasks",
-        verdict=verdict(ci, null=null, direction="greater", n=n, min_n=min_n),
-        rule=_rule(null, "greater", f"{min_n} shared tasks"),
-        unit="%",
         note=note,
     )
 
 
 def claim_exploration_latency_variance(ev: Evidence, cfg: ClaimsConfig) -> ClaimRow:
     """Claim 4: latency CV of the exploring policy minus the reference's."""
-    min_n, null = 10, 0.0
     lat = np.asarray(ev.latency_s, np.float64)
     groups = []
     for name in (cfg.explore_policy, cfg.reference_policy):
@@ -410,18 +434,14 @@ def claim_exploration_latency_variance(ev: Evidence, cfg: ClaimsConfig) -> Claim
         ci = _interval(da - db, cfg.confidence)
         if not np.isfinite(value):
             value = None
-    return ClaimRow(
-        key="exploration_latency_variance",
-        claim=f"Exploration makes latency less predictable: latency CV of {cfg.explore_policy} "
+    return _row(
+        "exploration_latency_variance",
+        f"Exploration makes latency less predictable: latency CV of {cfg.explore_policy} "
         f"exceeds {cfg.reference_policy}'s",
-        essay="higher variance",
         measurement=value,
         ci=ci,
         n=n,
         n_detail=f"{cfg.explore_policy}: {a.size}, {cfg.reference_policy}: {b.size} episodes",
-        verdict=verdict(ci, null=null, direction="greater", n=n, min_n=min_n),
-        rule=_rule(null, "greater", f"{min_n} episodes per policy"),
-        unit="num",
         note="measurement: difference of coefficients of variation",
     )
 
@@ -430,7 +450,6 @@ def claim_divergent_eruptions_fail(
     summary: Mapping[str, Any], ev: Evidence, cfg: ClaimsConfig
 ) -> ClaimRow:
     """Claim 5: bad-outcome rate of divergent minus contracted eruptions."""
-    min_n, null = 5, 0.0
     success = dict(zip(ev.episode_id, ev.success, strict=True))
     loop_turns: dict[str, list[int]] = {}
     for lp in summary.get("loops") or []:
@@ -455,18 +474,13 @@ def claim_divergent_eruptions_fail(
             rng = np.random.default_rng(cfg.seed)
             draws = _rate_draws(kd, nd, rng, cfg.n_boot) - _rate_draws(kc, nc, rng, cfg.n_boot)
             ci = _interval(draws, cfg.confidence)
-    return ClaimRow(
-        key="divergent_eruptions_fail",
-        claim="Eruptions without contraction end in loops or failure more often than "
-        "contracted ones",
-        essay="-",
+    return _row(
+        "divergent_eruptions_fail",
+        "Eruptions without contraction end in loops or failure more often than contracted ones",
         measurement=value,
         ci=ci,
         n=n,
         n_detail=f"divergent: {nd}, contracted: {nc} eruptions",
-        verdict=verdict(ci, null=null, direction="greater", n=n, min_n=min_n),
-        rule=_rule(null, "greater", f"{min_n} eruptions per group"),
-        unit="pp",
         note="measurement: difference in failure-or-loop rate",
     )
 
@@ -485,7 +499,6 @@ def _row_counts(rows: Sequence[Mapping[str, Any]], policy: str) -> dict[int, tup
 
 def claim_phase_beats_constant(rows: Sequence[Mapping[str, Any]], cfg: ClaimsConfig) -> ClaimRow:
     """Claim 6: success of the phase policy minus the constant-temperature policy (eval rows)."""
-    min_n, null = 20, 0.0
     a = _row_counts(rows, cfg.explore_policy)
     b = _row_counts(rows, cfg.constant_policy)
     levels = sorted(set(a) & set(b))
@@ -502,26 +515,21 @@ def claim_phase_beats_constant(rows: Sequence[Mapping[str, Any]], cfg: ClaimsCon
         db = sum(_rate_draws(*b[lv], rng, cfg.n_boot) * b[lv][1] for lv in levels) / nb
         if na >= 2 and nb >= 2:
             ci = _interval(da - db, cfg.confidence)
-    return ClaimRow(
-        key="phase_beats_constant",
-        claim=f"Phase-aware temperature ({cfg.explore_policy}) succeeds more often than a global "
+    return _row(
+        "phase_beats_constant",
+        f"Phase-aware temperature ({cfg.explore_policy}) succeeds more often than a global "
         f"constant ({cfg.constant_policy})",
-        essay="phase > constant",
         measurement=value,
         ci=ci,
         n=n,
         n_detail=f"{cfg.explore_policy}: {na}, {cfg.constant_policy}: {nb} episodes; "
         f"levels {','.join(str(lv) for lv in levels) or '-'}",
-        verdict=verdict(ci, null=null, direction="greater", n=n, min_n=min_n),
-        rule=_rule(null, "greater", f"{min_n} episodes per policy"),
-        unit="pp",
         note="" if rows else "no eval rows given",
     )
 
 
 def claim_level_drop(rows: Sequence[Mapping[str, Any]], cfg: ClaimsConfig) -> ClaimRow:
     """Claim 7: relative success drop from L0/L1 to L3 of the reference policy (eval rows)."""
-    min_n, null = 20, 0.30
     c = _row_counts(rows, cfg.reference_policy)
     low = [lv for lv in (0, 1) if lv in c]
     k_lo = sum(c[lv][0] for lv in low)
@@ -541,17 +549,13 @@ def claim_level_drop(rows: Sequence[Mapping[str, Any]], cfg: ClaimsConfig) -> Cl
     note = "" if rows else "no eval rows given"
     if rows and n_lo and not k_lo:
         note = "undefined: no success at L0/L1"
-    return ClaimRow(
-        key="level_drop",
-        claim=f"Success of {cfg.reference_policy} falls from L0/L1 to L3 by more than 30%",
-        essay="GAIA: 30.3% (L1) -> 0% (L3)",
+    return _row(
+        "level_drop",
+        f"Success of {cfg.reference_policy} falls from L0/L1 to L3 by more than 30%",
         measurement=value,
         ci=ci,
         n=n,
         n_detail=f"L0+L1: {n_lo}, L3: {n3} episodes",
-        verdict=verdict(ci, null=null, direction="greater", n=n, min_n=min_n),
-        rule=_rule(null, "greater", f"{min_n} episodes at L0+L1 and at L3"),
-        unit="%",
         note=note,
     )
 

@@ -6,6 +6,7 @@ import json
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,6 +82,15 @@ def test_micro_experiment_produces_every_column(tmp_path: Any) -> None:
         assert e["policy"] == ARMS[e["arm"]]["policy"]
         for m in ARM_METRICS:
             assert e[m]["n"] == 2, m
+    for r in report["runs"]:
+        assert r["success_gain"] == pytest.approx(r["success_after"] - r["success_before"])
+        assert r["greedy_gain"] == pytest.approx(r["greedy_after"] - r["greedy_before"])
+        # Every run starts from the same model: one "before" per policy.
+        same = [x for x in report["runs"] if x["arm"] == r["arm"]]
+        assert {x["success_before"] for x in same} == {r["success_before"]}
+        assert r["greedy_before"] == report["runs"][0]["greedy_before"]
+        levels = r["levels"]
+        assert r["success_after"] == pytest.approx(np.mean([x["success"] for x in levels]))
     on_disk = json.loads((tmp_path / "exp" / "experiment.json").read_text())
     assert on_disk["config"]["rollouts_per_run"] == 2 * 4
     assert on_disk["levels"][0]["success"]["n"] == 2
@@ -91,8 +101,8 @@ def test_micro_experiment_produces_every_column(tmp_path: Any) -> None:
     for t in tables:
         console.print(t)
     text = console.export_text()
-    for col in ("success %", "recovery %", "erupt p/n/d", "loops", "tok/ep", "cycles", "gain",
-                "before %", "after %"):  # fmt: skip
+    for col in ("success %", "recovery %", "erupt p/n/d", "loops", "tok/ep", "cycles",
+                "own before %", "own after %", "own gain", "greedy before %", "greedy gain"):  # fmt: skip
         assert col in text
 
 

@@ -284,6 +284,39 @@ def test_unexpected_unit_drift_then_convert_recovers():
     assert s.record()["faults"][0]["recovery"] == "convert"
 
 
+def test_progress_counts_lookups_and_the_computation():
+    # L3: two lookups then a calc that returns the answer; a failed call reaches nothing.
+    task = dataclasses.replace(WORLD.tasks(split="train", level=3, n=1, seed=0)[0], faults=())
+    s = WORLD.start(task)
+    assert s.progress == (0, 3)
+    (ea, attr), (eb, _) = task.meta["lookups"]
+    s.call(ToolCall("lookup", {"entity": ea, "attribute": "colour"}))  # invalid attribute
+    s.call(ToolCall("calc", {"expression": "1 + 1"}))  # not the answer
+    assert s.progress == (0, 3)
+    s.call(ToolCall("lookup", {"entity": ea, "attribute": attr}))
+    s.call(ToolCall("lookup", {"entity": ea, "attribute": attr}))  # the same sub-goal again
+    assert s.progress == (1, 3)
+    s.call(ToolCall("lookup", {"entity": eb, "attribute": attr}))
+    va, vb = WORLD.kb[ea][attr], WORLD.kb[eb][attr]
+    s.call(ToolCall("calc", {"expression": f"{va} {task.meta['op']} {vb}"}))
+    assert s.progress == (3, 3)
+    assert (s.record()["subgoals"], s.record()["subgoals_reached"]) == (3, 3)
+
+
+def test_progress_of_faulted_lookups_and_levels_without_subgoals():
+    # A transient failure reaches nothing; the drifted (unexpected) value does count.
+    s = WORLD.start(_with_fault("transient"))
+    _lookup(s)
+    assert s.progress == (0, 1)
+    _lookup(s)
+    assert s.progress == (1, 1)
+    s = WORLD.start(_with_fault("unexpected"))
+    assert _lookup(s).status == "unexpected" and s.progress == (1, 1)
+    l0 = WORLD.start(WORLD.tasks(split="train", level=0, n=1, seed=0)[0])
+    l0.call(ToolCall("calc", {"expression": l0.task.meta["expression"]}))
+    assert l0.progress == (0, 0)  # L0 has no tool sub-goals
+
+
 def test_slow_reports_latency_without_sleeping(monkeypatch):
     def no_sleep(_s):
         raise AssertionError("ToolWorld must simulate latency, not sleep")

@@ -26,6 +26,7 @@ from agentropy.rl.config import TrainConfig
 from agentropy.rl.losses import get_loss
 from agentropy.rl.trainer import (
     build_batch,
+    episode_reward,
     group_advantages,
     latest_checkpoint,
     policy_logprobs,
@@ -34,6 +35,7 @@ from agentropy.rl.trainer import (
     train,
 )
 from agentropy.trace import read_traces
+from conftest import CALL_BAD, CALL_OK, tiny_lm, tool_tokenizer
 
 torch.set_num_threads(1)
 
@@ -48,38 +50,15 @@ def world() -> ToolWorld:
     return ToolWorld(ToolWorldConfig())
 
 
-CALL_OK = '{"name":"lookup","arguments":{"entity":"Pata","attribute":"age"}}'
-CALL_BAD = '{"name":"lookup","argu'
-
-
 @pytest.fixture(scope="module")
 def tok_tools() -> Any:
     """The tiny tokenizer plus two whole tool calls as single tokens (for the tool script)."""
-    t = build_tokenizer()
-    t.add_tokens([CALL_OK, CALL_BAD])
-    return t
+    return tool_tokenizer()
 
 
 def tiny_model(tok: Any, *, seed: int = 0, script: str | None = None) -> Any:
     """A random 1-layer Llama; ``script`` ("answer" or "tool") adds a logit bias (docstring)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    model = LlamaForCausalLM(config)
-    model.eval()
+    model = tiny_lm(tok, seed=seed, heads=2, tie_word_embeddings=True, bos_token_id=None)
     if script is not None:
         bias = _script(tok, script)
 
@@ -196,6 +175,22 @@ def test_group_advantages_ignore_order() -> None:
     perm = torch.randperm(24, generator=gen)
     adv = group_advantages(rewards, groups, eps=1e-6)
     assert torch.allclose(group_advantages(rewards[perm], groups[perm], eps=1e-6), adv[perm])
+
+
+def test_episode_reward_gives_partial_credit_for_subgoals_only_to_wrong_answers() -> None:
+    from agentropy.trace import Episode
+
+    def ep(success: bool, reached: int, total: int) -> Episode:
+        meta = {"subgoals": total, "subgoals_reached": reached}
+        return Episode(episode_id="e", turns=[], success=success, meta=meta)
+
+    assert episode_reward(ep(True, 0, 3), 0.5) == 1.0  # a right answer always scores 1
+    assert episode_reward(ep(False, 2, 3), 0.5) == pytest.approx(1 / 3)
+    assert episode_reward(ep(False, 3, 3), 0.5) == 0.5  # below a right answer
+    assert episode_reward(ep(False, 2, 3), 0.0) == 0.0  # answer-only reward
+    assert episode_reward(ep(False, 0, 0), 0.5) == 0.0  # L0: no sub-goals
+    no_meta = Episode(episode_id="e", turns=[], success=False)
+    assert episode_reward(no_meta, 0.5) == 0.0  # episodes of other worlds
 
 
 # ------------------------------------------------------------------------------ batch and masks

@@ -532,6 +532,8 @@ class ToolSession:
         self._schema_v2 = False  # attributes renamed <attr>_<unit> after a bad_args fault
         self._drifted: set[int] = set()  # lookup targets whose values now come in drift units
         self._targets = [tuple(x) for x in task.meta.get("lookups", [])]
+        self._looked_up: set[int] = set()  # lookup targets whose value (any unit) was returned
+        self._computed = False  # a calc/convert call returned the task's answer
 
     # ------------------------------------------------------------------ public
     def call(self, call: ToolCall) -> ToolResult:
@@ -563,6 +565,19 @@ class ToolSession:
         return [self.task.faults[i].kind for i in order]
 
     @property
+    def progress(self) -> tuple[int, int]:
+        """Sub-goals reached so far, ``(reached, total)``: a partial-credit signal for trainers.
+
+        The sub-goals of a task are its lookups (each reached when ``lookup`` or
+        ``backup_lookup`` returned that entity's attribute, in any unit) and, on L2 and L3, the
+        computation (reached when a ``calc`` or ``convert`` call returned the task's answer).
+        L0 has none (``total`` 0). The final answer is not a sub-goal: see :meth:`check_answer`.
+        """
+        total = len(self._targets) + (1 if self.task.level >= 2 else 0)
+        reached = len(self._looked_up) + (1 if self._computed and self.task.level >= 2 else 0)
+        return reached, total
+
+    @property
     def latency_s(self) -> float:
         """Total simulated tool latency of the session, seconds."""
         return float(sum(r.latency_s for _, r in self.log))
@@ -586,6 +601,8 @@ class ToolSession:
             "fault_kinds": self.fault_kinds,
             "n_calls": len(self.log),
             "n_failed": sum(r.status != "ok" for _, r in self.log),
+            "subgoals": self.progress[1],
+            "subgoals_reached": self.progress[0],
             "latency_s": self.latency_s,
         }
 
@@ -631,10 +648,14 @@ class ToolSession:
                 kind = "an integer" if typ is int else "a string"
                 return self._err(f'{name}: "{key}" must be {kind}')
         if name == "calc":
-            return self._calc(args["expression"])
-        if name == "convert":
-            return self._convert(int(args["value"]), args["from_unit"], args["to_unit"])
-        return self._lookup(name, args["entity"].strip(), args["attribute"].strip())
+            result = self._calc(args["expression"])
+        elif name == "convert":
+            result = self._convert(int(args["value"]), args["from_unit"], args["to_unit"])
+        else:
+            return self._lookup(name, args["entity"].strip(), args["attribute"].strip())
+        if result.ok and json.loads(result.content)["value"] == int(self.task.answer):
+            self._computed = True
+        return result
 
     def _calc(self, expression: str) -> ToolResult:
         try:
@@ -687,6 +708,8 @@ class ToolSession:
             return self._err(f'{tool}: unknown entity "{entity}"')
         value = self.world.kb[entity][base_attr]
         base, drift = ATTRIBUTES[base_attr]
+        if target is not None:
+            self._looked_up.add(target)  # every branch below returns the value
         if target is not None and (target in self._drifted or self._fire("unexpected", target)):
             self._drifted.add(target)
             drifted = convert_value(value, base, drift)

@@ -10,9 +10,12 @@ sampling), each from the same starting model.
 After training, each run is evaluated on the same held-out test-split tasks and faults per level
 with *its own arm's* sampling policy (an arm is what would be deployed: policy and weights), and
 :func:`agentropy.evaluate.policy_row` turns the episodes into success, recovery after failures,
-eruptions by kind, loops and tokens per episode. Per arm the run also reports the trainer's greedy
-held-out success gain (after - before training) and the training cycles the analyzer finds in the
-run's training traces (:func:`agentropy.analysis.summary.analyze_paths`: ``training.cycles``).
+eruptions by kind, loops and tokens per episode. The starting model is evaluated the same way
+once per arm policy (same tasks, same sampling seed), so each run has a held-out success gain
+under its own policy (``success_gain``, mean over levels), and once more greedily before and
+after (``greedy_gain``): GRPO raises the sampled policy's expected reward, which need not move the
+argmax. Per arm the run also reports the training cycles the analyzer finds in the run's training
+traces (:func:`agentropy.analysis.summary.analyze_paths`: ``training.cycles``).
 
 Intervals: a Student-t 95% interval over seeds (``mean +- t_{0.975, n-1} * sd / sqrt(n)``), since
 the seed is the unit of replication and a bootstrap over 3 seeds would be too narrow; ``null``
@@ -62,8 +65,12 @@ LEVEL_METRICS: tuple[str, ...] = (
     "tokens_per_episode",
 )
 
-#: Per arm metrics, averaged over seeds (keys of ``experiment.json``'s ``arms``).
+#: Per arm metrics, averaged over seeds (keys of ``experiment.json``'s ``arms``); success and
+#: greedy rates are means over levels of the final evaluation's tasks.
 ARM_METRICS: tuple[str, ...] = (
+    "success_before",
+    "success_after",
+    "success_gain",
     "greedy_before",
     "greedy_after",
     "greedy_gain",
@@ -160,6 +167,28 @@ def run_experiment(
         max_turns=tc.max_turns, max_new_tokens=tc.max_new_tokens, max_tokens=tc.max_tokens,
         batch_size=tc.rollout_batch_size,
     )  # fmt: skip
+
+    def evaluate(model: Any, tokenizer: Any, policy: str, arm: str) -> list[dict[str, Any]]:
+        """policy_row per level on the fixed held-out tasks, faults and sampling seed."""
+        rows = []
+        for level in tc.levels:
+            tasks = world.tasks(
+                split="test", level=level, n=config.eval_episodes, seed=config.eval_seed
+            )
+            episodes = rollout(
+                model, tokenizer, world, tasks, schedule=schedule_from_name(policy),
+                config=runner_config, seed=config.eval_seed, policy_name=policy,
+            )  # fmt: skip
+            rows.append(policy_row(episodes, level=level, policy=arm))
+        return rows
+
+    def mean_success(rows: list[dict[str, Any]]) -> float:
+        return float(np.mean([row["success"] for row in rows]))
+
+    # The starting model under every policy the runs are evaluated with (deterministic: once).
+    model, tokenizer = load()
+    start = {p: mean_success(evaluate(model, tokenizer, p, "start"))
+             for p in dict.fromkeys([ARMS[a]["policy"] for a in config.arms] + ["greedy"])}  # fmt: skip
     runs: list[dict[str, Any]] = []
     for arm in config.arms:
         for seed in range(config.seeds):
@@ -168,28 +197,22 @@ def run_experiment(
                 console.print(f"[bold]{arm}[/] seed {seed}: training {run_cfg.out}")
             model, tokenizer = load()
             result = train(run_cfg, model=model, tokenizer=tokenizer, world=world)
-            schedule = schedule_from_name(run_cfg.policy)
-            levels = []
-            for level in tc.levels:
-                tasks = world.tasks(
-                    split="test", level=level, n=config.eval_episodes, seed=config.eval_seed
-                )
-                episodes = rollout(
-                    model, tokenizer, world, tasks, schedule=schedule, config=runner_config,
-                    seed=config.eval_seed, policy_name=run_cfg.policy,
-                )  # fmt: skip
-                levels.append(policy_row(episodes, level=level, policy=arm))
+            levels = evaluate(model, tokenizer, run_cfg.policy, arm)
+            greedy_after = mean_success(evaluate(model, tokenizer, "greedy", arm))
             training = analyze_paths(Path(run_cfg.out) / "traces")["training"]
             kinds = [c.get("kind") for c in training["cycles"]]
-            before, after = result.held_out_before, result.held_out_after
+            before, after = start[run_cfg.policy], mean_success(levels)
             runs.append({
                 "arm": arm,
                 "seed": seed,
                 "out": run_cfg.out,
                 "levels": levels,
-                "greedy_before": before,
-                "greedy_after": after,
-                "greedy_gain": None if before is None or after is None else after - before,
+                "success_before": before,
+                "success_after": after,
+                "success_gain": after - before,
+                "greedy_before": start["greedy"],
+                "greedy_after": greedy_after,
+                "greedy_gain": greedy_after - start["greedy"],
                 "training_cycles": len(kinds),
                 "cycles_productive": kinds.count("productive"),
                 "cycles_divergent": kinds.count("divergent"),
@@ -273,15 +296,18 @@ def render_tables(report: dict[str, Any]) -> list[Any]:
         )  # fmt: skip
     caption = "; ".join(f"{e['arm']} = {e['policy']} + {e['loss']}" for e in report["arms"])
     arms = Table(
-        title="training: greedy held-out success (all levels), analyzer's training cycles",
+        title="training: held-out success (mean over levels) with the arm's own policy and "
+        "greedy, before and after; analyzer's training cycles",
         title_justify="left", caption=caption, caption_justify="left",
     )  # fmt: skip
-    for col in ("arm", "before %", "after %", "gain", "cycles", "prod.", "div.",
-                "wall s"):  # fmt: skip
+    for col in ("arm", "own before %", "own after %", "own gain", "greedy before %",
+                "greedy after %", "greedy gain", "cycles", "prod.", "div.", "wall s"):  # fmt: skip
         arms.add_column(col, justify="left" if col == "arm" else "right")
     for e in report["arms"]:
         arms.add_row(
-            e["arm"], _cell(e["greedy_before"], "{:.1f}", 100),
+            e["arm"], _cell(e["success_before"], "{:.1f}", 100),
+            _cell(e["success_after"], "{:.1f}", 100), _cell(e["success_gain"], "{:+.1f}", 100),
+            _cell(e["greedy_before"], "{:.1f}", 100),
             _cell(e["greedy_after"], "{:.1f}", 100), _cell(e["greedy_gain"], "{:+.1f}", 100),
             _cell(e["training_cycles"], "{:.1f}"), _cell(e["cycles_productive"], "{:.1f}"),
             _cell(e["cycles_divergent"], "{:.1f}"), _cell(e["train_wall_s"], "{:.0f}"),

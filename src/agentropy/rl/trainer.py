@@ -36,13 +36,19 @@ How it departs from textbook GRPO (DeepSeekMath), and why:
    exactly the one that sampled.
 5. **Advantages**: ``(r - mean_g) / (std_g + eps)`` within each task's group of ``G`` rollouts,
    population std; a group whose rewards are all equal gets 0 (``adv/zero_std_groups`` counts
-   them). Reward is 1 for a correct final answer, else 0.
+   them). Reward is 1 for a correct final answer, else 0, or with ``partial_credit`` > 0 a
+   fraction of it for the task's sub-goals reached (right lookups, right calc/convert result):
+   on levels where no sampled rollout answers correctly, answer-only rewards are all 0 and
+   their groups carry no advantage at all.
 6. **Curriculum**: training starts at ``start_level``; after a held-out evaluation, if success at
    the current level reaches ``promote_threshold``, the next level becomes current. A share
    ``mix_lower`` of each step's tasks comes from lower levels (rehearsal).
 7. **Held-out evaluation** uses the test split (entities never seen in training), the same
-   ``eval_episodes`` tasks per level every time, and ``eval_policy`` (greedy by default, so the
-   number moves only when the policy does).
+   ``eval_episodes`` tasks per level and the same sampling seed every time, with
+   ``eval_policy``: by default the training policy itself, the one whose expected reward GRPO
+   raises (``greedy`` is a different policy: its success can stay flat while the sampled
+   policy's rises). Promotion follows this evaluation, so with the default a level counts as
+   solved when the policy being trained solves it, not when its argmax does.
 
 Outputs under ``config.out``: ``config.toml``; ``metrics.parquet`` (one row per step, namespaced
 keys such as ``rollout/success``, ``onpolicy/logprob_mae``, ``entropy/recover_mean``,
@@ -83,6 +89,7 @@ __all__ = [
     "Batch",
     "TrainResult",
     "build_batch",
+    "episode_reward",
     "group_advantages",
     "latest_checkpoint",
     "policy_logprobs",
@@ -100,6 +107,18 @@ RESUMABLE_FIELDS = frozenset(
 # --------------------------------------------------------------------------------------------
 # Pure pieces
 # --------------------------------------------------------------------------------------------
+
+
+def episode_reward(episode: Episode, partial_credit: float = 0.0) -> float:
+    """Training reward: 1 for a correct answer; otherwise ``partial_credit`` times the share of
+    the task's sub-goals reached (``meta["subgoals_reached"] / meta["subgoals"]``, recorded by
+    ToolWorld sessions), 0 when the task has none or ``partial_credit`` is 0."""
+    if episode.success:
+        return 1.0
+    total = episode.meta.get("subgoals") or 0
+    if partial_credit <= 0 or total <= 0:
+        return 0.0
+    return partial_credit * min(episode.meta.get("subgoals_reached", 0), total) / total
 
 
 def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: float) -> torch.Tensor:
@@ -481,7 +500,7 @@ def train(
     )
     world = world if world is not None else ToolWorld(ToolWorldConfig(seed=config.world_seed))
     schedule = schedule_from_name(config.policy)
-    eval_schedule = schedule_from_name(config.eval_policy)
+    eval_schedule = schedule_from_name(config.resolved_eval_policy)
     runner_config = RunnerConfig(
         max_turns=config.max_turns,
         max_new_tokens=config.max_new_tokens,
@@ -540,7 +559,7 @@ def train(
             )
             episodes = rollout(
                 model, tokenizer, world, tasks, schedule=eval_schedule, config=runner_config,
-                seed=config.eval_seed, policy_name=f"eval:{config.eval_policy}", step=step,
+                seed=config.eval_seed, policy_name=f"eval:{config.resolved_eval_policy}", step=step,
             )  # fmt: skip
             for ep in episodes:
                 ep.episode_id = f"eval-L{level}-{ep.episode_id}"
@@ -596,7 +615,7 @@ def train(
                 seed=_derive_seed(config.seed, step), policy_name=config.policy, step=step,
             )  # fmt: skip
             metrics["time/rollout_s"] = time.perf_counter() - t0
-            rewards = torch.tensor([float(e.reward or 0.0) for e in episodes])
+            rewards = torch.tensor([episode_reward(e, config.partial_credit) for e in episodes])
 
             # ---- 3. group-normalised advantages per task
             adv = group_advantages(rewards, groups, config.adv_eps)

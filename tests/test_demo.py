@@ -82,7 +82,7 @@ def test_quick_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     page = (out / "report.html").read_text()
     assert "://" not in page
     assert '<div class="chart" id="fig-training"></div>' in page  # training traces carry steps
-    assert "2 steps; held-out greedy success" in page
+    assert "2 steps; held-out success (phase sampling)" in page
     assert len(re.findall(r'<td class="l">L\d</td>', page)) == len(DEMO_POLICIES) * 4
     assert any("report:" in str(x) for x in render_summary(record))
     with pytest.raises(ValueError, match="already holds a demo"):

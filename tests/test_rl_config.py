@@ -62,6 +62,15 @@ def test_validation_says_how_to_fix(change: dict[str, Any], message: str) -> Non
         TrainConfig(**change)
 
 
+def test_eval_policy_defaults_to_the_training_policy() -> None:
+    assert TrainConfig(policy="phase").resolved_eval_policy == "phase"
+    assert TrainConfig(policy="phase", eval_policy="greedy").resolved_eval_policy == "greedy"
+    with pytest.raises(ValueError, match="temperature"):
+        TrainConfig(policy="constant:-1")  # "train" resolves to the (invalid) training policy
+    with pytest.raises(ValueError, match="partial_credit"):
+        TrainConfig(partial_credit=1.0)
+
+
 CHANGED = [
     {},
     {"lr": 3e-5, "steps": 7, "policy": "phase:recover=1,horizon=16", "loss": "rhythm"},
@@ -69,6 +78,7 @@ CHANGED = [
     {"threads": 1, "eval_policy": "constant:0.5", "agg_mode": "seq-mean-token-mean"},
     {"rhythm": RhythmConfig(step=1e-3, horizon=16), "target": TargetConfig(target=0.35)},
     {"out": 'runs/with "quotes" and \\ backslash', "flat_coef": -1e-3, "mix_lower": 0.0},
+    {"partial_credit": 0.5, "eval_policy": "train"},
 ]
 
 

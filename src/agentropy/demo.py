@@ -247,7 +247,8 @@ def run_demo(config: DemoConfig = DemoConfig(), *, console: Any = None) -> dict[
                 train_result = result.to_dict()
                 before, after = result.held_out_before, result.held_out_after
                 training_note = (
-                    f"{result.steps} steps; held-out greedy success "
+                    f"{result.steps} steps; held-out success "
+                    f"({train_config.resolved_eval_policy} sampling) "
                     f"{_pct(before)} -> {_pct(after)}; final level L{result.level}"
                 )
                 from agentropy.analysis.summary import analyze_paths

@@ -88,6 +88,7 @@ def register(app: typer.Typer) -> None:
         gain = "" if before is None or after is None else f" (gain {100 * (after - before):+.1f})"
         console.print(
             f"trained {result.steps} steps in {result.wall_s:.0f} s; held-out success "
+            f"({cfg.resolved_eval_policy}) "
             f"{_pct(before)} -> {_pct(after)}{gain}; level {result.level}; wrote {cfg.out}"
         )
 

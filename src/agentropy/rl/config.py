@@ -56,9 +56,9 @@ class TrainConfig:
     world_seed: int = 0
     """``ToolWorldConfig(seed=...)``: which knowledge base and task generator (the tiny agent was
     warm-started on world 0)."""
-    steps: int = 16
-    """Training steps (one rollout batch and its PPO updates each); 16 x 32 rollouts fit the
-    five-minute CPU budget of the defaults."""
+    steps: int = 100
+    """Training steps (one rollout batch and its PPO updates each); 100 x 32 rollouts fit the
+    five-minute CPU budget of the defaults (BENCHMARKS.md)."""
 
     # ---------------------------------------------------------------- rollouts
     tasks_per_step: int = 8
@@ -82,9 +82,13 @@ class TrainConfig:
     loss: str = "flat"
     """Policy loss by name (:func:`agentropy.rl.losses.get_loss`): vanilla, flat, target, rhythm.
     Entropy terms use the model entropy at T = 1 (see the trainer's docstring)."""
-    lr: float = 1e-4
-    """AdamW learning rate (constant); the tiny agent was warm-started at 3e-3, so RL moves it
-    30x more gently per step."""
+    lr: float = 2e-5
+    """AdamW learning rate (constant). Measured on the embedded agent (RESULTS.md): 3e-4
+    collapsed it within two steps (sampled success to 0, entropy up, every group then
+    reward-less); 1e-4 halved greedy L1 success in 20 steps; 5e-5 cost 6 points of greedy L1;
+    2e-5 raised sampled held-out success without hurting greedy. With ~32 noisy rollouts per
+    step, Adam's per-coordinate normalisation moves every weight by ~lr per update whatever
+    the signal, so the rate must be small."""
     weight_decay: float = 0.0
     """AdamW decoupled weight decay (0: RL steps should not shrink the warm-started weights)."""
     ppo_epochs: int = 1
@@ -107,7 +111,8 @@ class TrainConfig:
     """Reward of an episode whose final answer is wrong: ``partial_credit x (sub-goals reached /
     sub-goals)`` (ToolWorld's :attr:`~agentropy.env.toolworld.ToolSession.progress`: the right
     lookups done, the right calc/convert result obtained); a correct answer always scores 1.
-    0 = answer-only reward. Held-out success is always the answer alone."""
+    0 = answer-only reward (the default: 0.5 measured no better on L1, and did not unlock L2 in
+    40 steps; RESULTS.md). Held-out success is always the answer alone."""
     adv_eps: float = 1e-6
     """Advantage = (r - mean) / (std + adv_eps) within a group; a group with equal rewards gets 0."""
     flat_coef: float = 1e-3
@@ -122,20 +127,20 @@ class TrainConfig:
     """Curriculum levels in order (ToolWorld L0-L3); held-out evaluation covers all of them."""
     start_level: int = 1
     """Level training starts at (must be in ``levels``); the step-0 evaluation promotes at once
-    past levels the starting model already solves. Default L1: the embedded agent solves L0
-    arithmetic rarely and by rote, so starting at L0 spent the whole budget there (measured:
-    greedy held-out success 18.8% -> 5.2% over 3 seeds, against 18.8% -> 23.4% from L1)."""
+    past levels the starting model already solves. Default L1: the embedded agent does L0
+    arithmetic by rote, and training on L0 alone for 100 steps cost 13 points of greedy L1
+    success on 200 held-out tasks (58% -> 45%) for +4 on L0 (RESULTS.md)."""
     promote_threshold: float = 0.7
     """Promote to the next level when held-out success at the current level reaches this."""
     mix_lower: float = 0.25
     """Share of each step's tasks drawn from lower curriculum levels (rehearsal)."""
 
     # ---------------------------------------------------------------- evaluation and output
-    eval_every: int = 8
+    eval_every: int = 25
     """Held-out evaluation every this many steps (also before step 1 and after the last)."""
-    eval_episodes: int = 16
-    """Held-out test-split tasks per level; the same tasks at every evaluation (16 x 4 levels:
-    a standard error of ~6 points on the mean over levels; noisy, but cheap)."""
+    eval_episodes: int = 32
+    """Held-out test-split tasks per level; the same tasks at every evaluation (32 x 4 levels:
+    a standard error of ~4 points on the mean over levels; noisy, but cheap)."""
     eval_policy: str = "train"
     """Sampling policy of the held-out evaluation: ``train`` = the training ``policy`` (what
     GRPO optimises: the expected reward of the policy that samples), or any policy name, e.g.
@@ -144,7 +149,7 @@ class TrainConfig:
     five-minute run even when sampled success rises; see RESULTS.md.)"""
     eval_seed: int = 1000
     """Task seed of the held-out tasks."""
-    checkpoint_every: int = 8
+    checkpoint_every: int = 25
     """Checkpoint every this many steps (and after the last); 0 = only at the end."""
     keep_checkpoints: int = 2
     """Most recent checkpoints kept on disk."""

@@ -340,6 +340,30 @@ def _prepare(
     return keep, ent
 
 
+def _surrogate(
+    logprob: torch.Tensor,
+    old_logprob: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    entropy: torch.Tensor | None,
+    phase: torch.Tensor | None,
+    trigger_offset: torch.Tensor | None,
+    *,
+    clip_low: float,
+    clip_high: float,
+    log_ratio_clamp: float,
+    agg_mode: AggMode,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, Metrics]:
+    """What every loss starts with: checked inputs, ``keep`` mask, masked entropy, PPO term."""
+    keep, ent = _prepare(logprob, old_logprob, advantages, mask, entropy, phase, trigger_offset)
+    pg, m = _pg_term(
+        logprob, old_logprob, advantages, keep,
+        clip_low=clip_low, clip_high=clip_high, log_ratio_clamp=log_ratio_clamp,
+        agg_mode=agg_mode,
+    )  # fmt: skip
+    return keep, ent, pg, m
+
+
 # --------------------------------------------------------------------------------------------
 # Losses
 # --------------------------------------------------------------------------------------------
@@ -367,10 +391,8 @@ def vanilla_loss(
     optional and only logged (entropy is worth watching even without an entropy loss);
     ``trigger_offset`` is accepted for a uniform call signature and ignored.
     """
-    del trigger_offset
-    keep, ent = _prepare(logprob, old_logprob, advantages, mask, entropy, phase)
-    pg, m = _pg_term(
-        logprob, old_logprob, advantages, keep,
+    keep, ent, pg, m = _surrogate(
+        logprob, old_logprob, advantages, mask, entropy, phase, None,
         clip_low=clip_low, clip_high=clip_high, log_ratio_clamp=log_ratio_clamp,
         agg_mode=agg_mode,
     )  # fmt: skip
@@ -398,14 +420,12 @@ def flat_loss(
     Sign: ``coef > 0`` is a bonus (raises entropy), ``coef < 0`` a penalty. ``trigger_offset``
     is ignored.
     """
-    del trigger_offset
-    keep, ent = _prepare(logprob, old_logprob, advantages, mask, entropy, phase)
-    assert ent is not None
-    pg, m = _pg_term(
-        logprob, old_logprob, advantages, keep,
+    keep, ent, pg, m = _surrogate(
+        logprob, old_logprob, advantages, mask, entropy, phase, None,
         clip_low=clip_low, clip_high=clip_high, log_ratio_clamp=log_ratio_clamp,
         agg_mode=agg_mode,
     )  # fmt: skip
+    assert ent is not None
     bonus = float(coef) * aggregate(ent, keep, agg_mode)
     return _finish(
         pg, m, bonus=bonus, entropy=ent, keep=keep, phase=phase, extra={"coef/entropy": coef}
@@ -436,14 +456,12 @@ def target_loss(
     the batch mean entropy (token-mean) is below ``target``: ``coef_eff = coef * [H < target]``;
     pass ``target=None`` to always apply ``coef``. Sign as in :func:`flat_loss`.
     """
-    del trigger_offset
-    keep, ent = _prepare(logprob, old_logprob, advantages, mask, entropy, phase)
-    assert ent is not None
-    pg, m = _pg_term(
-        logprob, old_logprob, advantages, keep,
+    keep, ent, pg, m = _surrogate(
+        logprob, old_logprob, advantages, mask, entropy, phase, None,
         clip_low=clip_low, clip_high=clip_high, log_ratio_clamp=log_ratio_clamp,
         agg_mode=agg_mode,
     )  # fmt: skip
+    assert ent is not None
     active = True
     if target is not None:
         active = bool(aggregate(ent.detach(), keep) < target)
@@ -488,7 +506,11 @@ def rhythm_loss(
     ``horizon`` (tokens), ``band_hi`` (nats) and ``contraction_coef`` come from
     :meth:`RhythmConfig.loss_kwargs`. Both entropy terms carry gradient.
     """
-    keep, ent = _prepare(logprob, old_logprob, advantages, mask, entropy, phase, trigger_offset)
+    keep, ent, pg, m = _surrogate(
+        logprob, old_logprob, advantages, mask, entropy, phase, trigger_offset,
+        clip_low=clip_low, clip_high=clip_high, log_ratio_clamp=log_ratio_clamp,
+        agg_mode=agg_mode,
+    )  # fmt: skip
     assert ent is not None
     lam_in = torch.as_tensor(lambdas, dtype=torch.float64).detach().cpu()
     if tuple(lam_in.shape) != (len(PHASES),):
@@ -499,11 +521,6 @@ def rhythm_loss(
     valid_phase = (phase_l >= 0) & (phase_l < len(PHASES))
     if bool((keep & ~valid_phase).any()):
         raise ValueError(f"phase codes of masked-in tokens must be in [0, {len(PHASES)})")
-    pg, m = _pg_term(
-        logprob, old_logprob, advantages, keep,
-        clip_low=clip_low, clip_high=clip_high, log_ratio_clamp=log_ratio_clamp,
-        agg_mode=agg_mode,
-    )  # fmt: skip
     token_lam = lam[phase_l.clamp(0, len(PHASES) - 1)]  # (B, T)
     bonus = aggregate(token_lam * ent, keep, agg_mode)
 

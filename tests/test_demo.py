@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agentropy.cli import app
-from agentropy.demo import DEMO_POLICIES, DemoConfig, _check_out, render_summary, run_demo
+from agentropy.pipelines.demo import DEMO_POLICIES, DemoConfig, _check_out, render_summary, run_demo
 
 runner = CliRunner()
 

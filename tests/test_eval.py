@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from agentropy.agent.runner import RunnerConfig
 from agentropy.cli import app
-from agentropy.evaluate import COLUMNS, EvalConfig, run_eval
+from agentropy.pipelines.compare import COLUMNS, EvalConfig, run_eval
 from agentropy.trace import read_traces
 
 

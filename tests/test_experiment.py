@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from agentropy.agent.tiny import build_tokenizer
-from agentropy.rl.config import TrainConfig
-from agentropy.rl.experiment import (
+from agentropy.pipelines.experiment import (
     ARM_METRICS,
     ARMS,
     LEVEL_METRICS,
@@ -21,6 +20,7 @@ from agentropy.rl.experiment import (
     run_experiment,
     t_interval,
 )
+from agentropy.rl.config import TrainConfig
 
 torch.set_num_threads(1)
 

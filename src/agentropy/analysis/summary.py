@@ -6,6 +6,12 @@ per-episode and per-failure records, and builds the summary at the end; memory g
 number of episodes and events, never with tokens. Results do not depend on how the episodes are
 split into parts or ordered (lists are sorted by ``episode_id``, ``turn_index``).
 
+The records are kept once and read by everything downstream, so one pass over the traces serves
+the summary, the claims (:meth:`Analyzer.evidence`, an :class:`Evidence`), the policy-comparison
+table (:mod:`agentropy.pipelines.compare`) and the report: :meth:`Analyzer.add_table` returns the
+part's event records, so the report can keep its example episodes from the same part while it is
+in memory instead of reading the files again.
+
 JSON summary keys (stable; ``null`` wherever a value is undefined, never NaN):
 
 - ``episodes``, ``tokens`` (assistant tokens), ``dropped_nonfinite`` (tokens dropped by
@@ -109,8 +115,51 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+@dataclass
+class Evidence:
+    """Per-episode facts and failed-trigger spike ratios: the claims' inputs.
+
+    Built by :meth:`Analyzer.evidence` from the analyzer's own records (no second analysis);
+    the fields are plain lists so tests and callers can also fill them by hand. Memory grows
+    with episodes and failed triggers, never with tokens.
+    """
+
+    failed_spikes: list[float] = field(default_factory=list)
+    """Spike ratio of every failed trigger that has one, in trace order."""
+    episode_id: list[str] = field(default_factory=list)
+    policy: list[str] = field(default_factory=list)
+    """Policy name per episode (``unknown`` when absent)."""
+    task_id: list[str | None] = field(default_factory=list)
+    success: list[int] = field(default_factory=list)
+    """1 success, 0 failure, -1 unknown."""
+    tokens: list[int] = field(default_factory=list)
+    """Assistant tokens per episode."""
+    recover_tokens: list[int] = field(default_factory=list)
+    """Assistant tokens in the ``recover`` phase per episode."""
+    phased_tokens: list[int] = field(default_factory=list)
+    """Assistant tokens with a known phase per episode."""
+    latency_s: list[float] = field(default_factory=list)
+    """Episode wall time (NaN when absent)."""
+    failed_calls: list[int] = field(default_factory=list)
+    """Tool turns with status ``error`` / ``unexpected`` per episode."""
+
+    @classmethod
+    def from_episodes(
+        cls, episodes: Iterable[Episode], breath_config: BreathConfig | None = None
+    ) -> Evidence:
+        """Evidence of in-memory episodes (one analyzer pass)."""
+        analyzer = Analyzer(AnalyzeConfig(breath=breath_config or BreathConfig()))
+        eps = list(episodes)
+        if eps:
+            analyzer.add_episodes(eps)
+        return analyzer.evidence()
+
+
 class Analyzer:
-    """Accumulates parts; :meth:`summary` assembles the result (see module docstring)."""
+    """Accumulates parts; :meth:`summary` assembles the result (see module docstring).
+
+    :meth:`evidence` gives the same per-episode records to the claims and the eval table.
+    """
 
     def __init__(self, config: AnalyzeConfig = AnalyzeConfig()) -> None:
         self.config = config
@@ -135,12 +184,18 @@ class Analyzer:
         *,
         nan_policy: NanPolicy = "raise",
         source: str | None = None,
-    ) -> None:
+    ) -> dict[str, list[dict[str, Any]]]:
         """Analyse one part given as episodes (see :meth:`TraceTable.from_episodes`)."""
-        self.add_table(TraceTable.from_episodes(episodes, nan_policy=nan_policy, source=source))
+        return self.add_table(
+            TraceTable.from_episodes(episodes, nan_policy=nan_policy, source=source)
+        )
 
-    def add_table(self, table: TraceTable) -> None:
-        """Analyse one part given as a :class:`TraceTable`."""
+    def add_table(self, table: TraceTable) -> dict[str, list[dict[str, Any]]]:
+        """Analyse one part given as a :class:`TraceTable`.
+
+        Returns the part's own ``eruptions``, ``frozen`` and ``loops`` records (also kept for the
+        summary), so a caller can act on the part while it is in memory (e.g. keep an example).
+        """
         cfg = self.config
         trig = analyze_triggers(table, cfg.breath)
         loops = find_loops(table, cfg.loops)
@@ -153,9 +208,14 @@ class Analyzer:
         c["triggers"] += int(trig.ep.shape[0])
         c["no_response"] += int(trig.no_response.sum())
         c["tool_failures"] += int(trig.failed.sum())
-        self._eruptions += eruption_records(table, trig)
-        self._frozen += frozen_records(table, trig)
-        self._loops += loop_records(table, loops)
+        part = {
+            "eruptions": eruption_records(table, trig),
+            "frozen": frozen_records(table, trig),
+            "loops": loop_records(table, loops),
+        }
+        self._eruptions += part["eruptions"]
+        self._frozen += part["frozen"]
+        self._loops += part["loops"]
 
         # Per-episode token aggregates, vectorised over the part's token table.
         lengths = table.ep_end - table.ep_start
@@ -215,6 +275,7 @@ class Analyzer:
         self._fail["spike"].append(spike[failed])
         self._fail["has_next"].append(has_next)
         self._fail["next_ok"].append(has_next & (trig.status[np.maximum(nxt, 0)] == 0))
+        return part
 
     # ---------------------------------------------------------------------------------------
     def _cat(self, key: str) -> Any:
@@ -225,6 +286,27 @@ class Analyzer:
             shape = (0, len(ENTROPY_COLUMNS)) if key in ("ent_sum", "ent_cnt") else (0,)
             return np.zeros(shape)
         return np.concatenate(parts)
+
+    def evidence(self) -> Evidence:
+        """The per-episode records and failed-trigger spike ratios as an :class:`Evidence`."""
+        spikes = self._fail["spike"]
+        failed = np.concatenate(spikes) if spikes else np.zeros(0)
+
+        def ints(key: str) -> list[int]:
+            return [int(x) for x in self._cat(key)]
+
+        return Evidence(
+            failed_spikes=[float(x) for x in failed[np.isfinite(failed)]],
+            episode_id=list(self._cat("episode_id")),
+            policy=["unknown" if p is None else p for p in self._cat("policy")],
+            task_id=list(self._cat("task_id")),
+            success=ints("success"),
+            tokens=ints("tokens"),
+            recover_tokens=ints("recover_tokens"),
+            phased_tokens=ints("phased_tokens"),
+            latency_s=[float(x) for x in self._cat("latency_s")],
+            failed_calls=ints("failed_calls"),
+        )
 
     def summary(self) -> dict[str, Any]:
         """The JSON-ready summary (module docstring lists the keys)."""

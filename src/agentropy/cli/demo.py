@@ -1,6 +1,6 @@
 """``agentropy demo [--quick] [--out runs/demo]``: bootstrap, train, evaluate, report in one go.
 
-A thin wrapper over :func:`agentropy.demo.run_demo` (see there for the stages and budgets).
+A thin wrapper over :func:`agentropy.pipelines.demo.run_demo` (see there for the stages and budgets).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         """
         from rich.console import Console
 
-        from agentropy.demo import DemoConfig, render_summary, run_demo
+        from agentropy.pipelines.demo import DemoConfig, render_summary, run_demo
 
         config = DemoConfig.preset(
             quick=quick,

@@ -103,7 +103,7 @@ def register(app: typer.Typer) -> None:
 
         from agentropy.agent.loading import load_model
         from agentropy.agent.runner import RunnerConfig
-        from agentropy.evaluate import EvalConfig, run_eval
+        from agentropy.pipelines.compare import EvalConfig, run_eval
 
         try:
             level_list = tuple(int(x) for x in levels.split(",") if x.strip())

@@ -1,5 +1,5 @@
 """``agentropy experiment``: train each arm on several seeds with the same rollout budget, then
-compare held-out outcomes with t-intervals over seeds (see :mod:`agentropy.rl.experiment`)."""
+compare held-out outcomes with t-intervals over seeds (see :mod:`agentropy.pipelines.experiment`)."""
 
 from __future__ import annotations
 
@@ -47,8 +47,8 @@ def register(app: typer.Typer) -> None:
         """
         from rich.console import Console
 
+        from agentropy.pipelines.experiment import ExperimentConfig, render_tables, run_experiment
         from agentropy.rl.config import TrainConfig, apply_overrides
-        from agentropy.rl.experiment import ExperimentConfig, render_tables, run_experiment
 
         train = TrainConfig.from_toml(config) if config is not None else TrainConfig()
         changes: dict[str, object] = {"progress": progress}

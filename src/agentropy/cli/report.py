@@ -119,7 +119,7 @@ def _run(
             reference=reference,
             seed=seed,
             title=title,
-        )
+        ).summary
     except OSError as err:
         raise ValueError(f"cannot write {out}: {err.strerror}") from None
     except ImportError as err:  # plotly is an optional extra: say how to install it

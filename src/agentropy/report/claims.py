@@ -46,19 +46,20 @@ contraction and loop are DESIGN.md's, computed by :mod:`agentropy.analysis`):
    L0 + L1 and at L3.
 
 Per-episode inputs that the analyzer summary does not carry (failed-trigger spike ratios, episode
-outcomes, per-episode tokens and latency) are gathered by :class:`Evidence`, which streams
-:class:`~agentropy.analysis.breath.TraceTable` parts like the analyzer does.
+outcomes, per-episode tokens and latency) come from the same analyzer pass:
+:meth:`agentropy.analysis.summary.Analyzer.evidence` returns them as an :class:`Evidence`, so the
+claims never analyse the traces a second time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from agentropy.trace import Episode
+from agentropy.analysis.summary import Evidence
 
 Verdict = Literal["supported", "not supported", "inconclusive"]
 VERDICTS: tuple[str, ...] = ("supported", "not supported", "inconclusive")
@@ -146,70 +147,6 @@ class ClaimRow:
             "unit": self.unit,
             "note": self.note,
         }
-
-
-# --------------------------------------------------------------------------------------------
-# Per-episode evidence
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Evidence:
-    """Per-episode facts and failed-trigger spike ratios, accumulated part by part.
-
-    Memory grows with episodes and failed triggers, never with tokens.
-    """
-
-    failed_spikes: list[float] = field(default_factory=list)
-    """Spike ratio of every failed trigger that has one."""
-    episode_id: list[str] = field(default_factory=list)
-    policy: list[str] = field(default_factory=list)
-    """Policy name per episode (``unknown`` when absent)."""
-    task_id: list[str | None] = field(default_factory=list)
-    success: list[int] = field(default_factory=list)
-    """1 success, 0 failure, -1 unknown."""
-    tokens: list[int] = field(default_factory=list)
-    """Assistant tokens per episode."""
-    recover_tokens: list[int] = field(default_factory=list)
-    """Assistant tokens in the ``recover`` phase per episode."""
-    phased_tokens: list[int] = field(default_factory=list)
-    """Assistant tokens with a known phase per episode."""
-    latency_s: list[float] = field(default_factory=list)
-    """Episode wall time (NaN when absent)."""
-
-    def add_table(self, table: Any, breath_config: Any = None) -> None:
-        """Add one :class:`~agentropy.analysis.breath.TraceTable` part."""
-        from agentropy.analysis.breath import BreathConfig, analyze_triggers
-        from agentropy.trace import PHASE_CODE
-
-        trig = analyze_triggers(table, breath_config or BreathConfig())
-        spikes = trig.stats.spike_ratio[trig.failed]
-        self.failed_spikes += [float(s) for s in spikes[np.isfinite(spikes)]]
-        n_ep = table.n_episodes
-        lengths = table.ep_end - table.ep_start
-        tok_ep = np.repeat(np.arange(n_ep), lengths)
-        ph = table.phase.astype(np.int64)
-        rec = np.bincount(tok_ep[ph == PHASE_CODE["recover"]], minlength=n_ep)
-        phased = np.bincount(tok_ep[ph >= 0], minlength=n_ep)
-        self.episode_id += list(table.episode_id)
-        self.policy += ["unknown" if p is None else p for p in table.policy]
-        self.task_id += list(table.task_id)
-        self.success += [int(s) for s in table.success]
-        self.tokens += [int(x) for x in lengths]
-        self.recover_tokens += [int(x) for x in rec]
-        self.phased_tokens += [int(x) for x in phased]
-        self.latency_s += [float(x) for x in table.latency_s]
-
-    @classmethod
-    def from_episodes(cls, episodes: Iterable[Episode], breath_config: Any = None) -> Evidence:
-        """Evidence of in-memory episodes."""
-        from agentropy.analysis.breath import TraceTable
-
-        out = cls()
-        eps = list(episodes)
-        if eps:
-            out.add_table(TraceTable.from_episodes(eps), breath_config)
-        return out
 
 
 # --------------------------------------------------------------------------------------------

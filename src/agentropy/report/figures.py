@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from agentropy.trace import PHASES, Episode
+from agentropy.report.examples import Timeline
+from agentropy.trace import FAILED_STATUSES, PHASES
 
 #: One colour per phase (and ``all``), colour-blind-safe (Okabe-Ito).
 PHASE_COLORS: dict[str, str] = {
@@ -215,73 +216,8 @@ def training_figure(
 # --------------------------------------------------------------------------------------------
 
 
-def choose_examples(
-    summary: Mapping[str, Any],
-    available: set[str] | None = None,
-    success: Mapping[str, bool | None] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Pick one example per kind from the analyzer records, deterministically.
-
-    Clear examples first: ``productive`` prefers an episode that succeeded (when ``success``
-    tells), then every kind prefers the episode with the fewest eruptions and frozen responses
-    (one clear event rather than many), then the largest spike ratio for ``productive`` /
-    ``divergent`` and the smallest for ``frozen``; ties by ``(episode_id, turn_index)``. Only
-    episodes in ``available`` are considered (None: all). Returns ``{kind: record}`` for the kinds
-    that have one.
-    """
-    success = success or {}
-    events: dict[str, int] = {}
-    for rec in [*(summary.get("eruptions") or []), *(summary.get("frozen") or [])]:
-        events[rec["episode_id"]] = events.get(rec["episode_id"], 0) + 1
-
-    def ok(rec: Mapping[str, Any]) -> bool:
-        return available is None or rec["episode_id"] in available
-
-    def spike(rec: Mapping[str, Any]) -> float:
-        s = rec.get("spike_ratio")
-        return float("nan") if s is None else float(s)
-
-    out: dict[str, dict[str, Any]] = {}
-    for kind in ("productive", "divergent"):
-        recs = [e for e in summary.get("eruptions") or [] if e["kind"] == kind and ok(e)]
-        recs = [e for e in recs if np.isfinite(spike(e))]
-        if recs:
-            out[kind] = min(
-                recs,
-                key=lambda e: (
-                    kind == "productive" and success.get(e["episode_id"]) is not True,
-                    events[e["episode_id"]],
-                    -spike(e),
-                    e["episode_id"],
-                    e["turn_index"],
-                ),
-            )
-    frozen = [f for f in summary.get("frozen") or [] if ok(f) and np.isfinite(spike(f))]
-    if frozen:
-        out["frozen"] = min(
-            frozen,
-            key=lambda f: (events[f["episode_id"]], spike(f), f["episode_id"], f["turn_index"]),
-        )
-    return out
-
-
-def _positions(episode: Episode) -> tuple[np.ndarray, list[int]]:
-    """Flat entropy of the episode's assistant tokens and, per turn, the token offset where it
-    starts (a tool turn's offset is where its post-trigger stream begins)."""
-    starts = []
-    pos = 0
-    parts = []
-    for turn in episode.turns:
-        starts.append(pos)
-        if turn.role == "assistant" and turn.entropy is not None:
-            parts.append(np.asarray(turn.entropy, np.float64))
-            pos += turn.n_tokens
-    flat = np.concatenate(parts) if parts else np.zeros(0)
-    return flat, starts
-
-
 def timeline_figure(
-    episode: Episode,
+    episode: Timeline,
     *,
     eruptions: Sequence[Mapping[str, Any]] = (),
     frozen: Sequence[Mapping[str, Any]] = (),
@@ -296,15 +232,8 @@ def timeline_figure(
     ``highlight`` is the ``turn_index`` of the event the example is about (its contraction and
     band are drawn; other eruptions get a short label). None: every eruption in full.
     """
-    flat, starts = _positions(episode)
+    flat, starts, phase = episode.entropy, episode.turn_start, episode.phase
     x = list(range(int(flat.shape[0])))
-    phase = np.full(flat.shape[0], -1, np.int64)
-    pos = 0
-    for turn in episode.turns:
-        if turn.role == "assistant" and turn.entropy is not None:
-            if turn.phase is not None:
-                phase[pos : pos + turn.n_tokens] = turn.phase
-            pos += turn.n_tokens
     data: list[dict[str, Any]] = [
         {
             "type": "scatter",
@@ -335,10 +264,8 @@ def timeline_figure(
         )
     shapes: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
-    for i, turn in enumerate(episode.turns):
-        if turn.role != "tool":
-            continue
-        failed = turn.failed
+    for i, name, status in episode.tools:
+        failed = status in FAILED_STATUSES
         xpos = starts[i] - 0.5
         shapes.append(
             {
@@ -356,7 +283,6 @@ def timeline_figure(
                 },
             }
         )
-        name = turn.call.name if turn.call is not None else "(unparsed call)"
         annotations.append(
             {
                 "x": xpos,
@@ -366,7 +292,7 @@ def timeline_figure(
                 "yanchor": "bottom",
                 "textangle": -30,
                 "showarrow": False,
-                "text": f"{name}: {turn.status or '?'}",
+                "text": f"{'(unparsed call)' if name is None else name}: {status or '?'}",
                 "font": {"size": 9, "color": FAIL_COLOR if failed else "#333333"},
             }
         )

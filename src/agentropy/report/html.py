@@ -1,7 +1,7 @@
 """One self-contained, deterministic HTML report of an analysis (``agentropy report``).
 
 :func:`build_report` turns the analyzer's JSON summary (:mod:`agentropy.analysis.summary`), the
-episodes the examples are drawn from, optional eval rows (:data:`agentropy.evaluate.COLUMNS`) and
+episodes the examples are drawn from, optional eval rows (:data:`agentropy.pipelines.compare.COLUMNS`) and
 optional run metadata into one HTML page:
 
 - ``overview``: counts (episodes, tokens, triggers, failures, eruptions by kind, frozen, loops);
@@ -30,19 +30,21 @@ import html
 import json
 import platform
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from agentropy.analysis.summary import AnalyzeConfig, Analyzer, Evidence, iter_tables
 from agentropy.report import figures as F
 from agentropy.report.claims import (
     ClaimRow,
     ClaimsConfig,
-    Evidence,
     claims_table,
     format_ci,
     format_value,
 )
+from agentropy.report.examples import EXAMPLE_KINDS, ExamplePicker, Timeline, choose_examples
 from agentropy.trace import Episode
 
 #: Section ids, in page order.
@@ -426,6 +428,8 @@ def build_report(
     metadata: Mapping[str, Any] | None = None,
     promotions: Sequence[Any] | None = None,
     evidence: Evidence | None = None,
+    examples: Mapping[str, tuple[Mapping[str, Any], Timeline]] | None = None,
+    claims: Sequence[ClaimRow] | None = None,
     claims_config: ClaimsConfig = ClaimsConfig(),
     title: str = "agentropy report",
 ) -> str:
@@ -435,21 +439,32 @@ def build_report(
     - ``episodes``: episodes the timeline examples are drawn from (the analyzer's records point
       into them; examples whose episode is missing are skipped) and, unless ``evidence`` is given,
       the per-episode evidence of the claims table.
-    - ``eval_rows``: rows of ``agentropy eval`` (:data:`agentropy.evaluate.COLUMNS`), optional.
+    - ``eval_rows``: rows of ``agentropy eval`` (:data:`agentropy.pipelines.compare.COLUMNS`), optional.
     - ``training``: a training section in the analyzer's format, replacing ``summary["training"]``
       (e.g. the analysis of a trainer's traces while ``summary`` covers evaluation traces).
     - ``metadata``: run metadata (seeds, configuration, ...); a ``versions`` mapping overrides
       the detected versions.
     - ``promotions``: curriculum promotion steps (ints, or mappings with ``step`` and ``level``).
-    - ``evidence``: precomputed :class:`~agentropy.report.claims.Evidence` (e.g. streamed by the
-      CLI over files too large to hold as episodes).
+    - ``evidence``: precomputed :class:`~agentropy.analysis.summary.Evidence` (the analyzer's
+      records, e.g. from the same streamed pass over files too large to hold as episodes).
+    - ``examples``: precomputed timeline examples ``{kind: (record, timeline)}``
+      (:class:`~agentropy.report.examples.ExamplePicker`); replaces the choice among ``episodes``.
+    - ``claims``: the precomputed claims table (replaces computing it from ``evidence`` with
+      ``claims_config``).
     """
     eps = list(episodes)
-    by_id = {e.episode_id: e for e in eps}
-    if evidence is None:
-        breath = (summary.get("config") or {}).get("breath")
-        evidence = Evidence.from_episodes(eps, _breath_config(breath))
-    claims = claims_table(summary, evidence, eval_rows, claims_config)
+    if claims is None:
+        if evidence is None:
+            breath = (summary.get("config") or {}).get("breath")
+            evidence = Evidence.from_episodes(eps, _breath_config(breath))
+        claims = claims_table(summary, evidence, eval_rows, claims_config)
+    if examples is None:
+        by_id = {e.episode_id: e for e in eps}
+        chosen = choose_examples(summary, set(by_id), {e.episode_id: e.success for e in eps})
+        examples = {
+            kind: (rec, Timeline.from_episode(by_id[rec["episode_id"]]))
+            for kind, rec in chosen.items()
+        }
     train = training if training is not None else (summary.get("training") or {})
     band = float(((summary.get("config") or {}).get("breath") or {}).get("band", 1.25))
 
@@ -465,18 +480,17 @@ def build_report(
         body = '<div class="chart" id="fig-training"></div>' + _training_text(train)
     sections.append(_section("training", "(a) Entropy over training", body))
 
-    examples = F.choose_examples(summary, set(by_id), {e.episode_id: e.success for e in eps})
     parts = []
-    for kind in ("productive", "divergent", "frozen"):
-        rec = examples.get(kind)
+    for kind in EXAMPLE_KINDS:
         parts.append(f"<h3>{_esc(_EXAMPLE_TITLES[kind])}</h3>")
-        if rec is None:
+        if kind not in examples:
             parts.append(_nodata(f"No {kind} example in these traces."))
             continue
+        rec, timeline = examples[kind]
         eid = rec["episode_id"]
         fid = f"fig-timeline-{kind}"
         figs[fid] = F.timeline_figure(
-            by_id[eid],
+            timeline,
             eruptions=[e for e in summary.get("eruptions") or [] if e["episode_id"] == eid],
             frozen=[f for f in summary.get("frozen") or [] if f["episode_id"] == eid],
             loops=[lp for lp in summary.get("loops") or [] if lp["episode_id"] == eid],
@@ -558,6 +572,18 @@ def write_report(path: str | Path, **kwargs: Any) -> Path:
     return p
 
 
+@dataclass(frozen=True)
+class StreamedReport:
+    """What :func:`report_from_paths` computed in its one pass, besides the page it wrote."""
+
+    summary: dict[str, Any]
+    """The analyzer's JSON summary."""
+    evidence: Evidence
+    """The analyzer's per-episode records, as the claims read them."""
+    claims: list[ClaimRow]
+    """The claims table shown on the page."""
+
+
 def report_from_paths(
     paths: Sequence[str | Path],
     out: str | Path,
@@ -570,46 +596,32 @@ def report_from_paths(
     reference: str | None = None,
     seed: int = 0,
     title: str = "agentropy report",
-) -> dict[str, Any]:
-    """Analyse trace files/stores, streamed, and write the report; returns the summary.
+) -> StreamedReport:
+    """Analyse trace files/stores in one streamed pass and write the report.
 
-    One pass over the parts feeds the analyzer and the claims' :class:`Evidence`; a second pass
-    keeps only the episodes chosen as timeline examples, so memory stays bounded by one part plus
-    small per-episode records. Other arguments as in :func:`build_report`.
+    Each part is read once: the analyzer records it, and :class:`ExamplePicker` keeps the timeline
+    examples from it while it is in memory, so memory stays bounded by one part plus small
+    per-episode records and no file is read twice. Other arguments as in :func:`build_report`.
     """
-    from agentropy.analysis.summary import AnalyzeConfig, Analyzer, iter_tables
-    from agentropy.trace import iter_episodes_counted
-
-    config = AnalyzeConfig(reference_policy=reference, seed=seed)
-    analyzer = Analyzer(config)
-    evidence = Evidence()
+    analyzer = Analyzer(AnalyzeConfig(reference_policy=reference, seed=seed))
+    picker = ExamplePicker()
     for table in iter_tables(paths, nan_policy=nan_policy):  # type: ignore[arg-type]
-        analyzer.add_table(table)
-        evidence.add_table(table, config.breath)
+        picker.add(table, analyzer.add_table(table))
     summary = analyzer.summary()
-    success = {
-        eid: None if s < 0 else bool(s)
-        for eid, s in zip(evidence.episode_id, evidence.success, strict=True)
-    }
-    wanted = {r["episode_id"] for r in F.choose_examples(summary, None, success).values()}
-    chosen = {}
-    for path in paths:
-        if not wanted - set(chosen):
-            break
-        for episode, _ in iter_episodes_counted(path, nan_policy=nan_policy):  # type: ignore[arg-type]
-            if episode.episode_id in wanted and episode.episode_id not in chosen:
-                chosen[episode.episode_id] = episode
+    evidence = analyzer.evidence()
     ref = reference or (summary.get("costs") or {}).get("reference") or "greedy"
+    claims = claims_table(
+        summary, evidence, eval_rows, ClaimsConfig(reference_policy=ref, seed=seed)
+    )
     write_report(
         out,
         summary=summary,
-        episodes=[chosen[k] for k in sorted(chosen)],
-        evidence=evidence,
+        claims=claims,
+        examples=picker.examples,
         eval_rows=eval_rows,
         training=training,
         promotions=promotions,
         metadata=metadata,
-        claims_config=ClaimsConfig(reference_policy=ref, seed=seed),
         title=title,
     )
-    return summary
+    return StreamedReport(summary=summary, evidence=evidence, claims=claims)

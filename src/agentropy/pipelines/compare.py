@@ -9,8 +9,9 @@ failed triggers (DESIGN.md definitions, via :mod:`agentropy.analysis`); eruption
 responses; loops; tokens per episode and the overhead against the reference policy (``greedy``
 when it is among the policies, else the first); latency p50 / p95 / coefficient of variation.
 
-Bootstrap 95% intervals on success and recovery come from the analyzer's
-:func:`agentropy.analysis.recovery.rate_ci`.
+Each row comes from one analyzer pass over its episodes (:func:`policy_row`); bootstrap 95%
+intervals on success and recovery come from :func:`agentropy.analysis.recovery.rate_ci` and the
+latency columns from :func:`agentropy.analysis.recovery.latency_stats`.
 """
 
 from __future__ import annotations
@@ -81,45 +82,36 @@ class EvalConfig:
         return "greedy" if "greedy" in self.policies else self.policies[0]
 
 
-def _latency(x: np.ndarray) -> tuple[float | None, float | None, float | None]:
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return None, None, None
-    mean = float(x.mean())
-    cv = float(x.std(ddof=1) / mean) if x.size > 1 and mean > 0 else None
-    return float(np.percentile(x, 50)), float(np.percentile(x, 95)), cv
-
-
-def _failed_spike_ratios(episodes: Sequence[Episode]) -> np.ndarray:
-    from agentropy.analysis.breath import TraceTable, analyze_triggers
-
-    table = TraceTable.from_episodes(list(episodes))
-    trig = analyze_triggers(table)
-    spikes = trig.stats.spike_ratio[trig.failed]
-    return spikes[np.isfinite(spikes)]
-
-
 def policy_row(episodes: Sequence[Episode], *, level: int, policy: str) -> dict[str, Any]:
-    """One row of the eval table from one (level, policy) group of episodes."""
-    from agentropy.analysis.recovery import rate_ci
-    from agentropy.analysis.summary import analyze_episodes
+    """One row of the eval table from one (level, policy) group of episodes.
 
-    summary = analyze_episodes(list(episodes))
-    failed_eps = [e for e in episodes if any(t.failed for t in e.turns)]
-    succ = rate_ci(sum(bool(e.success) for e in episodes), len(episodes))
-    rec = rate_ci(sum(bool(e.success) for e in failed_eps), len(failed_eps))
-    spikes = _failed_spike_ratios(episodes)
-    kinds = {"productive": 0, "neutral": 0, "divergent": 0}
-    for er in summary["eruptions"]:
-        kinds[er["kind"]] += 1
-    p50, p95, cv = _latency(np.array([e.latency_s or np.nan for e in episodes], dtype=float))
+    One analyzer pass: the summary gives eruptions, frozen responses and loops; its per-episode
+    records (:meth:`~agentropy.analysis.summary.Analyzer.evidence`) give success, failures,
+    failed-trigger spike ratios, tokens and latency.
+    """
+    from agentropy.analysis.recovery import latency_stats, rate_ci
+    from agentropy.analysis.summary import Analyzer
+
+    analyzer = Analyzer()
+    if episodes:
+        analyzer.add_episodes(list(episodes))
+    summary = analyzer.summary()
+    ev = analyzer.evidence()
+    success = np.asarray(ev.success, np.int64) == 1
+    failed = np.asarray(ev.failed_calls, np.int64) > 0
+    succ = rate_ci(int(success.sum()), len(ev.success))
+    rec = rate_ci(int((success & failed).sum()), int(failed.sum()))
+    spikes = np.asarray(ev.failed_spikes, np.float64)
+    kinds = summary["eruption_kinds"]
+    lat = latency_stats([policy] * len(ev.latency_s), np.asarray(ev.latency_s, np.float64))
+    lat_row = lat.get(policy, {})
     return {
         "level": level,
         "policy": policy,
-        "episodes": len(episodes),
+        "episodes": len(ev.success),
         "success": succ["rate"],
         "success_ci": succ["ci"],
-        "failure_episodes": len(failed_eps),
+        "failure_episodes": int(failed.sum()),
         "recovery": rec["rate"],
         "recovery_ci": rec["ci"],
         "spike_mean": float(spikes.mean()) if spikes.size else None,
@@ -128,11 +120,11 @@ def policy_row(episodes: Sequence[Episode], *, level: int, policy: str) -> dict[
         "eruptions_divergent": kinds["divergent"],
         "frozen": len(summary["frozen"]),
         "loops": len(summary["loops"]),
-        "tokens_per_episode": float(np.mean([e.n_tokens for e in episodes])),
+        "tokens_per_episode": float(np.mean(ev.tokens)) if ev.tokens else float("nan"),
         "overhead": None,
-        "latency_p50": p50,
-        "latency_p95": p95,
-        "latency_cv": cv,
+        "latency_p50": lat_row.get("p50"),
+        "latency_p95": lat_row.get("p95"),
+        "latency_cv": lat_row.get("cv"),
     }
 
 

@@ -9,7 +9,7 @@ sampling), each from the same starting model.
 
 After training, each run is evaluated on the same held-out test-split tasks and faults per level
 with *its own arm's* sampling policy (an arm is what would be deployed: policy and weights), and
-:func:`agentropy.evaluate.policy_row` turns the episodes into success, recovery after failures,
+:func:`agentropy.pipelines.compare.policy_row` turns the episodes into success, recovery after failures,
 eruptions by kind, loops and tokens per episode. The starting model is evaluated the same way
 once per arm policy (same tasks, same sampling seed), so each run has a held-out success gain
 under its own policy (``success_gain``, mean over levels), and once more greedily before and
@@ -150,7 +150,7 @@ def run_experiment(
     from agentropy.analysis.summary import analyze_paths
     from agentropy.control.temperature import schedule_from_name
     from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
-    from agentropy.evaluate import policy_row
+    from agentropy.pipelines.compare import policy_row
     from agentropy.rl.trainer import train
 
     if load is None:

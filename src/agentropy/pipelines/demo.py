@@ -9,7 +9,7 @@
    the demo says plainly, on the terminal and in the report metadata, when training is skipped or
    fails, and then evaluates the warm-started agent;
 3. **evaluate** the sampling policies ``greedy``, ``constant:1.0`` and ``phase`` on the same
-   held-out tasks at levels 0-3 (:func:`agentropy.evaluate.run_eval`), writing ``eval/``;
+   held-out tasks at levels 0-3 (:func:`agentropy.pipelines.compare.run_eval`), writing ``eval/``;
 4. **analyse** the evaluation traces (and the training traces, for the training section) and
    write ``report.html`` (:func:`agentropy.report.html.report_from_paths`) plus ``demo.json``.
 
@@ -162,7 +162,7 @@ def run_demo(config: DemoConfig = DemoConfig(), *, console: Any = None) -> dict[
 
     from agentropy.agent import tiny
     from agentropy.agent.runner import RunnerConfig
-    from agentropy.evaluate import EvalConfig, run_eval
+    from agentropy.pipelines.compare import EvalConfig, run_eval
     from agentropy.report.html import environment_versions, report_from_paths
 
     console = console if console is not None else Console(stderr=True)
@@ -309,7 +309,7 @@ def run_demo(config: DemoConfig = DemoConfig(), *, console: Any = None) -> dict[
         }
     report = out / "report.html"
     stores = [Path(p) for p in evaluation["traces"].values()]
-    summary = report_from_paths(
+    streamed = report_from_paths(
         stores,
         report,
         eval_rows=evaluation["rows"],
@@ -322,14 +322,8 @@ def run_demo(config: DemoConfig = DemoConfig(), *, console: Any = None) -> dict[
     walls["report"] = time.perf_counter() - t0
     walls["total"] = time.perf_counter() - t_all
 
-    from agentropy.report.claims import ClaimsConfig, Evidence, claims_table
-
-    evidence = Evidence()
-    from agentropy.analysis.summary import iter_tables
-
-    for table in iter_tables(stores):
-        evidence.add_table(table)
-    claims = claims_table(summary, evidence, evaluation["rows"], ClaimsConfig(seed=config.seed))
+    # The claims exactly as the report shows them (same single pass over the stores).
+    claims = streamed.claims
     record = {
         "out": str(out),
         "report": str(report),

@@ -89,3 +89,44 @@ def test_cli_eval_bad_options_exit_2(random_agent, flag, value, message):
     res = CliRunner().invoke(app, ["eval", "--model", str(path), flag, value, "--no-progress"])
     assert res.exit_code == 2, res.output
     assert message in res.output
+
+
+def test_policy_row_reads_one_analysis_pass() -> None:
+    """policy_row's columns are the analyzer's records and summary (no second analysis): counts
+    from the summary, latency from analysis.recovery.latency_stats, rates from the episodes."""
+    import numpy as np
+
+    from agentropy.analysis.recovery import latency_stats
+    from agentropy.analysis.summary import analyze_episodes
+    from agentropy.pipelines.compare import policy_row
+    from agentropy.trace import Episode, ToolCall, Turn
+
+    def episode(i: int) -> Episode:
+        spike = 3.0 if i % 3 else 1.0
+        turns = [
+            Turn(role="assistant", entropy=np.full(30, 0.2)),
+            Turn(role="tool", call=ToolCall("lookup", {"q": i}), status="error" if i % 2 else "ok"),
+            Turn(role="assistant", entropy=np.r_[np.full(16, 0.2 * spike), np.full(20, 0.2)]),
+        ]
+        return Episode(f"e{i}", turns=turns, success=i % 4 != 1, latency_s=1.0 + (i % 5))
+
+    eps = [episode(i) for i in range(24)]
+    row = policy_row(eps, level=1, policy="phase")
+    summary = analyze_episodes(eps)
+    lat = latency_stats(["phase"] * len(eps), np.array([e.latency_s for e in eps]))["phase"]
+    assert (row["latency_p50"], row["latency_p95"], row["latency_cv"]) == (
+        lat["p50"],
+        lat["p95"],
+        lat["cv"],
+    )
+    assert row["episodes"] == 24 and row["failure_episodes"] == 12
+    assert row["success"] == pytest.approx(18 / 24)
+    assert row["recovery"] == pytest.approx(sum(e.success for e in eps[1::2]) / 12)
+    kinds = summary["eruption_kinds"]
+    assert (
+        row["eruptions_productive"],
+        row["eruptions_neutral"],
+        row["eruptions_divergent"],
+    ) == (kinds["productive"], kinds["neutral"], kinds["divergent"])
+    assert row["tokens_per_episode"] == 66.0 and row["spike_mean"] is not None
+    assert row["frozen"] == len(summary["frozen"]) and row["loops"] == len(summary["loops"])

@@ -231,3 +231,26 @@ def test_analyzer_empty():
     assert s["episodes"] == 0
     assert s["recovery"]["overall"]["rate"] is None
     assert s["training"]["cycles"] == []
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 30), st.randoms(use_true_random=False))
+def test_evidence_is_the_analyzers_records(seed, n, rnd):
+    """Analyzer.evidence() holds, per episode, what the episodes say (one pass, any split)."""
+    from agentropy.analysis.summary import Evidence
+
+    eps = random_episodes(seed, n)
+    cut = rnd.randint(0, n)
+    analyzer = Analyzer(AnalyzeConfig())
+    for part in (eps[:cut], eps[cut:]):
+        if part:
+            analyzer.add_episodes(part)
+    ev = analyzer.evidence()
+    assert ev.episode_id == [e.episode_id for e in eps]
+    assert ev.tokens == [e.n_tokens for e in eps]
+    assert ev.success == [-1 if e.success is None else int(e.success) for e in eps]
+    assert ev.failed_calls == [sum(t.failed for t in e.turns) for e in eps]
+    assert ev.policy == [e.policy or "unknown" for e in eps]
+    summary = analyzer.summary()
+    assert len(ev.failed_spikes) <= summary["tool_failures"]
+    assert ev == Evidence.from_episodes(eps)

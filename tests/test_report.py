@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -294,3 +295,62 @@ def test_streamed_report_equals_in_memory(tmp_path: Path) -> None:
         summary=analyze_episodes(eps), episodes=eps, eval_rows=EVAL_ROWS, metadata=meta
     )
     assert (tmp_path / "streamed.html").read_text() == direct
+
+
+def test_report_reads_each_trace_file_once(tmp_path: Path, monkeypatch) -> None:
+    """One analysis pass: report_from_paths opens every store and JSONL file exactly once (the
+    summary, the claims and the timeline examples all come from that read)."""
+    import agentropy.trace as trace_mod
+    from agentropy.report.html import report_from_paths
+    from agentropy.trace import write_parquet
+
+    eps = small_traces(10)
+    write_parquet(eps[:12], tmp_path / "a.parquet")
+    write_jsonl(eps[12:], tmp_path / "b.jsonl")
+    opened: list[str] = []
+    for name in ("iter_parts", "iter_episodes_counted", "iter_episodes", "read_traces"):
+        real = getattr(trace_mod, name)
+
+        def counting(path, *args, _real=real, **kw):  # type: ignore[no-untyped-def]
+            opened.append(Path(path).name)
+            return _real(path, *args, **kw)
+
+        monkeypatch.setattr(trace_mod, name, counting)
+    result = report_from_paths(
+        [tmp_path / "a.parquet", tmp_path / "b.jsonl"], tmp_path / "r.html", eval_rows=EVAL_ROWS
+    )
+    assert sorted(opened) == ["a.parquet", "b.jsonl"]
+    # Every kind of example was found in the stream, and the result carries the page's claims.
+    page = (tmp_path / "r.html").read_text()
+    assert all(f'id="fig-timeline-{k}"' in page for k in ("productive", "divergent", "frozen"))
+    assert len(result.claims) == 7 and result.claims[0].key == "spike_after_failure"
+    assert result.summary["episodes"] == len(eps) == len(result.evidence.episode_id)
+
+
+@pytest.mark.parametrize("cuts", [(), (1,), (5, 11, 12), tuple(range(1, 30))])
+def test_streamed_examples_equal_whole_choice(traces: list[Episode], cuts: tuple) -> None:
+    """ExamplePicker over any split into parts picks what choose_examples picks over the whole
+    summary, and its timelines equal the ones built from the episodes themselves."""
+    from agentropy.analysis.breath import TraceTable
+    from agentropy.analysis.summary import Analyzer
+    from agentropy.report.examples import ExamplePicker, Timeline, choose_examples
+
+    analyzer = Analyzer()
+    picker = ExamplePicker()
+    bounds = [0, *cuts, len(traces)]
+    for lo, hi in pairwise(bounds):
+        table = TraceTable.from_episodes(traces[lo:hi])
+        picker.add(table, analyzer.add_table(table))
+    whole = choose_examples(analyzer.summary(), None, {e.episode_id: e.success for e in traces})
+    streamed = picker.examples
+    assert set(streamed) == set(whole) == {"productive", "divergent", "frozen"}
+    by_id = {e.episode_id: e for e in traces}
+    for kind, rec in whole.items():
+        got, timeline = streamed[kind]
+        assert got == rec
+        ref = Timeline.from_episode(by_id[rec["episode_id"]])
+        np.testing.assert_array_equal(timeline.entropy, ref.entropy)
+        np.testing.assert_array_equal(timeline.phase, ref.phase)
+        assert (timeline.turn_start, timeline.tools) == (ref.turn_start, ref.tools)
+        assert timeline.success == by_id[rec["episode_id"]].success
+        assert len(timeline.turn_start) == len(by_id[rec["episode_id"]].turns)

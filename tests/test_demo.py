@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from agentropy.cli import app
-from agentropy.pipelines.demo import DEMO_POLICIES, DemoConfig, _check_out, render_summary, run_demo
+from agentropy.pipelines.compare import DEFAULT_POLICIES
+from agentropy.pipelines.demo import DemoConfig, _check_out, render_summary, run_demo
 
 runner = CliRunner()
 
@@ -71,7 +72,7 @@ def test_quick_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert (tmp_path / "home" / "agents").is_dir()  # the agent was bootstrapped into the tmp home
     assert (out / "train" / "metrics.parquet").exists()
     assert record["training"].startswith("2 steps")
-    assert len(record["eval_rows"]) == len(DEMO_POLICIES) * 4
+    assert len(record["eval_rows"]) == len(DEFAULT_POLICIES) * 4
     assert {r["episodes"] for r in record["eval_rows"]} == {2}
     assert record["claims"][0]["key"] == "spike_after_failure"
     assert all(
@@ -83,7 +84,7 @@ def test_quick_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert "://" not in page
     assert '<div class="chart" id="fig-training"></div>' in page  # training traces carry steps
     assert "2 steps; held-out success (phase sampling)" in page
-    assert len(re.findall(r'<td class="l">L\d</td>', page)) == len(DEMO_POLICIES) * 4
+    assert len(re.findall(r'<td class="l">L\d</td>', page)) == len(DEFAULT_POLICIES) * 4
     assert any("report:" in str(x) for x in render_summary(record))
     with pytest.raises(ValueError, match="already holds a demo"):
         run_demo(config)

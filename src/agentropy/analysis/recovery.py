@@ -37,9 +37,42 @@ Definitions (DESIGN.md "Definitions"):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+#: Confidence level of every bootstrap interval in the analysis, the claims and the eval table.
+CONFIDENCE: float = 0.95
+#: Bootstrap resamples per interval (seeded, so intervals are deterministic).
+N_BOOT: int = 4000
+#: Fewest resamples a configuration may ask for (fewer gives unstable interval ends).
+MIN_N_BOOT: int = 100
+#: The policy token overhead and latency spread are measured against, when present.
+REFERENCE_POLICY: str = "greedy"
+#: The exploring policy whose costs are compared with the reference's (phase-aware temperature).
+EXPLORE_POLICY: str = "phase"
+#: The global-constant temperature the exploring policy is compared with.
+CONSTANT_POLICY: str = "constant:1.0"
+#: Policy name of episodes that carry none.
+UNKNOWN_POLICY: str = "unknown"
+
+
+def check_bootstrap(confidence: float, n_boot: int) -> None:
+    """Raise ``ValueError`` (saying what is allowed) for a bad confidence level or resample count;
+    shared by every config that carries bootstrap settings."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    if n_boot < MIN_N_BOOT:
+        raise ValueError(f"n_boot must be >= {MIN_N_BOOT}, got {n_boot!r}")
+
+
+def default_reference(policies: Sequence[str]) -> str:
+    """:data:`REFERENCE_POLICY` when it is among ``policies``, else the first of them."""
+    if not policies:
+        raise ValueError("no policies to choose a reference from")
+    return REFERENCE_POLICY if REFERENCE_POLICY in policies else policies[0]
+
 
 #: Left edges of the spike-ratio bins after the first; see :data:`SPIKE_BIN_LABELS`.
 SPIKE_BIN_EDGES: tuple[float, ...] = (1.5, 2.0, 3.0, 4.0)
@@ -63,8 +96,8 @@ def rate_ci(
     successes: int,
     n: int,
     *,
-    confidence: float = 0.95,
-    n_boot: int = 4000,
+    confidence: float = CONFIDENCE,
+    n_boot: int = N_BOOT,
     seed: int = 0,
 ) -> dict[str, Any]:
     """``{"rate", "n", "successes", "ci"}`` of a 0/1 outcome, with a percentile bootstrap CI.
@@ -89,8 +122,8 @@ def relative_difference_ci(
     k_b: int,
     n_b: int,
     *,
-    confidence: float = 0.95,
-    n_boot: int = 4000,
+    confidence: float = CONFIDENCE,
+    n_boot: int = N_BOOT,
     seed: int = 0,
 ) -> dict[str, Any]:
     """``(rate_a - rate_b) / rate_b`` with a stratified percentile bootstrap CI.
@@ -182,8 +215,8 @@ def recovery_stats(
     spike: np.ndarray,
     recovered: np.ndarray,
     *,
-    confidence: float = 0.95,
-    n_boot: int = 4000,
+    confidence: float = CONFIDENCE,
+    n_boot: int = N_BOOT,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Recovery rate overall and by spike bin, the logistic fit and the 3-4x vs < 1.5x difference.
@@ -224,15 +257,15 @@ def cost_stats(
 ) -> dict[str, Any]:
     """Per-policy tokens per episode, overhead vs ``reference`` and share of ``recover`` tokens.
 
-    Per-episode inputs (E,). ``reference`` defaults to ``"greedy"`` when present, else the first
-    policy name in sorted order. Episodes without a policy are grouped under ``"unknown"``.
+    Per-episode inputs (E,). ``reference`` defaults to :func:`default_reference` of the policy
+    names in sorted order. Episodes without a policy are grouped under :data:`UNKNOWN_POLICY`.
     Returns ``{"reference": str | None, "policies": {name: {...}}}``.
     """
     tokens = np.asarray(tokens, np.float64)
-    names = ["unknown" if p is None else p for p in policy]
+    names = [UNKNOWN_POLICY if p is None else p for p in policy]
     uniq = sorted(set(names))
     if reference is None and uniq:
-        reference = "greedy" if "greedy" in uniq else uniq[0]
+        reference = default_reference(uniq)
     if reference is not None and reference not in uniq:
         raise ValueError(f"reference policy {reference!r} not in the traces (have {uniq})")
     pol = np.asarray(names, dtype=object)
@@ -274,7 +307,7 @@ def cost_stats(
 def latency_stats(policy: list[str | None], latency_s: np.ndarray) -> dict[str, Any]:
     """Per-policy episode latency p50, p95 and coefficient of variation (NaN latencies skipped)."""
     lat = np.asarray(latency_s, np.float64)
-    names = np.asarray(["unknown" if p is None else p for p in policy], dtype=object)
+    names = np.asarray([UNKNOWN_POLICY if p is None else p for p in policy], dtype=object)
     out: dict[str, Any] = {}
     for name in sorted(set(names.tolist())):
         v = lat[(names == name) & ~np.isnan(lat)]

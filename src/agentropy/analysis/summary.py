@@ -58,7 +58,15 @@ from agentropy.analysis.breath import (
     frozen_records,
 )
 from agentropy.analysis.loops import LoopConfig, find_loops, hallucinated_calls, loop_records
-from agentropy.analysis.recovery import cost_stats, latency_stats, recovery_stats
+from agentropy.analysis.recovery import (
+    CONFIDENCE,
+    N_BOOT,
+    UNKNOWN_POLICY,
+    check_bootstrap,
+    cost_stats,
+    latency_stats,
+    recovery_stats,
+)
 from agentropy.analysis.training import (
     ENTROPY_COLUMNS,
     CycleConfig,
@@ -82,19 +90,17 @@ class AnalyzeConfig:
     known_tools: frozenset[str] | None = None
     """Tool names that exist; calls to others count as hallucinated (None: not checked)."""
     reference_policy: str | None = None
-    """Policy that token overhead is measured against (None: ``greedy`` if present, else first)."""
-    confidence: float = 0.95
+    """Policy that token overhead is measured against (None: ``greedy`` if present, else first in
+    sorted order; :func:`~agentropy.analysis.recovery.default_reference`)."""
+    confidence: float = CONFIDENCE
     """Confidence level of bootstrap intervals."""
-    n_boot: int = 4000
+    n_boot: int = N_BOOT
     """Bootstrap resamples."""
     seed: int = 0
     """Seed of the bootstrap."""
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.confidence < 1.0:
-            raise ValueError(f"confidence must be in (0, 1), got {self.confidence!r}")
-        if self.n_boot < 100:
-            raise ValueError(f"n_boot must be >= 100, got {self.n_boot!r}")
+        check_bootstrap(self.confidence, self.n_boot)
 
 
 def _json_safe(obj: Any) -> Any:
@@ -128,7 +134,7 @@ class Evidence:
     """Spike ratio of every failed trigger that has one, in trace order."""
     episode_id: list[str] = field(default_factory=list)
     policy: list[str] = field(default_factory=list)
-    """Policy name per episode (``unknown`` when absent)."""
+    """Policy name per episode (:data:`~agentropy.analysis.recovery.UNKNOWN_POLICY` when absent)."""
     task_id: list[str | None] = field(default_factory=list)
     success: list[int] = field(default_factory=list)
     """1 success, 0 failure, -1 unknown."""
@@ -298,7 +304,7 @@ class Analyzer:
         return Evidence(
             failed_spikes=[float(x) for x in failed[np.isfinite(failed)]],
             episode_id=list(self._cat("episode_id")),
-            policy=["unknown" if p is None else p for p in self._cat("policy")],
+            policy=[UNKNOWN_POLICY if p is None else p for p in self._cat("policy")],
             task_id=list(self._cat("task_id")),
             success=ints("success"),
             tokens=ints("tokens"),

@@ -9,6 +9,12 @@ from typing import Any
 import typer
 
 from agentropy.cli._common import guarded
+from agentropy.pipelines.compare import EvalConfig
+
+#: Defaults of the options, from the config dataclass (defined there only).
+_DEFAULT = EvalConfig()
+#: Episodes decoded together: larger than the runner's default, since evaluation only decodes.
+EVAL_BATCH_SIZE = 16
 
 
 def _pct(x: float | None) -> str:
@@ -75,21 +81,29 @@ def register(app: typer.Typer) -> None:
             None, "--model", help="Hugging Face model directory (default: the embedded agent)."
         ),
         policies: str = typer.Option(
-            "greedy,constant:1.0,phase",
+            ",".join(_DEFAULT.policies),
             "--policies",
             help="Comma-separated sampling policies: greedy, constant:T, phase, edt.",
         ),
-        levels: str = typer.Option("0,1,2,3", "--levels", help="Comma-separated levels 0-3."),
-        episodes: int = typer.Option(50, "--episodes", help="Episodes per level and policy."),
-        seed: int = typer.Option(0, "--seed", help="Task-draw and sampling seed."),
+        levels: str = typer.Option(
+            ",".join(map(str, _DEFAULT.levels)), "--levels", help="Comma-separated levels."
+        ),
+        episodes: int = typer.Option(
+            _DEFAULT.episodes, "--episodes", help="Episodes per level and policy."
+        ),
+        seed: int = typer.Option(_DEFAULT.seed, "--seed", help="Task-draw and sampling seed."),
         out: Path | None = typer.Option(
             None, "--out", help="Directory for eval.json and traces/<policy>.parquet."
         ),
-        split: str = typer.Option("test", "--split", help="Task split: test or train."),
-        batch_size: int = typer.Option(16, "--batch-size", help="Episodes decoded together."),
-        max_turns: int = typer.Option(8, "--max-turns", help="Assistant turns per episode."),
-        max_new_tokens: int = typer.Option(
-            128, "--max-new-tokens", help="Tokens per assistant turn."
+        split: str = typer.Option(_DEFAULT.split, "--split", help="Task split: test or train."),
+        batch_size: int = typer.Option(
+            EVAL_BATCH_SIZE, "--batch-size", help="Episodes decoded together."
+        ),
+        max_turns: int | None = typer.Option(
+            None, "--max-turns", help="Assistant turns per episode (default: the runner's)."
+        ),
+        max_new_tokens: int | None = typer.Option(
+            None, "--max-new-tokens", help="Tokens per assistant turn (default: the runner's)."
         ),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
     ) -> None:
@@ -103,7 +117,7 @@ def register(app: typer.Typer) -> None:
 
         from agentropy.agent.loading import load_model
         from agentropy.agent.runner import RunnerConfig
-        from agentropy.pipelines.compare import EvalConfig, run_eval
+        from agentropy.pipelines.compare import run_eval
 
         try:
             level_list = tuple(int(x) for x in levels.split(",") if x.strip())
@@ -116,8 +130,10 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             split=split,
         )
+        # Options left unset keep RunnerConfig's defaults (defined there only).
+        given = {"max_turns": max_turns, "max_new_tokens": max_new_tokens}
         runner_config = RunnerConfig(
-            batch_size=batch_size, max_turns=max_turns, max_new_tokens=max_new_tokens
+            batch_size=batch_size, **{k: v for k, v in given.items() if v is not None}
         )
         lm, tokenizer = load_model(model)
         result = run_eval(

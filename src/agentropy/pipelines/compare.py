@@ -7,7 +7,7 @@ per-level rows of the table differ only by how the agent was sampled. Each row r
 that still end with a correct answer, over episodes with such a failure); the mean spike ratio of
 failed triggers (DESIGN.md definitions, via :mod:`agentropy.analysis`); eruptions by kind; frozen
 responses; loops; tokens per episode and the overhead against the reference policy (``greedy``
-when it is among the policies, else the first); latency p50 / p95 / coefficient of variation.
+when it is among the policies, else the first; :func:`~agentropy.analysis.recovery.default_reference`); latency p50 / p95 / coefficient of variation.
 
 Each row comes from one analyzer pass over its episodes (:func:`policy_row`); bootstrap 95%
 intervals on success and recovery come from :func:`agentropy.analysis.recovery.rate_ci` and the
@@ -23,7 +23,21 @@ from typing import Any
 
 import numpy as np
 
+from agentropy.analysis.recovery import (
+    CONSTANT_POLICY,
+    EXPLORE_POLICY,
+    REFERENCE_POLICY,
+    default_reference,
+)
+from agentropy.env.toolworld import LEVELS
 from agentropy.trace import Episode
+
+#: Policies compared by default: the reference and the two the claims compare with it.
+DEFAULT_POLICIES: tuple[str, ...] = (
+    REFERENCE_POLICY,
+    CONSTANT_POLICY,
+    EXPLORE_POLICY,
+)
 
 #: Columns of one row of the eval table, in display order (the JSON keys of ``rows``).
 COLUMNS: tuple[str, ...] = (
@@ -53,9 +67,9 @@ COLUMNS: tuple[str, ...] = (
 class EvalConfig:
     """What ``agentropy eval`` runs."""
 
-    policies: tuple[str, ...] = ("greedy", "constant:1.0", "phase")
+    policies: tuple[str, ...] = DEFAULT_POLICIES
     """Sampling policies by name (see :func:`agentropy.control.temperature.schedule_from_name`)."""
-    levels: tuple[int, ...] = (0, 1, 2, 3)
+    levels: tuple[int, ...] = LEVELS
     """ToolWorld levels."""
     episodes: int = 50
     """Held-out episodes per level and policy."""
@@ -69,8 +83,10 @@ class EvalConfig:
             raise ValueError("give at least one policy, e.g. --policies greedy,phase")
         if len(set(self.policies)) != len(self.policies):
             raise ValueError(f"duplicate policies in {self.policies}")
-        if not self.levels or any(lv not in (0, 1, 2, 3) for lv in self.levels):
-            raise ValueError(f"levels must be among 0, 1, 2, 3; got {self.levels}")
+        if not self.levels or any(lv not in LEVELS for lv in self.levels):
+            raise ValueError(
+                f"levels must be among {', '.join(map(str, LEVELS))}; got {self.levels}"
+            )
         if self.episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
         if self.split not in ("train", "test"):
@@ -79,7 +95,7 @@ class EvalConfig:
     @property
     def reference(self) -> str:
         """Policy the token overhead is measured against."""
-        return "greedy" if "greedy" in self.policies else self.policies[0]
+        return default_reference(self.policies)
 
 
 def policy_row(episodes: Sequence[Episode], *, level: int, policy: str) -> dict[str, Any]:

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: Sampling policies the demo compares.
-DEMO_POLICIES: tuple[str, ...] = ("greedy", "constant:1.0", "phase")
+from agentropy.env.toolworld import LEVELS
+from agentropy.pipelines.compare import DEFAULT_POLICIES
+
 #: What a demo run directory holds (``force`` removes exactly these).
 DEMO_OUTPUTS: tuple[str, ...] = ("train", "eval", "report.html", "demo.json")
 
@@ -63,7 +64,7 @@ class DemoConfig:
     the first and after the last; each evaluation costs ``train_eval_episodes * 4`` episodes."""
     eval_episodes: int = 16
     """Evaluation episodes per level and policy."""
-    levels: tuple[int, ...] = (0, 1, 2, 3)
+    levels: tuple[int, ...] = LEVELS
     """ToolWorld levels evaluated."""
     max_turns: int = 6
     """Assistant turns per episode (training and evaluation)."""
@@ -99,8 +100,10 @@ class DemoConfig:
                 raise ValueError(f"DemoConfig.{name} must be an integer >= 1, got {v!r}")
         if self.group_size < 2:
             raise ValueError(f"DemoConfig.group_size must be >= 2 (GRPO), got {self.group_size}")
-        if not self.levels or any(lv not in (0, 1, 2, 3) for lv in self.levels):
-            raise ValueError(f"DemoConfig.levels must be among 0, 1, 2, 3; got {self.levels}")
+        if not self.levels or any(lv not in LEVELS for lv in self.levels):
+            raise ValueError(
+                f"DemoConfig.levels must be among {', '.join(map(str, LEVELS))}; got {self.levels}"
+            )
 
     @classmethod
     def preset(cls, *, quick: bool = False, **overrides: Any) -> DemoConfig:
@@ -261,13 +264,13 @@ def run_demo(config: DemoConfig = DemoConfig(), *, console: Any = None) -> dict[
     # ---- 3. evaluation
     t0 = time.perf_counter()
     eval_config = EvalConfig(
-        policies=DEMO_POLICIES,
+        policies=DEFAULT_POLICIES,
         levels=config.levels,
         episodes=config.eval_episodes,
         seed=config.seed,
     )
     console.print(
-        f"[bold]3/4 evaluation[/]: {', '.join(DEMO_POLICIES)} x levels "
+        f"[bold]3/4 evaluation[/]: {', '.join(DEFAULT_POLICIES)} x levels "
         f"{','.join(map(str, config.levels))} x {config.eval_episodes} held-out episodes"
     )
     runner_config = RunnerConfig(

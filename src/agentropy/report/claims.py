@@ -59,17 +59,20 @@ from typing import Any, Literal
 
 import numpy as np
 
+from agentropy.analysis.recovery import (
+    CONFIDENCE,
+    CONSTANT_POLICY,
+    EXPLORE_POLICY,
+    N_BOOT,
+    REFERENCE_POLICY,
+    check_bootstrap,
+)
 from agentropy.analysis.summary import Evidence
 
 Verdict = Literal["supported", "not supported", "inconclusive"]
 VERDICTS: tuple[str, ...] = ("supported", "not supported", "inconclusive")
 Direction = Literal["greater", "less"]
 UNITS: tuple[str, ...] = ("x", "%", "pp", "num")
-
-#: Policies compared by claims 3, 4 and 6 unless told otherwise.
-DEFAULT_EXPLORE_POLICY = "phase"
-DEFAULT_REFERENCE_POLICY = "greedy"
-DEFAULT_CONSTANT_POLICY = "constant:1.0"
 
 
 def verdict(
@@ -194,24 +197,21 @@ def _cv(x: np.ndarray, axis: int = -1) -> np.ndarray:
 class ClaimsConfig:
     """Which policies the comparisons use, and the bootstrap settings."""
 
-    explore_policy: str = DEFAULT_EXPLORE_POLICY
+    explore_policy: str = EXPLORE_POLICY
     """Policy whose exploration costs are measured (claims 3, 4) and that claim 6 tests."""
-    reference_policy: str = DEFAULT_REFERENCE_POLICY
+    reference_policy: str = REFERENCE_POLICY
     """Baseline of claims 3, 4 and the policy claim 7 is measured on."""
-    constant_policy: str = DEFAULT_CONSTANT_POLICY
+    constant_policy: str = CONSTANT_POLICY
     """The global-constant temperature claim 6 compares against."""
-    confidence: float = 0.95
+    confidence: float = CONFIDENCE
     """Confidence level of the intervals."""
-    n_boot: int = 4000
+    n_boot: int = N_BOOT
     """Bootstrap resamples."""
     seed: int = 0
     """Bootstrap seed (the table is deterministic given the inputs)."""
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.confidence < 1.0:
-            raise ValueError(f"confidence must be in (0, 1), got {self.confidence!r}")
-        if self.n_boot < 100:
-            raise ValueError(f"n_boot must be >= 100, got {self.n_boot!r}")
+        check_bootstrap(self.confidence, self.n_boot)
 
 
 def _rule(null: float, direction: Direction, min_n: str) -> str:

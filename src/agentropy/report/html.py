@@ -35,6 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from agentropy.analysis.recovery import REFERENCE_POLICY
 from agentropy.analysis.summary import AnalyzeConfig, Analyzer, Evidence, iter_tables
 from agentropy.report import figures as F
 from agentropy.report.claims import (
@@ -609,7 +610,7 @@ def report_from_paths(
         picker.add(table, analyzer.add_table(table))
     summary = analyzer.summary()
     evidence = analyzer.evidence()
-    ref = reference or (summary.get("costs") or {}).get("reference") or "greedy"
+    ref = reference or (summary.get("costs") or {}).get("reference") or REFERENCE_POLICY
     claims = claims_table(
         summary, evidence, eval_rows, ClaimsConfig(reference_policy=ref, seed=seed)
     )

@@ -84,12 +84,33 @@ def spike_bin(spike_ratio: np.ndarray) -> np.ndarray:
     return np.searchsorted(np.asarray(SPIKE_BIN_EDGES), np.asarray(spike_ratio), side="right")
 
 
-def _interval(draws: np.ndarray, confidence: float) -> list[float | None]:
+def percentile_interval(draws: np.ndarray, confidence: float) -> list[float | None]:
+    """``[lo, hi]`` percentile interval of bootstrap draws (NaN draws skipped; an infinite or
+    missing end is None, i.e. unbounded on that side)."""
+    draws = np.asarray(draws, np.float64)
+    draws = draws[~np.isnan(draws)]
+    if draws.size == 0:
+        return [None, None]
     alpha = 1.0 - confidence
     # inverted_cdf picks order statistics (no interpolation), so +inf draws stay +inf and never
     # produce inf - inf = NaN.
     lo, hi = np.quantile(draws, [alpha / 2, 1 - alpha / 2], method="inverted_cdf")
     return [float(v) if np.isfinite(v) else None for v in (lo, hi)]
+
+
+def rate_draws(k: int, n: int, rng: np.random.Generator, n_boot: int) -> np.ndarray:
+    """(n_boot,) bootstrap means of ``n`` 0/1 outcomes with ``k`` ones: resampling them with
+    replacement makes the resample mean Binomial(n, k/n) / n, drawn here directly."""
+    return rng.binomial(n, k / n, size=n_boot) / n
+
+
+def coefficient_of_variation(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Sample std (ddof 1) / mean along ``axis``; NaN where the mean is not positive."""
+    x = np.asarray(x, np.float64)
+    mean = x.mean(axis=axis)
+    std = x.std(axis=axis, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(mean > 0, std / np.where(mean > 0, mean, 1.0), np.nan)
 
 
 def rate_ci(
@@ -111,8 +132,8 @@ def rate_ci(
     p = successes / n
     ci = None
     if n >= 2:
-        draws = np.random.default_rng(seed).binomial(n, p, size=n_boot) / n
-        ci = _interval(draws, confidence)
+        draws = rate_draws(successes, n, np.random.default_rng(seed), n_boot)
+        ci = percentile_interval(draws, confidence)
     return {"rate": p, "n": int(n), "successes": int(successes), "ci": ci}
 
 
@@ -137,11 +158,11 @@ def relative_difference_ci(
     out["value"] = (ra - rb) / rb
     if n_a >= 2 and n_b >= 2:
         rng = np.random.default_rng(seed)
-        da = rng.binomial(n_a, ra, size=n_boot) / n_a
-        db = rng.binomial(n_b, rb, size=n_boot) / n_b
+        da = rate_draws(k_a, n_a, rng, n_boot)
+        db = rate_draws(k_b, n_b, rng, n_boot)
         safe = np.where(db > 0, db, 1.0)
         draws = np.where(db > 0, (da - db) / safe, np.inf)
-        out["ci"] = _interval(draws, confidence)
+        out["ci"] = percentile_interval(draws, confidence)
     return out
 
 
@@ -315,8 +336,7 @@ def latency_stats(policy: list[str | None], latency_s: np.ndarray) -> dict[str, 
         if v.shape[0]:
             entry["p50"] = float(np.percentile(v, 50))
             entry["p95"] = float(np.percentile(v, 95))
-            mean = float(v.mean())
-            if v.shape[0] >= 2 and mean > 0:
-                entry["cv"] = float(v.std(ddof=1) / mean)
+            cv = coefficient_of_variation(v) if v.shape[0] >= 2 else np.nan
+            entry["cv"] = float(cv) if np.isfinite(cv) else None
         out[name] = entry
     return out

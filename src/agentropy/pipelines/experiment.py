@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from agentropy.analysis.recovery import CONFIDENCE, CONSTANT_POLICY, EXPLORE_POLICY
 from agentropy.rl.config import TrainConfig
 
 __all__ = [
@@ -48,10 +49,10 @@ __all__ = [
 
 #: Arms by name: the sampling policy and loss each one trains (and is evaluated) with.
 ARMS: dict[str, dict[str, str]] = {
-    "baseline": {"policy": "constant:1.0", "loss": "flat"},
-    "rhythm": {"policy": "phase", "loss": "rhythm"},
-    "vanilla": {"policy": "constant:1.0", "loss": "vanilla"},
-    "target": {"policy": "constant:1.0", "loss": "target"},
+    "baseline": {"policy": CONSTANT_POLICY, "loss": "flat"},
+    "rhythm": {"policy": EXPLORE_POLICY, "loss": "rhythm"},
+    "vanilla": {"policy": CONSTANT_POLICY, "loss": "vanilla"},
+    "target": {"policy": CONSTANT_POLICY, "loss": "target"},
 }
 
 #: Per (arm, level) metrics, averaged over seeds (keys of ``experiment.json``'s ``levels``).
@@ -121,7 +122,7 @@ class ExperimentConfig:
         )
 
 
-def t_interval(values: Sequence[float | None], confidence: float = 0.95) -> dict[str, Any]:
+def t_interval(values: Sequence[float | None], confidence: float = CONFIDENCE) -> dict[str, Any]:
     """Mean and Student-t interval over seeds; None values (undefined in a run) are dropped."""
     from scipy import stats
 

@@ -66,6 +66,9 @@ from agentropy.analysis.recovery import (
     N_BOOT,
     REFERENCE_POLICY,
     check_bootstrap,
+    coefficient_of_variation,
+    percentile_interval,
+    rate_draws,
 )
 from agentropy.analysis.summary import Evidence
 
@@ -158,17 +161,8 @@ class ClaimRow:
 
 
 def _interval(draws: np.ndarray, confidence: float) -> tuple[float | None, float | None]:
-    alpha = 1.0 - confidence
-    draws = draws[~np.isnan(draws)]
-    if draws.size == 0:
-        return (None, None)
-    lo, hi = np.quantile(draws, [alpha / 2, 1 - alpha / 2], method="inverted_cdf")
-    return tuple(float(v) if np.isfinite(v) else None for v in (lo, hi))  # type: ignore[return-value]
-
-
-def _rate_draws(k: int, n: int, rng: np.random.Generator, n_boot: int) -> np.ndarray:
-    # Resampling n 0/1 outcomes with replacement: the resample mean is Binomial(n, k/n) / n.
-    return rng.binomial(n, k / n, size=n_boot) / n
+    lo, hi = percentile_interval(draws, confidence)
+    return (lo, hi)
 
 
 def _boot(
@@ -184,13 +178,6 @@ def _boot(
         m = min(chunk, n_boot - start)
         out.append(np.asarray(stat(rng.integers(0, n, size=(m, n))), np.float64))
     return np.concatenate(out)
-
-
-def _cv(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    mean = x.mean(axis=axis)
-    std = x.std(axis=axis, ddof=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(mean > 0, std / np.where(mean > 0, mean, 1.0), np.nan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,10 +351,10 @@ def claim_exploration_latency_variance(ev: Evidence, cfg: ClaimsConfig) -> Claim
     n = int(min(a.size, b.size))
     value = ci = None
     if a.size >= 2 and b.size >= 2:
-        value = float(_cv(a) - _cv(b))
+        value = float(coefficient_of_variation(a) - coefficient_of_variation(b))
         rng = np.random.default_rng(cfg.seed)
-        da = _boot(lambda idx: _cv(a[idx], axis=1), a.size, rng, cfg.n_boot)
-        db = _boot(lambda idx: _cv(b[idx], axis=1), b.size, rng, cfg.n_boot)
+        da = _boot(lambda idx: coefficient_of_variation(a[idx], axis=1), a.size, rng, cfg.n_boot)
+        db = _boot(lambda idx: coefficient_of_variation(b[idx], axis=1), b.size, rng, cfg.n_boot)
         ci = _interval(da - db, cfg.confidence)
         if not np.isfinite(value):
             value = None
@@ -409,7 +396,7 @@ def claim_divergent_eruptions_fail(
         value = kd / nd - kc / nc
         if nd >= 2 and nc >= 2:
             rng = np.random.default_rng(cfg.seed)
-            draws = _rate_draws(kd, nd, rng, cfg.n_boot) - _rate_draws(kc, nc, rng, cfg.n_boot)
+            draws = rate_draws(kd, nd, rng, cfg.n_boot) - rate_draws(kc, nc, rng, cfg.n_boot)
             ci = _interval(draws, cfg.confidence)
     return _row(
         "divergent_eruptions_fail",
@@ -448,8 +435,8 @@ def claim_phase_beats_constant(rows: Sequence[Mapping[str, Any]], cfg: ClaimsCon
         kb = sum(b[lv][0] for lv in levels)
         value = ka / na - kb / nb
         rng = np.random.default_rng(cfg.seed)
-        da = sum(_rate_draws(*a[lv], rng, cfg.n_boot) * a[lv][1] for lv in levels) / na
-        db = sum(_rate_draws(*b[lv], rng, cfg.n_boot) * b[lv][1] for lv in levels) / nb
+        da = sum(rate_draws(*a[lv], rng, cfg.n_boot) * a[lv][1] for lv in levels) / na
+        db = sum(rate_draws(*b[lv], rng, cfg.n_boot) * b[lv][1] for lv in levels) / nb
         if na >= 2 and nb >= 2:
             ci = _interval(da - db, cfg.confidence)
     return _row(
@@ -478,8 +465,8 @@ def claim_level_drop(rows: Sequence[Mapping[str, Any]], cfg: ClaimsConfig) -> Cl
         value = 1.0 - (k3 / n3) / (k_lo / n_lo)
         if n_lo >= 2 and n3 >= 2:
             rng = np.random.default_rng(cfg.seed)
-            d_lo = sum(_rate_draws(*c[lv], rng, cfg.n_boot) * c[lv][1] for lv in low) / n_lo
-            d3 = _rate_draws(k3, n3, rng, cfg.n_boot)
+            d_lo = sum(rate_draws(*c[lv], rng, cfg.n_boot) * c[lv][1] for lv in low) / n_lo
+            d3 = rate_draws(k3, n3, rng, cfg.n_boot)
             with np.errstate(divide="ignore", invalid="ignore"):
                 draws = np.where(d_lo > 0, 1.0 - d3 / np.where(d_lo > 0, d_lo, 1.0), -np.inf)
             ci = _interval(draws, cfg.confidence)

@@ -267,6 +267,20 @@ def recovery_stats(
     }
 
 
+def per_task_mean(
+    policy: Sequence[str], task_id: Sequence[str | None], values: Sequence[float], name: str
+) -> dict[str, float]:
+    """``{task_id: mean value}`` over the episodes of policy ``name`` (episodes without a task
+    are skipped); per-episode inputs (E,). The unit of the paired token-overhead comparisons."""
+    sums: dict[str, list[float]] = {}
+    for t, v, p in zip(task_id, values, policy, strict=True):
+        if p == name and t is not None:
+            s = sums.setdefault(t, [0.0, 0.0])
+            s[0] += v
+            s[1] += 1
+    return {t: s[0] / s[1] for t, s in sums.items()}
+
+
 def cost_stats(
     policy: list[str | None],
     task_id: list[str | None],
@@ -292,13 +306,7 @@ def cost_stats(
     pol = np.asarray(names, dtype=object)
 
     def per_task(name: str) -> dict[str, float]:
-        sums: dict[str, list[float]] = {}
-        for t, n, p in zip(task_id, tokens, names, strict=True):
-            if p == name and t is not None:
-                s = sums.setdefault(t, [0.0, 0.0])
-                s[0] += n
-                s[1] += 1
-        return {t: s[0] / s[1] for t, s in sums.items()}
+        return per_task_mean(names, task_id, tokens, name)
 
     ref_tasks = per_task(reference) if reference is not None else {}
     out: dict[str, Any] = {}

@@ -18,14 +18,25 @@ from typing import Any
 
 import typer
 
+from agentropy.analysis.recovery import REFERENCE_POLICY
 from agentropy.cli._common import guarded
+from agentropy.trace import NAN_POLICIES
 
+#: CLI choices of :data:`agentropy.trace.NAN_POLICIES` (typer validates them).
+NanPolicyChoice = StrEnum("NanPolicyChoice", {p: p for p in NAN_POLICIES})  # type: ignore[misc]
 
-class NanPolicyChoice(StrEnum):
-    """CLI spelling of :data:`agentropy.trace.NAN_POLICIES`."""
-
-    raise_ = "raise"
-    drop = "drop"
+# Options shared by ``analyze`` and ``report`` (one definition each).
+NAN_POLICY_OPTION: Any = typer.Option(
+    NanPolicyChoice(NAN_POLICIES[0]),
+    "--nan-policy",
+    help="Non-finite entropies: 'raise' (error, exit 2) or 'drop' (drop and count them).",
+)
+REFERENCE_OPTION: Any = typer.Option(
+    None,
+    "--reference",
+    help=f"Reference policy for token overhead (default: {REFERENCE_POLICY} when present).",
+)
+SEED_OPTION: Any = typer.Option(0, "--seed", help="Seed of the bootstrap intervals.")
 
 
 def _fmt(x: Any, spec: str = ".3g") -> str:
@@ -141,21 +152,15 @@ def analyze(
     json_out: str | None = typer.Option(
         None, "--json", help="Write the JSON summary to this file ('-' for stdout)."
     ),
-    nan_policy: NanPolicyChoice = typer.Option(
-        NanPolicyChoice.raise_,
-        "--nan-policy",
-        help="Non-finite entropies: 'raise' (error, exit 2) or 'drop' (drop and count them).",
-    ),
-    reference: str | None = typer.Option(
-        None, "--reference", help="Reference policy for token overhead (default: greedy)."
-    ),
+    nan_policy: NanPolicyChoice = NAN_POLICY_OPTION,
+    reference: str | None = REFERENCE_OPTION,
     tools: str | None = typer.Option(
         None,
         "--tools",
         help="Known tool names, comma-separated, or 'toolworld' for the built-in environment's "
         "tools; calls to other tools count as hallucinated.",
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap intervals."),
+    seed: int = SEED_OPTION,
 ) -> None:
     """Eruptions, contractions, loops, recovery vs spike, costs and training cycles."""
     _run(paths, json_out, nan_policy, reference, tools, seed)

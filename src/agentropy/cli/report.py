@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from agentropy.cli._common import guarded
+from agentropy.cli.analyze import NAN_POLICY_OPTION, REFERENCE_OPTION, SEED_OPTION, NanPolicyChoice
 from agentropy.errors import InputError
 
 #: Keys an eval row must have for the report and the claims.
@@ -71,17 +72,13 @@ def report(
     promotions: str | None = typer.Option(
         None, "--promotions", help="Curriculum promotion steps to mark, comma-separated."
     ),
-    nan_policy: str = typer.Option(
-        "raise", "--nan-policy", help="Non-finite entropies: 'raise' (exit 2) or 'drop'."
-    ),
-    reference: str | None = typer.Option(
-        None, "--reference", help="Reference policy for token overhead (default: greedy)."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap intervals."),
+    nan_policy: NanPolicyChoice = NAN_POLICY_OPTION,
+    reference: str | None = REFERENCE_OPTION,
+    seed: int = SEED_OPTION,
     title: str = typer.Option("agentropy report", "--title", help="Report title."),
 ) -> None:
     """Analyse traces and write one self-contained HTML report (charts, claims table)."""
-    _run(paths, out, eval_json, promotions, nan_policy, reference, seed, title)
+    _run(paths, out, eval_json, promotions, nan_policy.value, reference, seed, title)
 
 
 @guarded
@@ -96,10 +93,7 @@ def _run(
     title: str,
 ) -> None:
     from agentropy.report.html import report_from_paths
-    from agentropy.trace import NAN_POLICIES
 
-    if nan_policy not in NAN_POLICIES:
-        raise ValueError(f"--nan-policy must be one of {', '.join(NAN_POLICIES)}")
     rows = read_eval_rows(eval_json) if eval_json is not None else None
     metadata = {
         "command": "agentropy report",

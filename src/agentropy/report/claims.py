@@ -67,6 +67,7 @@ from agentropy.analysis.recovery import (
     REFERENCE_POLICY,
     check_bootstrap,
     coefficient_of_variation,
+    per_task_mean,
     percentile_interval,
     rate_draws,
 )
@@ -298,16 +299,8 @@ def claim_exploration_token_cost(ev: Evidence, cfg: ClaimsConfig) -> ClaimRow:
     """Claim 3: token overhead of the exploring policy vs the reference on shared tasks."""
     explore, ref = cfg.explore_policy, cfg.reference_policy
 
-    def per_task(name: str) -> dict[str, float]:
-        acc: dict[str, list[float]] = {}
-        for p, t, k in zip(ev.policy, ev.task_id, ev.tokens, strict=True):
-            if p == name and t is not None:
-                a = acc.setdefault(t, [0.0, 0.0])
-                a[0] += k
-                a[1] += 1
-        return {t: a[0] / a[1] for t, a in acc.items()}
-
-    mine, base = per_task(explore), per_task(ref)
+    mine = per_task_mean(ev.policy, ev.task_id, ev.tokens, explore)
+    base = per_task_mean(ev.policy, ev.task_id, ev.tokens, ref)
     shared = sorted(set(mine) & set(base))
     n = len(shared)
     value = ci = None

@@ -8,6 +8,11 @@ markdown table with the machine and the date.
 
     .venv/bin/python benchmarks/bench_analyze.py            # 10M tokens
     .venv/bin/python benchmarks/bench_analyze.py --tokens 1000000
+    .venv/bin/python benchmarks/bench_analyze.py --tokens 2000000 --report   # + the HTML report
+
+``--report`` also times :func:`agentropy.report.html.report_from_paths` on the same store (one
+streamed pass: summary, claims and timeline examples; needs plotly) and prints its time next to
+the analyze time, so the report's overhead over the bare analysis is visible.
 
 The first analyze run includes one-time imports (ruptures pulls in scipy.stats, ~1-3 s);
 ``--repeats`` > 1 also reports the best run. Timings are wall-clock on whatever else the machine is doing; repeat on a quiet machine before
@@ -100,6 +105,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="timed analyze runs (best is kept)")
     ap.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the generated store")
+    ap.add_argument("--report", action="store_true", help="also time the HTML report (plotly)")
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bench_analyze_", dir=args.dir))
@@ -119,6 +125,14 @@ def main() -> None:
         summary = analyze_paths(store)
         times.append(time.perf_counter() - t0)
     t_an = min(times)
+    report_times = []
+    if args.report:
+        from agentropy.report.html import report_from_paths
+
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            report_from_paths([store], root / "report.html")
+            report_times.append(time.perf_counter() - t0)
     n_tok = summary["tokens"]
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     size_mb = sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) / 2**20
@@ -138,6 +152,12 @@ def main() -> None:
         f"| {n_tok:,} | {summary['episodes']:,} | {n_parts} | {size_mb:.0f} | {t_write:.1f} "
         f"| {times[0]:.2f} | {t_an:.2f} | {n_tok / t_an:,.0f} | {rss_mb:.0f} |"
     )
+    if report_times:
+        print()
+        print("| report s (first) | report s (best) | report / analyze (best) |")
+        print("| ---: | ---: | ---: |")
+        best = min(report_times)
+        print(f"| {report_times[0]:.2f} | {best:.2f} | {best / t_an:.2f} |")
     print()
     print(
         f"eruptions {len(summary['eruptions']):,}, loops {len(summary['loops']):,}, "

@@ -24,7 +24,7 @@ import torch
 from omegaconf import OmegaConf
 
 from agentropy.integrations import verl as av
-from agentropy.rl.losses import RhythmConfig, RhythmState
+from agentropy.rl.coefs import RhythmConfig, RhythmState
 from agentropy.trace import PHASE_CODE, PHASES
 
 verl_losses = pytest.importorskip("verl.workers.utils.losses")
@@ -372,7 +372,7 @@ def test_agent_loop_sets_turn_temperature_and_records_phases(tokenizer: Any) -> 
 
 
 def test_agent_loop_per_token_mode_sends_processor_options(tokenizer: Any) -> None:
-    from agentropy.integrations.vllm import EXTRA_ARGS_KEY, MarkerIds, parse_request
+    from agentropy.integrations import EXTRA_ARGS_KEY, MarkerIds, parse_request
 
     server = FakeServerManager(tokenizer, TURNS)
     run_episode(tokenizer, server, per_token=True)

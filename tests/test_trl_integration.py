@@ -311,7 +311,7 @@ def _model(tokenizer, seed):
 def test_rhythm_trainer_trains_with_tools_and_logs_breath(tokenizer, fitted_model, tmp_path):
     import torch
 
-    from agentropy.rl.losses import RhythmConfig
+    from agentropy.rl.coefs import RhythmConfig
 
     # lambda_init > 0: the entropy bonus gives a gradient even if all rewards in a group tie.
     trainer = _trainer(

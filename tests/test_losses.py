@@ -118,16 +118,14 @@ def loop_aggregate(x, mask, mode):
     if mode == "token-mean":
         s = sum(x[b, i] for b in range(x.shape[0]) for i in range(x.shape[1]) if mask[b, i])
         return s / max(int(mask.sum()), 1)
-    if mode == "seq-mean-token-sum-norm":  # verl/Dr. GRPO: all token sums / padded length
-        s = sum(x[b, i] for b in range(x.shape[0]) for i in range(x.shape[1]) if mask[b, i])
-        return s / x.shape[1]
     per_seq = []
     for b in range(x.shape[0]):
         vals = [x[b, i] for i in range(x.shape[1]) if mask[b, i]]
         if not vals:
             continue
-        per_seq.append(sum(vals) if mode == "seq-mean-token-sum" else sum(vals) / len(vals))
-    return sum(per_seq) / max(len(per_seq), 1)
+        per_seq.append(sum(vals) / len(vals) if mode == "seq-mean-token-mean" else sum(vals))
+    norm = x.shape[1] if mode == "seq-mean-token-sum-norm" else 1  # verl 0.9: / padded length
+    return sum(per_seq) / max(len(per_seq), 1) / norm
 
 
 @pytest.mark.parametrize("mode", L.AGG_MODES)
@@ -161,7 +159,7 @@ def test_aggregate_all_masked_is_zero(mode):
     assert torch.equal(x.grad, torch.zeros_like(x))
 
 
-@pytest.mark.parametrize("mode", L.ADDITIVE_AGG_MODES)
+@pytest.mark.parametrize("mode", L.AGG_MODES)
 def test_masked_sum_and_count_across_batches_equals_concatenation(mode):
     g = torch.Generator().manual_seed(1)
     x1, x2 = torch.randn(3, 6, generator=g), torch.randn(5, 6, generator=g)
@@ -177,19 +175,16 @@ def test_masked_sum_and_count_across_batches_equals_concatenation(mode):
     assert val(mean_of_means) != pytest.approx(val(whole), rel=1e-6)
 
 
-def test_norm_mode_divides_by_a_constant_and_combines_by_summing_totals():
+def test_norm_mode_is_seq_mean_token_sum_over_a_constant():
     g = torch.Generator().manual_seed(2)
-    x1, x2 = torch.randn(3, 6, generator=g), torch.randn(5, 6, generator=g)
-    m1, m2 = torch.rand(3, 6, generator=g) > 0.3, torch.rand(5, 6, generator=g) > 0.7
+    x, m = torch.randn(3, 6, generator=g), torch.rand(3, 6, generator=g) > 0.3
     mode = "seq-mean-token-sum-norm"
-    whole = L.aggregate(torch.cat([x1, x2]), torch.cat([m1, m2]), mode)
-    (s1, c1), (s2, _) = L.masked_sum_and_count(x1, m1, mode), L.masked_sum_and_count(x2, m2, mode)
-    assert val(c1) == 6.0  # the padded length, not a token or sequence count
-    assert val((s1 + s2) / c1) == pytest.approx(val(whole), rel=1e-6)
-    fixed = L.aggregate(x1, m1, mode, scale_factor=4.0)
-    assert val(fixed) == pytest.approx(float((x1 * m1).sum()) / 4.0, rel=1e-6)
+    seq_mean = L.aggregate(x, m, "seq-mean-token-sum")
+    assert val(L.aggregate(x, m, mode)) == pytest.approx(val(seq_mean) / 6, rel=1e-6)
+    fixed = L.aggregate(x, m, mode, scale_factor=4.0)
+    assert val(fixed) == pytest.approx(val(seq_mean) / 4.0, rel=1e-6)
     with pytest.raises(ValueError, match="scale_factor"):
-        L.aggregate(x1, m1, mode, scale_factor=0.0)
+        L.aggregate(x, m, mode, scale_factor=0.0)
 
 
 def test_aggregate_rejects_bad_mode_and_shape():

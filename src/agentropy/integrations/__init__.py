@@ -27,7 +27,7 @@ _EXPORTS: dict[str, str] = {
     ),
     **dict.fromkeys(("BreathCallback", "BreathGRPOTrainer", "RhythmGRPOTrainer"), "trl"),
     **dict.fromkeys(
-        ("AGENT_NAME", "OFFSET_KEY", "PHASE_KEY", "PhaseRecord", "global_scale", "pad_rows",
+        ("AGENT_NAME", "OFFSET_KEY", "PHASE_KEY", "VERL_AGG_MODES", "PhaseRecord", "global_scale", "pad_rows",
          "phase_config", "rhythm_coef_update", "tool_failed", "turn_sampling_params"),
         "_verl_core",
     ),

@@ -17,12 +17,14 @@ from agentropy.control.temperature import PhaseTemperature, PhaseTemperatureConf
 from agentropy.control.temperature import schedule_from_name as _schedule_from_name
 from agentropy.integrations._vllm_core import EXTRA_ARGS_KEY
 from agentropy.rl.coefs import RhythmConfig, RhythmSchedule, RhythmState
+from agentropy.rl.losses import AGG_MODES
 from agentropy.trace import FAILED_STATUSES, PHASE_CODE, PHASES
 
 __all__ = [
     "AGENT_NAME",
     "OFFSET_KEY",
     "PHASE_KEY",
+    "VERL_AGG_MODES",
     "PhaseRecord",
     "global_scale",
     "pad_rows",
@@ -45,8 +47,9 @@ _VERL_TOOL_ERRORS = (
     "Invalid JSON in arguments for '",
     "Error executing tool '",
 )
-_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-sum-norm",
-              "seq-mean-token-mean")  # fmt: skip
+#: verl's ``loss_agg_mode`` values: agentropy's :data:`~agentropy.rl.losses.AGG_MODES` and
+#: ``token-sum``.
+VERL_AGG_MODES: tuple[str, ...] = (*AGG_MODES, "token-sum")
 
 
 def phase_config(policy: str = "phase") -> PhaseTemperatureConfig:
@@ -178,8 +181,8 @@ def global_scale(
     (sequence) count; verl divides by the global count and multiplies by ``dp_size`` so that
     summing micro-batch gradients and averaging over ranks gives the global mean.
     """
-    if mode not in _AGG_MODES:
-        raise ValueError(f"unknown loss_agg_mode {mode!r}; verl's modes are {_AGG_MODES}")
+    if mode not in VERL_AGG_MODES:
+        raise ValueError(f"unknown loss_agg_mode {mode!r}; verl's modes are {VERL_AGG_MODES}")
     keep = mask != 0
     if mode in ("token-mean", "token-sum"):
         n_local = float(keep.sum())

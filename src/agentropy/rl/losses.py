@@ -80,8 +80,6 @@ AggMode = Literal[
 ]
 #: Reduction modes accepted by :func:`aggregate` (verl's ``loss_agg_mode`` names, same meaning).
 AGG_MODES: tuple[str, ...] = get_args(AggMode)
-#: Modes whose ``(total, count)`` add up across batches (all but the ``-norm`` mode).
-ADDITIVE_AGG_MODES: tuple[str, ...] = AGG_MODES[:3]
 
 #: Lower PPO clip: the ratio is clipped below at ``1 - CLIP_LOW`` (PPO's usual 0.2).
 CLIP_LOW = 0.2
@@ -117,18 +115,18 @@ def masked_sum_and_count(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Numerator and denominator of :func:`aggregate`.
 
-    ``aggregate(x, mask, mode) == total / count.clamp(min=1)``. For the additive modes
-    (:data:`ADDITIVE_AGG_MODES`), reduce several micro-batches or ranks by summing the
-    ``total`` s and the ``count`` s, then dividing once (never average per-batch means).
+    ``aggregate(x, mask, mode) == total / count.clamp(min=1)``.
+    To reduce several micro-batches or ranks, sum the ``total`` s and the ``count`` s, then
+    divide once (never average the per-batch means).
 
     - ``token-mean``: ``total`` = sum of ``x`` over masked-in tokens, ``count`` = their number.
     - ``seq-mean-token-sum``: ``total`` = sum over sequences of each sequence's token sum,
       ``count`` = number of sequences with at least one masked-in token.
     - ``seq-mean-token-mean``: ``total`` = sum over sequences of each sequence's token mean,
       ``count`` as above.
-    - ``seq-mean-token-sum-norm`` (Dr. GRPO; verl's semantics): ``total`` as in
-      ``seq-mean-token-sum``, ``count`` = the constant ``scale_factor`` (default ``T``, the padded
-      length), *not* additive: across batches sum the totals and divide by the one constant.
+    - ``seq-mean-token-sum-norm`` (Dr. GRPO's constant normaliser, verl 0.9's ``agg_loss``):
+      ``total`` as in ``seq-mean-token-sum``, ``count`` = non-empty sequences x ``scale_factor``
+      (default ``T``, the padded length); additive across batches that share the constant.
 
     Args:
         x: (..., T) values (any float dtype). Values at masked-out positions are never read
@@ -155,15 +153,15 @@ def masked_sum_and_count(
     if x.dim() < 1:
         raise ValueError(f"mode {mode!r} needs x of shape (..., T), got a scalar")
     seq_sum = values.sum(dim=-1)
-    if mode == "seq-mean-token-sum-norm":
-        norm = float(x.shape[-1] if scale_factor is None else scale_factor)
-        if not norm > 0:
-            raise ValueError(f"scale_factor must be > 0, got {scale_factor}")
-        return seq_sum.sum(), torch.tensor(norm, dtype=x.dtype, device=x.device)
     seq_count = keep.sum(dim=-1).to(x.dtype)
     non_empty = (seq_count > 0).to(x.dtype)
     if mode == "seq-mean-token-sum":
         return seq_sum.sum(), non_empty.sum()
+    if mode == "seq-mean-token-sum-norm":
+        norm = float(x.shape[-1] if scale_factor is None else scale_factor)
+        if not norm > 0:
+            raise ValueError(f"scale_factor must be > 0, got {scale_factor}")
+        return seq_sum.sum(), non_empty.sum() * norm
     # seq-mean-token-mean: empty sequences have seq_sum 0, so their clamped mean is 0.
     return (seq_sum / seq_count.clamp(min=1)).sum(), non_empty.sum()
 
@@ -180,8 +178,8 @@ def aggregate(
     - ``token-mean``: sum over all masked-in tokens / their number (count clamped to >= 1).
     - ``seq-mean-token-sum``: mean over non-empty sequences of each sequence's token sum.
     - ``seq-mean-token-mean``: mean over non-empty sequences of each sequence's token mean.
-    - ``seq-mean-token-sum-norm``: sum of every sequence's token sum / ``scale_factor``
-      (default ``T``): Dr. GRPO's constant normaliser, exactly verl's ``agg_loss`` on one batch.
+    - ``seq-mean-token-sum-norm``: ``seq-mean-token-sum`` / ``scale_factor`` (default ``T``, the
+      padded length): Dr. GRPO's constant normaliser, exactly verl 0.9's ``agg_loss``.
 
     An all-masked input gives 0 (with zero gradient), never NaN. Shapes and the cross-batch
     recipe are documented in :func:`masked_sum_and_count`.

@@ -200,13 +200,15 @@ def restore_checkpoint(
     torch.set_rng_state(tr["torch_rng"])
     rng.bit_generator.state = json.loads(tr["numpy_rng"])
     step = int(tr["step"])
+    coef = json.loads(tr["coef_state"])
     out = ckpt_dir.parent.parent
     rows = []
     if (out / "metrics.parquet").exists():
         rows = [r for r in read_metrics(out) if r["step"] <= step]
     return LoopState(
         level_index=int(tr["level_index"]),
-        coef_state=schedule.load(json.loads(tr["coef_state"])),
+        # Checkpoints written before fixed schedules had a state stored None for them.
+        coef_state=schedule.init() if coef is None else schedule.load(coef),
         step=step,
         eval_history=json.loads(tr["eval_history"]),
         metric_rows=rows,

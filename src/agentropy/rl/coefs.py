@@ -34,6 +34,8 @@ from typing import Any, NamedTuple, Protocol
 from agentropy.trace import PHASES
 
 __all__ = [
+    "SKYWORK_COEF_MAX",
+    "SKYWORK_STEP",
     "CoefSchedule",
     "FixedCoef",
     "FixedState",
@@ -46,15 +48,23 @@ __all__ = [
 ]
 
 
+#: Skywork-OR1's coefficient step per update (arXiv 2505.22312), shared by ``target`` and
+#: ``rhythm``.
+SKYWORK_STEP = 1e-4
+#: Skywork-OR1's largest coefficient: ``target``'s upper clip, ``rhythm``'s ``lambda_max`` and
+#: contraction weight.
+SKYWORK_COEF_MAX = 5e-3
+
+
 @dataclass(frozen=True, slots=True)
 class TargetConfig:
     """One adaptive entropy coefficient toward a target entropy (Skywork-OR1 defaults)."""
 
     target: float = 0.2
     """Target token-mean entropy, nats (Skywork-OR1's ``tgt-ent``)."""
-    step: float = 1e-4
+    step: float = SKYWORK_STEP
     """Coefficient change per update: ``+step`` when entropy < target, ``-step`` when above."""
-    coef_max: float = 5e-3
+    coef_max: float = SKYWORK_COEF_MAX
     """Upper clip of the coefficient; the lower clip is 0 (never a penalty)."""
     coef_init: float = 0.0
     """Coefficient before the first update."""
@@ -63,7 +73,7 @@ class TargetConfig:
         if not (math.isfinite(self.target) and self.target >= 0):
             raise ValueError(f"target must be a finite entropy >= 0 nats, got {self.target}")
         if not self.step > 0:
-            raise ValueError(f"step must be > 0 (e.g. 1e-4), got {self.step}")
+            raise ValueError(f"step must be > 0 (Skywork-OR1 uses {SKYWORK_STEP}), got {self.step}")
         if not self.coef_max >= 0:
             raise ValueError(f"coef_max must be >= 0, got {self.coef_max}")
         if not 0 <= self.coef_init <= self.coef_max:
@@ -104,9 +114,9 @@ class RhythmConfig:
     """After a failed tool: twice the plan target, to explore recoveries (ARPO's post-tool rise)."""
     target_answer: float = 0.1
     """Inside the final answer: the answer is known by then."""
-    step: float = 1e-4
+    step: float = SKYWORK_STEP
     """Per-update change of each lambda_p (Skywork-OR1's step): ``+step`` below target."""
-    lambda_max: float = 5e-3
+    lambda_max: float = SKYWORK_COEF_MAX
     """Each lambda_p is clipped to ``[-lambda_max, lambda_max]`` (Skywork-OR1's max, mirrored)."""
     lambda_init: float = 0.0
     """Every lambda_p before the first update."""
@@ -116,7 +126,7 @@ class RhythmConfig:
     band_hi: float = 1.5
     """Late recover tokens above this entropy (nats) are penalised: 1.25 x target_recover,
     mirroring the analyzer's contraction threshold of 1.25 x baseline."""
-    contraction_coef: float = 5e-3
+    contraction_coef: float = SKYWORK_COEF_MAX
     """Weight of the contraction term; equal to lambda_max so a 1-nat excess costs as much as
     the largest bonus pays for 1 nat of entropy."""
 
@@ -126,7 +136,7 @@ class RhythmConfig:
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"target_{p} must be a finite entropy >= 0 nats, got {v}")
         if not self.step > 0:
-            raise ValueError(f"step must be > 0 (e.g. 1e-4), got {self.step}")
+            raise ValueError(f"step must be > 0 (Skywork-OR1 uses {SKYWORK_STEP}), got {self.step}")
         if not self.lambda_max >= 0:
             raise ValueError(f"lambda_max must be >= 0, got {self.lambda_max}")
         if abs(self.lambda_init) > self.lambda_max:

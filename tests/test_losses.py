@@ -1,4 +1,9 @@
-"""Tests for agentropy.rl.losses: expected values are recomputed independently in numpy/loops."""
+"""Tests for agentropy.rl.losses and .coefs: expected values recomputed independently in numpy/loops.
+
+The trainer's objective is ``ppo_clip_loss + entropy term``; :func:`compose` builds exactly that
+sum (what ``agentropy.rl.trainer.train`` and the TRL adapter compute) so the loss-level
+assertions below check the composition, and :func:`np_ppo` checks the policy term alone.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from agentropy.rl import coefs as C
 from agentropy.rl import losses as L
 from agentropy.trace import PHASE_CODE, PHASES
 
@@ -51,6 +57,22 @@ def safe_entropy_from_logits(logits):
     p = logp.exp()
     logp_safe = torch.where(p > 0, logp, torch.zeros_like(logp))
     return logp, -(p * logp_safe).sum(-1)
+
+
+def compose(name, *, logprob, old_logprob, advantages, mask, entropy=None, phase=None,
+            trigger_offset=None, clip_low=L.CLIP_LOW, clip_high=L.CLIP_HIGH, clip_ratio_c=None,
+            agg_mode="token-mean", **coefs):  # fmt: skip
+    """``loss = policy_loss + entropy_loss`` for loss ``name`` (vanilla, flat, target, rhythm)."""
+    pg, m = L.ppo_clip_loss(
+        logprob, old_logprob, advantages, mask, clip_low=clip_low, clip_high=clip_high,
+        clip_ratio_c=clip_ratio_c, agg_mode=agg_mode,
+    )  # fmt: skip
+    term, tm = L.get_entropy_term(name)(
+        entropy=entropy, mask=mask, phase=phase, trigger_offset=trigger_offset, agg_mode=agg_mode,
+        **coefs,
+    )  # fmt: skip
+    loss = pg + term
+    return loss, {**m, **tm, "loss/total": val(loss)}
 
 
 def val(x):
@@ -101,8 +123,9 @@ def loop_aggregate(x, mask, mode):
         vals = [x[b, i] for i in range(x.shape[1]) if mask[b, i]]
         if not vals:
             continue
-        per_seq.append(sum(vals) if mode == "seq-mean-token-sum" else sum(vals) / len(vals))
-    return sum(per_seq) / max(len(per_seq), 1)
+        per_seq.append(sum(vals) / len(vals) if mode == "seq-mean-token-mean" else sum(vals))
+    norm = x.shape[1] if mode == "seq-mean-token-sum-norm" else 1  # verl 0.9: / padded length
+    return sum(per_seq) / max(len(per_seq), 1) / norm
 
 
 @pytest.mark.parametrize("mode", L.AGG_MODES)
@@ -152,6 +175,18 @@ def test_masked_sum_and_count_across_batches_equals_concatenation(mode):
     assert val(mean_of_means) != pytest.approx(val(whole), rel=1e-6)
 
 
+def test_norm_mode_is_seq_mean_token_sum_over_a_constant():
+    g = torch.Generator().manual_seed(2)
+    x, m = torch.randn(3, 6, generator=g), torch.rand(3, 6, generator=g) > 0.3
+    mode = "seq-mean-token-sum-norm"
+    seq_mean = L.aggregate(x, m, "seq-mean-token-sum")
+    assert val(L.aggregate(x, m, mode)) == pytest.approx(val(seq_mean) / 6, rel=1e-6)
+    fixed = L.aggregate(x, m, mode, scale_factor=4.0)
+    assert val(fixed) == pytest.approx(val(seq_mean) / 4.0, rel=1e-6)
+    with pytest.raises(ValueError, match="scale_factor"):
+        L.aggregate(x, m, mode, scale_factor=0.0)
+
+
 def test_aggregate_rejects_bad_mode_and_shape():
     with pytest.raises(ValueError, match="token-mean"):
         L.aggregate(torch.zeros(2, 2), torch.ones(2, 2), "mean")  # type: ignore[arg-type]
@@ -166,19 +201,21 @@ def test_aggregate_rejects_bad_mode_and_shape():
 
 def test_registry_lookup_and_unknown_name():
     assert set(L.available_losses()) == {"vanilla", "flat", "target", "rhythm"}
-    assert L.get_loss("vanilla") is L.vanilla_loss
-    assert L.get_loss("rhythm") is L.rhythm_loss
+    assert set(L.available_entropy_terms()) == {"none", "flat", "target", "rhythm"}
+    assert L.get_entropy_term("vanilla") is L.no_entropy_term
+    assert L.get_entropy_term("none") is L.no_entropy_term
+    assert L.get_entropy_term("rhythm") is L.rhythm_term
     with pytest.raises(KeyError) as exc:
-        L.get_loss("rythm")
+        L.get_entropy_term("rythm")
     msg = str(exc.value)
     assert "rythm" in msg
-    for name in ("vanilla", "flat", "target", "rhythm"):
+    for name in ("vanilla", "none", "flat", "target", "rhythm"):
         assert name in msg
 
 
 def test_register_duplicate_name_rejected():
     with pytest.raises(ValueError, match="already registered"):
-        L.register_loss("vanilla")(lambda **kw: None)
+        L.register_entropy_term("none")(lambda **kw: None)
 
 
 # ------------------------------------------------------------------------------------------
@@ -187,24 +224,56 @@ def test_register_duplicate_name_rejected():
 
 
 def test_vanilla_matches_numpy_and_clip_higher_is_asymmetric():
-    loss, m = L.vanilla_loss(**batch())
+    loss, m = compose("vanilla", **batch())
     assert val(loss) == pytest.approx(np_ppo(LP, OLD, ADV, MASK), rel=1e-6)
     assert m["loss/pg"] == pytest.approx(val(loss))
     assert "loss/entropy_bonus" not in m
     # clip-higher: ratio e^0.24 = 1.271 with A > 0 is within 1 + 0.28 but beyond 1 + 0.2
     one = {"old_logprob": t([[0.0]]), "advantages": t([1.0]), "mask": t([[1.0]])}
     lp = t([[0.24]]).requires_grad_(True)
-    loss_hi, m_hi = L.vanilla_loss(logprob=lp, **one)
+    loss_hi, m_hi = compose("vanilla", logprob=lp, **one)
     assert val(loss_hi) == pytest.approx(-math.exp(0.24), rel=1e-6)
     assert m_hi["clip/frac"] == 0.0
-    loss_sym, m_sym = L.vanilla_loss(logprob=lp, clip_high=0.2, **one)
+    loss_sym, m_sym = compose("vanilla", logprob=lp, clip_high=0.2, **one)
     assert val(loss_sym) == pytest.approx(-1.2, rel=1e-6)
     assert m_sym["clip/frac"] == 1.0 and m_sym["clip/frac_high"] == 1.0
 
 
+def test_dual_clip_caps_negative_advantage_tokens_with_verl_semantics():
+    lp = t([[2.0, 2.0, -0.1]]).requires_grad_(True)
+    old, adv, mask = torch.zeros(1, 3), t([[-1.0, 1.0, -1.0]]), torch.ones(1, 3)
+    plain, m_plain = L.ppo_clip_loss(lp, old, adv, mask)
+    dual, m = L.ppo_clip_loss(lp, old, adv, mask, clip_ratio_c=3.0)
+    r0, r2 = math.exp(2.0), math.exp(-0.1)
+    # token 0: A < 0 and ratio e^2: PPO loses e^2, dual-clip caps the loss at -A * c = 3;
+    # token 1: A > 0 is never dual-clipped (-(1 + 0.28)); token 2: below the cap, unchanged.
+    assert val(plain) == pytest.approx((r0 - 1.28 + r2) / 3, rel=1e-6)
+    assert val(dual) == pytest.approx((3.0 - 1.28 + r2) / 3, rel=1e-6)
+    assert m["clip/frac_dual"] == pytest.approx(1 / 3) and "clip/frac_dual" not in m_plain
+    dual.backward()
+    assert lp.grad[0, 0] == 0.0 and lp.grad[0, 2] != 0.0  # the capped token carries no gradient
+    with pytest.raises(ValueError, match="clip_ratio_c"):
+        L.ppo_clip_loss(lp, old, adv, mask, clip_ratio_c=1.0)
+
+
+def test_entropy_term_alone_equals_the_old_bundled_loss_minus_its_ppo_term():
+    # The old API bundled PPO and entropy: loss = pg - bonus + contraction. The split terms must
+    # give the same number, and the entropy term must not depend on advantages or log-probs.
+    kw = {"lambdas": (0.02, -0.01, 0.05, -0.03), "horizon": 64, "band_hi": 1.5,
+          "contraction_coef": 0.7}  # fmt: skip
+    b = batch()
+    loss, m = compose("rhythm", **b, **kw)
+    assert val(loss) == pytest.approx(
+        m["loss/pg"] - m["loss/entropy_bonus"] + m["loss/contraction"], rel=1e-6
+    )
+    term, _ = L.rhythm_term(entropy=b["entropy"], mask=b["mask"], phase=b["phase"],
+                            trigger_offset=b["trigger_offset"], **kw)  # fmt: skip
+    assert val(term) == pytest.approx(m["loss/contraction"] - m["loss/entropy_bonus"], rel=1e-6)
+
+
 def test_vanilla_per_token_advantages_and_metrics():
     adv_tok = t([[1.0, -2.0, 0.5, 0.0], [3.0, -1.0, 1.0, 7.0]])
-    loss, m = L.vanilla_loss(**batch(advantages=adv_tok))
+    loss, m = compose("vanilla", **batch(advantages=adv_tok))
     assert val(loss) == pytest.approx(np_ppo(LP, OLD, adv_tok.numpy(), MASK), rel=1e-6)
     lr = np.array(LP) - np.array(OLD)
     k3 = np.expm1(lr) - lr
@@ -216,8 +285,8 @@ def test_vanilla_per_token_advantages_and_metrics():
 @pytest.mark.parametrize("mode", L.AGG_MODES)
 def test_flat_is_vanilla_minus_coef_entropy(mode):
     coef = 0.03
-    loss, m = L.flat_loss(**batch(), coef=coef, agg_mode=mode)
-    van, _ = L.vanilla_loss(**batch(), agg_mode=mode)
+    loss, m = compose("flat", **batch(), coef=coef, agg_mode=mode)
+    van, _ = compose("vanilla", **batch(), agg_mode=mode)
     expected_bonus = coef * loop_aggregate(ENT, MASK, mode)
     assert m["loss/entropy_bonus"] == pytest.approx(expected_bonus, rel=1e-6)
     assert val(loss) == pytest.approx(val(van) - expected_bonus, rel=1e-6)
@@ -227,22 +296,27 @@ def test_flat_is_vanilla_minus_coef_entropy(mode):
 
 def test_target_gate_follows_batch_entropy():
     h = np_token_mean(ENT, MASK)  # ~0.95 nats
-    van, _ = L.vanilla_loss(**batch())
-    below, m_below = L.target_loss(**batch(), coef=0.004, target=h + 0.1)
+    van, _ = compose("vanilla", **batch())
+    below, m_below = compose("target", **batch(), coef=0.004, target=h + 0.1)
     assert val(below) == pytest.approx(val(van) - 0.004 * h, rel=1e-6)
     assert m_below["coef/entropy_effective"] == 0.004
-    above, m_above = L.target_loss(**batch(), coef=0.004, target=h - 0.1)
+    above, m_above = compose("target", **batch(), coef=0.004, target=h - 0.1)
     assert val(above) == pytest.approx(val(van), rel=1e-6)
     assert m_above["coef/entropy_effective"] == 0.0
-    ungated, _ = L.target_loss(**batch(), coef=0.004, target=None)
+    ungated, _ = compose("target", **batch(), coef=0.004, target=None)
     assert val(ungated) == pytest.approx(val(below), rel=1e-6)
 
 
 def test_rhythm_matches_numpy():
     lambdas = (0.02, -0.01, 0.05, -0.03)
     horizon, band_hi, ccoef = 64, 1.5, 0.7
-    loss, m = L.rhythm_loss(
-        **batch(), lambdas=lambdas, horizon=horizon, band_hi=band_hi, contraction_coef=ccoef
+    loss, m = compose(
+        "rhythm",
+        **batch(),
+        lambdas=lambdas,
+        horizon=horizon,
+        band_hi=band_hi,
+        contraction_coef=ccoef,
     )
     ent, mask, ph, trig = (np.array(a, float) for a in (ENT, MASK, PHASE, TRIG))
     lam_tok = np.array(lambdas)[np.array(PHASE)]
@@ -268,17 +342,23 @@ def test_rhythm_matches_numpy():
 
 def test_rhythm_with_equal_lambdas_and_no_contraction_is_flat():
     c = 0.01
-    r, _ = L.rhythm_loss(
-        **batch(), lambdas=(c,) * len(PHASES), horizon=0, band_hi=0.0, contraction_coef=0.0
+    r, _ = compose(
+        "rhythm",
+        **batch(),
+        lambdas=(c,) * len(PHASES),
+        horizon=0,
+        band_hi=0.0,
+        contraction_coef=0.0,
     )
-    f, _ = L.flat_loss(**batch(), coef=c)
+    f, _ = compose("flat", **batch(), coef=c)
     assert val(r) == pytest.approx(val(f), rel=1e-6)
 
 
 def rhythm_contraction(entropy, phase, offset, horizon=64, band_hi=1.5):
     n = len(entropy)
     ent = t([entropy]).requires_grad_(True)
-    loss, m = L.rhythm_loss(
+    loss, m = compose(
+        "rhythm",
         logprob=torch.zeros(1, n),
         old_logprob=torch.zeros(1, n),
         advantages=t([0.0]),
@@ -311,7 +391,7 @@ def test_contraction_zero_unless_late_recover_above_band():
 def test_entropy_terms_carry_gradient_with_the_documented_sign():
     kw = batch(advantages=t([0.0, 0.0]))
     lam = (0.01, -0.01, 0.0, 0.0)
-    loss, _ = L.rhythm_loss(**kw, lambdas=lam, **L.RhythmConfig().loss_kwargs())
+    loss, _ = compose("rhythm", **kw, lambdas=lam, **C.RhythmConfig().loss_kwargs())
     loss.backward()
     g = kw["entropy"].grad
     ph, mask = np.array(PHASE), np.array(MASK)
@@ -355,7 +435,8 @@ def test_finite_gradients_with_neg_inf_logits_and_zero_grad_on_masked_tokens(nam
         "rhythm": {"lambdas": (0.1, 0.1, 0.1, 0.1), "horizon": 0, "band_hi": 0.0,
                    "contraction_coef": 1.0},
     }[name]  # fmt: skip
-    loss, m = L.get_loss(name)(
+    loss, m = compose(
+        name,
         logprob=logprob,
         old_logprob=logprob.detach() - 0.3,
         advantages=t([1.0, -1.0, 0.5]),
@@ -378,7 +459,8 @@ def test_finite_gradients_with_neg_inf_logits_and_zero_grad_on_masked_tokens(nam
 def test_padding_sentinels_do_not_leak(name):
     lp = t([[-0.5, float("nan"), 1.0]]).requires_grad_(True)
     ent = t([[0.4, float("inf"), float("nan")]]).requires_grad_(True)
-    loss, m = L.get_loss(name)(
+    loss, m = compose(
+        name,
         logprob=lp,
         old_logprob=t([[-0.4, float("-inf"), 1.0]]),
         advantages=t([1.0]),
@@ -399,8 +481,12 @@ def test_padding_sentinels_do_not_leak(name):
 def test_log_ratio_clamp_prevents_overflow():
     lp = t([[0.0, -1e4, -1e-3]]).requires_grad_(True)
     old = t([[-1e4, 0.0, float("-inf")]])
-    loss, m = L.vanilla_loss(
-        logprob=lp, old_logprob=old, advantages=t([[-1.0, 1.0, -1.0]]), mask=torch.ones(1, 3)
+    loss, m = compose(
+        "vanilla",
+        logprob=lp,
+        old_logprob=old,
+        advantages=t([[-1.0, 1.0, -1.0]]),
+        mask=torch.ones(1, 3),
     )
     assert math.isfinite(val(loss)) and math.isfinite(m["kl/approx"])
     loss.backward()
@@ -413,15 +499,16 @@ def test_log_ratio_clamp_prevents_overflow():
 
 def test_input_validation():
     with pytest.raises(ValueError, match="advantages"):
-        L.vanilla_loss(**batch(advantages=torch.zeros(3)))
+        compose("vanilla", **batch(advantages=torch.zeros(3)))
     with pytest.raises(ValueError, match="mask"):
-        L.vanilla_loss(**batch(mask=torch.ones(2, 5)))
+        compose("vanilla", **batch(mask=torch.ones(2, 5)))
     with pytest.raises(ValueError, match="lambdas"):
-        L.rhythm_loss(**batch(), lambdas=(0.0, 0.0), **L.RhythmConfig().loss_kwargs())
+        compose("rhythm", **batch(), lambdas=(0.0, 0.0), **C.RhythmConfig().loss_kwargs())
     with pytest.raises(ValueError, match="phase codes"):
-        L.rhythm_loss(
+        compose(
+            "rhythm",
             **batch(phase=torch.full((2, 4), 9)), lambdas=(0.0,) * 4,
-            **L.RhythmConfig().loss_kwargs(),
+            **C.RhythmConfig().loss_kwargs(),
         )  # fmt: skip
 
 
@@ -431,25 +518,28 @@ def test_input_validation():
 
 
 def test_target_coefficient_moves_toward_target_and_clips():
-    cfg = L.TargetConfig(target=0.5, step=1e-3, coef_max=2.5e-3)
-    s = L.init_coef_state(cfg)
-    assert s == L.TargetState(coef=0.0)
-    s_low = L.update_coef_state(s, {"entropy/mean": 0.1}, cfg)
+    cfg = C.TargetConfig(target=0.5, step=1e-3, coef_max=2.5e-3)
+    sched = C.TargetSchedule(cfg)
+    s = sched.init()
+    assert s == C.TargetState(coef=0.0)
+    s_low = sched.update(s, {"entropy/mean": 0.1})
     assert s_low.coef == pytest.approx(1e-3) and s_low.n_updates == 1
-    assert L.update_coef_state(s, {"entropy/mean": 0.9}, cfg).coef == 0.0  # clipped at 0
+    assert sched.update(s, {"entropy/mean": 0.9}).coef == 0.0  # clipped at 0
     for _ in range(10):
-        s = L.update_coef_state(s, {"entropy/mean": 0.1}, cfg)
+        s = sched.update(s, {"entropy/mean": 0.1})
     assert s.coef == pytest.approx(2.5e-3)  # clipped at coef_max
-    s2 = L.update_coef_state(s, {"entropy/mean": 0.9, "tokens/total": 12.0}, cfg)
+    s2 = sched.update(s, {"entropy/mean": 0.9, "tokens/total": 12.0})
     assert s2.coef == pytest.approx(1.5e-3)
     # no tokens: unchanged
-    assert L.update_coef_state(s, {"entropy/mean": 0.0, "tokens/total": 0.0}, cfg).coef == s.coef
-    assert L.TargetState.load(s2.state_dict()) == s2
+    assert sched.update(s, {"entropy/mean": 0.0, "tokens/total": 0.0}).coef == s.coef
+    assert C.TargetState.load(s2.state_dict()) == s2
+    assert sched.load(s2.state_dict()) == s2
 
 
 def test_rhythm_lambdas_move_per_phase_and_clip_at_lambda_max():
-    cfg = L.RhythmConfig(step=2e-3, lambda_max=5e-3)
-    s = L.init_coef_state(cfg)
+    cfg = C.RhythmConfig(step=2e-3, lambda_max=5e-3)
+    sched = C.RhythmSchedule(cfg)
+    s = sched.init()
     assert s.lambdas == (0.0,) * len(PHASES)
     metrics = {
         "entropy/plan_mean": cfg.target_plan - 0.2,  # below target -> bonus grows
@@ -458,24 +548,25 @@ def test_rhythm_lambdas_move_per_phase_and_clip_at_lambda_max():
         "tokens/recover": 0.0,
         "entropy/answer_mean": cfg.target_answer,  # at target -> unchanged
     }
-    s1 = L.update_coef_state(s, metrics, cfg)
+    s1 = sched.update(s, metrics)
     lam = dict(zip(PHASES, s1.lambdas, strict=True))
     assert lam == pytest.approx({"plan": 2e-3, "act": -2e-3, "recover": 0.0, "answer": 0.0})
     for _ in range(5):
-        s1 = L.update_coef_state(s1, metrics, cfg)
+        s1 = sched.update(s1, metrics)
     lam = dict(zip(PHASES, s1.lambdas, strict=True))
     assert lam["plan"] == pytest.approx(cfg.lambda_max)
     assert lam["act"] == pytest.approx(-cfg.lambda_max)
     assert s1.n_updates == 6
-    restored = L.RhythmState.load(s1.state_dict())
+    restored = C.RhythmState.load(s1.state_dict())
     assert restored == s1
 
 
 def test_rhythm_update_from_loss_metrics_closes_the_loop():
-    cfg = L.RhythmConfig()
-    s = L.init_coef_state(cfg)
-    _, m = L.rhythm_loss(**batch(), lambdas=s.lambdas, **cfg.loss_kwargs())
-    s1 = L.update_coef_state(s, m, cfg)
+    cfg = C.RhythmConfig()
+    sched = C.RhythmSchedule(cfg)
+    s = sched.init()
+    _, m = compose("rhythm", **batch(), **sched.term_kwargs(s))
+    s1 = sched.update(s, m)
     ent, ph, mask = np.array(ENT), np.array(PHASE), np.array(MASK)
     for p, lam, tgt in zip(PHASES, s1.lambdas, cfg.targets, strict=True):
         h = ent[(ph == PHASE_CODE[p]) & (mask > 0)].mean()
@@ -484,24 +575,24 @@ def test_rhythm_update_from_loss_metrics_closes_the_loop():
 
 def test_coef_state_errors():
     with pytest.raises(TypeError, match="does not match"):
-        L.update_coef_state(L.TargetState(0.0), {"entropy/mean": 0.1}, L.RhythmConfig())
+        C.RhythmSchedule(C.RhythmConfig()).update(C.TargetState(0.0), {"entropy/mean": 0.1})
     with pytest.raises(KeyError, match="entropy/mean"):
-        L.update_coef_state(L.TargetState(0.0), {}, L.TargetConfig())
+        C.TargetSchedule(C.TargetConfig()).update(C.TargetState(0.0), {})
     with pytest.raises(ValueError, match="not finite"):
-        L.update_coef_state(L.TargetState(0.0), {"entropy/mean": float("nan")}, L.TargetConfig())
+        C.TargetSchedule().update(C.TargetState(0.0), {"entropy/mean": float("nan")})
     with pytest.raises(TypeError):
-        L.init_coef_state(object())  # type: ignore[arg-type]
+        C.TargetSchedule(object())  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
     ("cls", "kwargs", "match"),
     [
-        (L.TargetConfig, {"step": 0.0}, "step"),
-        (L.TargetConfig, {"coef_init": 1.0}, "coef_init"),
-        (L.RhythmConfig, {"target_recover": -1.0}, "target_recover"),
-        (L.RhythmConfig, {"lambda_init": 1.0}, "lambda_init"),
-        (L.RhythmConfig, {"horizon": 2.5}, "horizon"),
-        (L.RhythmConfig, {"contraction_coef": -1.0}, "contraction_coef"),
+        (C.TargetConfig, {"step": 0.0}, "step"),
+        (C.TargetConfig, {"coef_init": 1.0}, "coef_init"),
+        (C.RhythmConfig, {"target_recover": -1.0}, "target_recover"),
+        (C.RhythmConfig, {"lambda_init": 1.0}, "lambda_init"),
+        (C.RhythmConfig, {"horizon": 2.5}, "horizon"),
+        (C.RhythmConfig, {"contraction_coef": -1.0}, "contraction_coef"),
     ],
 )
 def test_config_validation(cls, kwargs, match):
@@ -510,6 +601,6 @@ def test_config_validation(cls, kwargs, match):
 
 
 def test_rhythm_config_has_a_target_per_phase():
-    cfg = L.RhythmConfig()
+    cfg = C.RhythmConfig()
     assert len(cfg.targets) == len(PHASES)
     assert set(cfg.loss_kwargs()) == {"horizon", "band_hi", "contraction_coef"}

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from agentropy.cli import app
 from agentropy.errors import InputError
+from agentropy.rl.coefs import RhythmConfig, TargetConfig
 from agentropy.rl.config import TrainConfig, apply_overrides, parse_override
-from agentropy.rl.losses import RhythmConfig, TargetConfig
 
 
 def test_defaults_are_valid_and_documented() -> None:
@@ -55,6 +55,8 @@ def test_defaults_are_valid_and_documented() -> None:
         ({"agg_mode": "mean"}, "agg_mode must be one of"),
         ({"checkpoint_every": -1}, "0 = only at the end"),
         ({"threads": -1}, "0 = torch default"),
+        ({"clip_ratio_c": 1.0}, "clip_ratio_c must be > 1"),
+        ({"adv_std": "sample"}, "adv_std must be one of"),
     ],
 )
 def test_validation_says_how_to_fix(change: dict[str, Any], message: str) -> None:
@@ -79,6 +81,12 @@ CHANGED = [
     {"rhythm": RhythmConfig(step=1e-3, horizon=16), "target": TargetConfig(target=0.35)},
     {"out": 'runs/with "quotes" and \\ backslash', "flat_coef": -1e-3, "mix_lower": 0.0},
     {"partial_credit": 0.5, "eval_policy": "train"},
+    {
+        "clip_ratio_c": 3.0,
+        "adv_std": "unbiased",
+        "entropy_token_mean": True,
+        "agg_mode": "seq-mean-token-sum-norm",
+    },
 ]
 
 
@@ -89,6 +97,22 @@ def test_toml_round_trip(change: dict[str, Any], tmp_path: Any) -> None:
     path.write_text(cfg.to_toml())
     assert TrainConfig.from_toml(path) == cfg
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_loss_name_picks_the_entropy_term_and_its_schedule() -> None:
+    from agentropy.rl.coefs import FixedCoef, RhythmSchedule, TargetSchedule
+
+    terms = {name: TrainConfig(loss=name).entropy_term for name in ("vanilla", "flat", "target",
+                                                                   "rhythm")}  # fmt: skip
+    assert terms == {"vanilla": "none", "flat": "flat", "target": "target", "rhythm": "rhythm"}
+    flat = TrainConfig(loss="flat", flat_coef=2e-3).entropy_schedule()
+    assert isinstance(flat, FixedCoef) and flat.term_kwargs(flat.init()) == {"coef": 2e-3}
+    assert TrainConfig(loss="vanilla").entropy_schedule().term_kwargs(flat.init()) == {}
+    assert isinstance(TrainConfig(loss="target").entropy_schedule(), TargetSchedule)
+    assert isinstance(TrainConfig(loss="rhythm").entropy_schedule(), RhythmSchedule)
+    cfg = TrainConfig(agg_mode="seq-mean-token-sum")
+    assert cfg.entropy_agg_mode == "seq-mean-token-sum"
+    assert dataclasses.replace(cfg, entropy_token_mean=True).entropy_agg_mode == "token-mean"
 
 
 def test_toml_errors_name_the_file_and_the_fix(tmp_path: Any) -> None:

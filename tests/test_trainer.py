@@ -10,6 +10,7 @@ decide which digit comes out.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from agentropy.control.temperature import schedule_from_name
 from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
 from agentropy.rl import trainer as trainer_mod
 from agentropy.rl.config import TrainConfig
-from agentropy.rl.losses import get_loss
+from agentropy.rl.losses import get_entropy_term, ppo_clip_loss
 from agentropy.rl.trainer import (
     build_batch,
     episode_reward,
@@ -168,6 +169,19 @@ def test_group_advantages_are_normalised_within_each_task() -> None:
     assert adv[0] > 0 > adv[1]
 
 
+def test_group_advantages_unbiased_std_option() -> None:
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1])
+    pop = group_advantages(rewards, groups, eps=1e-6)
+    unb = group_advantages(rewards, groups, eps=1e-6, std="unbiased")
+    # G = 4: the unbiased std is sqrt(4/3) times the population std (verl's and TRL's choice).
+    assert torch.allclose(unb[:4] * math.sqrt(4 / 3), pop[:4], atol=1e-5)
+    assert float(unb[:4].std(unbiased=True)) == pytest.approx(1.0, abs=1e-5)
+    assert torch.equal(unb[4:], torch.zeros(2))
+    with pytest.raises(ValueError, match="population"):
+        group_advantages(rewards, groups, eps=0.0, std="sample")  # type: ignore[arg-type]
+
+
 def test_group_advantages_ignore_order() -> None:
     gen = torch.Generator().manual_seed(0)
     rewards = torch.randint(0, 2, (24,), generator=gen).float()
@@ -237,11 +251,12 @@ def test_masked_positions_get_exactly_zero_gradient(tok_tools: Any, world: ToolW
     model.train()
     logprob, entropy = policy_logprobs(model, batch)
     adv = torch.linspace(-1.0, 1.0, len(episodes))
-    loss, _ = get_loss("rhythm")(
-        logprob=logprob, old_logprob=batch.old_logprob, advantages=adv, mask=batch.mask,
-        entropy=entropy, phase=batch.phase, trigger_offset=batch.trigger_offset,
+    policy_loss, _ = ppo_clip_loss(logprob, batch.old_logprob, adv, batch.mask)
+    entropy_loss, _ = get_entropy_term("rhythm")(
+        entropy=entropy, mask=batch.mask, phase=batch.phase, trigger_offset=batch.trigger_offset,
         lambdas=(1e-2, -1e-2, 2e-2, -1e-3), horizon=2, band_hi=0.1, contraction_coef=1.0,
     )  # fmt: skip
+    loss = policy_loss + entropy_loss
     loss.backward()
     grad = captured["logits"].grad  # (B, L, V)
     per_pos = grad.abs().sum(-1)  # (B, L)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agentropy import integrations as adapter
 from agentropy.control.phases import decode_token_texts, label_tokens
-from agentropy.integrations import trl as adapter
 from agentropy.trace import PHASE_CODE, Episode, ToolCall, Turn
 from conftest import tiny_lm
 
@@ -84,7 +84,7 @@ def tokenizer():
 
 def test_missing_trl_raises_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "trl", None)  # makes `import trl` raise ImportError
-    monkeypatch.setattr(adapter, "_BUILT", {})
+    monkeypatch.delitem(sys.modules, "agentropy.integrations.trl", raising=False)
     with pytest.raises(ImportError, match=r"pip install 'agentropy\[trl\]'"):
         from agentropy.integrations.trl import RhythmGRPOTrainer  # noqa: F401
     with pytest.raises(ImportError, match=r"pip install 'agentropy\[trl\]'"):
@@ -93,8 +93,10 @@ def test_missing_trl_raises_install_hint(monkeypatch):
 
 def test_importing_agentropy_and_adapter_does_not_import_trl():
     code = (
-        "import sys, agentropy, agentropy.integrations.trl as a; "
-        "print(sorted(m for m in ('trl', 'datasets', 'accelerate') if m in sys.modules))"
+        "import sys, agentropy, agentropy.integrations as a; "
+        "a.build_rollout, a.breath_metrics, a.prepare_tokenizer, a.PHASE_KEY, a.MarkerIds; "
+        "print(sorted(m for m in ('trl', 'datasets', 'accelerate', 'verl', 'vllm') "
+        "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -309,7 +311,7 @@ def _model(tokenizer, seed):
 def test_rhythm_trainer_trains_with_tools_and_logs_breath(tokenizer, fitted_model, tmp_path):
     import torch
 
-    from agentropy.rl.losses import RhythmConfig
+    from agentropy.rl.coefs import RhythmConfig
 
     # lambda_init > 0: the entropy bonus gives a gradient even if all rewards in a group tie.
     trainer = _trainer(

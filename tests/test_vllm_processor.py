@@ -25,8 +25,7 @@ from hypothesis import strategies as st
 
 from agentropy.control.phases import PhaseTracker
 from agentropy.control.temperature import PhaseTemperatureConfig
-from agentropy.integrations._extras import MissingExtraError
-from agentropy.integrations.vllm import (
+from agentropy.integrations import (
     EXTRA_ARGS_KEY,
     MarkerIds,
     PhaseStream,
@@ -35,6 +34,7 @@ from agentropy.integrations.vllm import (
     processor_class,
     scale_rows,
 )
+from agentropy.integrations._extras import MissingExtraError
 from agentropy.trace import PHASE_CODE, PHASES
 
 PLAN, ACT, RECOVER, ANSWER = (PHASE_CODE[p] for p in ("plan", "act", "recover", "answer"))
@@ -415,7 +415,7 @@ def test_v2_rejects_speculative_decoding() -> None:
 
 def test_processor_class_rejects_unknown_interface() -> None:
     with pytest.raises(ValueError, match="'v2' or 'v1'"):
-        processor_class("v3")  # type: ignore[arg-type]
+        processor_class("v3", base=object)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------- optional-extra behaviour
@@ -433,20 +433,38 @@ def installed(dist: str) -> bool:
 @pytest.mark.skipif(installed("vllm"), reason="vLLM is installed")
 @pytest.mark.parametrize("name", ["PhaseLogitsProcessor", "PhaseLogitsProcessorV1"])
 def test_vllm_classes_need_the_extra_only_when_used(name: str) -> None:
-    import agentropy.integrations.vllm as mod
+    import importlib
+
+    import agentropy.integrations as mod
 
     with pytest.raises(MissingExtraError, match=r"pip install 'agentropy\[vllm\]'"):
         getattr(mod, name)
+    with pytest.raises(MissingExtraError, match=r"pip install 'agentropy\[vllm\]'"):
+        importlib.import_module("agentropy.integrations.vllm")
     with pytest.raises(AttributeError):
         mod.NoSuchThing  # noqa: B018
 
 
 @pytest.mark.skipif(installed("verl"), reason="verl is installed")
 def test_verl_integration_needs_the_extra_only_when_used() -> None:
-    import agentropy.integrations.verl as mod
+    import agentropy.integrations as mod
 
     assert mod.PHASE_KEY == "agentropy_phase"  # pure parts import without verl
     with pytest.raises(MissingExtraError, match=r"pip install 'agentropy\[verl\]'"):
         mod.PhaseToolAgentLoop  # noqa: B018
     with pytest.raises(MissingExtraError, match=r"pip install 'agentropy\[verl\]'"):
         mod.rhythm_ppo_loss(None, {}, None, lambdas=(0.0,) * 4)
+
+
+def test_package_exports_match_the_submodules() -> None:
+    import importlib
+
+    import agentropy.integrations as mod
+
+    for sub in ("_trl_core", "_verl_core", "_vllm_core"):
+        names = set(importlib.import_module(f"agentropy.integrations.{sub}").__all__)
+        assert names == {n for n, m in mod._EXPORTS.items() if m == sub}, sub
+    if installed("trl"):
+        trl_all = set(importlib.import_module("agentropy.integrations.trl").__all__)
+        core = {n for n, m in mod._EXPORTS.items() if m in ("trl", "_trl_core")}
+        assert trl_all == core

@@ -24,7 +24,7 @@ import torch
 from omegaconf import OmegaConf
 
 from agentropy.integrations import verl as av
-from agentropy.rl.losses import RhythmConfig, RhythmState
+from agentropy.rl.coefs import RhythmConfig, RhythmState
 from agentropy.trace import PHASE_CODE, PHASES
 
 verl_losses = pytest.importorskip("verl.workers.utils.losses")
@@ -233,13 +233,30 @@ def test_global_scale_matches_verl_agg_loss_on_random_masks() -> None:
     x = torch.randn(5, 9, generator=g)
     mask = torch.rand(5, 9, generator=g) > 0.4
     mask[2] = False  # an empty sequence
-    for mode in av._AGG_MODES:
+    for mode in av.VERL_AGG_MODES:
         for info in ({}, {"dp_size": 4, "batch_num_tokens": 100, "global_batch_size": 13}):
             ours_mode, scale = av.global_scale(mode, mask, **info)
             ref = agg_loss(x, mask.float(), mode, **info)
             torch.testing.assert_close(
                 scale * aggregate(x, mask, ours_mode), ref, rtol=1e-5, atol=1e-6
             )
+
+
+def test_aggregate_equals_verl_agg_loss_on_one_batch_in_every_shared_mode() -> None:
+    from verl.trainer.ppo.core_algos import agg_loss
+
+    from agentropy.rl.losses import AGG_MODES, aggregate
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 11, generator=g)
+    mask = torch.rand(6, 11, generator=g) > 0.5
+    mask[4] = False  # an empty sequence
+    for mode in AGG_MODES:
+        ref = agg_loss(x, mask.float(), mode)
+        torch.testing.assert_close(aggregate(x, mask, mode), ref, rtol=1e-5, atol=1e-6)
+    ref = agg_loss(x, mask.float(), "seq-mean-token-sum-norm", loss_scale_factor=4)
+    ours = aggregate(x, mask, "seq-mean-token-sum-norm", scale_factor=4)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------ agent loop
@@ -372,7 +389,7 @@ def test_agent_loop_sets_turn_temperature_and_records_phases(tokenizer: Any) -> 
 
 
 def test_agent_loop_per_token_mode_sends_processor_options(tokenizer: Any) -> None:
-    from agentropy.integrations.vllm import EXTRA_ARGS_KEY, MarkerIds, parse_request
+    from agentropy.integrations import EXTRA_ARGS_KEY, MarkerIds, parse_request
 
     server = FakeServerManager(tokenizer, TURNS)
     run_episode(tokenizer, server, per_token=True)

@@ -1,4 +1,9 @@
-"""Lazy imports of optional dependencies with an actionable error message."""
+"""Imports of optional dependencies with an actionable error message.
+
+The framework adapters (``trl``, ``verl``, ``vllm``) call :func:`require` at their top, so a
+missing framework is one line, ``pip install 'agentropy[<extra>]'``, whether the adapter is
+imported directly or through ``agentropy.integrations``' lazy ``__getattr__``.
+"""
 
 from __future__ import annotations
 

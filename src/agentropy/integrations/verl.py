@@ -10,8 +10,8 @@ of the core:
    ``model_output["entropy"]`` (set ``actor_rollout_ref.actor.calculate_entropy=True``). The PPO
    term is verl's own (``policy_loss.loss_mode``, clip ratios, rollout importance weights and
    the KL loss are honoured exactly as in ``ppo_loss``); the entropy term is agentropy's
-   :func:`~agentropy.rl.losses.rhythm_loss` with zero advantages (its PPO term is then exactly
-   0), i.e. per-phase signed coefficients plus the recover contraction term. agentropy reduces
+   :func:`~agentropy.rl.losses.rhythm_term`: per-phase signed coefficients plus the recover
+   contraction term. agentropy reduces
    per micro-batch; the term is rescaled to verl's global-batch normalisation (``dp_size``,
    ``batch_num_tokens`` / ``global_batch_size``), so gradient accumulation over micro-batches and
    ranks gives the global token (or sequence) mean, as verl's ``agg_loss`` does. (The contraction
@@ -28,7 +28,7 @@ of the core:
    (:func:`install_rhythm_loss`): the loss logs per-phase entropy sums and token counts as
    SUM-aggregated verl metrics (``rhythm/entropy_sum_{p}``, ``rhythm/tokens_{p}``), so the
    driver divides once (no mean of means across micro-batches or ranks), calls
-   :func:`~agentropy.rl.losses.update_coef_state` and pushes the new coefficients to the workers.
+   :meth:`~agentropy.rl.coefs.RhythmSchedule.update` and pushes the new coefficients to the workers.
 
 2. **Agent loop** (``PhaseToolAgentLoop``, registered as :data:`AGENT_NAME` =
    ``"agentropy_phase"`` with verl's ``@register``): verl's ``ToolAgentLoop`` with each turn's
@@ -55,8 +55,10 @@ On-policy caveat: verl recomputes log-probs and entropy at one rollout temperatu
 model entropy the rhythm targets are defined on. Tokens sampled at a phase temperature != 1 are
 then slightly off-policy for verl's PPO ratio (verl has no per-token temperature in training).
 
-verl is imported lazily: this module imports without it, and only the verl-specific parts raise
-``MissingExtraError`` ("pip install 'agentropy[verl]'").
+This module imports verl at the top (without it, ``MissingExtraError``: "pip install
+'agentropy[verl]'"); ``agentropy.integrations`` loads it lazily. The framework-free pieces
+(batch keys, :class:`PhaseRecord`, :func:`global_scale`, :func:`rhythm_coef_update` ...) live in
+``agentropy.integrations._verl_core`` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -65,27 +67,42 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from agentropy.control.phases import decode_token_texts, label_tokens, resolves_failure
-from agentropy.control.temperature import PhaseTemperature, PhaseTemperatureConfig
-from agentropy.control.temperature import schedule_from_name as _schedule_from_name
 from agentropy.integrations._extras import require
-from agentropy.rl.losses import (
-    RhythmConfig,
-    RhythmState,
-    init_coef_state,
-    rhythm_loss,
-    update_coef_state,
+from agentropy.integrations._verl_core import (
+    AGENT_NAME,
+    OFFSET_KEY,
+    PHASE_KEY,
+    VERL_AGG_MODES,
+    PhaseRecord,
+    global_scale,
+    pad_rows,
+    phase_config,
+    rhythm_coef_update,
+    tool_failed,
+    turn_sampling_params,
 )
-from agentropy.trace import FAILED_STATUSES, PHASE_CODE, PHASES
+from agentropy.integrations._vllm_core import MarkerIds
+from agentropy.rl.coefs import RhythmConfig, RhythmSchedule, RhythmState
+from agentropy.rl.losses import rhythm_term
+from agentropy.trace import PHASE_CODE, PHASES
+
+core_algos = require("verl.trainer.ppo.core_algos", extra="verl")
+padding = require("verl.workers.utils.padding", extra="verl")
+verl_metric = require("verl.utils.metric", extra="verl")
+verl_config = require("verl.utils.config", extra="verl")
+tool_agent_loop = require("verl.experimental.agent_loop.tool_agent_loop", extra="verl")
+agent_loop = require("verl.experimental.agent_loop.agent_loop", extra="verl")
 
 __all__ = [
     "AGENT_NAME",
     "OFFSET_KEY",
     "PHASE_KEY",
+    "VERL_AGG_MODES",
     "PhaseRecord",
+    "PhaseToolAgentLoop",
     "RhythmController",
     "global_scale",
     "install_rhythm_loss",
@@ -96,213 +113,6 @@ __all__ = [
     "tool_failed",
     "turn_sampling_params",
 ]
-
-#: Batch key of per-token phase codes (-1 off assistant tokens).
-PHASE_KEY = "agentropy_phase"
-#: Batch key of per-token trigger offsets (assistant tokens since the last failed tool; -1: none).
-OFFSET_KEY = "agentropy_trigger_offset"
-#: Name the agent loop is registered under (``agent_name`` column / ``default_agent_loop``).
-AGENT_NAME = "agentropy_phase"
-
-# verl's ToolAgentLoop._call_tool answers these itself when a call cannot run.
-_VERL_TOOL_ERRORS = (
-    "Unknown function '",
-    "Invalid JSON in arguments for '",
-    "Error executing tool '",
-)
-_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-sum-norm",
-              "seq-mean-token-mean")  # fmt: skip
-
-
-# ----------------------------------------------------------------------- pure helpers (no verl)
-
-
-def phase_config(policy: str = "phase") -> PhaseTemperatureConfig:
-    """Per-phase temperatures from a policy name ``phase[:key=value,...]``."""
-    schedule = _schedule_from_name(policy)
-    if not isinstance(schedule, PhaseTemperature):
-        raise ValueError(
-            f"policy must be 'phase[:key=value,...]' for the agent loop, got {policy!r}"
-        )
-    return schedule.config
-
-
-def turn_sampling_params(
-    sampling_params: Mapping[str, Any],
-    *,
-    failure_pending: bool,
-    config: PhaseTemperatureConfig,
-    per_token: bool = False,
-    markers: Mapping[str, Sequence[int]] | None = None,
-) -> dict[str, Any]:
-    """Sampling params of the next turn.
-
-    Per turn: ``{**sampling_params, "temperature": T}`` with ``T = config.recover`` right after
-    a failed tool result, ``config.plan`` otherwise. Per token (``per_token=True``): temperature
-    1.0 and ``extra_args["agentropy"]`` for the vLLM processor (phase temperatures, budget,
-    ``failure_pending``, optional marker ids). A greedy request (temperature 0) is unchanged.
-    """
-    if float(sampling_params.get("temperature", 1.0)) == 0.0:
-        return dict(sampling_params)
-    if not per_token:
-        t = config.recover if failure_pending else config.plan
-        return {**sampling_params, "temperature": t}
-    from agentropy.integrations.vllm import EXTRA_ARGS_KEY
-
-    options: dict[str, Any] = {
-        "failure_pending": bool(failure_pending),
-        "phase_temperatures": {p: float(getattr(config, p)) for p in PHASES},
-        "recover_budget": config.recover_budget,
-    }
-    if markers is not None:
-        options["markers"] = {k: list(v) for k, v in markers.items()}
-    extra = {**(sampling_params.get("extra_args") or {}), EXTRA_ARGS_KEY: options}
-    return {**sampling_params, "temperature": 1.0, "extra_args": extra}
-
-
-def tool_failed(text: str | None, result: Any) -> bool:
-    """Whether a tool call failed, from the tool response text and the tool's metrics dict."""
-    if isinstance(result, Mapping) and (
-        result.get("status") in FAILED_STATUSES or result.get("failed") is True
-    ):
-        return True
-    return bool(text) and text.startswith(_VERL_TOOL_ERRORS)
-
-
-class PhaseRecord:
-    """Per-response-token phase codes and trigger offsets of one trajectory, built turn by turn.
-
-    The lists stay aligned with verl's ``response_mask`` (assistant tokens 1, tool tokens 0):
-    :meth:`sync` pads tool tokens with -1; :meth:`add_turn` labels a turn's new positions.
-    """
-
-    def __init__(self) -> None:
-        self.phases: list[int] = []
-        self.offsets: list[int] = []
-        self.failure_pending = False
-        """The last tool round had a failed call and no tool call or answer has started since."""
-        self.round_failed = False
-        """Some call of the current tool round failed (set while the round runs)."""
-        self._since = -1  # assistant tokens since the last failed tool result; -1: none
-
-    def sync(self, n: int) -> None:
-        """Align to a response of ``n`` tokens: new (tool) positions get -1; extra ones drop."""
-        for lst in (self.phases, self.offsets):
-            del lst[n:]
-            lst.extend([-1] * (n - len(lst)))
-
-    def add_turn(self, labels: Sequence[int], new_mask: Sequence[int]) -> None:
-        """Append one assistant turn: ``new_mask`` is the response mask of its new positions.
-
-        Positions with mask 1 take ``labels`` in order (if the token builder added or dropped
-        tokens, the count may differ: missing labels repeat the last one); mask 0 gets -1.
-        """
-        k = 0
-        last = int(labels[-1]) if len(labels) else PHASE_CODE["plan"]
-        for m in new_mask:
-            if not m:
-                self.phases.append(-1)
-                self.offsets.append(-1)
-                continue
-            self.phases.append(int(labels[k]) if k < len(labels) else last)
-            k += 1
-            self.offsets.append(self._since)
-            if self._since >= 0:
-                self._since += 1
-
-    def on_tool_results(self, *, failed: bool) -> None:
-        """A tool round finished; a failed call starts ``recover`` (offsets restart at 0)."""
-        self.failure_pending = bool(failed)
-        self._since = 0 if failed else -1
-
-
-def pad_rows(rows: Sequence[Sequence[int] | None], width: int, *, key: str) -> torch.Tensor:
-    """(B, width) int64 from per-sample lists, -1 padded; a missing row is an error."""
-    out = torch.full((len(rows), width), -1, dtype=torch.int64)
-    for i, row in enumerate(rows):
-        if row is None:
-            raise ValueError(
-                f"sample {i} of the batch has no {key!r}: roll out every sample with the "
-                f"{AGENT_NAME!r} agent loop (or put per-token values under {key!r})"
-            )
-        values = np.asarray(row, dtype=np.int64).reshape(-1)
-        if values.shape[0] > width:
-            raise ValueError(f"{key!r} of sample {i} has {values.shape[0]} tokens > {width}")
-        out[i, : values.shape[0]] = torch.from_numpy(values)
-    return out
-
-
-def global_scale(
-    mode: str,
-    mask: torch.Tensor,
-    *,
-    dp_size: int = 1,
-    batch_num_tokens: Any = None,
-    global_batch_size: Any = None,
-    loss_scale_factor: Any = None,
-) -> tuple[str, float]:
-    """``(agentropy_mode, scale)``: ``scale * aggregate(x, mask, agentropy_mode)`` equals verl's
-    ``agg_loss(x, mask, mode, ...)`` for the micro-batch ``mask`` (B, T).
-
-    agentropy's :func:`~agentropy.rl.losses.aggregate` divides by the micro-batch's own token
-    (sequence) count; verl divides by the global count and multiplies by ``dp_size`` so that
-    summing micro-batch gradients and averaging over ranks gives the global mean.
-    """
-    if mode not in _AGG_MODES:
-        raise ValueError(f"unknown loss_agg_mode {mode!r}; verl's modes are {_AGG_MODES}")
-    keep = mask != 0
-    if mode in ("token-mean", "token-sum"):
-        n_local = float(keep.sum())
-        if mode == "token-sum":
-            return "token-mean", n_local * dp_size
-        if batch_num_tokens is None:
-            return "token-mean", 1.0
-        return "token-mean", n_local / float(batch_num_tokens) * dp_size
-    n_seq = float((keep.sum(dim=-1) > 0).sum())
-    scale = 1.0 if global_batch_size is None else n_seq / float(global_batch_size) * dp_size
-    if mode == "seq-mean-token-mean":
-        return "seq-mean-token-mean", scale
-    if mode == "seq-mean-token-sum-norm":
-        factor = loss_scale_factor if loss_scale_factor is not None else mask.shape[-1]
-        scale /= float(factor)
-    return "seq-mean-token-sum", scale
-
-
-def _reduce(value: Any) -> float:
-    """One number from a verl metric value (Metric, list of floats, or float)."""
-    if hasattr(value, "aggregate"):
-        return float(value.aggregate())
-    if isinstance(value, list | tuple | np.ndarray):
-        return float(np.mean(value)) if len(value) else 0.0
-    return float(value)
-
-
-def rhythm_coef_update(
-    state: RhythmState, metrics: Mapping[str, Any], config: RhythmConfig
-) -> RhythmState:
-    """Next coefficient state from one step's actor metrics (keys with or without ``actor/``).
-
-    Per-phase mean entropy = ``rhythm/entropy_sum_{p}`` / ``rhythm/tokens_{p}``: both are
-    reduced the same way by verl, so the ratio is the step's token mean.
-    """
-    step: dict[str, float] = {}
-    for p in PHASES:
-        s = t = None
-        for prefix in ("actor/", ""):
-            if f"{prefix}rhythm/tokens_{p}" in metrics:
-                s = _reduce(metrics[f"{prefix}rhythm/entropy_sum_{p}"])
-                t = _reduce(metrics[f"{prefix}rhythm/tokens_{p}"])
-                break
-        if t is None:
-            raise KeyError(
-                f"actor metrics have no 'rhythm/tokens_{p}': is the rhythm loss installed "
-                "(install_rhythm_loss) and actor.calculate_entropy=True?"
-            )
-        step[f"tokens/{p}"] = t
-        step[f"entropy/{p}_mean"] = s / t if t > 0 else 0.0
-    new = update_coef_state(state, step, config)
-    assert isinstance(new, RhythmState)
-    return new
 
 
 # --------------------------------------------------------------------------------- the loss
@@ -350,13 +160,8 @@ def rhythm_ppo_loss(
     the current per-phase coefficients (``RhythmState.lambdas``). Returns ``(loss, metrics)``
     with verl ``Metric`` values.
     """
-    losses = require("verl.workers.utils.losses", extra="verl")
-    padding = require("verl.workers.utils.padding", extra="verl")
-    core = require("verl.trainer.ppo.core_algos", extra="verl")
-    metric = require("verl.utils.metric", extra="verl")
-    Metric, Agg = metric.Metric, metric.AggregationType
+    Metric, Agg = verl_metric.Metric, verl_metric.AggregationType
     rhythm = rhythm if rhythm is not None else RhythmConfig()
-    del losses  # imported to fail early with the extra's message if verl's loss module moved
 
     log_prob = padding.no_padding_2_padding(model_output["log_probs"], data)  # (B, T)
     if model_output.get("entropy") is None:
@@ -388,7 +193,9 @@ def rhythm_ppo_loss(
     old_log_prob = td["old_log_probs"]
     mode = config.loss_agg_mode
 
-    pg_loss, pg_metrics = core.get_policy_loss_fn(config.policy_loss.get("loss_mode", "vanilla"))(
+    pg_loss, pg_metrics = core_algos.get_policy_loss_fn(
+        config.policy_loss.get("loss_mode", "vanilla")
+    )(
         old_log_prob=old_log_prob,
         log_prob=log_prob,
         advantages=td["advantages"],
@@ -400,15 +207,11 @@ def rhythm_ppo_loss(
     metrics: dict[str, Any] = dict(Metric.from_dict(pg_metrics, aggregation=Agg.MEAN))
     metrics["actor/pg_loss"] = Metric(value=pg_loss, aggregation=agg)
 
-    # Zero advantages make rhythm_loss's own PPO term exactly 0 (with zero gradient): what is
-    # left is -bonus + contraction, reduced over this micro-batch ...
+    # The entropy term (-bonus + contraction), reduced over this micro-batch ...
     our_mode, scale = global_scale(mode, response_mask, **info)
-    term, m = rhythm_loss(
-        logprob=log_prob,
-        old_logprob=old_log_prob,
-        advantages=torch.zeros(log_prob.shape[0], device=log_prob.device),
-        mask=response_mask,
+    term, m = rhythm_term(
         entropy=entropy,
+        mask=response_mask,
         phase=phase,
         trigger_offset=offset,
         lambdas=lambdas,
@@ -416,9 +219,9 @@ def rhythm_ppo_loss(
         **rhythm.loss_kwargs(),
     )
     # ... and rescaled to verl's global normalisation.
-    rhythm_term = term * scale
-    policy_loss = pg_loss + rhythm_term
-    metrics["rhythm/loss"] = Metric(value=rhythm_term.detach(), aggregation=agg)
+    entropy_loss = term * scale
+    policy_loss = pg_loss + entropy_loss
+    metrics["rhythm/loss"] = Metric(value=entropy_loss.detach(), aggregation=agg)
     with torch.no_grad():
         ent = entropy.detach().float()
         for p, code in PHASE_CODE.items():
@@ -433,9 +236,11 @@ def rhythm_ppo_loss(
         metrics[f"rhythm/lambda_{p}"] = m[f"coef/lambda_{p}"]
 
     if config.use_kl_loss:  # verl's KL-to-reference loss, unchanged
-        kld = core.kl_penalty(logprob=log_prob, ref_logprob=td["ref_log_prob"],
+        kld = core_algos.kl_penalty(logprob=log_prob, ref_logprob=td["ref_log_prob"],
                               kl_penalty=config.kl_loss_type)  # fmt: skip
-        kl_loss = core.agg_loss(loss_mat=kld, loss_mask=response_mask, loss_agg_mode=mode, **info)
+        kl_loss = core_algos.agg_loss(
+            loss_mat=kld, loss_mask=response_mask, loss_agg_mode=mode, **info
+        )
         policy_loss = policy_loss + kl_loss * config.kl_loss_coef
         metrics["kl_loss"] = Metric(value=kl_loss, aggregation=agg)
         metrics["kl_coef"] = config.kl_loss_coef
@@ -499,11 +304,9 @@ def install_rhythm_loss(
     ``actor_config`` defaults to ``trainer.config.actor_rollout_ref.actor`` as a dataclass.
     """
     if actor_config is None:
-        cfg = require("verl.utils.config", extra="verl")
-        actor_config = cfg.omega_conf_to_dataclass(trainer.config.actor_rollout_ref.actor)
+        actor_config = verl_config.omega_conf_to_dataclass(trainer.config.actor_rollout_ref.actor)
     rhythm = rhythm if rhythm is not None else RhythmConfig()
-    first = state if state is not None else init_coef_state(rhythm)
-    assert isinstance(first, RhythmState)
+    first = state if state is not None else RhythmSchedule(rhythm).init()
     ctl = RhythmController(trainer, actor_config, rhythm, first)
     ctl.push()
     update_actor = trainer._update_actor
@@ -520,8 +323,6 @@ def install_rhythm_loss(
 
 # ----------------------------------------------------------------------------- agent loop
 
-_CACHE: dict[str, type] = {}
-
 
 def _record(agent_data: Any) -> PhaseRecord:
     rec = getattr(agent_data, "_agentropy", None)
@@ -531,85 +332,64 @@ def _record(agent_data: Any) -> PhaseRecord:
     return rec
 
 
-def _agent_loop_class() -> type:
-    if "loop" in _CACHE:
-        return _CACHE["loop"]
-    tool_loop = require("verl.experimental.agent_loop.tool_agent_loop", extra="verl")
-    registry = require("verl.experimental.agent_loop.agent_loop", extra="verl")
+@agent_loop.register(AGENT_NAME)
+class PhaseToolAgentLoop(tool_agent_loop.ToolAgentLoop):
+    """verl's tool agent loop with phase temperatures and per-token phase records.
 
-    class PhaseToolAgentLoop(tool_loop.ToolAgentLoop):
-        """verl's tool agent loop with phase temperatures and per-token phase records.
+    Extra keyword arguments (from an ``agent_loop_config_path`` YAML entry, e.g.
+    ``{name: agentropy_phase, _target_: agentropy.integrations.verl.PhaseToolAgentLoop,
+    policy: "phase:recover=1.1", per_token: true}``): ``policy`` (per-phase temperatures,
+    ``phase[:key=value,...]``) and ``per_token`` (send phase options to the vLLM logits
+    processor instead of one temperature per turn).
+    """
 
-        Extra keyword arguments (from an ``agent_loop_config_path`` YAML entry, e.g.
-        ``{name: agentropy_phase, _target_: agentropy.integrations.verl.PhaseToolAgentLoop,
-        policy: "phase:recover=1.1", per_token: true}``): ``policy`` (per-phase temperatures,
-        ``phase[:key=value,...]``) and ``per_token`` (send phase options to the vLLM logits
-        processor instead of one temperature per turn).
-        """
+    def __init__(self, *args: Any, policy: str = "phase", per_token: bool = False,
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(*args, **kwargs)
+        self.phase_config = phase_config(policy)
+        self.per_token = bool(per_token)
+        self.marker_ids: dict[str, list[int]] | None = None
+        if self.per_token:
+            self.marker_ids = MarkerIds.from_tokenizer(self.tokenizer).to_dict()
 
-        def __init__(self, *args: Any, policy: str = "phase", per_token: bool = False,
-                     **kwargs: Any) -> None:  # fmt: skip
-            super().__init__(*args, **kwargs)
-            self.phase_config = phase_config(policy)
-            self.per_token = bool(per_token)
-            self.marker_ids: dict[str, list[int]] | None = None
-            if self.per_token:
-                from agentropy.integrations.vllm import MarkerIds
+    async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> Any:
+        output = await super().run(sampling_params, **kwargs)
+        n = len(output.response_mask)  # the response may have been cut to response_length
+        for key in (PHASE_KEY, OFFSET_KEY):
+            values = list(output.extra_fields.get(key) or [])
+            output.extra_fields[key] = (values + [-1] * n)[:n]
+        return output
 
-                self.marker_ids = MarkerIds.from_tokenizer(self.tokenizer).to_dict()
+    async def _handle_generating_state(
+        self, agent_data: Any, sampling_params: dict[str, Any], ignore_termination: bool = False
+    ) -> Any:
+        rec = _record(agent_data)
+        rec.sync(len(agent_data.response_mask))  # tool tokens since the last turn: -1
+        before = len(agent_data.response_mask)
+        params = turn_sampling_params(
+            sampling_params, failure_pending=rec.failure_pending, config=self.phase_config,
+            per_token=self.per_token, markers=self.marker_ids,
+        )  # fmt: skip
+        state = await super()._handle_generating_state(agent_data, params, ignore_termination)
+        texts = decode_token_texts(self.tokenizer, list(agent_data.response_ids))
+        labels = label_tokens(texts, failure_pending=rec.failure_pending)
+        rec.add_turn(labels.tolist(), agent_data.response_mask[before:])
+        if resolves_failure("".join(texts)):
+            rec.failure_pending = False
+        agent_data.extra_fields[PHASE_KEY] = rec.phases
+        agent_data.extra_fields[OFFSET_KEY] = rec.offsets
+        return state
 
-        async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> Any:
-            output = await super().run(sampling_params, **kwargs)
-            n = len(output.response_mask)  # the response may have been cut to response_length
-            for key in (PHASE_KEY, OFFSET_KEY):
-                values = list(output.extra_fields.get(key) or [])
-                output.extra_fields[key] = (values + [-1] * n)[:n]
-            return output
+    async def _handle_processing_tools_state(self, agent_data: Any) -> Any:
+        rec = _record(agent_data)
+        rec.round_failed = False
+        state = await super()._handle_processing_tools_state(agent_data)
+        rec.on_tool_results(failed=rec.round_failed)
+        rec.sync(len(agent_data.response_mask))
+        return state
 
-        async def _handle_generating_state(
-            self, agent_data: Any, sampling_params: dict[str, Any], ignore_termination: bool = False
-        ) -> Any:
-            rec = _record(agent_data)
-            rec.sync(len(agent_data.response_mask))  # tool tokens since the last turn: -1
-            before = len(agent_data.response_mask)
-            params = turn_sampling_params(
-                sampling_params, failure_pending=rec.failure_pending, config=self.phase_config,
-                per_token=self.per_token, markers=self.marker_ids,
-            )  # fmt: skip
-            state = await super()._handle_generating_state(agent_data, params, ignore_termination)
-            texts = decode_token_texts(self.tokenizer, list(agent_data.response_ids))
-            labels = label_tokens(texts, failure_pending=rec.failure_pending)
-            rec.add_turn(labels.tolist(), agent_data.response_mask[before:])
-            if resolves_failure("".join(texts)):
-                rec.failure_pending = False
-            agent_data.extra_fields[PHASE_KEY] = rec.phases
-            agent_data.extra_fields[OFFSET_KEY] = rec.offsets
-            return state
-
-        async def _handle_processing_tools_state(self, agent_data: Any) -> Any:
-            rec = _record(agent_data)
-            rec.round_failed = False
-            state = await super()._handle_processing_tools_state(agent_data)
-            rec.on_tool_results(failed=rec.round_failed)
-            rec.sync(len(agent_data.response_mask))
-            return state
-
-        async def _call_tool(self, tool_call: Any, tools_kwargs: Any, agent_data: Any) -> Any:
-            response, reward, result = await super()._call_tool(tool_call, tools_kwargs, agent_data)
-            if tool_failed(getattr(response, "text", None), result):
-                _record(agent_data).round_failed = True
-            return response, reward, result
-
-    PhaseToolAgentLoop.__module__ = __name__
-    PhaseToolAgentLoop.__qualname__ = "PhaseToolAgentLoop"
-    cls = registry.register(AGENT_NAME)(PhaseToolAgentLoop)
-    _CACHE["loop"] = cls
-    return cls
-
-
-def __getattr__(name: str) -> Any:
-    # PEP 562: hydra's `_target_` import, pickle and the `verl.plugins` entry point resolve the
-    # class here, so verl is imported only when the agent loop is actually asked for.
-    if name == "PhaseToolAgentLoop":
-        return _agent_loop_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    async def _call_tool(self, tool_call: Any, tools_kwargs: Any, agent_data: Any) -> Any:
+        response, reward, result = await super()._call_tool(tool_call, tools_kwargs, agent_data)
+        if tool_failed(getattr(response, "text", None), result):
+            _record(agent_data).round_failed = True
+        return response, reward, result

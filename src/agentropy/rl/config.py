@@ -2,8 +2,9 @@
 
 :class:`TrainConfig` is flat for the knobs a user turns every day (steps, group size, sampling
 policy, loss, learning rate, curriculum, evaluation, checkpoints) and nests the two adaptive
-entropy-coefficient configs of :mod:`agentropy.rl.losses` (:class:`TargetConfig` as ``target``,
-:class:`RhythmConfig` as ``rhythm``), so every default lives in exactly one place.
+entropy-coefficient configs of :mod:`agentropy.rl.coefs` (:class:`TargetConfig` as ``target``,
+:class:`RhythmConfig` as ``rhythm``); numeric loss defaults (clip bounds, flat coefficient) are
+the constants of :mod:`agentropy.rl.losses`, so every default lives in exactly one place.
 
 Files and overrides (``agentropy train --config run.toml --set lr=3e-5 --set rhythm.step=1e-3``):
 
@@ -34,7 +35,16 @@ from pathlib import Path
 from typing import Any
 
 from agentropy.errors import InputError
-from agentropy.rl.losses import AGG_MODES, RhythmConfig, TargetConfig
+from agentropy.rl.advantages import ADV_STDS
+from agentropy.rl.coefs import (
+    CoefSchedule,
+    FixedCoef,
+    RhythmConfig,
+    RhythmSchedule,
+    TargetConfig,
+    TargetSchedule,
+)
+from agentropy.rl.losses import AGG_MODES, CLIP_HIGH, CLIP_LOW, FLAT_COEF, LOSS_TERMS
 
 __all__ = ["TrainConfig", "apply_overrides", "parse_override"]
 
@@ -80,8 +90,9 @@ class TrainConfig:
 
     # ---------------------------------------------------------------- optimisation
     loss: str = "flat"
-    """Policy loss by name (:func:`agentropy.rl.losses.get_loss`): vanilla, flat, target, rhythm.
-    Entropy terms use the model entropy at T = 1 (see the trainer's docstring)."""
+    """Loss by name: the PPO term plus the entropy term of
+    :data:`agentropy.rl.losses.LOSS_TERMS` (vanilla = none, flat, target, rhythm). Entropy
+    terms use the model entropy at T = 1 (see the trainer's docstring)."""
     lr: float = 2e-5
     """AdamW learning rate (constant). Measured on the embedded agent (RESULTS.md): 3e-4
     collapsed it within two steps (sampled success to 0, entropy up, every group then
@@ -100,13 +111,19 @@ class TrainConfig:
     updates (4 with the defaults)."""
     max_grad_norm: float = 1.0
     """Global gradient-norm clip (0 disables)."""
-    clip_low: float = 0.2
+    clip_low: float = CLIP_LOW
     """PPO lower clip: ratio >= 1 - clip_low."""
-    clip_high: float = 0.28
+    clip_high: float = CLIP_HIGH
     """PPO upper clip (DAPO clip-higher): ratio <= 1 + clip_high."""
+    clip_ratio_c: float | None = None
+    """Dual-clip bound (verl's ``clip_ratio_c``, which defaults to 3.0 there): tokens with
+    negative advantage lose at most ``-A * clip_ratio_c``. None = off (PPO's plain clip)."""
     agg_mode: str = "token-mean"
     """Loss reduction (:func:`agentropy.rl.losses.aggregate`): token-mean, seq-mean-token-sum,
-    seq-mean-token-mean."""
+    seq-mean-token-mean, seq-mean-token-sum-norm (verl's modes)."""
+    entropy_token_mean: bool = False
+    """Aggregate the entropy term as a token-mean whatever ``agg_mode`` is (TRL's convention);
+    False = the entropy term uses ``agg_mode`` like the PPO term (verl's convention)."""
     partial_credit: float = 0.0
     """Reward of an episode whose final answer is wrong: ``partial_credit x (sub-goals reached /
     sub-goals)`` (ToolWorld's :attr:`~agentropy.env.toolworld.ToolSession.progress`: the right
@@ -115,7 +132,10 @@ class TrainConfig:
     40 steps; RESULTS.md). Held-out success is always the answer alone."""
     adv_eps: float = 1e-6
     """Advantage = (r - mean) / (std + adv_eps) within a group; a group with equal rewards gets 0."""
-    flat_coef: float = 1e-3
+    adv_std: str = "population"
+    """Group std of the advantages: ``population`` (ddof = 0) or ``unbiased`` (ddof = 1, what
+    verl's GRPO and TRL use)."""
+    flat_coef: float = FLAT_COEF
     """Entropy coefficient of the ``flat`` loss (> 0 bonus, < 0 penalty)."""
     target: TargetConfig = field(default_factory=TargetConfig)
     """Adaptive coefficient of the ``target`` loss (Skywork-OR1)."""
@@ -163,7 +183,6 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         from agentropy.control.temperature import schedule_from_name
-        from agentropy.rl.losses import available_losses
 
         def positive(name: str) -> None:
             v = getattr(self, name)
@@ -187,9 +206,16 @@ class TrainConfig:
             raise ValueError(
                 f"checkpoint_every must be >= 0 (0 = only at the end), got {self.checkpoint_every}"
             )
-        if self.loss not in available_losses():
+        if self.loss not in LOSS_TERMS:
             raise ValueError(
-                f"unknown loss {self.loss!r}; choose one of {', '.join(available_losses())}"
+                f"unknown loss {self.loss!r}; choose one of {', '.join(sorted(LOSS_TERMS))}"
+            )
+        if self.adv_std not in ADV_STDS:
+            raise ValueError(f"adv_std must be one of {ADV_STDS}, got {self.adv_std!r}")
+        if self.clip_ratio_c is not None and not self.clip_ratio_c > 1.0:
+            raise ValueError(
+                f"clip_ratio_c must be > 1 (verl uses 3.0) or none to disable dual-clip, got "
+                f"{self.clip_ratio_c}"
             )
         if self.agg_mode not in AGG_MODES:
             raise ValueError(f"agg_mode must be one of {AGG_MODES}, got {self.agg_mode!r}")
@@ -245,6 +271,27 @@ class TrainConfig:
     def resolved_eval_policy(self) -> str:
         """The held-out evaluation's policy name (``policy`` when ``eval_policy`` is ``train``)."""
         return self.policy if self.eval_policy == "train" else self.eval_policy
+
+    @property
+    def entropy_term(self) -> str:
+        """Name of the entropy term of ``loss`` (:data:`agentropy.rl.losses.LOSS_TERMS`)."""
+        return LOSS_TERMS[self.loss]
+
+    @property
+    def entropy_agg_mode(self) -> str:
+        """Reduction of the entropy term: ``token-mean`` if ``entropy_token_mean``, else
+        ``agg_mode``."""
+        return "token-mean" if self.entropy_token_mean else self.agg_mode
+
+    def entropy_schedule(self) -> CoefSchedule:
+        """The coefficient schedule of the entropy term (:mod:`agentropy.rl.coefs`)."""
+        schedules: dict[str, CoefSchedule] = {
+            "none": FixedCoef(),
+            "flat": FixedCoef(coef=self.flat_coef),
+            "target": TargetSchedule(self.target),
+            "rhythm": RhythmSchedule(self.rhythm),
+        }
+        return schedules[self.entropy_term]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python view (tuples become lists; None values are kept)."""

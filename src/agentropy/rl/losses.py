@@ -1,49 +1,52 @@
-"""Policy losses for multi-turn GRPO: pure tensor functions registered by name.
+"""Losses for multi-turn GRPO: one PPO policy term plus an entropy term picked by name.
 
-Every loss maps per-token tensors to ``(loss, metrics)``: ``loss`` is a 0-dim tensor to minimise,
-``metrics`` a dict of namespaced Python floats (``loss/pg``, ``entropy/recover_mean``,
-``coef/lambda_recover``, ``clip/frac``, ``kl/approx`` ...). Losses and metrics reduce through the
-one masked reduction :func:`aggregate`, so both always cover the same tokens (DESIGN.md,
-"Training" and "Rules that prevent known bugs").
+The trainer's objective is one line, ``loss = policy_loss + entropy_loss`` (the composition of
+verl's ``core_algos`` policy loss and its actor's entropy term, and of cleanrl's one loss line):
 
-Common inputs (all losses take them as keywords; shapes use ``B`` sequences of ``T`` tokens):
+- :func:`ppo_clip_loss` is the policy term: PPO clipped surrogate with asymmetric "clip-higher"
+  bounds ``[1 - clip_low, 1 + clip_high]`` (DAPO, arXiv 2503.14476: ``clip_high = 0.28``),
+  optional dual-clip (Ye et al. 2019, arXiv 1912.09729; verl's ``clip_ratio_c``), log-ratio
+  clamped before ``exp``.
+- Entropy terms are registered by name (:func:`get_entropy_term`): ``none``, ``flat``,
+  ``target``, ``rhythm``. Each maps per-token entropies to ``(term, metrics)``; the term is
+  *added* to the loss, so a bonus is negative: ``term = -bonus + contraction`` with
+  ``bonus = aggregate(coef * entropy)``. Minimising raises entropy where ``coef > 0`` and lowers
+  it where ``coef < 0``; the contraction term only lowers entropy. Every term carries gradient
+  (unlike EPO's released smoothing term, arXiv 2509.22576).
+
+  - ``none``: 0 (the entropy is still logged: it is worth watching without an entropy loss).
+  - ``flat``: one fixed coefficient (the common baseline).
+  - ``target``: one adaptive coefficient toward a target entropy, applied only while the batch
+    entropy is below target (Skywork-OR1, arXiv 2505.22312: target 0.2, step 1e-4, max 0.005).
+  - ``rhythm`` (this project): per-phase signed coefficients plus a contraction term on
+    ``recover`` tokens that stay above a band past a horizon after a trigger.
+
+- The loss names users pick (``TrainConfig.loss``, ``--loss``) map to entropy terms through
+  :data:`LOSS_TERMS` (``vanilla`` is PPO with the ``none`` term).
+
+Everything reduces through the one masked reduction :func:`aggregate`, so losses and metrics
+cover the same tokens (DESIGN.md, "Training" and "Rules that prevent known bugs"). The
+adaptive coefficients live in :mod:`agentropy.rl.coefs` (pure ``init`` / ``update`` pairs).
+
+Common inputs (keywords; ``B`` sequences of ``T`` tokens):
 
 - ``logprob`` (B, T): log-prob of each sampled token under the current policy (differentiable).
 - ``old_logprob`` (B, T): the same under the policy that sampled the rollout (no gradient).
 - ``advantages`` (B,) or (B, T): per-sequence (broadcast over tokens) or per-token advantages.
 - ``mask`` (B, T): 1 on sampled assistant tokens only; 0 on prompt, padding, tool and
   runner-injected tokens. Bool or numeric; any non-zero value counts as 1.
-- ``entropy`` (B, T): model entropy per token in nats, differentiable (needed by entropy losses).
+- ``entropy`` (B, T): model entropy per token in nats, differentiable.
 - ``phase`` (B, T): int phase codes into :data:`agentropy.trace.PHASES`.
 - ``trigger_offset`` (B, T): tokens since the last failed-tool trigger, ``-1`` where there is none.
 
-Definitions and sources:
-
-- PPO clipped surrogate with asymmetric "clip-higher" bounds ``[1 - clip_low, 1 + clip_high]``
-  (DAPO, arXiv 2503.14476: ``clip_high = 0.28``); the log-ratio is clamped before ``exp``.
-- ``flat``: one fixed entropy coefficient (the common baseline).
-- ``target``: one adaptive coefficient moved by a fixed step toward a target entropy and clipped
-  to ``[0, coef_max]``, applied only while the batch entropy is below target (Skywork-OR1,
-  arXiv 2505.22312: target 0.2, step 1e-4, max 0.005).
-- ``rhythm`` (this project): per-phase targets with per-phase signed coefficients plus a
-  contraction term on ``recover`` tokens that stay above a band past a horizon after a trigger.
-  Unlike EPO's released smoothing term (arXiv 2509.22576), every entropy term here carries
-  gradient.
-
-Sign convention (all entropy losses): ``loss = pg - bonus + contraction`` where
-``bonus = aggregate(coef * entropy)``. Minimising the loss raises entropy where ``coef > 0``
-(bonus) and lowers it where ``coef < 0`` (penalty); the contraction term only lowers entropy.
-
-Adaptive coefficients are optax-style pure pairs: :func:`init_coef_state` and
-:func:`update_coef_state` return NamedTuple states with ``state_dict()`` / ``load(...)``.
+Metrics are dicts of namespaced Python floats (``loss/pg``, ``clip/frac``, ``kl/approx``,
+``loss/entropy_bonus``, ``entropy/recover_mean``, ``coef/lambda_recover`` ...).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, get_args
+from collections.abc import Callable, Sequence
+from typing import Literal, get_args
 
 import torch
 
@@ -55,28 +58,27 @@ __all__ = [
     "CLIP_LOW",
     "FLAT_COEF",
     "LOG_RATIO_CLAMP",
+    "LOSS_TERMS",
     "AggMode",
-    "LossFn",
-    "RhythmConfig",
-    "RhythmState",
-    "TargetConfig",
-    "TargetState",
+    "EntropyTerm",
     "aggregate",
+    "available_entropy_terms",
     "available_losses",
     "entropy_metrics",
-    "flat_loss",
-    "get_loss",
-    "init_coef_state",
+    "flat_term",
+    "get_entropy_term",
     "masked_sum_and_count",
-    "register_loss",
-    "rhythm_loss",
-    "target_loss",
-    "update_coef_state",
-    "vanilla_loss",
+    "no_entropy_term",
+    "ppo_clip_loss",
+    "register_entropy_term",
+    "rhythm_term",
+    "target_term",
 ]
 
-AggMode = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"]
-#: Reduction modes accepted by :func:`aggregate`.
+AggMode = Literal[
+    "token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
+]
+#: Reduction modes accepted by :func:`aggregate` (verl's ``loss_agg_mode`` names, same meaning).
 AGG_MODES: tuple[str, ...] = get_args(AggMode)
 
 #: Lower PPO clip: the ratio is clipped below at ``1 - CLIP_LOW`` (PPO's usual 0.2).
@@ -91,7 +93,7 @@ LOG_RATIO_CLAMP = 20.0
 FLAT_COEF = 1e-3
 
 Metrics = dict[str, float]
-LossFn = Callable[..., tuple[torch.Tensor, Metrics]]
+EntropyTerm = Callable[..., tuple[torch.Tensor, Metrics]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,19 +107,26 @@ def _check_mode(mode: str) -> None:
 
 
 def masked_sum_and_count(
-    x: torch.Tensor, mask: torch.Tensor, mode: AggMode = "token-mean"
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    mode: AggMode = "token-mean",
+    *,
+    scale_factor: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Numerator and denominator of :func:`aggregate`, additive across batches.
+    """Numerator and denominator of :func:`aggregate`.
 
-    ``aggregate(x, mask, mode) == total / count.clamp(min=1)``. To reduce over several
-    micro-batches or ranks, sum the ``total`` s and the ``count`` s, then divide once (never
-    average the per-batch means).
+    ``aggregate(x, mask, mode) == total / count.clamp(min=1)``.
+    To reduce several micro-batches or ranks, sum the ``total`` s and the ``count`` s, then
+    divide once (never average the per-batch means).
 
     - ``token-mean``: ``total`` = sum of ``x`` over masked-in tokens, ``count`` = their number.
     - ``seq-mean-token-sum``: ``total`` = sum over sequences of each sequence's token sum,
       ``count`` = number of sequences with at least one masked-in token.
     - ``seq-mean-token-mean``: ``total`` = sum over sequences of each sequence's token mean,
       ``count`` as above.
+    - ``seq-mean-token-sum-norm`` (Dr. GRPO's constant normaliser, verl 0.9's ``agg_loss``):
+      ``total`` as in ``seq-mean-token-sum``, ``count`` = non-empty sequences x ``scale_factor``
+      (default ``T``, the padded length); additive across batches that share the constant.
 
     Args:
         x: (..., T) values (any float dtype). Values at masked-out positions are never read
@@ -126,9 +135,11 @@ def masked_sum_and_count(
         mask: (..., T), same shape as ``x``; non-zero marks tokens to include.
         mode: one of :data:`AGG_MODES`. Sequence modes treat the last dim as tokens and all
             leading dims as sequences.
+        scale_factor: the ``-norm`` mode's divisor (verl's ``loss_scale_factor``); ignored by
+            the other modes.
 
     Returns:
-        ``(total, count)``, 0-dim tensors in ``x``'s dtype (count is an integer value).
+        ``(total, count)``, 0-dim tensors in ``x``'s dtype.
     """
     _check_mode(mode)
     if x.shape != mask.shape:
@@ -146,82 +157,35 @@ def masked_sum_and_count(
     non_empty = (seq_count > 0).to(x.dtype)
     if mode == "seq-mean-token-sum":
         return seq_sum.sum(), non_empty.sum()
+    if mode == "seq-mean-token-sum-norm":
+        norm = float(x.shape[-1] if scale_factor is None else scale_factor)
+        if not norm > 0:
+            raise ValueError(f"scale_factor must be > 0, got {scale_factor}")
+        return seq_sum.sum(), non_empty.sum() * norm
     # seq-mean-token-mean: empty sequences have seq_sum 0, so their clamped mean is 0.
     return (seq_sum / seq_count.clamp(min=1)).sum(), non_empty.sum()
 
 
-def aggregate(x: torch.Tensor, mask: torch.Tensor, mode: AggMode = "token-mean") -> torch.Tensor:
+def aggregate(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    mode: AggMode = "token-mean",
+    *,
+    scale_factor: float | None = None,
+) -> torch.Tensor:
     """Masked reduction of ``x`` to a 0-dim tensor; the one used by every loss and metric.
 
     - ``token-mean``: sum over all masked-in tokens / their number (count clamped to >= 1).
     - ``seq-mean-token-sum``: mean over non-empty sequences of each sequence's token sum.
     - ``seq-mean-token-mean``: mean over non-empty sequences of each sequence's token mean.
+    - ``seq-mean-token-sum-norm``: ``seq-mean-token-sum`` / ``scale_factor`` (default ``T``, the
+      padded length): Dr. GRPO's constant normaliser, exactly verl 0.9's ``agg_loss``.
 
     An all-masked input gives 0 (with zero gradient), never NaN. Shapes and the cross-batch
     recipe are documented in :func:`masked_sum_and_count`.
     """
-    total, count = masked_sum_and_count(x, mask, mode)
+    total, count = masked_sum_and_count(x, mask, mode, scale_factor=scale_factor)
     return total / count.clamp(min=1)
-
-
-# --------------------------------------------------------------------------------------------
-# Registry
-# --------------------------------------------------------------------------------------------
-
-_LOSSES: dict[str, LossFn] = {}
-
-
-def register_loss(name: str) -> Callable[[LossFn], LossFn]:
-    """Decorator registering a loss under ``name`` (names are unique)."""
-
-    def deco(fn: LossFn) -> LossFn:
-        if name in _LOSSES:
-            raise ValueError(f"loss {name!r} is already registered (by {_LOSSES[name].__name__})")
-        _LOSSES[name] = fn
-        return fn
-
-    return deco
-
-
-def get_loss(name: str) -> LossFn:
-    """The loss registered under ``name``; unknown names raise ``KeyError`` listing the known."""
-    try:
-        return _LOSSES[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown loss {name!r}; known losses: {', '.join(available_losses())}"
-        ) from None
-
-
-def available_losses() -> tuple[str, ...]:
-    """Registered loss names, sorted."""
-    return tuple(sorted(_LOSSES))
-
-
-# --------------------------------------------------------------------------------------------
-# Shared pieces
-# --------------------------------------------------------------------------------------------
-
-
-def _check_shapes(
-    logprob: torch.Tensor,
-    old_logprob: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    **others: torch.Tensor | None,
-) -> None:
-    shape = tuple(logprob.shape)
-    if logprob.dim() != 2:
-        raise ValueError(f"logprob must be (B, T), got shape {shape}")
-    named = {"old_logprob": old_logprob, "mask": mask, **others}
-    for key, t in named.items():
-        if t is not None and tuple(t.shape) != shape:
-            raise ValueError(f"{key} must have logprob's shape {shape}, got {tuple(t.shape)}")
-    if tuple(advantages.shape) not in (shape[:1], shape):
-        raise ValueError(
-            f"advantages must be (B,) = {shape[:1]} or (B, T) = {shape}, "
-            f"got {tuple(advantages.shape)}"
-        )
 
 
 def _where(keep: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -230,32 +194,71 @@ def _where(keep: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
-def _pg_term(
+def _check_like(ref: torch.Tensor, **others: torch.Tensor | None) -> None:
+    shape = tuple(ref.shape)
+    if ref.dim() != 2:
+        raise ValueError(f"per-token inputs must be (B, T), got shape {shape}")
+    for key, t in others.items():
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"{key} must have shape {shape}, got {tuple(t.shape)}")
+
+
+# --------------------------------------------------------------------------------------------
+# The policy term
+# --------------------------------------------------------------------------------------------
+
+
+def ppo_clip_loss(
     logprob: torch.Tensor,
     old_logprob: torch.Tensor,
     advantages: torch.Tensor,
-    keep: torch.Tensor,
+    mask: torch.Tensor,
     *,
-    clip_low: float,
-    clip_high: float,
-    log_ratio_clamp: float,
-    agg_mode: AggMode,
+    clip_low: float = CLIP_LOW,
+    clip_high: float = CLIP_HIGH,
+    clip_ratio_c: float | None = None,
+    log_ratio_clamp: float = LOG_RATIO_CLAMP,
+    agg_mode: AggMode = "token-mean",
 ) -> tuple[torch.Tensor, Metrics]:
-    """PPO clipped surrogate (clip-higher) and its diagnostics; ``keep`` is the bool mask."""
+    """PPO clipped surrogate (clip-higher, optional dual-clip), aggregated; ``(loss, metrics)``.
+
+    Per token, with ``r = exp(clamp(logprob - old_logprob, +-log_ratio_clamp))``:
+    ``l = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))``; with dual-clip
+    (``clip_ratio_c = c > 1``, verl's semantics) tokens with ``A < 0`` take ``min(l, -A c)``, so
+    a huge ratio on a negative-advantage token cannot blow up the loss. ``loss = aggregate(l,
+    mask, agg_mode)``. Metrics: ``loss/pg``, ``clip/frac`` (``frac_high`` / ``frac_low``),
+    ``clip/frac_dual`` (dual-clip only), ``kl/approx`` (k3 estimate of KL(old || new)),
+    ``ratio/max``.
+    """
+    _check_like(logprob, old_logprob=old_logprob, mask=mask)
+    shape = tuple(logprob.shape)
+    if tuple(advantages.shape) not in (shape[:1], shape):
+        raise ValueError(
+            f"advantages must be (B,) = {shape[:1]} or (B, T) = {shape}, "
+            f"got {tuple(advantages.shape)}"
+        )
     if not (0.0 <= clip_low < 1.0) or clip_high < 0.0:
         raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
+    if clip_ratio_c is not None and not clip_ratio_c > 1.0:
+        raise ValueError(f"clip_ratio_c must be > 1 (verl uses 3.0) or None, got {clip_ratio_c}")
     if log_ratio_clamp <= 0:
         raise ValueError(f"log_ratio_clamp must be > 0, got {log_ratio_clamp}")
+    keep = mask != 0
     adv = advantages.float()
     if adv.dim() == 1:
         adv = adv.unsqueeze(-1)  # (B, 1): one advantage per sequence, broadcast over tokens
-    adv = _where(keep, adv.expand_as(logprob))
+    adv = _where(keep, adv.expand_as(logprob))  # (B, T)
     log_ratio = _where(keep, logprob.float() - old_logprob.float().detach())
     log_ratio = log_ratio.clamp(-log_ratio_clamp, log_ratio_clamp)
     ratio = torch.exp(log_ratio)  # (B, T)
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     per_token = torch.maximum(unclipped, clipped)  # pessimistic bound, (B, T)
+    dual = None
+    if clip_ratio_c is not None:
+        bound = -adv * clip_ratio_c
+        dual = (adv < 0) & (per_token > bound)
+        per_token = torch.where(adv < 0, torch.minimum(per_token, bound), per_token)
     loss = aggregate(per_token, keep, agg_mode)
 
     with torch.no_grad():
@@ -270,7 +273,60 @@ def _pg_term(
             "kl/approx": float(aggregate(torch.expm1(lr) - lr, keep)),
             "ratio/max": float(_where(keep, ratio.detach()).max()) if keep.any() else 1.0,
         }
+        if dual is not None:
+            metrics["clip/frac_dual"] = float(aggregate(dual.float(), keep))
     return loss, metrics
+
+
+# --------------------------------------------------------------------------------------------
+# Entropy terms, registered by name
+# --------------------------------------------------------------------------------------------
+
+_TERMS: dict[str, EntropyTerm] = {}
+
+#: Loss names (``TrainConfig.loss``, ``--loss``) -> the entropy term added to the PPO term.
+LOSS_TERMS: dict[str, str] = {
+    "vanilla": "none",
+    "flat": "flat",
+    "target": "target",
+    "rhythm": "rhythm",
+}
+
+
+def register_entropy_term(name: str) -> Callable[[EntropyTerm], EntropyTerm]:
+    """Decorator registering an entropy term under ``name`` (names are unique)."""
+
+    def deco(fn: EntropyTerm) -> EntropyTerm:
+        if name in _TERMS:
+            raise ValueError(
+                f"entropy term {name!r} is already registered (by {_TERMS[name].__name__})"
+            )
+        _TERMS[name] = fn
+        return fn
+
+    return deco
+
+
+def get_entropy_term(name: str) -> EntropyTerm:
+    """The entropy term registered under ``name`` or under a loss name of :data:`LOSS_TERMS`;
+    unknown names raise ``KeyError`` listing the known."""
+    try:
+        return _TERMS[LOSS_TERMS.get(name, name)]
+    except KeyError:
+        raise KeyError(
+            f"unknown entropy term or loss {name!r}; known entropy terms: "
+            f"{', '.join(available_entropy_terms())}; losses: {', '.join(available_losses())}"
+        ) from None
+
+
+def available_entropy_terms() -> tuple[str, ...]:
+    """Registered entropy-term names, sorted."""
+    return tuple(sorted(_TERMS))
+
+
+def available_losses() -> tuple[str, ...]:
+    """Loss names accepted by the trainer and the CLI, sorted."""
+    return tuple(sorted(LOSS_TERMS))
 
 
 def entropy_metrics(
@@ -283,8 +339,8 @@ def entropy_metrics(
     let callers combine micro-batches by summing ``mean * count`` and ``count``, then dividing.
     """
     with torch.no_grad():
-        ent = entropy.detach().float()
         keep = mask != 0
+        ent = _where(keep, entropy.detach().float())
         total, count = masked_sum_and_count(ent, keep)
         out = {"entropy/mean": float(total / count.clamp(min=1)), "tokens/total": float(count)}
         if phase is not None:
@@ -295,223 +351,116 @@ def entropy_metrics(
     return out
 
 
-def _finish(
-    pg: torch.Tensor,
-    pg_metrics: Metrics,
-    *,
-    bonus: torch.Tensor | None = None,
-    contraction: torch.Tensor | None = None,
-    entropy: torch.Tensor | None,
-    keep: torch.Tensor,
-    phase: torch.Tensor | None,
-    extra: Metrics | None = None,
-) -> tuple[torch.Tensor, Metrics]:
-    loss = pg
-    metrics = dict(pg_metrics)
-    if bonus is not None:
-        loss = loss - bonus
-        metrics["loss/entropy_bonus"] = float(bonus.detach())
-    if contraction is not None:
-        loss = loss + contraction
-        metrics["loss/contraction"] = float(contraction.detach())
-    metrics["loss/total"] = float(loss.detach())
-    if entropy is not None:
-        metrics.update(entropy_metrics(entropy, keep, phase))
-    if extra:
-        metrics.update(extra)
-    return loss, metrics
-
-
-def _prepare(
-    logprob: torch.Tensor,
-    old_logprob: torch.Tensor,
-    advantages: torch.Tensor,
+def _entropy_inputs(
+    entropy: torch.Tensor,
     mask: torch.Tensor,
-    entropy: torch.Tensor | None,
-    phase: torch.Tensor | None,
-    trigger_offset: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    _check_shapes(
-        logprob, old_logprob, advantages, mask,
-        entropy=entropy, phase=phase, trigger_offset=trigger_offset,
-    )  # fmt: skip
-    keep = mask != 0
-    ent = None if entropy is None else _where(keep, entropy.float())
-    return keep, ent
-
-
-def _surrogate(
-    logprob: torch.Tensor,
-    old_logprob: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    entropy: torch.Tensor | None,
     phase: torch.Tensor | None,
     trigger_offset: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, Metrics]:
+    """Checked shapes, the bool mask, fp32 entropy zeroed off the mask, and entropy metrics."""
+    _check_like(entropy, mask=mask, phase=phase, trigger_offset=trigger_offset)
+    keep = mask != 0
+    return keep, _where(keep, entropy.float()), entropy_metrics(entropy, keep, phase)
+
+
+@register_entropy_term("none")
+def no_entropy_term(
     *,
-    clip_low: float,
-    clip_high: float,
-    log_ratio_clamp: float,
-    agg_mode: AggMode,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, Metrics]:
-    """What every loss starts with: checked inputs, ``keep`` mask, masked entropy, PPO term."""
-    keep, ent = _prepare(logprob, old_logprob, advantages, mask, entropy, phase, trigger_offset)
-    pg, m = _pg_term(
-        logprob, old_logprob, advantages, keep,
-        clip_low=clip_low, clip_high=clip_high, log_ratio_clamp=log_ratio_clamp,
-        agg_mode=agg_mode,
-    )  # fmt: skip
-    return keep, ent, pg, m
-
-
-# --------------------------------------------------------------------------------------------
-# Losses
-# --------------------------------------------------------------------------------------------
-
-
-@register_loss("vanilla")
-def vanilla_loss(
-    *,
-    logprob: torch.Tensor,
-    old_logprob: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
     entropy: torch.Tensor | None = None,
-    phase: torch.Tensor | None = None,
-    trigger_offset: torch.Tensor | None = None,
-    clip_low: float = CLIP_LOW,
-    clip_high: float = CLIP_HIGH,
-    log_ratio_clamp: float = LOG_RATIO_CLAMP,
-    agg_mode: AggMode = "token-mean",
-) -> tuple[torch.Tensor, Metrics]:
-    """PPO clipped surrogate with clip-higher; no entropy term.
-
-    ``loss = aggregate(max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)), mask, agg_mode)`` with
-    ``r = exp(clamp(logprob - old_logprob, +-log_ratio_clamp))``. ``entropy`` / ``phase`` are
-    optional and only logged (entropy is worth watching even without an entropy loss);
-    ``trigger_offset`` is accepted for a uniform call signature and ignored.
-    """
-    keep, ent, pg, m = _surrogate(
-        logprob, old_logprob, advantages, mask, entropy, phase, None,
-        clip_low=clip_low, clip_high=clip_high, log_ratio_clamp=log_ratio_clamp,
-        agg_mode=agg_mode,
-    )  # fmt: skip
-    return _finish(pg, m, entropy=ent, keep=keep, phase=phase)
-
-
-@register_loss("flat")
-def flat_loss(
-    *,
-    logprob: torch.Tensor,
-    old_logprob: torch.Tensor,
-    advantages: torch.Tensor,
     mask: torch.Tensor,
-    entropy: torch.Tensor,
     phase: torch.Tensor | None = None,
     trigger_offset: torch.Tensor | None = None,
-    coef: float = FLAT_COEF,
-    clip_low: float = CLIP_LOW,
-    clip_high: float = CLIP_HIGH,
-    log_ratio_clamp: float = LOG_RATIO_CLAMP,
     agg_mode: AggMode = "token-mean",
 ) -> tuple[torch.Tensor, Metrics]:
-    """``vanilla - coef * aggregate(entropy, mask, agg_mode)``: one global entropy coefficient.
+    """No entropy term: ``(0, entropy metrics)``; ``entropy`` is optional and only logged."""
+    zero = torch.zeros((), device=mask.device)
+    if entropy is None:
+        return zero, {}
+    _, _, metrics = _entropy_inputs(entropy, mask, phase, trigger_offset)
+    return zero, metrics
+
+
+@register_entropy_term("flat")
+def flat_term(
+    *,
+    entropy: torch.Tensor,
+    mask: torch.Tensor,
+    coef: float = FLAT_COEF,
+    phase: torch.Tensor | None = None,
+    trigger_offset: torch.Tensor | None = None,
+    agg_mode: AggMode = "token-mean",
+) -> tuple[torch.Tensor, Metrics]:
+    """``-coef * aggregate(entropy, mask, agg_mode)``: one global entropy coefficient.
 
     Sign: ``coef > 0`` is a bonus (raises entropy), ``coef < 0`` a penalty. ``trigger_offset``
     is ignored.
     """
-    keep, ent, pg, m = _surrogate(
-        logprob, old_logprob, advantages, mask, entropy, phase, None,
-        clip_low=clip_low, clip_high=clip_high, log_ratio_clamp=log_ratio_clamp,
-        agg_mode=agg_mode,
-    )  # fmt: skip
-    assert ent is not None
+    keep, ent, metrics = _entropy_inputs(entropy, mask, phase, trigger_offset)
     bonus = float(coef) * aggregate(ent, keep, agg_mode)
-    return _finish(
-        pg, m, bonus=bonus, entropy=ent, keep=keep, phase=phase, extra={"coef/entropy": coef}
-    )
+    metrics.update({"loss/entropy_bonus": float(bonus.detach()), "coef/entropy": coef})
+    return -bonus, metrics
 
 
-@register_loss("target")
-def target_loss(
+@register_entropy_term("target")
+def target_term(
     *,
-    logprob: torch.Tensor,
-    old_logprob: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
     entropy: torch.Tensor,
+    mask: torch.Tensor,
     coef: float,
     target: float | None,
     phase: torch.Tensor | None = None,
     trigger_offset: torch.Tensor | None = None,
-    clip_low: float = CLIP_LOW,
-    clip_high: float = CLIP_HIGH,
-    log_ratio_clamp: float = LOG_RATIO_CLAMP,
     agg_mode: AggMode = "token-mean",
 ) -> tuple[torch.Tensor, Metrics]:
-    """Skywork-OR1 adaptive entropy: ``vanilla - coef_eff * aggregate(entropy, mask, agg_mode)``.
+    """Skywork-OR1 adaptive entropy: ``-coef_eff * aggregate(entropy, mask, agg_mode)``.
 
-    ``coef`` is the current coefficient (``TargetState.coef``, from :func:`update_coef_state`);
-    ``target`` is ``TargetConfig.target``. Following Skywork-OR1, the bonus is active only while
-    the batch mean entropy (token-mean) is below ``target``: ``coef_eff = coef * [H < target]``;
-    pass ``target=None`` to always apply ``coef``. Sign as in :func:`flat_loss`.
+    ``coef`` is the current coefficient (:class:`agentropy.rl.coefs.TargetState`); ``target`` is
+    ``TargetConfig.target``. Following Skywork-OR1, the bonus is active only while the batch
+    mean entropy (token-mean) is below ``target``: ``coef_eff = coef * [H < target]``; pass
+    ``target=None`` to always apply ``coef``. Sign as in :func:`flat_term`.
     """
-    keep, ent, pg, m = _surrogate(
-        logprob, old_logprob, advantages, mask, entropy, phase, None,
-        clip_low=clip_low, clip_high=clip_high, log_ratio_clamp=log_ratio_clamp,
-        agg_mode=agg_mode,
-    )  # fmt: skip
-    assert ent is not None
+    keep, ent, metrics = _entropy_inputs(entropy, mask, phase, trigger_offset)
     active = True
     if target is not None:
         active = bool(aggregate(ent.detach(), keep) < target)
     coef_eff = float(coef) if active else 0.0
     bonus = coef_eff * aggregate(ent, keep, agg_mode)
-    extra = {"coef/entropy": float(coef), "coef/entropy_effective": coef_eff}
-    return _finish(pg, m, bonus=bonus, entropy=ent, keep=keep, phase=phase, extra=extra)
+    metrics.update({
+        "loss/entropy_bonus": float(bonus.detach()),
+        "coef/entropy": float(coef),
+        "coef/entropy_effective": coef_eff,
+    })  # fmt: skip
+    return -bonus, metrics
 
 
-@register_loss("rhythm")
-def rhythm_loss(
+@register_entropy_term("rhythm")
+def rhythm_term(
     *,
-    logprob: torch.Tensor,
-    old_logprob: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
     entropy: torch.Tensor,
+    mask: torch.Tensor,
     phase: torch.Tensor,
     trigger_offset: torch.Tensor,
     lambdas: Sequence[float] | torch.Tensor,
     horizon: int,
     band_hi: float,
     contraction_coef: float,
-    clip_low: float = CLIP_LOW,
-    clip_high: float = CLIP_HIGH,
-    log_ratio_clamp: float = LOG_RATIO_CLAMP,
     agg_mode: AggMode = "token-mean",
 ) -> tuple[torch.Tensor, Metrics]:
-    """Phase-aware entropy: per-phase signed coefficients plus a contraction term.
+    """Phase-aware entropy: ``-aggregate(lambda[phase] * entropy, mask, agg_mode) + contraction``.
 
-    ``loss = pg - aggregate(lambda[phase] * entropy, mask, agg_mode) + contraction`` where
-
-    - ``lambdas``: (len(PHASES),) current per-phase coefficients (``RhythmState.lambdas``),
-      in :data:`~agentropy.trace.PHASES` order; ``> 0`` bonus, ``< 0`` penalty. Each token is
-      weighted by its phase's coefficient inside one reduction, so with equal lambdas this is
-      exactly :func:`flat_loss`.
+    - ``lambdas``: (len(PHASES),) current per-phase coefficients
+      (:class:`agentropy.rl.coefs.RhythmState`), in :data:`~agentropy.trace.PHASES` order;
+      ``> 0`` bonus, ``< 0`` penalty. Each token is weighted by its phase's coefficient inside
+      one reduction, so with equal lambdas this is exactly :func:`flat_term`.
     - ``contraction = contraction_coef * aggregate((entropy - band_hi)+, S, "token-mean")`` over
       ``S`` = masked-in tokens with phase ``recover``, ``trigger_offset > horizon`` and
       ``entropy > band_hi``: recover text still erupting ``horizon`` tokens after a failed tool.
       Zero when ``S`` is empty.
 
     ``horizon`` (tokens), ``band_hi`` (nats) and ``contraction_coef`` come from
-    :meth:`RhythmConfig.loss_kwargs`. Both entropy terms carry gradient.
+    :meth:`agentropy.rl.coefs.RhythmConfig.loss_kwargs`. Both parts carry gradient.
     """
-    keep, ent, pg, m = _surrogate(
-        logprob, old_logprob, advantages, mask, entropy, phase, trigger_offset,
-        clip_low=clip_low, clip_high=clip_high, log_ratio_clamp=log_ratio_clamp,
-        agg_mode=agg_mode,
-    )  # fmt: skip
-    assert ent is not None
+    keep, ent, metrics = _entropy_inputs(entropy, mask, phase, trigger_offset)
     lam_in = torch.as_tensor(lambdas, dtype=torch.float64).detach().cpu()
     if tuple(lam_in.shape) != (len(PHASES),):
         raise ValueError(f"lambdas must have one value per phase {PHASES}, got {lambdas!r}")
@@ -524,224 +473,16 @@ def rhythm_loss(
     token_lam = lam[phase_l.clamp(0, len(PHASES) - 1)]  # (B, T)
     bonus = aggregate(token_lam * ent, keep, agg_mode)
 
-    over = keep & (phase_l == PHASE_CODE["recover"]) & (trigger_offset > horizon)
-    over = over & (ent.detach() > band_hi)
-    excess = torch.relu(ent - band_hi)
-    excess_mean = aggregate(excess, over)
+    late = keep & (phase_l == PHASE_CODE["recover"]) & (trigger_offset > horizon)
+    over = late & (ent.detach() > band_hi)
+    excess_mean = aggregate(torch.relu(ent - band_hi), over)
     contraction = float(contraction_coef) * excess_mean
 
-    extra = {f"coef/lambda_{p}": v for p, v in zip(PHASES, lam_values, strict=True)}
+    metrics["loss/entropy_bonus"] = float(bonus.detach())
+    metrics["loss/contraction"] = float(contraction.detach())
+    metrics.update({f"coef/lambda_{p}": v for p, v in zip(PHASES, lam_values, strict=True)})
     with torch.no_grad():
-        late = keep & (phase_l == PHASE_CODE["recover"]) & (trigger_offset > horizon)
-        extra["contraction/tokens"] = float(over.sum())
-        extra["contraction/frac_late_recover"] = float(aggregate(over.float(), late))
-        extra["contraction/excess_mean"] = float(excess_mean.detach())
-    return _finish(
-        pg, m, bonus=bonus, contraction=contraction, entropy=ent, keep=keep, phase=phase,
-        extra=extra,
-    )  # fmt: skip
-
-
-# --------------------------------------------------------------------------------------------
-# Adaptive coefficient states (optax-style pure init / update)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TargetConfig:
-    """One adaptive entropy coefficient toward a target entropy (Skywork-OR1 defaults)."""
-
-    target: float = 0.2
-    """Target token-mean entropy, nats (Skywork-OR1's ``tgt-ent``)."""
-    step: float = 1e-4
-    """Coefficient change per update: ``+step`` when entropy < target, ``-step`` when above."""
-    coef_max: float = 5e-3
-    """Upper clip of the coefficient; the lower clip is 0 (never a penalty)."""
-    coef_init: float = 0.0
-    """Coefficient before the first update."""
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.target) and self.target >= 0):
-            raise ValueError(f"target must be a finite entropy >= 0 nats, got {self.target}")
-        if not self.step > 0:
-            raise ValueError(f"step must be > 0 (e.g. 1e-4), got {self.step}")
-        if not self.coef_max >= 0:
-            raise ValueError(f"coef_max must be >= 0, got {self.coef_max}")
-        if not 0 <= self.coef_init <= self.coef_max:
-            raise ValueError(
-                f"coef_init must be in [0, coef_max={self.coef_max}], got {self.coef_init}"
-            )
-
-
-class TargetState(NamedTuple):
-    """State of the ``target`` loss's coefficient."""
-
-    coef: float
-    """Current coefficient (pass as ``coef=`` to :func:`target_loss`)."""
-    n_updates: int = 0
-    """Number of updates applied (for checkpoints and logs)."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"coef": float(self.coef), "n_updates": int(self.n_updates)}
-
-    @classmethod
-    def load(cls, state: Mapping[str, Any]) -> TargetState:
-        return cls(coef=float(state["coef"]), n_updates=int(state["n_updates"]))
-
-
-@dataclass(frozen=True, slots=True)
-class RhythmConfig:
-    """Per-phase entropy targets, adaptive coefficients and the recover contraction term.
-
-    Targets encode the breathing rhythm of a tool-using agent: think moderately, call tools
-    near-deterministically, explore after a failure, answer crisply. All entropies in nats.
-    """
-
-    target_plan: float = 0.6
-    """Free-text planning: room to consider alternatives, well below a flat distribution."""
-    target_act: float = 0.1
-    """Inside a tool call: names and JSON arguments should be near-deterministic (rStar2-Agent)."""
-    target_recover: float = 1.2
-    """After a failed tool: twice the plan target, to explore recoveries (ARPO's post-tool rise)."""
-    target_answer: float = 0.1
-    """Inside the final answer: the answer is known by then."""
-    step: float = 1e-4
-    """Per-update change of each lambda_p (Skywork-OR1's step): ``+step`` below target."""
-    lambda_max: float = 5e-3
-    """Each lambda_p is clipped to ``[-lambda_max, lambda_max]`` (Skywork-OR1's max, mirrored)."""
-    lambda_init: float = 0.0
-    """Every lambda_p before the first update."""
-    horizon: int = 64
-    """Recover tokens more than this many tokens after a trigger count as late (ARPO: the
-    post-tool rise lasts ~10-50 tokens; half the analyzer's contraction horizon h = 128)."""
-    band_hi: float = 1.5
-    """Late recover tokens above this entropy (nats) are penalised: 1.25 x target_recover,
-    mirroring the analyzer's contraction threshold of 1.25 x baseline."""
-    contraction_coef: float = 5e-3
-    """Weight of the contraction term; equal to lambda_max so a 1-nat excess costs as much as
-    the largest bonus pays for 1 nat of entropy."""
-
-    def __post_init__(self) -> None:
-        for p in PHASES:
-            v = getattr(self, f"target_{p}")
-            if not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"target_{p} must be a finite entropy >= 0 nats, got {v}")
-        if not self.step > 0:
-            raise ValueError(f"step must be > 0 (e.g. 1e-4), got {self.step}")
-        if not self.lambda_max >= 0:
-            raise ValueError(f"lambda_max must be >= 0, got {self.lambda_max}")
-        if abs(self.lambda_init) > self.lambda_max:
-            raise ValueError(
-                f"lambda_init must be in [-lambda_max, lambda_max] = "
-                f"[{-self.lambda_max}, {self.lambda_max}], got {self.lambda_init}"
-            )
-        if isinstance(self.horizon, bool) or not isinstance(self.horizon, int) or self.horizon < 0:
-            raise ValueError(f"horizon must be an int >= 0 tokens, got {self.horizon!r}")
-        if not math.isfinite(self.band_hi) or self.band_hi < 0:
-            raise ValueError(f"band_hi must be a finite entropy >= 0 nats, got {self.band_hi}")
-        if not self.contraction_coef >= 0:
-            raise ValueError(
-                f"contraction_coef must be >= 0 (0 disables the term), got {self.contraction_coef}"
-            )
-
-    @property
-    def targets(self) -> tuple[float, ...]:
-        """Targets in :data:`~agentropy.trace.PHASES` order."""
-        return tuple(getattr(self, f"target_{p}") for p in PHASES)
-
-    def loss_kwargs(self) -> dict[str, Any]:
-        """The fixed keyword arguments of :func:`rhythm_loss` (add ``lambdas=state.lambdas``)."""
-        return {
-            "horizon": self.horizon,
-            "band_hi": self.band_hi,
-            "contraction_coef": self.contraction_coef,
-        }
-
-
-class RhythmState(NamedTuple):
-    """State of the ``rhythm`` loss's per-phase coefficients."""
-
-    lambdas: tuple[float, ...]
-    """Per-phase lambda_p in :data:`~agentropy.trace.PHASES` order (pass as ``lambdas=``)."""
-    n_updates: int = 0
-    """Number of updates applied."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "lambdas": {p: float(v) for p, v in zip(PHASES, self.lambdas, strict=True)},
-            "n_updates": int(self.n_updates),
-        }
-
-    @classmethod
-    def load(cls, state: Mapping[str, Any]) -> RhythmState:
-        lam = state["lambdas"]
-        missing = [p for p in PHASES if p not in lam]
-        if missing:
-            raise KeyError(f"rhythm state is missing lambdas for phases {missing}")
-        return cls(tuple(float(lam[p]) for p in PHASES), int(state["n_updates"]))
-
-
-def init_coef_state(config: TargetConfig | RhythmConfig) -> TargetState | RhythmState:
-    """Initial coefficient state for ``config``."""
-    if isinstance(config, TargetConfig):
-        return TargetState(coef=config.coef_init)
-    if isinstance(config, RhythmConfig):
-        return RhythmState(lambdas=(config.lambda_init,) * len(PHASES))
-    raise TypeError(f"expected TargetConfig or RhythmConfig, got {type(config).__name__}")
-
-
-def _step_toward(value: float, measured: float, target: float, step: float) -> float:
-    # Fixed-size step (Skywork-OR1): robust to the scale of the entropy error; at the target the
-    # coefficient holds still.
-    if measured < target:
-        return value + step
-    if measured > target:
-        return value - step
-    return value
-
-
-def update_coef_state(
-    state: TargetState | RhythmState,
-    entropy_metrics: Mapping[str, float],
-    config: TargetConfig | RhythmConfig,
-) -> TargetState | RhythmState:
-    """New coefficient state after one training step; pure.
-
-    ``entropy_metrics`` is the metrics dict of a loss (or :func:`entropy_metrics`) over the step's
-    tokens. ``target`` reads ``entropy/mean`` (and ``tokens/total`` if present); ``rhythm`` reads
-    ``entropy/{p}_mean`` (and ``tokens/{p}``) for each phase. A coefficient whose tokens are
-    absent from the step (count 0) is left unchanged.
-    """
-    if isinstance(config, TargetConfig) and isinstance(state, TargetState):
-        if entropy_metrics.get("tokens/total", 1.0) <= 0:
-            return state._replace(n_updates=state.n_updates + 1)
-        h = _metric(entropy_metrics, "entropy/mean")
-        coef = _step_toward(state.coef, h, config.target, config.step)
-        return TargetState(min(max(coef, 0.0), config.coef_max), state.n_updates + 1)
-    if isinstance(config, RhythmConfig) and isinstance(state, RhythmState):
-        new = []
-        for p, lam, tgt in zip(PHASES, state.lambdas, config.targets, strict=True):
-            if entropy_metrics.get(f"tokens/{p}", 1.0) <= 0:
-                new.append(lam)
-                continue
-            h = _metric(entropy_metrics, f"entropy/{p}_mean")
-            v = _step_toward(lam, h, tgt, config.step)
-            new.append(min(max(v, -config.lambda_max), config.lambda_max))
-        return RhythmState(tuple(new), state.n_updates + 1)
-    raise TypeError(
-        f"state {type(state).__name__} does not match config {type(config).__name__}; "
-        "pair TargetState with TargetConfig and RhythmState with RhythmConfig"
-    )
-
-
-def _metric(metrics: Mapping[str, float], key: str) -> float:
-    try:
-        v = float(metrics[key])
-    except KeyError:
-        raise KeyError(
-            f"metric {key!r} missing; pass the loss's metrics (they include entropy/* keys "
-            "when the loss is given entropy and phase)"
-        ) from None
-    if not math.isfinite(v):
-        raise ValueError(f"metric {key!r} is not finite ({v}); refusing to update coefficients")
-    return v
+        metrics["contraction/tokens"] = float(over.sum())
+        metrics["contraction/frac_late_recover"] = float(aggregate(over.float(), late))
+        metrics["contraction/excess_mean"] = float(excess_mean.detach())
+    return contraction - bonus, metrics

@@ -4,8 +4,11 @@
 curriculum, roll each out ``G`` times through :func:`agentropy.agent.runner.rollout` with the
 chosen sampling policy, normalise rewards within each task's group, run PPO epochs over
 minibatches, adapt the entropy coefficients, evaluate on held-out tasks now and then, log,
-checkpoint. The small pure helpers above it (advantages, batch construction, the forward pass)
-are what the tests poke at.
+checkpoint. The objective is one line, ``loss = policy_loss + entropy_loss``
+(:func:`agentropy.rl.losses.ppo_clip_loss` plus the entropy term named by ``config.loss``, with
+coefficients from its pure schedule in :mod:`agentropy.rl.coefs`). The run's plumbing (run
+directory, resume, checkpoints, trace and metric sinks) is in :mod:`agentropy.rl.run`; the small
+pure helpers here (batch construction, the forward pass, promotion) are what the tests poke at.
 
 How it departs from textbook GRPO (DeepSeekMath), and why:
 
@@ -29,13 +32,14 @@ How it departs from textbook GRPO (DeepSeekMath), and why:
    stays collapsed) and would count the same lever twice. The model entropy is also what the
    runner records as ``entropy`` and what the analyzer's eruptions and training cycles are
    computed from, so loss targets, metrics and analysis share one unit.
-4. **Loss**: PPO clipped ratio with DAPO clip-higher, token-mean aggregation through the one
-   :func:`agentropy.rl.losses.aggregate`; no KL-to-reference term (DAPO, Dr. GRPO drop it).
+4. **Loss**: PPO clipped ratio with DAPO clip-higher (dual-clip optional), token-mean
+   aggregation through the one :func:`agentropy.rl.losses.aggregate` (the entropy term follows
+   ``agg_mode`` unless ``entropy_token_mean``); no KL-to-reference term (DAPO, Dr. GRPO drop it).
    ``old_logprob`` is the log-prob recorded at sampling time (the behaviour policy exactly).
    Dropout stays off (the model is never put in train mode), so the policy being trained is
    exactly the one that sampled.
 5. **Advantages**: ``(r - mean_g) / (std_g + eps)`` within each task's group of ``G`` rollouts,
-   population std; a group whose rewards are all equal gets 0 (``adv/zero_std_groups`` counts
+   population std by default (``adv_std="unbiased"``: verl's and TRL's); a group whose rewards are all equal gets 0 (``adv/zero_std_groups`` counts
    them). Reward is 1 for a correct final answer, else 0, or with ``partial_credit`` > 0 a
    fraction of it for the task's sub-goals reached (right lookups, right calc/convert result):
    on levels where no sampled rollout answers correctly, answer-only rewards are all 0 and
@@ -68,10 +72,6 @@ name.
 from __future__ import annotations
 
 import json
-import math
-import os
-import random
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,7 +82,21 @@ import numpy as np
 import torch
 
 from agentropy.agent.runner import RunnerConfig, rollout
+from agentropy.rl.advantages import group_advantages
 from agentropy.rl.config import TrainConfig
+from agentropy.rl.losses import get_entropy_term, ppo_clip_loss
+from agentropy.rl.run import (
+    LoopState,
+    MetricAccumulator,
+    Sinks,
+    derive_seed,
+    latest_checkpoint,
+    open_run_dir,
+    read_metrics,
+    restore_checkpoint,
+    save_checkpoint,
+    seed_everything,
+)
 from agentropy.trace import FAILED_STATUSES, Episode
 
 __all__ = [
@@ -97,11 +111,6 @@ __all__ = [
     "read_metrics",
     "train",
 ]
-
-#: Config fields that may differ between a run and its resumption (they do not change results).
-RESUMABLE_FIELDS = frozenset(
-    {"steps", "progress", "tensorboard", "checkpoint_every", "keep_checkpoints"}
-)
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,28 +128,6 @@ def episode_reward(episode: Episode, partial_credit: float = 0.0) -> float:
     if partial_credit <= 0 or total <= 0:
         return 0.0
     return partial_credit * min(episode.meta.get("subgoals_reached", 0), total) / total
-
-
-def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: float) -> torch.Tensor:
-    """GRPO advantages: ``(r - mean_g) / (std_g + eps)`` within each group.
-
-    Args:
-        rewards: (N,) float rewards.
-        groups: (N,) int group id of each rollout (one group per task).
-        eps: added to the group's population std (ddof = 0); groups whose rewards are all
-            equal get exactly 0.
-
-    Returns:
-        (N,) float32 advantages.
-    """
-    r = rewards.double()
-    adv = torch.zeros_like(r)
-    for g in torch.unique(groups):
-        sel = groups == g
-        x = r[sel]
-        std = x.std(unbiased=False) if x.numel() > 1 else torch.zeros((), dtype=r.dtype)
-        adv[sel] = (x - x.mean()) / (std + eps)
-    return adv.float()
 
 
 class Batch(NamedTuple):
@@ -282,109 +269,37 @@ def promote(
     return level_index
 
 
-def _np_state() -> tuple[Any, ...]:
-    # numpy's legacy global state holds an ndarray; store a list so weights_only loading works.
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return (name, keys.tolist(), int(pos), int(has_gauss), float(gauss))
+def draw_tasks(
+    config: TrainConfig, world: Any, rng: np.random.Generator, level_index: int, step: int
+) -> list[Any]:
+    """One step's tasks: the current curriculum level, a share ``mix_lower`` from lower levels."""
+    level = config.levels[level_index]
+    n_lower = round(config.mix_lower * config.tasks_per_step) if level_index > 0 else 0
+    lower = rng.integers(0, level_index, size=n_lower) if n_lower else np.zeros(0, int)
+    counts = {level: config.tasks_per_step - n_lower}
+    for li in lower.tolist():
+        counts[config.levels[li]] = counts.get(config.levels[li], 0) + 1
+    tasks = []
+    for lv, n in sorted(counts.items()):
+        tasks += world.tasks(split="train", level=lv, n=n, seed=derive_seed(config.seed, step, lv))
+    return tasks
 
 
-def _set_np_state(state: Sequence[Any]) -> None:
-    name, keys, pos, has_gauss, gauss = state
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-
-
-def _derive_seed(seed: int, *keys: int) -> int:
-    """Independent 31-bit seed for ``(seed, *keys)`` (SeedSequence mixing)."""
-    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, *keys]).generate_state(1)[0] >> 1)
-
-
-def _weighted(acc: dict[str, list[float]], metrics: dict[str, float], weight: float) -> None:
-    """Accumulate minibatch metrics: sums of value x weight and of weights (no mean of means).
-
-    Entropy means are weighted by their own token counts (``entropy/recover_mean`` by
-    ``tokens/recover``), counts add up, everything else is weighted by the minibatch's tokens.
-    """
-    for key, v in metrics.items():
-        w = weight
-        if key == "entropy/mean":
-            w = metrics.get("tokens/total", weight)
-        elif key.startswith("entropy/") and key.endswith("_mean"):
-            w = metrics.get(f"tokens/{key[len('entropy/') : -len('_mean')]}", weight)
-        elif key.startswith("tokens/"):
-            w = 1.0
-        acc.setdefault(key, [0.0, 0.0])
-        acc[key][0] += v * w
-        acc[key][1] += w
-
-
-def _reduce(acc: dict[str, list[float]]) -> dict[str, float]:
-    out = {}
-    for key, (total, weight) in acc.items():
-        out[key] = total if key.startswith("tokens/") else total / weight if weight else 0.0
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints and telemetry files
-# --------------------------------------------------------------------------------------------
-
-
-def latest_checkpoint(out: str | Path) -> Path | None:
-    """The newest ``checkpoints/step-NNNNNN`` directory of a run, or None."""
-    root = Path(out) / "checkpoints"
-    steps = sorted(p for p in root.glob("step-*") if (p / "state.pt").is_file())
-    return steps[-1] if steps else None
-
-
-def _save_checkpoint(out: Path, step: int, payload: dict[str, Any], keep: int) -> Path:
-    root = out / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    torch.save(payload, tmp / "state.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)  # a checkpoint exists only once complete
-    for old in sorted(root.glob("step-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    keys: list[str] = []
-    for row in rows:
-        keys += [k for k in row if k not in keys]
-    table = pa.table({k: [row.get(k) for row in rows] for k in keys})
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
-def read_metrics(out: str | Path) -> list[dict[str, Any]]:
-    """The rows of ``out/metrics.parquet`` (one dict per step; missing values are None)."""
-    import pyarrow.parquet as pq
-
-    return pq.read_table(Path(out) / "metrics.parquet").to_pylist()
-
-
-def _existing_episode_ids(store: Path) -> set[str]:
-    from agentropy.trace import iter_parts
-
-    if not (store / "episodes").is_dir():
-        return set()
-    ids: set[str] = set()
-    for ep_table, _ in iter_parts(store):
-        ids.update(ep_table.column("episode_id").to_pylist())
-    return ids
-
-
-# --------------------------------------------------------------------------------------------
-# The loop
-# --------------------------------------------------------------------------------------------
+def rollout_metrics(
+    episodes: Sequence[Episode], rewards: torch.Tensor, groups: torch.Tensor, adv: torch.Tensor
+) -> dict[str, float]:
+    """``rollout/*`` and ``adv/*`` metrics of one step's rollouts."""
+    group_std = torch.stack([rewards[groups == g].std(unbiased=False)
+                             for g in torch.unique(groups)])  # fmt: skip
+    return {
+        "rollout/reward_mean": float(rewards.mean()),
+        "rollout/success": float(np.mean([bool(e.success) for e in episodes])),
+        "rollout/tokens_per_episode": float(np.mean([e.n_tokens for e in episodes])),
+        "rollout/turns_per_episode": float(np.mean([len(e.assistant_turns) for e in episodes])),
+        "rollout/tool_failures": float(np.mean([sum(t.failed for t in e.turns) for e in episodes])),
+        "adv/abs_mean": float(adv.abs().mean()),
+        "adv/zero_std_groups": float((group_std == 0).float().mean()),
+    }
 
 
 @dataclass(frozen=True)
@@ -425,6 +340,19 @@ class TrainResult:
         }
 
 
+def _load_policy(config: TrainConfig, model: Any, tokenizer: Any, console: Any) -> tuple[Any, Any]:
+    if model is None or tokenizer is None:
+        from agentropy.agent.loading import load_model
+
+        if config.model is None:
+            console.print("loading the embedded agent (trained on first use: minutes on CPU)")
+        model, tokenizer = load_model(config.model)
+    # Eval mode throughout, gradients included: dropout would make the trained policy differ
+    # from the one that sampled (and the on-policy check fail) for models that have it.
+    model.eval()
+    return model, tokenizer
+
+
 def train(
     config: TrainConfig,
     *,
@@ -447,53 +375,19 @@ def train(
             ``config.progress`` is False).
     """
     from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from agentropy.control.temperature import schedule_from_name
     from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
-    from agentropy.rl.losses import get_loss, init_coef_state, update_coef_state
-    from agentropy.trace import TraceWriter
 
     t_start = time.perf_counter()
     out = Path(config.out)
     console = console if console is not None else Console(stderr=True, quiet=not config.progress)
 
-    # ---- run directory: fresh, or resuming the same config
-    ckpt_dir = latest_checkpoint(out) if resume else None
-    if resume and ckpt_dir is None:
-        raise ValueError(f"--resume: no checkpoint under {out / 'checkpoints'}; start without it")
-    if not resume and ((out / "metrics.parquet").exists() or (out / "checkpoints").exists()):
-        raise ValueError(f"{out} already holds a run: pass --resume, or choose another --out")
-    if ckpt_dir is not None:
-        saved = TrainConfig.from_toml(out / "config.toml")
-        changed = [
-            k for k, v in config.to_dict().items()
-            if k not in RESUMABLE_FIELDS and saved.to_dict().get(k) != v
-        ]  # fmt: skip
-        if changed:
-            raise ValueError(
-                f"cannot resume {out} with a different config ({', '.join(changed)} changed); "
-                f"resume with the saved {out / 'config.toml'} (only {sorted(RESUMABLE_FIELDS)} "
-                "may change) or choose another --out"
-            )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.toml").write_text(config.to_toml())
-
-    # ---- threads, seeds, model, optimizer, world, sampling policy, loss
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    random.seed(config.seed)
-    np.random.seed(config.seed % 2**32)
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)  # the trainer's own draws: task mix, minibatches
-    if model is None or tokenizer is None:
-        from agentropy.agent.loading import load_model
-
-        if config.model is None:
-            console.print("loading the embedded agent (trained on first use: minutes on CPU)")
-        model, tokenizer = load_model(config.model)
-    # Eval mode throughout, gradients included: dropout would make the trained policy differ
-    # from the one that sampled (and the on-policy check fail) for models that have it.
-    model.eval()
+    # ---- setup: run directory, seeds, model, optimizer, world, sampling policies, loss
+    ckpt_dir = open_run_dir(config, resume=resume)
+    rng = seed_everything(config)  # the trainer's own draws: task mix, minibatch order
+    model, tokenizer = _load_policy(config, model, tokenizer, console)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
@@ -508,47 +402,15 @@ def train(
         batch_size=config.rollout_batch_size,
         record_inputs=True,
     )
-    loss_fn = get_loss(config.loss)
-    coef_config = {"target": config.target, "rhythm": config.rhythm}.get(config.loss)
-    coef_state = init_coef_state(coef_config) if coef_config is not None else None
-    level_index = config.levels.index(config.start_level)  # curriculum state
-    eval_history: list[dict[str, Any]] = []
-    metric_rows: list[dict[str, Any]] = []
-    start_step = 0
-
-    # ---- resume: restore everything the next step depends on
+    entropy_term = get_entropy_term(config.entropy_term)
+    coefs = config.entropy_schedule()
+    state = LoopState(level_index=config.levels.index(config.start_level), coef_state=coefs.init())
     if ckpt_dir is not None:
-        state = torch.load(ckpt_dir / "state.pt", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        tr = state["trainer"]
-        start_step = int(tr["step"])
-        level_index = int(tr["level_index"])
-        eval_history = json.loads(tr["eval_history"])
-        if coef_state is not None:
-            coef_state = type(coef_state).load(json.loads(tr["coef_state"]))
-        random.setstate(tr["python_rng"])
-        _set_np_state(tr["numpy_global_rng"])
-        torch.set_rng_state(tr["torch_rng"])
-        rng.bit_generator.state = json.loads(tr["numpy_rng"])
-        if (out / "metrics.parquet").exists():
-            metric_rows = [r for r in read_metrics(out) if r["step"] <= start_step]
-        console.print(f"resumed {out} at step {start_step} from {ckpt_dir.name}")
-
-    # ---- telemetry sinks
-    traces = TraceWriter(out / "traces")
-    eval_traces = TraceWriter(out / "eval_traces")
-    # An interrupted run may have flushed episodes of steps after its last checkpoint; the
-    # resumed run regenerates them identically, so already-stored ones are skipped.
-    stored_ids = _existing_episode_ids(out / "traces") | _existing_episode_ids(out / "eval_traces")
-    tb = None
-    if config.tensorboard:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            tb = SummaryWriter(str(out / "tb"))
-        except ImportError:
-            console.print("note: torch.utils.tensorboard is not importable; TensorBoard skipped")
+        state = restore_checkpoint(
+            ckpt_dir, model=model, optimizer=optimizer, rng=rng, schedule=coefs
+        )
+        console.print(f"resumed {out} at step {state.step} from {ckpt_dir.name}")
+    sinks = Sinks(out, tensorboard=config.tensorboard, console=console)
 
     def evaluate(step: int) -> dict[str, Any]:
         """Held-out success per level with the eval policy on fixed test-split tasks."""
@@ -563,89 +425,53 @@ def train(
             )  # fmt: skip
             for ep in episodes:
                 ep.episode_id = f"eval-L{level}-{ep.episode_id}"
-                ep.meta.pop("input_ids", None)
-                ep.meta.pop("assistant_spans", None)
-                if ep.episode_id not in stored_ids:
-                    eval_traces.write(ep)
-            eval_traces.flush()
+            sinks.write_episodes(episodes, evaluation=True)
             success[f"L{level}"] = float(np.mean([bool(e.success) for e in episodes]))
         record = {"step": step, "success": success, "mean": float(np.mean(list(success.values())))}
-        eval_history.append(record)
+        state.eval_history.append(record)
         return record
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     bar = Progress(
         TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("{task.description}"), console=console, disable=not config.progress,
     )  # fmt: skip
-    bar_task = bar.add_task("", total=config.steps, completed=start_step)
+    bar_task = bar.add_task("", total=config.steps, completed=state.step)
     try:
         bar.start()
-        if start_step == 0:
+        if state.step == 0:
             first = evaluate(0)
             console.print(f"held-out success before training: {_fmt_eval(first)}")
-            level_index = promote(
-                level_index, first["success"], config.levels, config.promote_threshold
+            state.level_index = promote(
+                state.level_index, first["success"], config.levels, config.promote_threshold
             )
 
-        for step in range(start_step + 1, config.steps + 1):
+        for step in range(state.step + 1, config.steps + 1):
             t_step = time.perf_counter()
             metrics: dict[str, Any] = {"step": step}
 
             # ---- 1. tasks: current curriculum level, a share from lower levels, G copies each
-            level = config.levels[level_index]
-            n_lower = round(config.mix_lower * config.tasks_per_step) if level_index > 0 else 0
-            lower = rng.integers(0, level_index, size=n_lower) if n_lower else np.zeros(0, int)
-            counts = {level: config.tasks_per_step - n_lower}
-            for li in lower.tolist():
-                counts[config.levels[li]] = counts.get(config.levels[li], 0) + 1
-            tasks = []
-            for lv, n in sorted(counts.items()):
-                tasks += world.tasks(
-                    split="train", level=lv, n=n, seed=_derive_seed(config.seed, step, lv)
-                )
+            level = config.levels[state.level_index]
+            tasks = draw_tasks(config, world, rng, state.level_index, step)
             expanded = [t for t in tasks for _ in range(config.group_size)]
-            groups = torch.arange(len(tasks)).repeat_interleave(config.group_size)
+            groups = torch.arange(len(tasks)).repeat_interleave(config.group_size)  # (N,)
 
             # ---- 2. rollouts with the sampling policy (per-token temperatures recorded)
             t0 = time.perf_counter()
             episodes = rollout(
                 model, tokenizer, world, expanded, schedule=schedule, config=runner_config,
-                seed=_derive_seed(config.seed, step), policy_name=config.policy, step=step,
+                seed=derive_seed(config.seed, step), policy_name=config.policy, step=step,
             )  # fmt: skip
             metrics["time/rollout_s"] = time.perf_counter() - t0
-            rewards = torch.tensor([episode_reward(e, config.partial_credit) for e in episodes])
 
             # ---- 3. group-normalised advantages per task
-            adv = group_advantages(rewards, groups, config.adv_eps)
-            group_std = torch.stack([rewards[groups == g].std(unbiased=False)
-                                     for g in range(len(tasks))])  # fmt: skip
-            metrics.update({
-                "rollout/reward_mean": float(rewards.mean()),
-                "rollout/success": float(np.mean([bool(e.success) for e in episodes])),
-                "rollout/tokens_per_episode": float(np.mean([e.n_tokens for e in episodes])),
-                "rollout/turns_per_episode": float(
-                    np.mean([len(e.assistant_turns) for e in episodes])
-                ),
-                "rollout/tool_failures": float(
-                    np.mean([sum(t.failed for t in e.turns) for e in episodes])
-                ),
-                "adv/abs_mean": float(adv.abs().mean()),
-                "adv/zero_std_groups": float((group_std == 0).float().mean()),
-                "curriculum/level": float(level),
-            })  # fmt: skip
+            rewards = torch.tensor([episode_reward(e, config.partial_credit) for e in episodes])
+            adv = group_advantages(rewards, groups, config.adv_eps, std=config.adv_std)  # (N,)
+            metrics.update(rollout_metrics(episodes, rewards, groups, adv))
+            metrics["curriculum/level"] = float(level)
 
             # ---- 4. PPO epochs over minibatches of episodes
-            coef_kwargs: dict[str, Any] = {}
-            if config.loss == "flat":
-                coef_kwargs = {"coef": config.flat_coef}
-            elif config.loss == "target":
-                coef_kwargs = {"coef": coef_state.coef, "target": config.target.target}
-            elif config.loss == "rhythm":
-                coef_kwargs = {"lambdas": coef_state.lambdas, **config.rhythm.loss_kwargs()}
-            first_epoch: dict[str, list[float]] = {}
-            later: dict[str, list[float]] = {}
+            term_kwargs = coefs.term_kwargs(state.coef_state)
+            first_epoch, later = MetricAccumulator(), MetricAccumulator()
             n_updates, grad_norms, n_greedy = 0, [], 0
             for epoch in range(config.ppo_epochs):
                 perm = rng.permutation(len(episodes))
@@ -657,30 +483,30 @@ def train(
                     n_tok = int(batch.mask.sum())
                     if n_tok == 0:
                         continue
-                    logprob, entropy = policy_logprobs(model, batch)  # (B, L-1) each
-                    mask = batch.mask.to(logprob.device)
+                    logprob, entropy = policy_logprobs(model, batch)  # (B, T) each, T = L - 1
+                    device = logprob.device
+                    mask = batch.mask.to(device)  # (B, T) sampled assistant tokens
+                    old_logprob = batch.old_logprob.to(device)  # (B, T)
                     if n_updates == 0:
                         # On-policy check: nothing has been updated yet, so the recomputed
                         # log-probs must equal the rollout's up to float noise.
                         with torch.no_grad():
-                            diff = (logprob - batch.old_logprob.to(logprob.device)).abs()
-                            ediff = (entropy - batch.entropy.to(entropy.device)).abs()
+                            diff = (logprob - old_logprob).abs()
+                            ediff = (entropy - batch.entropy.to(device)).abs()
                             metrics["onpolicy/logprob_mae"] = float(diff[mask].mean())
                             metrics["onpolicy/logprob_max"] = float(diff[mask].max())
                             metrics["onpolicy/entropy_mae"] = float(ediff[mask].mean())
-                    loss, m = loss_fn(
-                        logprob=logprob,
-                        old_logprob=batch.old_logprob.to(logprob.device),
-                        advantages=adv[torch.as_tensor(idx)].to(logprob.device),
-                        mask=mask,
-                        entropy=entropy,
-                        phase=batch.phase.to(logprob.device),
-                        trigger_offset=batch.trigger_offset.to(logprob.device),
-                        clip_low=config.clip_low,
-                        clip_high=config.clip_high,
-                        agg_mode=config.agg_mode,
-                        **coef_kwargs,
-                    )
+                    policy_loss, pg_m = ppo_clip_loss(
+                        logprob, old_logprob, adv[torch.as_tensor(idx)].to(device), mask,
+                        clip_low=config.clip_low, clip_high=config.clip_high,
+                        clip_ratio_c=config.clip_ratio_c, agg_mode=config.agg_mode,
+                    )  # fmt: skip
+                    entropy_loss, ent_m = entropy_term(
+                        entropy=entropy, mask=mask, phase=batch.phase.to(device),
+                        trigger_offset=batch.trigger_offset.to(device),
+                        agg_mode=config.entropy_agg_mode, **term_kwargs,
+                    )  # fmt: skip
+                    loss = policy_loss + entropy_loss
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     if config.max_grad_norm > 0:
@@ -690,28 +516,24 @@ def train(
                         grad_norms.append(float(gn))
                     optimizer.step()
                     n_updates += 1
-                    _weighted(first_epoch if epoch == 0 else later, m, float(n_tok))
-            step_metrics = _reduce(first_epoch)
+                    m = {**pg_m, **ent_m, "loss/total": float(loss.detach())}
+                    (first_epoch if epoch == 0 else later).add(m, float(n_tok))
+            step_metrics = first_epoch.result()
             metrics.update(step_metrics)
             if later:
                 # Diagnostics of the policy as it drifts within the step (clip, KL).
-                metrics.update({f"last_epoch/{k}": v for k, v in _reduce(later).items()
+                metrics.update({f"last_epoch/{k}": v for k, v in later.result().items()
                                 if k.startswith(("clip/", "kl/"))})  # fmt: skip
             metrics["tokens/greedy_masked"] = float(n_greedy)
             metrics["optim/updates"] = float(n_updates)
             metrics["optim/grad_norm"] = float(np.mean(grad_norms)) if grad_norms else 0.0
 
-            # ---- 5. adapt the entropy coefficients (target / rhythm) from this step's entropy
-            if coef_state is not None and step_metrics:
-                coef_state = update_coef_state(coef_state, step_metrics, coef_config)
+            # ---- 5. adapt the entropy coefficients from this step's entropy (pure update)
+            if step_metrics:
+                state.coef_state = coefs.update(state.coef_state, step_metrics)
 
-            # ---- 6. store the episodes (step set) for the analyzer; drop the token streams
-            for ep in episodes:
-                ep.meta.pop("input_ids", None)
-                ep.meta.pop("assistant_spans", None)
-                if ep.episode_id not in stored_ids:
-                    traces.write(ep)
-            traces.flush()
+            # ---- 6. store the episodes (step set) for the analyzer
+            sinks.write_episodes(episodes)
 
             # ---- 7. held-out evaluation and curriculum promotion
             if step % config.eval_every == 0 or step == config.steps:
@@ -720,22 +542,19 @@ def train(
                     metrics[f"eval/success_{lv}"] = s
                 metrics["eval/success_mean"] = record["mean"]
                 new_index = promote(
-                    level_index, record["success"], config.levels, config.promote_threshold
+                    state.level_index, record["success"], config.levels, config.promote_threshold
                 )
-                if new_index != level_index:
-                    level_index = new_index
-                    console.print(f"step {step}: promoted to level {config.levels[level_index]}")
+                if new_index != state.level_index:
+                    state.level_index = new_index
+                    console.print(f"step {step}: promoted to level {config.levels[new_index]}")
                 console.print(f"step {step}: held-out success {_fmt_eval(record)}")
 
             # ---- 8. telemetry
             metrics["time/step_s"] = time.perf_counter() - t_step
             metrics["time/elapsed_s"] = time.perf_counter() - t_start
-            metric_rows.append(metrics)
-            _write_metrics(out / "metrics.parquet", metric_rows)
-            if tb is not None:
-                for k, v in metrics.items():
-                    if k != "step" and isinstance(v, float) and math.isfinite(v):
-                        tb.add_scalar(k, v, step)
+            state.metric_rows.append(metrics)
+            state.step = step
+            sinks.write_metrics(state.metric_rows)
             bar.update(
                 bar_task, advance=1,
                 description=f"L{level} reward {metrics['rollout/reward_mean']:.2f}",
@@ -744,32 +563,28 @@ def train(
             # ---- 9. checkpoint: everything the next step depends on
             every = config.checkpoint_every
             if (every and step % every == 0) or step == config.steps:
-                _save_checkpoint(out, step, {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "trainer": {
-                        "step": step,
-                        "level_index": level_index,
-                        "eval_history": json.dumps(eval_history),
-                        "coef_state": json.dumps(
-                            coef_state.state_dict() if coef_state is not None else None
-                        ),
-                        "policy": schedule.name,
-                        "python_rng": random.getstate(),
-                        "numpy_global_rng": _np_state(),
-                        "torch_rng": torch.get_rng_state(),
-                        "numpy_rng": json.dumps(rng.bit_generator.state),
-                    },
-                }, config.keep_checkpoints)  # fmt: skip
+                save_checkpoint(
+                    out, state, model=model, optimizer=optimizer, rng=rng, policy=schedule.name,
+                    keep=config.keep_checkpoints,
+                )  # fmt: skip
     finally:
         bar.stop()
-        traces.close()
-        eval_traces.close()
-        if tb is not None:
-            tb.close()
+        sinks.close()
 
     # ---- final model and summary
-    final = out / "final"
+    _save_final(out / "final", model, tokenizer)
+    result = TrainResult(
+        out=str(out),
+        steps=config.steps,
+        wall_s=time.perf_counter() - t_start,
+        level=config.levels[state.level_index],
+        eval_history=state.eval_history,
+    )
+    (out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
+    return result
+
+
+def _save_final(final: Path, model: Any, tokenizer: Any) -> None:
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
@@ -780,15 +595,6 @@ def train(
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    result = TrainResult(
-        out=str(out),
-        steps=config.steps,
-        wall_s=time.perf_counter() - t_start,
-        level=config.levels[level_index],
-        eval_history=eval_history,
-    )
-    (out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
-    return result
 
 
 def _fmt_eval(record: dict[str, Any]) -> str:

@@ -91,7 +91,8 @@ def _latency(x: np.ndarray) -> tuple[float | None, float | None, float | None]:
 
 
 def _failed_spike_ratios(episodes: Sequence[Episode]) -> np.ndarray:
-    from agentropy.analysis.breath import TraceTable, analyze_triggers
+    from agentropy.analysis.breath import analyze_triggers
+    from agentropy.trace import TraceTable
 
     table = TraceTable.from_episodes(list(episodes))
     trig = analyze_triggers(table)

@@ -203,7 +203,7 @@ class Evidence:
     @classmethod
     def from_episodes(cls, episodes: Iterable[Episode], breath_config: Any = None) -> Evidence:
         """Evidence of in-memory episodes."""
-        from agentropy.analysis.breath import TraceTable
+        from agentropy.trace import TraceTable
 
         out = cls()
         eps = list(episodes)

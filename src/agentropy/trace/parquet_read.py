@@ -42,10 +42,14 @@ from agentropy.trace.model import (
 )
 from agentropy.trace.parquet import _TOKEN_COLUMN, _list_parts, _schemas
 from agentropy.trace.validate import (
+    _NAN_HINT,
+    _TOKEN_ID_RANGE,
     _apply_nan_policy,
     _check_nan_policy,
     _parse_turn,
+    _phase_code_error,
     _record_dropped,
+    _seconds_error,
     _Where,
 )
 
@@ -148,9 +152,8 @@ def _decode_part(
             h["meta"] = _loads(meta_s, w, "meta")
             if not isinstance(h["meta"], dict):
                 raise w.err(f"expected a JSON object, got {_tname(h['meta'])}", "meta")
-        for key in ("latency_s",):
-            if h[key] is not None and not h[key] >= 0:
-                raise w.err(f"expected a non-negative number of seconds, got {h[key]!r}", key)
+        if msg := _seconds_error(h["latency_s"]):
+            raise w.err(msg, "latency_s")
         turns_list = _loads(turns_s, w, "turns")
         if not isinstance(turns_list, list):
             raise w.err(f"expected a JSON list of turns, got {_tname(turns_list)}", "turns")
@@ -218,15 +221,10 @@ def _decode_part(
             raise InputError(msg, path=tok_file, row=r, field=column)
         if name == "phase" and len(vals) and (vals.min() < 0 or vals.max() >= len(PHASES)):
             r = int(np.flatnonzero((vals < 0) | (vals >= len(PHASES)))[0])
-            raise InputError(
-                f"unknown phase code {vals[r]} (expected 0..{len(PHASES) - 1})",
-                path=tok_file,
-                row=r,
-                field=column,
-            )
+            raise InputError(_phase_code_error(vals[r]), path=tok_file, row=r, field=column)
         if name == "token_ids" and len(vals) and (vals[present[name]] < 0).any():
             r = int(np.flatnonzero(present[name] & (vals < 0))[0])
-            raise InputError("negative token id", path=tok_file, row=r, field=column)
+            raise InputError(_TOKEN_ID_RANGE, path=tok_file, row=r, field=column)
         values[name] = vals
     nonfinite = np.zeros(total, dtype=bool)
     for name in TOKEN_FLOAT_FIELDS:
@@ -240,8 +238,7 @@ def _decode_part(
         )
         raise InputError(
             f"non-finite value {values[name][r]} in episode {ids[expect_ep[r]]!r} turns["
-            f"{expect_turn[r]}] token {expect_tok[r]} (use nan_policy='drop' (CLI: "
-            "--nan-policy drop) to drop such tokens)",
+            f"{expect_turn[r]}] token {expect_tok[r]} ({_NAN_HINT})",
             path=tok_file,
             row=r,
             field=_TOKEN_COLUMN[name],

@@ -19,7 +19,7 @@ import numpy as np
 
 from agentropy.errors import InputError
 from agentropy.trace.model import STATUS_CODES, Episode, NanPolicy, ToolCall, _cat
-from agentropy.trace.validate import _check_nan_policy
+from agentropy.trace.validate import _NAN_HINT, _check_nan_policy
 
 
 class _TurnColumns:
@@ -225,7 +225,7 @@ class TraceTable:
                         bad = int(np.flatnonzero(~finite)[0])
                         raise InputError(
                             f"non-finite entropy {ent[bad]} at token {bad} of episode "
-                            f"{ep.episode_id!r} (use --nan-policy drop to drop such tokens)",
+                            f"{ep.episode_id!r} ({_NAN_HINT})",
                             path=source,
                             field=f"turns[{i}].entropy",
                         )

@@ -39,6 +39,61 @@ from agentropy.trace.model import (
 )
 
 # =====================================================================================
+# The rules: each returns None for a good value, else the message (callers say where)
+# =====================================================================================
+
+#: How to get past a non-finite value, appended to every such error.
+_NAN_HINT = "use nan_policy='drop' (CLI: --nan-policy drop) to drop such tokens"
+_NEED_ENTROPY = "assistant turns need per-token 'entropy'"
+_TOKEN_ID_RANGE = "token id out of range (expected 0 <= id < 2**63)"
+
+
+def _role_error(role: Any) -> str | None:
+    if not isinstance(role, str):
+        return f"role must be a string, got {_tname(role)}"
+    if role not in ROLES:
+        return f"unknown role {role!r} (expected one of: {', '.join(ROLES)})"
+    return None
+
+
+def _status_error(status: Any) -> str | None:
+    """A tool status is absent or one of :data:`~agentropy.trace.TOOL_STATUSES`."""
+    if status is None or status in TOOL_STATUSES:
+        return None
+    return f"bad status {status!r} (expected one of: {', '.join(TOOL_STATUSES)})"
+
+
+def _seconds_error(value: Any) -> str | None:
+    """A duration is absent or a non-negative number of seconds (a boolean is not a number)."""
+    if value is None or (
+        not isinstance(value, bool)
+        and isinstance(value, int | float | np.integer | np.floating)
+        and value >= 0
+    ):
+        return None
+    return f"expected a non-negative number of seconds, got {value!r}"
+
+
+def _phase_code_error(code: Any) -> str:
+    """Message for a phase code outside ``0..len(PHASES) - 1``."""
+    return f"unknown phase code {code} (expected 0..{len(PHASES) - 1}: {', '.join(PHASES)})"
+
+
+def _lengths_error(lengths: Mapping[str, int]) -> tuple[str, str] | None:
+    """Per-token arrays of a turn have equal lengths: ``(message, odd array)`` if not."""
+    if not lengths:
+        return None
+    ref = "entropy" if "entropy" in lengths else next(iter(lengths))
+    odd = next((n for n, k in lengths.items() if k != lengths[ref]), None)
+    if odd is None:
+        return None
+    msg = (
+        f"per-token arrays have unequal lengths: {ref} has {lengths[ref]}, {odd} has {lengths[odd]}"
+    )
+    return msg, odd
+
+
+# =====================================================================================
 # In-memory objects
 # =====================================================================================
 
@@ -69,25 +124,17 @@ def _coerce_array(value: Any, name: str, where: str) -> np.ndarray:
     if name == "phase":
         if arr.min() < 0 or arr.max() >= len(PHASES):
             bad = int(np.flatnonzero((arr < 0) | (arr >= len(PHASES)))[0])
-            raise InputError(
-                f"phase code out of range (expected 0..{len(PHASES) - 1}: {', '.join(PHASES)})",
-                field=f"{where}[{bad}]",
-            )
+            raise InputError(_phase_code_error(arr[bad]), field=f"{where}[{bad}]")
     elif arr.min() < 0 or (arr.dtype.kind == "u" and arr.max() > np.iinfo(np.int64).max):
         bad = int(np.flatnonzero(arr < 0)[0]) if arr.min() < 0 else int(np.argmax(arr))
-        raise InputError(
-            "token id out of range (expected 0 <= id < 2**63)", field=f"{where}[{bad}]"
-        )
+        raise InputError(_TOKEN_ID_RANGE, field=f"{where}[{bad}]")
     return arr.astype(dtype, copy=False)
 
 
 def _turn_arrays(turn: Turn, where: str, *, require_entropy: bool) -> dict[str, np.ndarray]:
     """Check a turn and return its per-token arrays coerced to their dtypes (role, lengths...)."""
-    if turn.role not in ROLES:
-        raise InputError(
-            f"unknown role {turn.role!r} (expected one of: {', '.join(ROLES)})",
-            field=f"{where}.role",
-        )
+    if msg := _role_error(turn.role):
+        raise InputError(msg, field=f"{where}.role")
     arrays = {
         name: _coerce_array(getattr(turn, name), name, f"{where}.{name}")
         for name in TOKEN_ARRAY_FIELDS
@@ -99,11 +146,8 @@ def _turn_arrays(turn: Turn, where: str, *, require_entropy: bool) -> dict[str, 
                 "tool turns carry no per-token arrays (tool tokens are never policy tokens)",
                 field=f"{where}.{next(iter(arrays))}",
             )
-        if turn.status is not None and turn.status not in TOOL_STATUSES:
-            raise InputError(
-                f"bad status {turn.status!r} (expected one of: {', '.join(TOOL_STATUSES)})",
-                field=f"{where}.status",
-            )
+        if msg := _status_error(turn.status):
+            raise InputError(msg, field=f"{where}.status")
         if turn.call is not None and not isinstance(turn.call, ToolCall):
             raise InputError(
                 f"expected a ToolCall or None, got {_tname(turn.call)}", field=f"{where}.call"
@@ -115,16 +159,9 @@ def _turn_arrays(turn: Turn, where: str, *, require_entropy: bool) -> dict[str, 
                     f"'{name}' belongs to tool turns, not assistant turns", field=f"{where}.{name}"
                 )
         if require_entropy and "entropy" not in arrays:
-            raise InputError("assistant turns need per-token 'entropy'", field=f"{where}.entropy")
-        lengths = {name: int(a.shape[0]) for name, a in arrays.items()}
-        if len(set(lengths.values())) > 1:
-            ref = "entropy" if "entropy" in lengths else next(iter(lengths))
-            odd = next(n for n, k in lengths.items() if k != lengths[ref])
-            raise InputError(
-                f"per-token arrays have unequal lengths: {ref} has {lengths[ref]}, "
-                f"{odd} has {lengths[odd]}",
-                field=f"{where}.{odd}",
-            )
+            raise InputError(_NEED_ENTROPY, field=f"{where}.entropy")
+        if unequal := _lengths_error({n: int(a.shape[0]) for n, a in arrays.items()}):
+            raise InputError(unequal[0], field=f"{where}.{unequal[1]}")
     if not isinstance(turn.meta, Mapping):
         raise InputError(f"expected an object, got {_tname(turn.meta)}", field=f"{where}.meta")
     for name in ("text", "content"):
@@ -132,16 +169,8 @@ def _turn_arrays(turn: Turn, where: str, *, require_entropy: bool) -> dict[str, 
         if value is not None and not isinstance(value, str):
             raise InputError(f"expected a string, got {_tname(value)}", field=f"{where}.{name}")
     for name in ("latency_s", "wall_s"):
-        value = getattr(turn, name)
-        if value is not None and (
-            isinstance(value, bool)
-            or not isinstance(value, int | float | np.integer | np.floating)
-            or not value >= 0
-        ):
-            raise InputError(
-                f"expected a non-negative number of seconds, got {value!r}",
-                field=f"{where}.{name}",
-            )
+        if msg := _seconds_error(getattr(turn, name)):
+            raise InputError(msg, field=f"{where}.{name}")
     return arrays
 
 
@@ -259,8 +288,8 @@ def _opt(d: Mapping[str, Any], key: str, kind: str, w: _Where, f: str) -> Any:
         raise w.err(f"expected {_KIND_NAME[kind]}, got {_tname(value)}", f)
     if kind in ("float", "nonneg"):
         value = float(value)
-        if kind == "nonneg" and not value >= 0:
-            raise w.err(f"expected a non-negative number of seconds, got {value!r}", f)
+        if kind == "nonneg" and (msg := _seconds_error(value)):
+            raise w.err(msg, f)
     return value
 
 
@@ -301,7 +330,7 @@ def _int_list(value: Any, w: _Where, f: str) -> np.ndarray:
         for i, x in enumerate(value):
             if isinstance(x, bool) or not isinstance(x, int):
                 raise w.err(f"expected an integer token id, got {_tname(x)}", f"{f}[{i}]")
-        raise w.err("token ids out of range (expected 0 <= id < 2**63)", f)
+        raise w.err(_TOKEN_ID_RANGE, f)
     try:
         return _coerce_array(arr, "token_ids", f)
     except InputError as err:
@@ -340,11 +369,10 @@ def _apply_nan_policy(
         i = int(np.flatnonzero(~finite)[0])
         name = next(n for n in TOKEN_FLOAT_FIELDS if n in arrays and not np.isfinite(arrays[n][i]))
         value = arrays[name][i]
-        hint = "use nan_policy='drop' (CLI: --nan-policy drop) to drop such tokens"
         if row0 is None:
-            raise w.err(f"non-finite value {value} ({hint})", f"{f}.{name}[{i}]")
+            raise w.err(f"non-finite value {value} ({_NAN_HINT})", f"{f}.{name}[{i}]")
         raise InputError(
-            f"non-finite value {value} in token {i} of {f} ({hint})",
+            f"non-finite value {value} in token {i} of {f} ({_NAN_HINT})",
             path=w.path,
             row=row0 + i,
             field=name,
@@ -362,15 +390,10 @@ def _parse_turn(
     if not isinstance(d, Mapping):
         raise w.err(f"expected a turn object, got {_tname(d)}", f)
     if "role" not in d:
-        raise w.err("missing 'role' (expected one of: assistant, tool)", f"{f}.role")
+        raise w.err(f"missing 'role' (expected one of: {', '.join(ROLES)})", f"{f}.role")
     role = d["role"]
-    if role not in ROLES:
-        raise w.err(
-            f"unknown role {role!r} (expected one of: {', '.join(ROLES)})"
-            if isinstance(role, str)
-            else f"role must be a string, got {_tname(role)}",
-            f"{f}.role",
-        )
+    if msg := _role_error(role):
+        raise w.err(msg, f"{f}.role")
     meta = _opt(d, "meta", "dict", w, f"{f}.meta")
     meta = {} if meta is None else dict(meta)
     wall_s = _opt(d, "wall_s", "nonneg", w, f"{f}.wall_s")
@@ -381,11 +404,8 @@ def _parse_turn(
         if name is None and arguments is not None:
             raise w.err("'arguments' given without a tool 'name'", f"{f}.name")
         status = d.get("status")
-        if status is not None and status not in TOOL_STATUSES:
-            raise w.err(
-                f"bad status {status!r} (expected one of: {', '.join(TOOL_STATUSES)})",
-                f"{f}.status",
-            )
+        if msg := _status_error(status):
+            raise w.err(msg, f"{f}.status")
         call = None if name is None else ToolCall(name, dict(arguments or {}))
         turn = Turn(
             role="tool",
@@ -407,12 +427,12 @@ def _parse_turn(
         if not isinstance(names, list) or any(x not in TOKEN_ARRAY_FIELDS for x in names):
             raise w.err(f"expected a list of per-token array names, got {names!r}", f"{f}.arrays")
         if "entropy" not in names:
-            raise w.err("assistant turns need per-token 'entropy'", f"{f}.arrays")
+            raise w.err(_NEED_ENTROPY, f"{f}.arrays")
         turn = Turn(role="assistant", text=text, wall_s=wall_s, meta=meta)
         return turn, 0, {"n_tokens": n, "arrays": names}
     _check_keys(d, _ASSISTANT_KEYS, w, f"{f}.")
     if d.get("entropy") is None:
-        raise w.err("assistant turns need per-token 'entropy' (a list of numbers)", f"{f}.entropy")
+        raise w.err(f"{_NEED_ENTROPY} (a list of numbers)", f"{f}.entropy")
     arrays: dict[str, np.ndarray] = {}
     for name in TOKEN_ARRAY_FIELDS:
         value = d.get(name)
@@ -424,13 +444,8 @@ def _parse_turn(
             arrays[name] = _phase_list(value, w, f"{f}.{name}")
         else:
             arrays[name] = _float_list(value, w, f"{f}.{name}")
-    n = len(arrays["entropy"])
-    for name, arr in arrays.items():
-        if len(arr) != n:
-            raise w.err(
-                f"per-token arrays have unequal lengths: entropy has {n}, {name} has {len(arr)}",
-                f"{f}.{name}",
-            )
+    if unequal := _lengths_error({n: len(a) for n, a in arrays.items()}):
+        raise w.err(unequal[0], f"{f}.{unequal[1]}")
     arrays, dropped = _apply_nan_policy(arrays, nan_policy, w, f)
     return Turn(role="assistant", text=text, wall_s=wall_s, meta=meta, **arrays), dropped, None
 

@@ -25,6 +25,7 @@ from agentropy.trace import (
     Episode,
     Episodes,
     ToolCall,
+    TraceTable,
     TraceWriter,
     Turn,
     episode_from_dict,
@@ -646,6 +647,51 @@ def test_corrupt_stores_are_input_errors(tmp_path):
     (tmp_path / "empty.parquet" / "episodes").mkdir(parents=True)
     with pytest.raises(InputError, match="empty trace store"):
         read_parquet(tmp_path / "empty.parquet")
+
+
+def test_a_field_rule_says_the_same_thing_in_memory_and_in_a_store(tmp_path):
+    """validate.py holds each rule once: a bad phase code or token id reads alike everywhere."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store = tmp_path / "run.parquet"
+    write_parquet([make_episode(0)], store)
+    tok_file = store / "tokens" / "part-00000.parquet"
+    table = pq.read_table(tok_file)
+    for column, bad, kwargs in [
+        ("phase", 7, dict(entropy=[0.1], phase=[7])),
+        ("token_id", -3, dict(entropy=[0.1], token_ids=[-3])),
+    ]:
+        with pytest.raises(InputError) as mem:
+            Turn("assistant", **kwargs)
+        values = table.column(column).to_pylist()
+        values[4] = bad
+        i = table.schema.get_field_index(column)
+        typ = table.schema.field(column).type
+        pq.write_table(table.set_column(i, column, pa.array(values, typ)), tok_file)
+        with pytest.raises(InputError) as disk:
+            read_parquet(store)
+        assert (disk.value.row, disk.value.field) == (4, column)
+        assert disk.value.message == mem.value.message
+    # The columnar view checks the NaN policy with the same words as the readers.
+    with pytest.raises(ValueError, match="nan_policy must be one of"):
+        TraceTable.from_episodes([make_episode(0)], nan_policy="skip")
+
+
+def test_shared_names_have_one_definition():
+    import agentropy.trace as trace
+    from agentropy.analysis import breath
+
+    assert all(getattr(trace, name, None) is not None for name in trace.__all__)
+    # analysis re-uses the trace names instead of keeping copies.
+    assert breath.TraceTable is trace.TraceTable
+    assert breath.STATUS_CODES is trace.STATUS_CODES
+    assert getattr(breath, "NAN_POLICIES", trace.NAN_POLICIES) is trace.NAN_POLICIES
+    assert not hasattr(breath, "STATUS_NAMES")
+    assert tuple(trace.STATUS_CODES) == trace.TOOL_STATUSES == ("ok", "error", "unexpected")
+    assert trace.NAN_POLICIES == ("raise", "drop")
+    assert trace.PHASES == ("plan", "act", "recover", "answer")
+    assert set(trace.TOOL_STATUSES) > trace.FAILED_STATUSES
 
 
 def test_orphan_tokens_part_and_stale_temp_files_are_ignored(tmp_path):

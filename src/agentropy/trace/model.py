@@ -91,6 +91,11 @@ def _tname(value: Any) -> str:
     return type(value).__name__
 
 
+def _cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+    """Concatenate per-turn arrays as ``dtype`` (an empty array when there are none)."""
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(0, dtype=dtype)
+
+
 def canonical_arguments(arguments: Any) -> str:
     """Canonical JSON of tool-call arguments (sorted keys, no spaces): the identity of a call."""
     return json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -240,6 +245,7 @@ def _num(value: Any) -> Any:
 
 
 def _tool_turn_dict(turn: Turn) -> dict[str, Any]:
+    """A tool turn as its flat JSON dict (``None`` fields and empty ``meta`` omitted)."""
     d: dict[str, Any] = {"role": "tool"}
     if turn.call is not None:
         d["name"] = turn.call.name
@@ -254,6 +260,10 @@ def _tool_turn_dict(turn: Turn) -> dict[str, Any]:
 
 
 def _assistant_extras(turn: Turn, d: dict[str, Any]) -> dict[str, Any]:
+    """Add an assistant turn's scalar fields (text, wall_s, meta) to ``d``, returned.
+
+    The per-token arrays are the caller's: lists in JSONL, ``n_tokens``/``arrays`` in a store.
+    """
     for key in ("text", "wall_s"):
         value = getattr(turn, key)
         if value is not None:
@@ -264,6 +274,7 @@ def _assistant_extras(turn: Turn, d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _episode_header(episode: Episode) -> dict[str, Any]:
+    """Episode-level fields as a JSON dict (all but ``turns``; ``None`` and empty ones omitted)."""
     d: dict[str, Any] = {"episode_id": episode.episode_id}
     for key in ("task_id", "level", "step", "policy", "success", "reward"):
         value = getattr(episode, key)
@@ -277,11 +288,6 @@ def _episode_header(episode: Episode) -> dict[str, Any]:
     if episode.meta:
         d["meta"] = episode.meta
     return d
-
-
-def _cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
-    """Concatenate per-turn arrays as ``dtype`` (an empty array when there are none)."""
-    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(0, dtype=dtype)
 
 
 # The field rules need the classes above; importing them last keeps one direction of definition

@@ -49,6 +49,7 @@ _TOKEN_ID_RANGE = "token id out of range (expected 0 <= id < 2**63)"
 
 
 def _role_error(role: Any) -> str | None:
+    """A role is one of :data:`~agentropy.trace.ROLES`."""
     if not isinstance(role, str):
         return f"role must be a string, got {_tname(role)}"
     if role not in ROLES:

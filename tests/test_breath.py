@@ -10,13 +10,12 @@ from hypothesis import strategies as st
 
 from agentropy.analysis.breath import (
     BreathConfig,
-    TraceTable,
     analyze_episode,
     analyze_triggers,
     trigger_stats,
 )
 from agentropy.errors import InputError
-from agentropy.trace import Episode, ToolCall, Turn
+from agentropy.trace import Episode, ToolCall, TraceTable, Turn
 
 
 def A(values) -> Turn:

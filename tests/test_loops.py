@@ -8,7 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import agentropy.analysis.loops as loops_mod
-from agentropy.analysis.breath import TraceTable
 from agentropy.analysis.loops import (
     LoopConfig,
     find_loops,
@@ -16,7 +15,7 @@ from agentropy.analysis.loops import (
     loop_records,
     ngram_repetition_rates,
 )
-from agentropy.trace import Episode, ToolCall, Turn
+from agentropy.trace import Episode, ToolCall, TraceTable, Turn
 
 
 def A(n: int = 4, ids=None) -> Turn:

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from agentropy.analysis.breath import TraceTable
+from agentropy.trace import TraceTable
 
 LoopType = Literal["repeated_call", "ngram"]
 LOOP_TYPES: tuple[str, ...] = ("repeated_call", "ngram")

@@ -51,8 +51,6 @@ import numpy as np
 from agentropy.analysis.breath import (
     KINDS,
     BreathConfig,
-    NanPolicy,
-    TraceTable,
     analyze_triggers,
     eruption_records,
     frozen_records,
@@ -74,7 +72,7 @@ from agentropy.analysis.training import (
     fit_exp_reward,
     step_series,
 )
-from agentropy.trace import PHASE_CODE, Episode
+from agentropy.trace import PHASE_CODE, Episode, NanPolicy, TraceTable
 
 
 @dataclass(frozen=True, slots=True)

@@ -261,7 +261,8 @@ def breath_metrics(
     the tool failed. Eruptions, kinds, frozen responses and loops are counts, as defined in
     DESIGN.md and implemented by :mod:`agentropy.analysis.breath` and ``loops``.
     """
-    from agentropy.analysis.breath import KINDS, BreathConfig, TraceTable, analyze_triggers
+    from agentropy.analysis.breath import KINDS, BreathConfig, analyze_triggers
+    from agentropy.trace import TraceTable
     from agentropy.analysis.loops import LOOP_TYPES, LoopConfig, find_loops
 
     episodes = [ep for ep in episodes if ep.n_tokens > 0]

@@ -6,7 +6,7 @@ the example is the candidate with the smallest key. The key depends only on the 
 own episode (its success and its number of eruptions and frozen responses), so the minimum can be
 kept part by part while the traces stream through the analyzer: :class:`ExamplePicker` keeps, per
 kind, the best record so far and the :class:`Timeline` of its episode, cut from the part's
-:class:`~agentropy.analysis.breath.TraceTable` while that part is in memory. The report then never
+:class:`~agentropy.trace.TraceTable` while that part is in memory. The report then never
 reads a trace file a second time. :func:`choose_examples` is the same choice over a whole summary.
 
 A :class:`Timeline` holds what :func:`agentropy.report.figures.timeline_figure` draws: the
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from agentropy.analysis.breath import TraceTable
+from agentropy.trace import TraceTable
 from agentropy.trace import TOOL_STATUSES, Episode
 
 #: Example kinds, in page order.

@@ -1,0 +1,363 @@
+"""The columnar :class:`TraceTable`: many episodes as flat numpy arrays, for vectorised analysis.
+
+One flat float64 entropy array of every assistant token with per-episode and per-turn offsets, so
+that a Parquet part of millions of tokens is analysed (:mod:`agentropy.analysis`) with a handful of
+numpy operations and no Python loop over tokens. Two builders: :meth:`TraceTable.from_episodes`
+(in-memory :class:`~agentropy.trace.Episode` lists, e.g. a JSONL file) and
+:meth:`TraceTable.from_arrow` (one validated part of a Parquet store, straight from its pyarrow
+tables, with no per-token Python objects). Tool statuses are coded by
+:data:`~agentropy.trace.STATUS_CODES`, phases by :data:`~agentropy.trace.PHASE_CODE`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from agentropy.errors import InputError
+from agentropy.trace.model import STATUS_CODES, Episode, NanPolicy, ToolCall, _cat
+from agentropy.trace.validate import _NAN_HINT, _check_nan_policy
+
+
+class _TurnColumns:
+    """The per-turn columns of a :class:`TraceTable`, appended turn by turn by its builders."""
+
+    def __init__(self) -> None:
+        self.ep: list[int] = []
+        self.index: list[int] = []
+        self.is_tool: list[bool] = []
+        self.start: list[int] = []
+        self.end: list[int] = []
+        self.has_ids: list[bool] = []
+        self.status: list[int] = []
+        self.key: list[int] = []
+        self.name: list[str | None] = []
+        self.arguments: list[Any] = []
+        self.content: list[str | None] = []
+        self.key_codes: dict[str, int] = {}
+
+    def add_assistant(self, e: int, i: int, start: int, n: int, has_ids: bool) -> None:
+        """Turn ``i`` of episode ``e``: an assistant turn owning tokens ``[start, start + n)``."""
+        self._add(e, i, False, start, start + n, has_ids, -1, -1, None, None, None)
+
+    def add_tool(
+        self,
+        e: int,
+        i: int,
+        pos: int,
+        status: str | None,
+        call_key: str | None,
+        name: str | None,
+        arguments: Any,
+        content: str | None,
+    ) -> None:
+        """Turn ``i`` of episode ``e``: a tool turn at token position ``pos`` (``call_key``:
+        name + canonical arguments, None for an unparseable call)."""
+        key = -1 if call_key is None else self.key_codes.setdefault(call_key, len(self.key_codes))
+        code = STATUS_CODES.get(status or "", -1)
+        self._add(e, i, True, pos, pos, False, code, key, name, arguments, content)
+
+    def _add(
+        self,
+        e: int,
+        i: int,
+        is_tool: bool,
+        start: int,
+        end: int,
+        has_ids: bool,
+        status: int,
+        key: int,
+        name: str | None,
+        arguments: Any,
+        content: str | None,
+    ) -> None:
+        self.ep.append(e)
+        self.index.append(i)
+        self.is_tool.append(is_tool)
+        self.start.append(start)
+        self.end.append(end)
+        self.has_ids.append(has_ids)
+        self.status.append(status)
+        self.key.append(key)
+        self.name.append(name)
+        self.arguments.append(arguments)
+        self.content.append(content)
+
+    def fields(self) -> dict[str, Any]:
+        """The :class:`TraceTable` fields ``turn_*``, ``tool_*`` and ``key_names``."""
+        return {
+            "turn_ep": np.asarray(self.ep, np.int64),
+            "turn_index": np.asarray(self.index, np.int64),
+            "turn_is_tool": np.asarray(self.is_tool, bool),
+            "turn_start": np.asarray(self.start, np.int64),
+            "turn_end": np.asarray(self.end, np.int64),
+            "turn_has_ids": np.asarray(self.has_ids, bool),
+            "tool_status": np.asarray(self.status, np.int8),
+            "tool_key": np.asarray(self.key, np.int64),
+            "tool_name": self.name,
+            "tool_arguments": self.arguments,
+            "tool_content": self.content,
+            "key_names": list(self.key_codes),
+        }
+
+
+@dataclass(slots=True)
+class TraceTable:
+    """Columnar view of a list of episodes (one Parquet part, or an in-memory list).
+
+    Shapes: ``E`` episodes, ``N`` assistant tokens, ``U`` turns (assistant and tool). Token
+    positions are global offsets into the flat token arrays; episode ``e`` owns tokens
+    ``[ep_start[e], ep_end[e])``. A tool turn's ``turn_start == turn_end`` is the position where its
+    post-trigger stream begins.
+    """
+
+    # --- episodes (E,) ---------------------------------------------------------------------
+    episode_id: list[str]
+    task_id: list[str | None]
+    policy: list[str | None]
+    question: list[str | None]
+    """``meta["question"]`` when present (used to tell hallucinated argument values)."""
+    step: np.ndarray
+    """(E,) float64 training step, NaN when absent."""
+    success: np.ndarray
+    """(E,) int8: 1 success, 0 failure, -1 unknown."""
+    reward: np.ndarray
+    """(E,) float64, NaN when absent."""
+    latency_s: np.ndarray
+    """(E,) float64 episode wall time, NaN when absent."""
+    ep_start: np.ndarray
+    ep_end: np.ndarray
+    # --- tokens (N,) -----------------------------------------------------------------------
+    entropy: np.ndarray
+    """(N,) float64 model entropy, nats."""
+    token_ids: np.ndarray
+    """(N,) int64 token ids, -1 where the turn has none."""
+    phase: np.ndarray
+    """(N,) int8 phase codes (index into :data:`~agentropy.trace.PHASES`), -1 where unknown."""
+    # --- turns (U,) ------------------------------------------------------------------------
+    turn_ep: np.ndarray
+    turn_index: np.ndarray
+    turn_is_tool: np.ndarray
+    turn_start: np.ndarray
+    turn_end: np.ndarray
+    turn_has_ids: np.ndarray
+    tool_status: np.ndarray
+    """(U,) int8 status code (:data:`STATUS_CODES`), -1 for assistant turns / missing status."""
+    tool_key: np.ndarray
+    """(U,) int64 call identity code (equal codes = same name and canonical arguments), -1 none."""
+    tool_name: list[str | None]
+    tool_arguments: list[Any]
+    tool_content: list[str | None]
+    n_dropped: int = 0
+    """Non-finite entropies dropped under ``nan_policy="drop"``."""
+    key_names: list[str] = field(default_factory=list)
+    """Call identity strings, indexed by ``tool_key`` codes."""
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self.episode_id)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.entropy.shape[0])
+
+    @classmethod
+    def from_episodes(
+        cls,
+        episodes: list[Episode],
+        *,
+        nan_policy: NanPolicy = "raise",
+        source: str | None = None,
+    ) -> TraceTable:
+        """Build the columnar view; non-finite entropies raise :class:`InputError` or are dropped.
+
+        ``source`` names the file in error messages. Dropping removes the token from every
+        per-token array of its turn, so later positions shift; the count is ``n_dropped``.
+        """
+        _check_nan_policy(nan_policy)
+        n_ep = len(episodes)
+        step = np.full(n_ep, np.nan)
+        success = np.full(n_ep, -1, dtype=np.int8)
+        reward = np.full(n_ep, np.nan)
+        latency = np.full(n_ep, np.nan)
+        ep_start = np.zeros(n_ep, dtype=np.int64)
+        ep_end = np.zeros(n_ep, dtype=np.int64)
+        ids, tasks, policies, questions = [], [], [], []
+        ent_parts: list[np.ndarray] = []
+        tid_parts: list[np.ndarray] = []
+        ph_parts: list[np.ndarray] = []
+        turn_cols = _TurnColumns()
+        pos = 0
+        dropped = 0
+        for e, ep in enumerate(episodes):
+            ids.append(ep.episode_id)
+            tasks.append(ep.task_id)
+            policies.append(ep.policy)
+            q = ep.meta.get("question") if isinstance(ep.meta, dict) else None
+            questions.append(q if isinstance(q, str) else None)
+            if ep.step is not None:
+                step[e] = ep.step
+            if ep.success is not None:
+                success[e] = int(bool(ep.success))
+            if ep.reward is not None:
+                reward[e] = ep.reward
+            if ep.latency_s is not None:
+                latency[e] = ep.latency_s
+            ep_start[e] = pos
+            for i, turn in enumerate(ep.turns):
+                if turn.role == "tool":
+                    call = turn.call
+                    if call is None:
+                        turn_cols.add_tool(e, i, pos, turn.status, None, None, None, turn.content)
+                    else:
+                        key, name, args = call.key, call.name, call.arguments
+                        turn_cols.add_tool(e, i, pos, turn.status, key, name, args, turn.content)
+                    continue
+                ent = np.asarray(turn.entropy if turn.entropy is not None else [], np.float64)
+                tid = turn.token_ids
+                ph = turn.phase
+                finite = np.isfinite(ent)
+                if not finite.all():
+                    if nan_policy == "raise":
+                        bad = int(np.flatnonzero(~finite)[0])
+                        raise InputError(
+                            f"non-finite entropy {ent[bad]} at token {bad} of episode "
+                            f"{ep.episode_id!r} ({_NAN_HINT})",
+                            path=source,
+                            field=f"turns[{i}].entropy",
+                        )
+                    dropped += int((~finite).sum())
+                    ent = ent[finite]
+                    tid = None if tid is None else np.asarray(tid)[finite]
+                    ph = None if ph is None else np.asarray(ph)[finite]
+                n = ent.shape[0]
+                ent_parts.append(ent)
+                has_ids = tid is not None and len(tid) == n
+                tid_parts.append(np.asarray(tid, np.int64) if has_ids else np.full(n, -1, np.int64))
+                ph_parts.append(
+                    np.asarray(ph, np.int8)
+                    if ph is not None and len(ph) == n
+                    else np.full(n, -1, np.int8)
+                )
+                turn_cols.add_assistant(e, i, pos, n, has_ids)
+                pos += n
+            ep_end[e] = pos
+
+        return cls(
+            episode_id=ids,
+            task_id=tasks,
+            policy=policies,
+            question=questions,
+            step=step,
+            success=success,
+            reward=reward,
+            latency_s=latency,
+            ep_start=ep_start,
+            ep_end=ep_end,
+            entropy=_cat(ent_parts, np.float64),
+            token_ids=_cat(tid_parts, np.int64),
+            phase=_cat(ph_parts, np.int8),
+            n_dropped=dropped,
+            **turn_cols.fields(),
+        )
+
+    @classmethod
+    def from_arrow(cls, episodes: Any, tokens: Any, *, source: str | None = None) -> TraceTable:
+        """Build the columnar view straight from one Parquet part of a trace store.
+
+        ``episodes`` and ``tokens`` are the pyarrow tables yielded by
+        :func:`agentropy.trace.iter_parts` (already validated; rows dropped under
+        ``nan_policy="drop"`` are missing from ``tokens`` and counted in ``n_dropped``). Token
+        columns are converted to numpy without building per-token Python objects.
+        """
+        import pyarrow.compute as pc
+
+        cols = episodes.select(
+            ["episode_id", "task_id", "step", "policy", "success", "reward", "latency_s", "meta"]
+        ).to_pydict()
+        ids: list[str] = cols["episode_id"]
+        n_ep = len(ids)
+
+        def floats(values: list[Any]) -> np.ndarray:
+            return np.array([np.nan if v is None else v for v in values], np.float64)
+
+        success = np.array([-1 if v is None else int(v) for v in cols["success"]], np.int8)
+        questions: list[str | None] = []
+        for m in cols["meta"]:
+            meta = json.loads(m) if m else {}
+            q = meta.get("question") if isinstance(meta, dict) else None
+            questions.append(q if isinstance(q, str) else None)
+        turns = [json.loads(t) for t in episodes.column("turns").to_pylist()]
+
+        # Declared assistant-turn runs, in token-row order.
+        run_ep, run_turn, run_len = [], [], []
+        for e, tl in enumerate(turns):
+            for i, td in enumerate(tl):
+                if td.get("role") == "assistant":
+                    run_ep.append(e)
+                    run_turn.append(i)
+                    run_len.append(int(td.get("n_tokens", 0)))
+        declared = np.asarray(run_len, np.int64)
+        actual = declared
+        n_rows = tokens.num_rows
+        if n_rows != int(declared.sum()):
+            # Rows were dropped: count the rows each (episode, turn) run really has.
+            enc = pc.dictionary_encode(tokens.column("episode_id")).combine_chunks()
+            row_of = {eid: r for r, eid in enumerate(ids)}
+            lut = np.array([row_of[v] for v in enc.dictionary.to_pylist()], np.int64)
+            tok_ep = lut[enc.indices.to_numpy(zero_copy_only=False)]
+            tok_turn = tokens.column("turn_index").to_numpy().astype(np.int64)
+            width = int(max(len(tl) for tl in turns)) + 1 if turns else 1
+            keys = tok_ep * width + tok_turn
+            uniq, counts = np.unique(keys, return_counts=True)
+            want = np.asarray(run_ep, np.int64) * width + np.asarray(run_turn, np.int64)
+            at = np.clip(np.searchsorted(uniq, want), 0, max(len(uniq) - 1, 0))
+            found = (uniq[at] == want) if len(uniq) else np.zeros(len(want), bool)
+            actual = np.where(found, counts[at] if len(uniq) else 0, 0).astype(np.int64)
+
+        ep_start = np.zeros(n_ep, np.int64)
+        ep_end = np.zeros(n_ep, np.int64)
+        turn_cols = _TurnColumns()
+        pos = 0
+        k = 0
+        for e, tl in enumerate(turns):
+            ep_start[e] = pos
+            for i, td in enumerate(tl):
+                if td.get("role") == "assistant":
+                    n = int(actual[k])
+                    k += 1
+                    turn_cols.add_assistant(e, i, pos, n, "token_ids" in td.get("arrays", ()))
+                    pos += n
+                    continue
+                name = td.get("name")
+                args = None if name is None else td.get("arguments", {})
+                key = None if name is None else ToolCall(name, args).key
+                turn_cols.add_tool(e, i, pos, td.get("status"), key, name, args, td.get("content"))
+            ep_end[e] = pos
+
+        def column(name: str, fill: Any, dtype: Any) -> np.ndarray:
+            col = tokens.column(name)
+            if col.null_count:
+                col = pc.fill_null(col, fill)
+            return np.asarray(col.to_numpy(), dtype=dtype)
+
+        return cls(
+            episode_id=ids,
+            task_id=cols["task_id"],
+            policy=cols["policy"],
+            question=questions,
+            step=floats(cols["step"]),
+            success=success,
+            reward=floats(cols["reward"]),
+            latency_s=floats(cols["latency_s"]),
+            ep_start=ep_start,
+            ep_end=ep_end,
+            entropy=column("entropy", 0.0, np.float64),
+            token_ids=column("token_id", -1, np.int64),
+            phase=column("phase", -1, np.int8),
+            n_dropped=int(declared.sum()) - n_rows,
+            **turn_cols.fields(),
+        )

@@ -331,9 +331,9 @@ def test_report_reads_each_trace_file_once(tmp_path: Path, monkeypatch) -> None:
 def test_streamed_examples_equal_whole_choice(traces: list[Episode], cuts: tuple) -> None:
     """ExamplePicker over any split into parts picks what choose_examples picks over the whole
     summary, and its timelines equal the ones built from the episodes themselves."""
-    from agentropy.trace import TraceTable
     from agentropy.analysis.summary import Analyzer
     from agentropy.report.examples import ExamplePicker, Timeline, choose_examples
+    from agentropy.trace import TraceTable
 
     analyzer = Analyzer()
     picker = ExamplePicker()

@@ -262,8 +262,8 @@ def breath_metrics(
     DESIGN.md and implemented by :mod:`agentropy.analysis.breath` and ``loops``.
     """
     from agentropy.analysis.breath import KINDS, BreathConfig, analyze_triggers
-    from agentropy.trace import TraceTable
     from agentropy.analysis.loops import LOOP_TYPES, LoopConfig, find_loops
+    from agentropy.trace import TraceTable
 
     episodes = [ep for ep in episodes if ep.n_tokens > 0]
     if not episodes:

@@ -22,8 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from agentropy.trace import TraceTable
-from agentropy.trace import TOOL_STATUSES, Episode
+from agentropy.trace import TOOL_STATUSES, Episode, TraceTable
 
 #: Example kinds, in page order.
 EXAMPLE_KINDS: tuple[str, ...] = ("productive", "divergent", "frozen")

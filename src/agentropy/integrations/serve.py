@@ -50,6 +50,7 @@ def generate_completion(
     import torch
 
     from agentropy.agent.runner import forward_kwargs, stop_token_ids
+    from agentropy.entropy import apply_temperature
 
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -80,7 +81,7 @@ def generate_completion(
             if temperature == 0:
                 tok = int(torch.argmax(z))
             else:
-                probs = torch.softmax(z / temperature, dim=-1)
+                probs = torch.softmax(apply_temperature(z, temperature), dim=-1)
                 tok = int(torch.multinomial(probs, 1, generator=generator))
             if tok in end_ids:
                 finish = "stop"

@@ -265,7 +265,7 @@ def test_apply_temperature_rejects_non_positive_temperature(bad):
 def test_scaled_logits_give_the_same_bits_as_temperature_inside_the_kernel(x, data):
     """A sampler that draws from apply_temperature(z, T) records exactly the log-probs and
     entropies the kernel computes at T (the runner relies on this)."""
-    b, t, v = x.shape
+    b, t, _ = x.shape
     xt = torch.from_numpy(x).to(torch.bfloat16)
     temps = torch.tensor(
         data.draw(st.lists(st.floats(0.05, 5), min_size=b * t, max_size=b * t))

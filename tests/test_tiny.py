@@ -244,7 +244,9 @@ def test_shared_prefix_forward_matches_full_forward(tok, world: ToolWorld) -> No
 def test_rename_entities_is_consistent_and_fresh(world: ToolWorld) -> None:
     import re
 
-    conversations = tiny.corpus._expert_conversations(world, split="train", levels=(3,), n=12, seed=0)
+    conversations = tiny.corpus._expert_conversations(
+        world, split="train", levels=(3,), n=12, seed=0
+    )
     renamed = tiny.corpus._rename_entities(world, conversations, prob=1.0, seed=0)
     assert tiny.corpus._rename_entities(world, conversations, prob=0.0, seed=0) == conversations
     for (_, before), (_, after) in zip(conversations, renamed, strict=True):

@@ -273,16 +273,20 @@ def _run(
         flat_tokens = tokens.reshape(-1).to(device=device, dtype=torch.int64)
         _check_tokens(flat_tokens, rows, logits.shape[-1], lead)
 
-    h, lp, bad = _ChunkedEntropy.apply(
-        logits, temps, rows, flat_tokens, chunk_size, nan_policy == "raise"
-    )
-    valid = torch.zeros(n_rows, dtype=torch.bool, device=device)
-    if rows is None:
-        valid.fill_(True)
+    args = (logits, temps, rows, flat_tokens, chunk_size, nan_policy == "raise")
+    if torch.is_grad_enabled() and logits.requires_grad:
+        h, lp, bad = _ChunkedEntropy.apply(*args)
     else:
+        # No graph to build: skip the autograd.Function machinery, a sizeable share of the cost
+        # of the small per-step calls samplers make (the values are the same).
+        h, lp, bad, _ = _forward(*args)
+    if rows is None:
+        valid = ~bad
+    else:
+        valid = torch.zeros(n_rows, dtype=torch.bool, device=device)
         valid[rows] = True
-    valid &= ~bad
-    n_bad = int(bad.sum())
+        valid &= ~bad
+    n_bad = 0 if nan_policy == "raise" else int(bad.sum())  # "raise" raised on any bad row
     h = h.reshape(lead)
     lp = lp.reshape(lead) if tokens is not None else lp
     return h, lp, valid.reshape(lead), n_bad
@@ -424,6 +428,67 @@ def _log_probs(
     return torch.log_softmax(z, -1, out=out)
 
 
+def _forward(
+    logits: torch.Tensor,
+    temps: torch.Tensor | None,
+    rows: torch.Tensor | None,
+    tokens: torch.Tensor | None,
+    chunk_size: int,
+    raise_on_bad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The chunked forward pass of :class:`_ChunkedEntropy` (see there): returns
+    ``(H (N,), logprob (N,) or (0,), bad (N,) bool, log Z (N,))``, without autograd."""
+    src = _Rows(logits)
+    n_rows, vocab = math.prod(src.lead), src.vocab
+    device = logits.device
+    h_out = torch.zeros(n_rows, dtype=torch.float32, device=device)
+    lp_out = torch.zeros(n_rows if tokens is not None else 0, dtype=torch.float32, device=device)
+    bad_out = torch.zeros(n_rows, dtype=torch.bool, device=device)
+    log_z_out = torch.zeros(n_rows, dtype=torch.float32, device=device)
+    c_max = min(chunk_size, n_rows if rows is None else rows.numel())
+    zbuf = torch.empty(max(c_max, 0), vocab, dtype=torch.float32, device=device)
+    lsbuf = torch.empty_like(zbuf)
+
+    for start, stop, idx in _chunks(n_rows, rows, chunk_size):
+        c = stop - start
+        sel = slice(start, stop) if idx is None else idx
+        t = None if temps is None else temps[sel]
+        ls = _log_probs(src.get(start, stop, idx), t, zbuf[:c], lsbuf[:c])
+        p = torch.exp(ls, out=zbuf[:c])
+        h = torch.linalg.vecdot(p, ls).neg_()
+        # log_softmax accumulates sum(exp) lane by lane, which is off by ~1e-5 relative at
+        # V ~ 32K; torch.sum is cascaded. Renormalising with it makes H = log Z - <p, ls>/Z
+        # (Z = sum p, ~1) accurate to ~1e-6 nats for the price of one cheap reduction.
+        sum_p = p.sum(-1)
+        nan = torch.isnan(h)
+        if bool(nan.any()):
+            # A -inf logit gives p = 0 and log p = -inf, and 0 * -inf = NaN: recompute those
+            # rows with log p clamped (p stays exactly 0). Rows still NaN after that hold a
+            # NaN or +inf logit, or only -inf ones (log_softmax is NaN on the whole row).
+            h[nan] = torch.linalg.vecdot(p[nan], ls[nan].clamp_min(_LOG_CLAMP)).neg_()
+            bad = torch.isnan(h)
+            if bool(bad.any()):
+                if raise_on_bad:
+                    first = int(bad.nonzero()[0, 0])
+                    flat_row = start + first if idx is None else int(idx[first])
+                    raise ValueError(
+                        f"{src.first_bad(flat_row)} (the first bad position); -inf logits "
+                        "are allowed, NaN and +inf are not, and a position needs at least "
+                        "one finite logit; pass nan_policy='mask' to skip such positions"
+                    )
+                bad_out[sel] = bad
+                h.masked_fill_(bad, 0.0)
+        log_z = sum_p.log()
+        h = h.div_(sum_p).add_(log_z)
+        # Rounding can push a (near) one-hot row a hair below 0; entropy is never negative.
+        h_out[sel] = h.nan_to_num_(0.0).clamp_min_(0.0)  # only bad rows are NaN here
+        log_z_out[sel] = log_z.nan_to_num_(0.0)
+        if tokens is not None:
+            lp = ls.gather(1, tokens[sel].unsqueeze(1)).squeeze(1).sub_(log_z)
+            lp_out[sel] = lp.masked_fill_(torch.isnan(lp), 0.0)  # only bad rows are NaN
+    return h_out, lp_out, bad_out, log_z_out
+
+
 class _ChunkedEntropy(torch.autograd.Function):
     """Chunked entropy (and optionally token log-probs) with a recomputing backward.
 
@@ -438,57 +503,9 @@ class _ChunkedEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, temps, rows, tokens, chunk_size, raise_on_bad):
-        src = _Rows(logits)
-        n_rows, vocab = math.prod(src.lead), src.vocab
-        device = logits.device
-        h_out = torch.zeros(n_rows, dtype=torch.float32, device=device)
-        lp_out = torch.zeros(
-            n_rows if tokens is not None else 0, dtype=torch.float32, device=device
+        h_out, lp_out, bad_out, log_z_out = _forward(
+            logits, temps, rows, tokens, chunk_size, raise_on_bad
         )
-        bad_out = torch.zeros(n_rows, dtype=torch.bool, device=device)
-        log_z_out = torch.zeros(n_rows, dtype=torch.float32, device=device)
-        c_max = min(chunk_size, n_rows if rows is None else rows.numel())
-        zbuf = torch.empty(max(c_max, 0), vocab, dtype=torch.float32, device=device)
-        lsbuf = torch.empty_like(zbuf)
-
-        for start, stop, idx in _chunks(n_rows, rows, chunk_size):
-            c = stop - start
-            sel = slice(start, stop) if idx is None else idx
-            t = None if temps is None else temps[sel]
-            ls = _log_probs(src.get(start, stop, idx), t, zbuf[:c], lsbuf[:c])
-            p = torch.exp(ls, out=zbuf[:c])
-            h = torch.linalg.vecdot(p, ls).neg_()
-            # log_softmax accumulates sum(exp) lane by lane, which is off by ~1e-5 relative at
-            # V ~ 32K; torch.sum is cascaded. Renormalising with it makes H = log Z - <p, ls>/Z
-            # (Z = sum p, ~1) accurate to ~1e-6 nats for the price of one cheap reduction.
-            sum_p = p.sum(-1)
-            nan = torch.isnan(h)
-            if bool(nan.any()):
-                # A -inf logit gives p = 0 and log p = -inf, and 0 * -inf = NaN: recompute those
-                # rows with log p clamped (p stays exactly 0). Rows still NaN after that hold a
-                # NaN or +inf logit, or only -inf ones (log_softmax is NaN on the whole row).
-                h[nan] = torch.linalg.vecdot(p[nan], ls[nan].clamp_min(_LOG_CLAMP)).neg_()
-                bad = torch.isnan(h)
-                if bool(bad.any()):
-                    if raise_on_bad:
-                        first = int(bad.nonzero()[0, 0])
-                        flat_row = start + first if idx is None else int(idx[first])
-                        raise ValueError(
-                            f"{src.first_bad(flat_row)} (the first bad position); -inf logits "
-                            "are allowed, NaN and +inf are not, and a position needs at least "
-                            "one finite logit; pass nan_policy='mask' to skip such positions"
-                        )
-                    bad_out[sel] = bad
-                    h.masked_fill_(bad, 0.0)
-            log_z = sum_p.log()
-            h = h.div_(sum_p).add_(log_z)
-            # Rounding can push a (near) one-hot row a hair below 0; entropy is never negative.
-            h_out[sel] = h.nan_to_num_(0.0).clamp_min_(0.0)  # only bad rows are NaN here
-            log_z_out[sel] = log_z.nan_to_num_(0.0)
-            if tokens is not None:
-                lp = ls.gather(1, tokens[sel].unsqueeze(1)).squeeze(1).sub_(log_z)
-                lp_out[sel] = lp.masked_fill_(torch.isnan(lp), 0.0)  # only bad rows are NaN
-
         ctx.save_for_backward(logits, temps, rows, tokens, h_out, log_z_out, bad_out)
         ctx.chunk_size = chunk_size
         ctx.mark_non_differentiable(bad_out)

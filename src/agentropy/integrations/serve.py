@@ -75,7 +75,8 @@ def generate_completion(
     with torch.no_grad():
         for _ in range(max_tokens):
             out = model(input_ids=step_input, use_cache=True, **{cache_kw: cache})
-            cache = out.get(cache_kw, out.get("past_key_values"))
+            # Look the legacy name up only if needed: reading it warns on newer transformers.
+            cache = out[cache_kw] if cache_kw in out else out.get("past_key_values")
             z = out.logits[0, -1].float()  # (V,) fp32 before any temperature
             logp = torch.log_softmax(z, dim=-1)
             if temperature == 0:

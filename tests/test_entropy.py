@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from agentropy.entropy import (
     EntropyBounds,
+    apply_temperature,
     logprobs_and_entropy,
     token_entropy,
     token_entropy_report,
@@ -217,6 +218,62 @@ def test_temperature_shape_and_grad_are_checked():
     torch.testing.assert_close(
         token_entropy(x, temperature=torch.tensor(2.0)), token_entropy(x, temperature=2.0)
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_apply_temperature_divides_upcast_logits_per_row_and_per_token(dtype):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(3, 4, 9, generator=g) * 6).to(dtype)
+    x[0, 1, :4] = NEG_INF  # -inf stays -inf (probability 0)
+    per_tok = torch.rand(3, 4, generator=g) * 3 + 0.1
+    per_row = per_tok[:, 0].contiguous()
+    for temps, shaped in ((per_tok, per_tok[..., None]), (per_row, per_row[:, None, None])):
+        out = apply_temperature(x, temps)
+        assert out.dtype == torch.float32 and out.shape == x.shape
+        assert torch.equal(out, x.float() / shaped)  # upcast first, one fp32 division
+    assert torch.equal(apply_temperature(x, 0.7), x.float() / torch.tensor(0.7))
+    assert torch.equal(apply_temperature(x[:, :-1], 2.0), x[:, :-1].float() / 2.0)  # a view
+
+
+def test_apply_temperature_returns_a_new_tensor_with_gradient():
+    x = torch.randn(2, 5, requires_grad=True)
+    same = apply_temperature(x, 1.0)
+    assert torch.equal(same, x) and same.data_ptr() != x.data_ptr()
+    apply_temperature(x, torch.tensor([0.5, 2.0])).sum().backward()
+    torch.testing.assert_close(x.grad, torch.tensor([[2.0] * 5, [0.5] * 5]))
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_apply_temperature_rejects_non_positive_temperature(bad):
+    x = torch.randn(2, 3, 5)
+    with pytest.raises(ValueError, match="temperature"):
+        apply_temperature(x, bad)
+    temps = torch.ones(2, 3)
+    temps[1, 2] = bad
+    with pytest.raises(ValueError, match=re.escape("position (1, 2)")):
+        apply_temperature(x, temps)
+    with pytest.raises(ValueError, match="prefix"):
+        apply_temperature(x, torch.ones(3))
+    with pytest.raises(ValueError, match="requires grad"):
+        apply_temperature(x, torch.ones(2, requires_grad=True))
+    with pytest.raises(ValueError, match="floating-point"):
+        apply_temperature(torch.ones(2, 3, dtype=torch.long), 1.0)
+
+
+@FAST
+@given(logit_arrays(), st.data())
+def test_scaled_logits_give_the_same_bits_as_temperature_inside_the_kernel(x, data):
+    """A sampler that draws from apply_temperature(z, T) records exactly the log-probs and
+    entropies the kernel computes at T (the runner relies on this)."""
+    b, t, _ = x.shape
+    xt = torch.from_numpy(x).to(torch.bfloat16)
+    temps = torch.tensor(
+        data.draw(st.lists(st.floats(0.05, 5), min_size=b * t, max_size=b * t))
+    ).reshape(b, t)
+    tokens = torch.from_numpy(x.argmax(-1))
+    lp, h = logprobs_and_entropy(xt, tokens, temperature=temps, chunk_size=2)
+    lp_s, h_s = logprobs_and_entropy(apply_temperature(xt, temps), tokens, chunk_size=2)
+    assert torch.equal(lp, lp_s) and torch.equal(h, h_s)
 
 
 # ------------------------------------------------------------------------------------------

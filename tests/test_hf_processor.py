@@ -12,7 +12,7 @@ from agentropy.control.base import ConstantTemperature
 from agentropy.control.hf import (
     ScheduledTemperatureProcessor,
     TemperatureLogitsProcessor,
-    apply_temperature,
+    warp_scores,
 )
 from agentropy.control.temperature import PhaseTemperatureConfig, schedule_from_name
 from agentropy.trace import PHASE_CODE, PHASES
@@ -63,7 +63,7 @@ def _generate(model, procs, n=6, **kw):
     )
 
 
-# ------------------------------------------------------------------------------ apply_temperature
+# ------------------------------------------------------------------------------ warp_scores
 
 
 def test_each_row_is_divided_by_its_own_temperature():
@@ -71,7 +71,7 @@ def test_each_row_is_divided_by_its_own_temperature():
     z = (torch.randn(4, 50, generator=g) * 3).to(torch.float16)
     z[1, :5] = -math.inf  # masked tokens stay probability 0
     t = torch.tensor([0.3, 0.7, 1.0, 1.7])
-    out = apply_temperature(z, t)
+    out = warp_scores(z, t)
     assert out.dtype == torch.float32
     for r in range(4):
         zr = z[r].float()
@@ -82,23 +82,23 @@ def test_each_row_is_divided_by_its_own_temperature():
 
 def test_zero_temperature_row_becomes_its_argmax_and_other_rows_are_untouched():
     z = torch.tensor([[0.1, 2.0, 1.9], [0.5, 0.2, 0.4]])
-    out = apply_temperature(z, torch.tensor([0.0, 0.5]))
+    out = warp_scores(z, torch.tensor([0.0, 0.5]))
     assert out[0].tolist() == [-math.inf, 2.0, -math.inf]
     assert torch.softmax(out[0], -1).tolist() == [0.0, 1.0, 0.0]
     assert torch.equal(out[1], z[1] / 0.5)
     with pytest.raises(ValueError, match="rows \\[0\\]"):
-        apply_temperature(z, torch.tensor([0.0, 0.5]), zero_temperature="error")
+        warp_scores(z, torch.tensor([0.0, 0.5]), zero_temperature="error")
 
 
 @pytest.mark.parametrize("bad", [[-0.1, 1.0], [math.nan, 1.0]])
 def test_negative_or_nan_temperature_raises(bad):
     with pytest.raises(ValueError, match=">= 0"):
-        apply_temperature(torch.zeros(2, 3), torch.tensor(bad))
+        warp_scores(torch.zeros(2, 3), torch.tensor(bad))
 
 
 def test_one_temperature_per_row_is_required():
     with pytest.raises(ValueError, match="3 temperatures for 2 rows"):
-        apply_temperature(torch.zeros(2, 3), torch.ones(3))
+        warp_scores(torch.zeros(2, 3), torch.ones(3))
 
 
 def test_processor_from_list_or_callable():

@@ -419,6 +419,18 @@ def test_cli_rollout_writes_traces_and_table(model_dir, tmp_path) -> None:
         assert (t.temperature == 0).all() and t.token_ids is not None and t.phase is not None
 
 
+def test_cli_rollout_budget_defaults_are_the_runner_config_s() -> None:
+    import typer
+
+    from agentropy.cli import app
+
+    command = typer.main.get_command(app).commands["rollout"]
+    defaults = {p.name: p.default for p in command.params}
+    runner = RunnerConfig()
+    for name in ("batch_size", "max_turns", "max_new_tokens", "max_tokens"):
+        assert defaults[name] == getattr(runner, name), name
+
+
 @pytest.mark.parametrize(
     ("args", "msg"),
     [(["--temperature", "-1", "--out", "x.jsonl"], "--temperature"), (["--out", "x.csv"], "--out")],

@@ -228,10 +228,10 @@ def test_shared_prefix_forward_matches_full_forward(tok, world: ToolWorld) -> No
     for ids, labels in examples:
         assert ids[:prefix_len] == examples[0][0][:prefix_len]
         assert all(label == -100 for label in labels[: prefix_len + 1])
-    shared_logits, shared_target = tiny._assistant_logits(
+    shared_logits, shared_target = tiny.sft._assistant_logits(
         model, examples, prefix_len, tok.pad_token_id
     )
-    full_logits, full_target = tiny._assistant_logits(model, examples, 0, tok.pad_token_id)
+    full_logits, full_target = tiny.sft._assistant_logits(model, examples, 0, tok.pad_token_id)
     assert torch.equal(shared_target, full_target)
     assert torch.allclose(shared_logits, full_logits, atol=1e-4)
     loss = torch.nn.functional.cross_entropy(shared_logits, shared_target)
@@ -244,9 +244,11 @@ def test_shared_prefix_forward_matches_full_forward(tok, world: ToolWorld) -> No
 def test_rename_entities_is_consistent_and_fresh(world: ToolWorld) -> None:
     import re
 
-    conversations = tiny._expert_conversations(world, split="train", levels=(3,), n=12, seed=0)
-    renamed = tiny._rename_entities(world, conversations, prob=1.0, seed=0)
-    assert tiny._rename_entities(world, conversations, prob=0.0, seed=0) == conversations
+    conversations = tiny.corpus._expert_conversations(
+        world, split="train", levels=(3,), n=12, seed=0
+    )
+    renamed = tiny.corpus._rename_entities(world, conversations, prob=1.0, seed=0)
+    assert tiny.corpus._rename_entities(world, conversations, prob=0.0, seed=0) == conversations
     for (_, before), (_, after) in zip(conversations, renamed, strict=True):
         assert [m["role"] for m in before] == [m["role"] for m in after]
         text = "\n".join(m["content"] for m in after)
@@ -304,7 +306,7 @@ def test_bootstrap_cli_with_fake_training(monkeypatch, tmp_path) -> None:
         (out_dir / "agentropy_tiny.json").write_text(json.dumps(info))
         return info
 
-    monkeypatch.setattr(tiny, "_train", fake_train)
+    monkeypatch.setattr(tiny.store, "_train", fake_train)
     runner = CliRunner()
     env = {"AGENTROPY_HOME": str(tmp_path)}
     result = runner.invoke(app, ["bootstrap", "--quick", "--no-progress"], env=env)
@@ -351,7 +353,7 @@ def test_copy_drills_are_answerable_by_copying(tok) -> None:
 def test_lr_schedule_spans_drill_and_transcript_steps() -> None:
     recipe = tiny.TinyRecipe(steps=50, drill_steps=30, drill_batch_size=4, warmup_steps=10)
     assert recipe.total_steps == 80
-    factors = [tiny._lr_factor(s, recipe) for s in range(recipe.total_steps)]
+    factors = [tiny.sft._lr_factor(s, recipe) for s in range(recipe.total_steps)]
     assert factors[9] == pytest.approx(1.0)
     assert factors[-1] == pytest.approx(recipe.min_lr_ratio)
     assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
@@ -392,7 +394,7 @@ def test_bootstrap_trains_saves_and_reuses(bootstrapped, monkeypatch) -> None:
     def no_training(*args, **kwargs):
         raise AssertionError("bootstrap retrained a cached agent")
 
-    monkeypatch.setattr(tiny, "_train", no_training)
+    monkeypatch.setattr(tiny.store, "_train", no_training)
     assert tiny.bootstrap(_small_recipe(), home=home, progress=False) == path
     model, tokenizer = tiny.load_agent(path)
     assert not model.training

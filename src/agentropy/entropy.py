@@ -7,6 +7,9 @@ Definitions (DESIGN.md, "Definitions"):
   to fp32 *before* the division by ``T``, the division happens once, and everything after it is
   fp32. ``-inf`` logits are valid and mean probability 0; ``0 * log 0`` is taken as 0 in values and
   in gradients.
+  :func:`apply_temperature` is that division for samplers (the runner, the transformers logits
+  processors, the chat-completions server); the entropy kernel uses the same code, so sampled
+  tokens and their recorded log-probs and entropies come from the same fp32 numbers.
 - Top-k bounds: with the top-k probabilities ``p_1 >= ... >= p_k``, missing mass
   ``r = 1 - sum p_i`` and ``H_k = -sum p_i log p_i``,
   ``H_k - r log min(p_k, r) <= H <= H_k - r log r + r log(V - k)``.
@@ -37,13 +40,18 @@ from torch.autograd.function import once_differentiable
 __all__ = [
     "EntropyBounds",
     "EntropyReport",
+    "NonfinitePolicy",
+    "apply_temperature",
     "logprobs_and_entropy",
     "token_entropy",
     "token_entropy_report",
     "topk_entropy_bounds",
 ]
 
-NanPolicy = Literal["raise", "mask"]
+NonfinitePolicy = Literal["raise", "mask"]
+"""What the entropy functions do with a position whose logits hold NaN or ``+inf`` (or are all
+``-inf``): ``"raise"`` an error naming it, or ``"mask"`` it (entropy 0, counted). Not the trace's
+``NanPolicy`` (``"raise"`` / ``"drop"``), which is about stored entropies, not logits."""
 
 _CHUNK_ELEMENTS = 1 << 20
 """Default chunk: about 1M logits (4 MB per fp32 buffer; 32 rows at V = 32000). Smaller chunks
@@ -86,6 +94,54 @@ class EntropyBounds(NamedTuple):
 
 
 # --------------------------------------------------------------------------------------------
+# Temperature
+# --------------------------------------------------------------------------------------------
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+    """``logits / temperature`` in fp32: the one place temperature is applied to logits.
+
+    ``softmax`` of the result is the sampling distribution ``softmax(z / T)`` of DESIGN.md: the
+    logits are upcast to fp32 *before* the division, and the division happens once. The entropy
+    kernel below divides with the same code, so a sampler that draws from this tensor and the
+    log-probs and entropies computed at the same ``temperature`` agree bitwise. Greedy decoding
+    (``T = 0``) is not a temperature: callers take the argmax themselves
+    (:func:`agentropy.control.hf.warp_scores` does it for transformers).
+
+    Args:
+        logits: ``(..., V)`` float tensor of any float dtype and layout; ``-inf`` stays ``-inf``.
+        temperature: a positive number, or a positive tensor whose shape is a prefix of the
+            leading shape (``(B,)`` per row or ``(B, T)`` per token for ``(B, T, V)`` logits),
+            treated as a constant (a tensor requiring grad is an error). ``T <= 0``, NaN or inf
+            anywhere raises ``ValueError``.
+
+    Returns:
+        A new fp32 tensor with the shape of ``logits``, differentiable with respect to them.
+
+    Example:
+        >>> apply_temperature(torch.tensor([[2.0, -1.0]]), 0.5).tolist()
+        [[4.0, -2.0]]
+    """
+    _check_logits(logits)
+    lead = tuple(logits.shape[:-1])
+    t = _row_temperatures(temperature, lead, logits.device, None)
+    rows = logits.reshape(-1, logits.shape[-1])  # (N, V); a copy only for non-mergeable views
+    z = rows.to(torch.float32, copy=True) if t is None else _divide(rows, t)
+    return z.view(logits.shape)
+
+
+def _divide(x: torch.Tensor, t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x.float() / t[:, None]`` for rows ``x`` (c, V) and fp32 ``t`` (c,), into ``out`` if given.
+
+    Upcast first, then one fp32 division: the temperature arithmetic of :func:`apply_temperature`
+    and of the entropy kernel, written once so both give the same bits."""
+    if x.dtype == torch.float32:
+        return torch.div(x, t.unsqueeze(1), out=out)
+    z = x.to(torch.float32) if out is None else out.copy_(x)
+    return z.div_(t.unsqueeze(1))
+
+
+# --------------------------------------------------------------------------------------------
 # Exact entropy from logits
 # --------------------------------------------------------------------------------------------
 
@@ -96,7 +152,7 @@ def token_entropy(
     temperature: float | torch.Tensor = 1.0,
     mask: torch.Tensor | None = None,
     chunk_size: int | None = None,
-    nan_policy: NanPolicy = "raise",
+    nan_policy: NonfinitePolicy = "raise",
 ) -> torch.Tensor:
     """Entropy in nats of ``softmax(logits / temperature)`` at every position.
 
@@ -137,7 +193,7 @@ def token_entropy_report(
     temperature: float | torch.Tensor = 1.0,
     mask: torch.Tensor | None = None,
     chunk_size: int | None = None,
-    nan_policy: NanPolicy = "mask",
+    nan_policy: NonfinitePolicy = "mask",
 ) -> EntropyReport:
     """Like :func:`token_entropy`, but also says which positions were computed and how many
     positions inside ``mask`` were dropped for non-finite logits. Defaults to
@@ -188,10 +244,7 @@ def _run(
     nan_policy: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Validate arguments, run the chunked kernel, return (H, logprob, valid, n_bad)."""
-    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
-        raise ValueError("logits must be a floating-point torch.Tensor")
-    if logits.dim() < 1 or logits.shape[-1] == 0:
-        raise ValueError(f"logits must have shape (..., V) with V >= 1, got {tuple(logits.shape)}")
+    _check_logits(logits)
     if nan_policy not in ("raise", "mask"):
         raise ValueError(f"nan_policy must be 'raise' or 'mask', got {nan_policy!r}")
     lead = tuple(logits.shape[:-1])
@@ -220,19 +273,30 @@ def _run(
         flat_tokens = tokens.reshape(-1).to(device=device, dtype=torch.int64)
         _check_tokens(flat_tokens, rows, logits.shape[-1], lead)
 
-    h, lp, bad = _ChunkedEntropy.apply(
-        logits, temps, rows, flat_tokens, chunk_size, nan_policy == "raise"
-    )
-    valid = torch.zeros(n_rows, dtype=torch.bool, device=device)
-    if rows is None:
-        valid.fill_(True)
+    args = (logits, temps, rows, flat_tokens, chunk_size, nan_policy == "raise")
+    if torch.is_grad_enabled() and logits.requires_grad:
+        h, lp, bad = _ChunkedEntropy.apply(*args)
     else:
+        # No graph to build: skip the autograd.Function machinery, a sizeable share of the cost
+        # of the small per-step calls samplers make (the values are the same).
+        h, lp, bad, _ = _forward(*args)
+    if rows is None:
+        valid = ~bad
+    else:
+        valid = torch.zeros(n_rows, dtype=torch.bool, device=device)
         valid[rows] = True
-    valid &= ~bad
-    n_bad = int(bad.sum())
+        valid &= ~bad
+    n_bad = 0 if nan_policy == "raise" else int(bad.sum())  # "raise" raised on any bad row
     h = h.reshape(lead)
     lp = lp.reshape(lead) if tokens is not None else lp
     return h, lp, valid.reshape(lead), n_bad
+
+
+def _check_logits(logits: torch.Tensor) -> None:
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        raise ValueError("logits must be a floating-point torch.Tensor")
+    if logits.dim() < 1 or logits.shape[-1] == 0:
+        raise ValueError(f"logits must have shape (..., V) with V >= 1, got {tuple(logits.shape)}")
 
 
 def _row_temperatures(
@@ -354,18 +418,75 @@ def _log_probs(
 ) -> torch.Tensor:
     """``log_softmax(x.float() / t[:, None])`` for a chunk of rows, into ``out`` (c, V).
 
-    The upcast happens before the division. ``log_softmax`` subtracts the row max before the
-    log-sum-exp, so log-probs keep full fp32 precision even when the logits themselves are large
-    (a separately stored ``logsumexp`` would round to the ulp of the max logit)."""
-    if t is None and x.dtype == torch.float32:
-        z = x
-    elif t is None:
-        z = zbuf.copy_(x)
-    elif x.dtype == torch.float32:
-        z = torch.div(x, t.unsqueeze(1), out=zbuf)
-    else:
-        z = zbuf.copy_(x).div_(t.unsqueeze(1))
+    The upcast happens before the division (:func:`_divide`). ``log_softmax`` subtracts the row
+    max before the log-sum-exp, so log-probs keep full fp32 precision even when the logits
+    themselves are large (a separately stored ``logsumexp`` would round to the ulp of the max
+    logit)."""
+    if t is not None:
+        return torch.log_softmax(_divide(x, t, zbuf), -1, out=out)
+    z = x if x.dtype == torch.float32 else zbuf.copy_(x)
     return torch.log_softmax(z, -1, out=out)
+
+
+def _forward(
+    logits: torch.Tensor,
+    temps: torch.Tensor | None,
+    rows: torch.Tensor | None,
+    tokens: torch.Tensor | None,
+    chunk_size: int,
+    raise_on_bad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The chunked forward pass of :class:`_ChunkedEntropy` (see there): returns
+    ``(H (N,), logprob (N,) or (0,), bad (N,) bool, log Z (N,))``, without autograd."""
+    src = _Rows(logits)
+    n_rows, vocab = math.prod(src.lead), src.vocab
+    device = logits.device
+    h_out = torch.zeros(n_rows, dtype=torch.float32, device=device)
+    lp_out = torch.zeros(n_rows if tokens is not None else 0, dtype=torch.float32, device=device)
+    bad_out = torch.zeros(n_rows, dtype=torch.bool, device=device)
+    log_z_out = torch.zeros(n_rows, dtype=torch.float32, device=device)
+    c_max = min(chunk_size, n_rows if rows is None else rows.numel())
+    zbuf = torch.empty(max(c_max, 0), vocab, dtype=torch.float32, device=device)
+    lsbuf = torch.empty_like(zbuf)
+
+    for start, stop, idx in _chunks(n_rows, rows, chunk_size):
+        c = stop - start
+        sel = slice(start, stop) if idx is None else idx
+        t = None if temps is None else temps[sel]
+        ls = _log_probs(src.get(start, stop, idx), t, zbuf[:c], lsbuf[:c])
+        p = torch.exp(ls, out=zbuf[:c])
+        h = torch.linalg.vecdot(p, ls).neg_()
+        # log_softmax accumulates sum(exp) lane by lane, which is off by ~1e-5 relative at
+        # V ~ 32K; torch.sum is cascaded. Renormalising with it makes H = log Z - <p, ls>/Z
+        # (Z = sum p, ~1) accurate to ~1e-6 nats for the price of one cheap reduction.
+        sum_p = p.sum(-1)
+        nan = torch.isnan(h)
+        if bool(nan.any()):
+            # A -inf logit gives p = 0 and log p = -inf, and 0 * -inf = NaN: recompute those
+            # rows with log p clamped (p stays exactly 0). Rows still NaN after that hold a
+            # NaN or +inf logit, or only -inf ones (log_softmax is NaN on the whole row).
+            h[nan] = torch.linalg.vecdot(p[nan], ls[nan].clamp_min(_LOG_CLAMP)).neg_()
+            bad = torch.isnan(h)
+            if bool(bad.any()):
+                if raise_on_bad:
+                    first = int(bad.nonzero()[0, 0])
+                    flat_row = start + first if idx is None else int(idx[first])
+                    raise ValueError(
+                        f"{src.first_bad(flat_row)} (the first bad position); -inf logits "
+                        "are allowed, NaN and +inf are not, and a position needs at least "
+                        "one finite logit; pass nan_policy='mask' to skip such positions"
+                    )
+                bad_out[sel] = bad
+                h.masked_fill_(bad, 0.0)
+        log_z = sum_p.log()
+        h = h.div_(sum_p).add_(log_z)
+        # Rounding can push a (near) one-hot row a hair below 0; entropy is never negative.
+        h_out[sel] = h.nan_to_num_(0.0).clamp_min_(0.0)  # only bad rows are NaN here
+        log_z_out[sel] = log_z.nan_to_num_(0.0)
+        if tokens is not None:
+            lp = ls.gather(1, tokens[sel].unsqueeze(1)).squeeze(1).sub_(log_z)
+            lp_out[sel] = lp.masked_fill_(torch.isnan(lp), 0.0)  # only bad rows are NaN
+    return h_out, lp_out, bad_out, log_z_out
 
 
 class _ChunkedEntropy(torch.autograd.Function):
@@ -382,57 +503,9 @@ class _ChunkedEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, temps, rows, tokens, chunk_size, raise_on_bad):
-        src = _Rows(logits)
-        n_rows, vocab = math.prod(src.lead), src.vocab
-        device = logits.device
-        h_out = torch.zeros(n_rows, dtype=torch.float32, device=device)
-        lp_out = torch.zeros(
-            n_rows if tokens is not None else 0, dtype=torch.float32, device=device
+        h_out, lp_out, bad_out, log_z_out = _forward(
+            logits, temps, rows, tokens, chunk_size, raise_on_bad
         )
-        bad_out = torch.zeros(n_rows, dtype=torch.bool, device=device)
-        log_z_out = torch.zeros(n_rows, dtype=torch.float32, device=device)
-        c_max = min(chunk_size, n_rows if rows is None else rows.numel())
-        zbuf = torch.empty(max(c_max, 0), vocab, dtype=torch.float32, device=device)
-        lsbuf = torch.empty_like(zbuf)
-
-        for start, stop, idx in _chunks(n_rows, rows, chunk_size):
-            c = stop - start
-            sel = slice(start, stop) if idx is None else idx
-            t = None if temps is None else temps[sel]
-            ls = _log_probs(src.get(start, stop, idx), t, zbuf[:c], lsbuf[:c])
-            p = torch.exp(ls, out=zbuf[:c])
-            h = torch.linalg.vecdot(p, ls).neg_()
-            # log_softmax accumulates sum(exp) lane by lane, which is off by ~1e-5 relative at
-            # V ~ 32K; torch.sum is cascaded. Renormalising with it makes H = log Z - <p, ls>/Z
-            # (Z = sum p, ~1) accurate to ~1e-6 nats for the price of one cheap reduction.
-            sum_p = p.sum(-1)
-            nan = torch.isnan(h)
-            if bool(nan.any()):
-                # A -inf logit gives p = 0 and log p = -inf, and 0 * -inf = NaN: recompute those
-                # rows with log p clamped (p stays exactly 0). Rows still NaN after that hold a
-                # NaN or +inf logit, or only -inf ones (log_softmax is NaN on the whole row).
-                h[nan] = torch.linalg.vecdot(p[nan], ls[nan].clamp_min(_LOG_CLAMP)).neg_()
-                bad = torch.isnan(h)
-                if bool(bad.any()):
-                    if raise_on_bad:
-                        first = int(bad.nonzero()[0, 0])
-                        flat_row = start + first if idx is None else int(idx[first])
-                        raise ValueError(
-                            f"{src.first_bad(flat_row)} (the first bad position); -inf logits "
-                            "are allowed, NaN and +inf are not, and a position needs at least "
-                            "one finite logit; pass nan_policy='mask' to skip such positions"
-                        )
-                    bad_out[sel] = bad
-                    h.masked_fill_(bad, 0.0)
-            log_z = sum_p.log()
-            h = h.div_(sum_p).add_(log_z)
-            # Rounding can push a (near) one-hot row a hair below 0; entropy is never negative.
-            h_out[sel] = h.nan_to_num_(0.0).clamp_min_(0.0)  # only bad rows are NaN here
-            log_z_out[sel] = log_z.nan_to_num_(0.0)
-            if tokens is not None:
-                lp = ls.gather(1, tokens[sel].unsqueeze(1)).squeeze(1).sub_(log_z)
-                lp_out[sel] = lp.masked_fill_(torch.isnan(lp), 0.0)  # only bad rows are NaN
-
         ctx.save_for_backward(logits, temps, rows, tokens, h_out, log_z_out, bad_out)
         ctx.chunk_size = chunk_size
         ctx.mark_non_differentiable(bad_out)

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from agentropy.agent.config import RunnerConfig
 from agentropy.control.base import StepObservation, TemperatureSchedule
 from agentropy.control.phases import IncrementalDecoder, PhaseMarkers, PhaseTracker
 from agentropy.trace import FAILED_STATUSES, Episode, Turn
@@ -56,40 +57,6 @@ __all__ = ["RunnerConfig", "ToolSuffix", "rollout"]
 # Stands in for an assistant message's content when rendering the template's tool-message suffix;
 # chosen so that no template trims it and no tool output contains it.
 _SENTINEL = "\u2063agentropy-sentinel\u2063"
-
-
-@dataclass(frozen=True)
-class RunnerConfig:
-    """Budgets and options of :func:`rollout`."""
-
-    max_turns: int = 8
-    """Maximum assistant turns per episode; an episode without an answer by then fails."""
-    max_new_tokens: int = 128
-    """Maximum tokens sampled in one assistant turn (the turn is then parsed as it stands)."""
-    max_tokens: int = 1024
-    """Maximum assistant tokens sampled per episode (prompt and tool tokens not counted)."""
-    batch_size: int = 8
-    """Episodes decoded together (one row each)."""
-    max_context: int | None = None
-    """Cap on a row's sequence length (prompt + all turns); default the model's
-    ``max_position_embeddings`` if it has one. A row that reaches it ends its episode."""
-    record_inputs: bool = False
-    """Store each episode's full token sequence in ``meta["input_ids"]`` and the ``[start, end)``
-    offsets of its assistant turns in ``meta["assistant_spans"]`` (for trainers and tests)."""
-    markers: PhaseMarkers | None = None
-    """Span markers for phases; default the ToolWorld format constants."""
-
-    def __post_init__(self) -> None:
-        for name in ("max_turns", "max_new_tokens", "max_tokens", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"RunnerConfig.{name} must be a positive integer, got {value!r}")
-        if self.max_context is not None and (
-            not isinstance(self.max_context, int) or self.max_context < 2
-        ):
-            raise ValueError(
-                f"RunnerConfig.max_context must be None or an integer >= 2, got {self.max_context!r}"
-            )
 
 
 class ToolSuffix:
@@ -197,17 +164,16 @@ def _sample(
     """Sample one token per row of fp32 ``logits`` (b, V) at ``temps`` (b,).
 
     Returns ``(tokens (b,) int64, logprob (b,), sampling_entropy (b,))``: log-prob and entropy
-    under ``softmax(logits / T)`` from one pass (:func:`agentropy.entropy.logprobs_and_entropy`);
-    both 0 for greedy rows (T = 0), which take the argmax (lowest id on ties).
+    under ``softmax(logits / T)``, from the same scaled logits the token was drawn from; both 0
+    for greedy rows (T = 0), which take the argmax (lowest id on ties).
     """
-    from agentropy.control.hf import apply_temperature
-    from agentropy.entropy import logprobs_and_entropy
+    from agentropy.entropy import apply_temperature, logprobs_and_entropy
 
     greedy = temps == 0
-    safe_t = torch.where(greedy, torch.ones_like(temps), temps)
-    # Temperature applied once, to fp32 logits, before softmax (DESIGN.md), by the same function
-    # as the transformers LogitsProcessor backend.
-    probs = torch.softmax(apply_temperature(logits, temps), dim=-1)
+    # Temperature applied once, to fp32 logits, before softmax (DESIGN.md); greedy rows are
+    # scaled by 1 and never drawn from.
+    scaled = apply_temperature(logits, torch.where(greedy, torch.ones_like(temps), temps))
+    probs = torch.softmax(scaled, dim=-1)  # (b, V)
     tokens = logits.argmax(dim=-1)
     for j in range(logits.shape[0]):
         if bool(greedy[j]):
@@ -218,7 +184,7 @@ def _sample(
         cdf = probs[j].double().cumsum(0)
         k = torch.searchsorted(cdf, (u * cdf[-1]).reshape(1), right=True)
         tokens[j] = k.clamp_max(logits.shape[-1] - 1)[0]
-    logprob, sampling_entropy = logprobs_and_entropy(logits, tokens, temperature=safe_t)
+    logprob, sampling_entropy = logprobs_and_entropy(scaled, tokens)  # T already applied
     zero = torch.zeros_like(logprob)
     return tokens, torch.where(greedy, zero, logprob), torch.where(greedy, zero, sampling_entropy)
 

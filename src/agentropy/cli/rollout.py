@@ -9,12 +9,17 @@ succeeded, over episodes with such a result), assistant tokens, and mean model e
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from agentropy.agent.config import RunnerConfig
 from agentropy.cli._common import fail, guarded
+
+_RUNNER = RunnerConfig()
+"""The runner's defaults: the options below show and use these (one source)."""
 
 
 def _out_format(path: Path) -> str:
@@ -120,12 +125,18 @@ def register(app: typer.Typer) -> None:
         ),
         seed: int = typer.Option(0, "--seed", help="Seed for tasks and sampling."),
         split: str = typer.Option("test", "--split", help="Task split: train or test."),
-        batch_size: int = typer.Option(8, "--batch-size", help="Episodes decoded together."),
-        max_turns: int = typer.Option(8, "--max-turns", help="Assistant turns per episode."),
-        max_new_tokens: int = typer.Option(
-            128, "--max-new-tokens", help="Tokens per assistant turn."
+        batch_size: int = typer.Option(
+            _RUNNER.batch_size, "--batch-size", help="Episodes decoded together."
         ),
-        max_tokens: int = typer.Option(1024, "--max-tokens", help="Assistant tokens per episode."),
+        max_turns: int = typer.Option(
+            _RUNNER.max_turns, "--max-turns", help="Assistant turns per episode."
+        ),
+        max_new_tokens: int = typer.Option(
+            _RUNNER.max_new_tokens, "--max-new-tokens", help="Tokens per assistant turn."
+        ),
+        max_tokens: int = typer.Option(
+            _RUNNER.max_tokens, "--max-tokens", help="Assistant tokens per episode."
+        ),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
     ) -> None:
         """Sample episodes on ToolWorld tasks and write them as traces, with a summary table."""
@@ -144,9 +155,10 @@ def register(app: typer.Typer) -> None:
             schedule = schedule_from_name(policy)
         else:
             schedule = ConstantTemperature(temperature)
-        from agentropy.agent.runner import RunnerConfig, rollout
+        from agentropy.agent.runner import rollout
 
-        config = RunnerConfig(
+        config = dataclasses.replace(
+            _RUNNER,
             max_turns=max_turns,
             max_new_tokens=max_new_tokens,
             max_tokens=max_tokens,

@@ -2,7 +2,7 @@
 
 ``transformers`` applies custom ``logits_processor`` entries before its own temperature / top-k /
 top-p warpers (REFERENCE.md), so per-row temperature works by dividing each row's fp32 logits by
-that row's T here and leaving ``generate``'s own ``temperature`` at 1.0 (with ``top_k=None`` /
+that row's T here (:func:`agentropy.entropy.apply_temperature`) and leaving ``generate``'s own ``temperature`` at 1.0 (with ``top_k=None`` /
 ``top_p=None`` the sampling distribution is then exactly ``softmax(z / T)``, as DESIGN.md requires:
 temperature applied once, to fp32 logits, before softmax).
 
@@ -27,9 +27,10 @@ import torch
 from transformers import LogitsProcessor
 
 from agentropy.control.base import StepObservation, TemperatureSchedule
+from agentropy.entropy import apply_temperature, token_entropy
 from agentropy.trace import PHASE_CODE
 
-__all__ = ["ScheduledTemperatureProcessor", "TemperatureLogitsProcessor", "apply_temperature"]
+__all__ = ["ScheduledTemperatureProcessor", "TemperatureLogitsProcessor", "warp_scores"]
 
 ZeroTemperature = Literal["argmax", "error"]
 
@@ -37,16 +38,19 @@ ZeroTemperature = Literal["argmax", "error"]
 PhaseFn = Callable[[torch.Tensor], "torch.Tensor | Sequence[int] | Sequence[str]"]
 
 
-def apply_temperature(
+def warp_scores(
     scores: torch.Tensor,
-    temperatures: torch.Tensor,
+    temperatures: torch.Tensor | Sequence[float],
     *,
     zero_temperature: ZeroTemperature = "argmax",
 ) -> torch.Tensor:
-    """Divide each row of ``scores`` (B, V) by its temperature (B,); returns fp32 (B, V).
+    """What the processors return: each row of ``scores`` (B, V) divided by its temperature (B,),
+    with greedy rows allowed; fp32 (B, V).
 
-    ``T == 0`` rows: argmax logit kept, ``-inf`` elsewhere (``zero_temperature="argmax"``) or
-    ValueError (``"error"``). Negative or NaN temperatures raise ValueError.
+    The division is :func:`agentropy.entropy.apply_temperature` (fp32 upcast first, once). ``T ==
+    0`` rows: argmax logit kept, ``-inf`` elsewhere (``zero_temperature="argmax"``), so a
+    sampling ``generate`` draws the argmax; or ValueError (``"error"``). Negative or NaN
+    temperatures raise ValueError.
     """
     if scores.dim() != 2:
         raise ValueError(f"scores must be (batch, vocab), got shape {tuple(scores.shape)}")
@@ -58,7 +62,6 @@ def apply_temperature(
         )
     if not bool((t >= 0).all()):  # also catches NaN
         raise ValueError(f"temperatures must be >= 0 (0 = greedy), got {t.tolist()}")
-    z = scores.to(torch.float32)  # upcast before dividing (DESIGN.md)
     zero = t == 0
     any_zero = bool(zero.any())
     if any_zero and zero_temperature == "error":
@@ -66,20 +69,13 @@ def apply_temperature(
             f"temperature 0 in rows {zero.nonzero().flatten().tolist()} while sampling; T must be "
             '> 0 (use zero_temperature="argmax" to decode those rows greedily)'
         )
-    out = z / torch.where(zero, 1.0, t)[:, None]
+    out = apply_temperature(scores, torch.where(zero, 1.0, t))
     if any_zero:
+        z = scores.to(torch.float32)
         top = z.argmax(dim=-1, keepdim=True)
         greedy = torch.full_like(z, -math.inf).scatter(1, top, z.gather(1, top))
         out = torch.where(zero[:, None], greedy, out)
     return out
-
-
-def _entropy(z: torch.Tensor) -> torch.Tensor:
-    """(B,) entropy in nats of softmax over the last dim of fp32 logits; -inf logits are fine."""
-    logp = torch.log_softmax(z, dim=-1)
-    # p = 0 where logp = -inf: zero the log so that 0 * log 0 contributes 0, not NaN. (Faster on
-    # CPU than torch.special.entr, and this runs twice per generated token.)
-    return -(logp.exp() * torch.nan_to_num(logp, neginf=0.0)).sum(dim=-1)
 
 
 class TemperatureLogitsProcessor(LogitsProcessor):
@@ -108,7 +104,7 @@ class TemperatureLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         t = self.temperatures_fn(input_ids) if self.temperatures_fn else self.temperatures
-        return apply_temperature(scores, t, zero_temperature=self.zero_temperature)
+        return warp_scores(scores, t, zero_temperature=self.zero_temperature)
 
 
 class ScheduledTemperatureProcessor(LogitsProcessor):
@@ -202,18 +198,17 @@ class ScheduledTemperatureProcessor(LogitsProcessor):
             active = ~done.any(dim=1).cpu()
         else:
             active = torch.ones(b, dtype=torch.bool)
-        z = scores.to(torch.float32)
         phase = self._phases(input_ids).cpu()
         obs = StepObservation(
             phase=phase,
-            entropy=_entropy(z).cpu(),
+            entropy=token_entropy(scores).cpu(),  # model entropy, T = 1
             prev_sampling_entropy=self._prev_sampling_entropy,
             active=active,
             reset=torch.full((b,), new, dtype=torch.bool),
         )
         temps, self.state = self.schedule.update(self.state, obs)
-        out = apply_temperature(z, temps.to(z.device), zero_temperature=self.zero_temperature)
-        h_s = _entropy(out).cpu()
+        out = warp_scores(scores, temps, zero_temperature=self.zero_temperature)
+        h_s = token_entropy(out).cpu()  # sampling entropy: out is already scaled (0 if greedy)
         self._prev_sampling_entropy = torch.where(active, h_s, self._prev_sampling_entropy)
         mode = getattr(self.state, "mode", None)
         t_list, p_list, a_list = temps.tolist(), phase.tolist(), active.tolist()

@@ -50,6 +50,7 @@ def generate_completion(
     import torch
 
     from agentropy.agent.runner import forward_kwargs, stop_token_ids
+    from agentropy.entropy import apply_temperature
 
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -74,13 +75,14 @@ def generate_completion(
     with torch.no_grad():
         for _ in range(max_tokens):
             out = model(input_ids=step_input, use_cache=True, **{cache_kw: cache})
-            cache = out.get(cache_kw, out.get("past_key_values"))
+            # Look the legacy name up only if needed: reading it warns on newer transformers.
+            cache = out[cache_kw] if cache_kw in out else out.get("past_key_values")
             z = out.logits[0, -1].float()  # (V,) fp32 before any temperature
             logp = torch.log_softmax(z, dim=-1)
             if temperature == 0:
                 tok = int(torch.argmax(z))
             else:
-                probs = torch.softmax(z / temperature, dim=-1)
+                probs = torch.softmax(apply_temperature(z, temperature), dim=-1)
                 tok = int(torch.multinomial(probs, 1, generator=generator))
             if tok in end_ids:
                 finish = "stop"

@@ -1,0 +1,173 @@
+"""Supervised data for the tiny agent: ToolWorld expert transcripts, entity renaming and copy
+drills.
+
+The expert chooses among several recovery strategies at random where recovery is ambiguous
+(:mod:`agentropy.env.expert`), so the warm-started policy is confident on tool-call syntax and
+uncertain exactly at recovery choices: the starting point the RL pieces need. Renaming
+(:func:`_rename_entities`) and copy drills (:func:`copy_drill`) make copying from the context the
+only way to predict names and values (see :mod:`agentropy.agent.tiny.sft` for why).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from agentropy.env.format import ANSWER_CLOSE, ANSWER_OPEN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+
+__all__ = ["copy_drill"]
+
+
+def _world(world_seed: int) -> Any:
+    from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
+
+    return ToolWorld(ToolWorldConfig(seed=world_seed))
+
+
+def _expert_conversations(
+    world: Any, *, split: str, levels: Sequence[int], n: int, seed: int
+) -> list[tuple[int, list[dict[str, Any]]]]:
+    """``(level, messages)``: one expert transcript per task, deterministic in the arguments."""
+    from agentropy.env.expert import expert_messages
+
+    conversations = []
+    for level in levels:
+        tasks = world.tasks(split=split, level=level, n=n, seed=seed)
+        rng = random.Random(f"{seed}:{split}:{level}")
+        conversations.extend((level, expert_messages(world, task, rng)) for task in tasks)
+    return conversations
+
+
+_CONSONANTS = "bdfgklmnprstvz"
+_VOWELS = "aeiou"
+
+
+def _rename_entities(
+    world: Any,
+    conversations: Sequence[tuple[int, list[dict[str, Any]]]],
+    *,
+    prob: float,
+    seed: int,
+) -> list[tuple[int, list[dict[str, Any]]]]:
+    """Replace, with probability ``prob`` per transcript, its train entity names by fresh ones.
+
+    A name is replaced consistently in every message (question, plans, calls, tool results), so
+    the transcript stays coherent: values come from tool results, never from the name. Fresh
+    names are two consonant-vowel syllables (``Dupe``), never a name of the world.
+    """
+    rng = random.Random(f"rename:{seed}")
+    taken = set(world.kb)
+    name_re = re.compile(
+        r"\b(?:" + "|".join(map(re.escape, sorted(world.entities["train"], key=len)[::-1])) + r")\b"
+    )
+
+    def fresh() -> str:
+        while True:
+            name = "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(2))
+            name = name.capitalize()
+            if name not in taken:
+                return name
+
+    out = []
+    for level, messages in conversations:
+        if rng.random() >= prob:
+            out.append((level, messages))
+            continue
+        mapping: dict[str, str] = {}
+
+        def substitute(match: re.Match[str], mapping: dict[str, str] = mapping) -> str:
+            return mapping.setdefault(match.group(0), fresh())
+
+        renamed = [
+            {**m, "content": name_re.sub(substitute, m["content"])}
+            if isinstance(m.get("content"), str)
+            else m
+            for m in messages
+        ]
+        out.append((level, renamed))
+    return out
+
+
+_DRILL_WORDS = (
+    "age", "weight", "height", "distance", "years", "months", "kg", "g", "km", "m", "cm",
+    "value", "unit", "lookup", "backup_lookup", "calc", "convert", "plus", "minus", "times",
+)  # fmt: skip
+
+
+def _drill_name(rng: random.Random) -> str:
+    """A random two- or three-syllable name (``Zupe``, ``Kalomi``), as in renamed transcripts."""
+    n = 2 if rng.random() < 0.8 else 3
+    return "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(n)).capitalize()
+
+
+def _drill_number(rng: random.Random) -> str:
+    return str(rng.randint(0, 10 ** rng.choice((1, 2, 2, 2, 3, 4, 5)) - 1))
+
+
+def copy_drill(rng: random.Random) -> list[dict[str, Any]]:
+    """One synthetic copy exercise as chat messages (a user turn, then the assistant's reply).
+
+    The replies can only be predicted by copying from the user turn, so nearly every trained
+    token is a copy token: induction heads, which the transcripts need for entity names and
+    tool-result values but teach slowly (few of their tokens are copies), form far sooner.
+    Three kinds, at random (half of them ``echo``):
+
+    - ``echo``: a list of random names, numbers and ToolWorld words, repeated verbatim;
+    - ``recall``: several ``the <attr> of <Name> is <n>`` facts, then a question about one; the
+      reply is ``<answer>n</answer>`` (attend to the right key, copy the value after it);
+    - ``call``: a ToolWorld question (``What is the <attr> of <Name>?``) answered with the
+      expert's plan sentence and lookup call, or a tool result answered with its value.
+    """
+    kind = rng.choices(("echo", "recall", "call"), weights=(2, 1, 1))[0]
+    if kind == "echo":
+        items = []
+        for _ in range(rng.randint(4, 12)):
+            r = rng.random()
+            if r < 0.4:
+                items.append(_drill_name(rng))
+            elif r < 0.75:
+                items.append(_drill_number(rng))
+            else:
+                items.append(rng.choice(_DRILL_WORDS))
+        text = " ".join(items)
+        return [
+            {"role": "user", "content": f"Repeat: {text}"},
+            {"role": "assistant", "content": text},
+        ]
+    if kind == "recall":
+        attrs = ("age", "weight", "height", "distance")
+        facts = [
+            (rng.choice(attrs), _drill_name(rng), _drill_number(rng))
+            for _ in range(rng.randint(2, 6))
+        ]
+        attr, name, value = rng.choice(facts)
+        lines = "\n".join(f"The {a} of {e} is {v}." for a, e, v in facts)
+        return [
+            {"role": "user", "content": f"{lines}\nWhat is the {attr} of {name}?"},
+            {"role": "assistant", "content": f"{ANSWER_OPEN}{value}{ANSWER_CLOSE}"},
+        ]
+    attr = rng.choice(("age", "weight", "height", "distance"))
+    name = _drill_name(rng)
+    if rng.random() < 0.5:
+        tool = "lookup" if rng.random() < 0.8 else "backup_lookup"
+        call = json.dumps(
+            {"name": tool, "arguments": {"entity": name, "attribute": attr}},
+            separators=(",", ":"),
+        )
+        return [
+            {"role": "user", "content": f"What is the {attr} of {name}?"},
+            {
+                "role": "assistant",
+                "content": f"I will look up the {attr} of {name}.\n"
+                f"{TOOL_CALL_OPEN}{call}{TOOL_CALL_CLOSE}",
+            },
+        ]
+    value = _drill_number(rng)
+    unit = rng.choice(("years", "kg", "m", "km", "months", "g", "cm"))
+    return [
+        {"role": "tool", "content": json.dumps({"value": int(value), "unit": unit})},
+        {"role": "assistant", "content": f"I have the answer.\n{ANSWER_OPEN}{value}{ANSWER_CLOSE}"},
+    ]

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentropy.env.toolworld import LEVELS
 from agentropy.errors import InputError
 from agentropy.rl.advantages import ADV_STDS
 from agentropy.rl.coefs import (
@@ -47,8 +48,6 @@ from agentropy.rl.coefs import (
 from agentropy.rl.losses import AGG_MODES, CLIP_HIGH, CLIP_LOW, FLAT_COEF, LOSS_TERMS
 
 __all__ = ["TrainConfig", "apply_overrides", "parse_override"]
-
-LEVELS = (0, 1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -143,7 +142,7 @@ class TrainConfig:
     """Per-phase coefficients and contraction term of the ``rhythm`` loss."""
 
     # ---------------------------------------------------------------- curriculum
-    levels: tuple[int, ...] = (0, 1, 2, 3)
+    levels: tuple[int, ...] = LEVELS
     """Curriculum levels in order (ToolWorld L0-L3); held-out evaluation covers all of them."""
     start_level: int = 1
     """Level training starts at (must be in ``levels``); the step-0 evaluation promotes at once

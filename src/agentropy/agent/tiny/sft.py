@@ -35,6 +35,7 @@ from agentropy.agent.tiny.corpus import (
     copy_drill,
 )
 from agentropy.agent.tiny.template import Example, assistant_labels, build_tokenizer
+from agentropy.env.toolworld import LEVELS
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +67,7 @@ class TinyRecipe:
     """Seed for model initialisation, batch order and expert sampling."""
     world_seed: int = 0
     """``ToolWorldConfig(seed=...)``: which knowledge base and task generator to train on."""
-    levels: tuple[int, ...] = (0, 1, 2, 3)
+    levels: tuple[int, ...] = LEVELS
     """ToolWorld levels to draw expert transcripts from."""
     n_tasks_per_level: int = 1000
     """Train-split tasks per level (one expert transcript each)."""

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentropy.agent.tiny.corpus import _expert_conversations, _world
 from agentropy.env.format import ANSWER_CLOSE, ANSWER_OPEN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+from agentropy.env.toolworld import LEVELS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -135,7 +136,7 @@ def _tokenizer_json(vocab_size: int, world_seed: int, tasks_per_level: int, seed
     world = _world(world_seed)
     tools = world.tool_schemas()
     conversations = _expert_conversations(
-        world, split="train", levels=(0, 1, 2, 3), n=tasks_per_level, seed=seed
+        world, split="train", levels=LEVELS, n=tasks_per_level, seed=seed
     )
     # Train on the rendered transcripts, so the template's own words (and the system turn that
     # every transcript repeats) get merged into few tokens. Rendering needs no vocabulary: an

@@ -47,8 +47,9 @@ is *quiet* or *erupting*. While quiet it keeps its last ``window`` values.
   is then treated as missing.
 
 "Significant" for reward is a z-test on the difference of two window means:
-``|after - before| > max(reward_margin, reward_z * sigma_r * sqrt(1/n_before + 1/n_after))``,
-``sigma_r`` the robust noise of the reward history (0 until three rewards are known).
+``|after - before| > max(reward_margin, reward_rel * |before|,
+reward_z * sigma_r * sqrt(1/n_before + 1/n_after))``, ``sigma_r`` the robust noise of the reward
+history (0 until three rewards are known).
 """
 
 from __future__ import annotations
@@ -139,6 +140,9 @@ class MonitorConfig:
     """z of a significant reward change (difference of window means over its noise)."""
     reward_margin: float = 0.0
     """Smallest reward change that counts, in reward units (on top of the z-test)."""
+    reward_rel: float = 0.1
+    """Smallest reward change that counts, as a fraction of the pre-eruption reward's magnitude
+    (a statistically clear 2% dip over a long eruption is not a divergence)."""
     rate_margin: float = 0.05
     """Rise of the loop / hallucination rate (or fall of the valid-action rate) that counts."""
     severe_drop: float = 0.5
@@ -167,7 +171,7 @@ class MonitorConfig:
                 )
         for name in ("rise_sigma", "rise_rel", "warmup_rise_rel", "min_rise", "reward_z"):
             _check_nonneg(self, name)
-        for name in ("reward_margin", "rate_margin", "collapse_floor"):
+        for name in ("reward_margin", "reward_rel", "rate_margin", "collapse_floor"):
             _check_nonneg(self, name)
         for name in ("subsidence", "severe_drop", "collapse_fraction"):
             v = getattr(self, name)
@@ -398,6 +402,10 @@ class Monitor:
     ) -> tuple[list[Alert], ChannelState]:
         c = self.config
         alerts: list[Alert] = []
+        if ch.collapsed and ch.reference is not None:
+            floor = max(c.collapse_floor, c.collapse_fraction * ch.reference)
+            if h > c.collapse_rearm * floor:
+                ch = ch._replace(collapsed=False)
         if ch.erupting:
             peak, peak_step = (h, step) if h > (ch.peak or -math.inf) else (ch.peak, ch.peak_step)
             ch = ch._replace(peak=peak, peak_step=peak_step)
@@ -464,10 +472,6 @@ class Monitor:
         if collapse is not None:
             alerts.append(collapse)
             ch = ch._replace(collapsed=True)
-        elif ch.collapsed and ch.reference is not None:
-            floor = max(c.collapse_floor, c.collapse_fraction * ch.reference)
-            if h > c.collapse_rearm * floor:
-                ch = ch._replace(collapsed=False)
         return alerts, ch
 
     def _reward_change(
@@ -481,7 +485,11 @@ class Monitor:
         if "reward" not in before or "reward" not in after:
             return None, None
         (b, nb), (a, na) = before["reward"], after["reward"]
-        thr = max(c.reward_margin, c.reward_z * sigma_r * math.sqrt(1.0 / nb + 1.0 / na))
+        thr = max(
+            c.reward_margin,
+            c.reward_rel * abs(b),
+            c.reward_z * sigma_r * math.sqrt(1.0 / nb + 1.0 / na),
+        )
         return a - b, thr
 
     def _after(

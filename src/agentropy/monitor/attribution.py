@@ -80,7 +80,7 @@ def covariance_stats(
         )
     x = logprob.detach().to(torch.float64)
     adv = advantages.detach().to(torch.float64)
-    if adv.dim() == 1:
+    if adv.dim() == 1 and adv.shape[0] == x.shape[0]:
         adv = adv[:, None].expand_as(x)
     if adv.shape != x.shape:
         raise ValueError(

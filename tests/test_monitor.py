@@ -41,7 +41,7 @@ def test_quiet_series_raises_nothing():
 
 
 def test_eruption_onset_has_evidence_and_suggestion():
-    rows = flat(20) + [{"entropy": 1.2, "reward": 0.3}]
+    rows = [*flat(20), {"entropy": 1.2, "reward": 0.3}]
     alerts = feed(rows)
     assert names(alerts) == ["eruption"]
     a = alerts[0]
@@ -54,7 +54,7 @@ def test_eruption_onset_has_evidence_and_suggestion():
 
 
 def test_small_rise_below_threshold_is_not_an_eruption():
-    rows = flat(20) + [{"entropy": 0.56, "reward": 0.3}]  # +12%: under rise_rel = 20%
+    rows = [*flat(20), {"entropy": 0.56, "reward": 0.3}]  # +12%: under rise_rel = 20%
     assert feed(rows) == []
 
 
@@ -63,7 +63,9 @@ def cycle(after_reward: float = 0.3, loop_after: float = 0.05) -> list[dict]:
     for h in (1.2, 1.3, 1.0, 0.7):
         rows.append({"entropy": h, "reward": 0.3, "loop_rate": 0.05})
     for i in range(8):
-        rows.append({"entropy": 0.5 + 0.01 * (i % 2), "reward": after_reward, "loop_rate": loop_after})
+        rows.append(
+            {"entropy": 0.5 + 0.01 * (i % 2), "reward": after_reward, "loop_rate": loop_after}
+        )
     return rows
 
 

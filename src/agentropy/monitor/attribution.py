@@ -116,7 +116,7 @@ def finalize(stats: torch.Tensor) -> dict[str, dict[str, float | int | None]]:
     out: dict[str, dict[str, float | int | None]] = {}
     for name, (n, sx, sy, sxy) in zip(GROUPS, stats.tolist(), strict=True):
         cov = None if n <= 0 else sxy / n - (sx / n) * (sy / n)
-        out[name] = {"n": int(round(n)), "cov": cov}
+        out[name] = {"n": round(n), "cov": cov}
     return out
 
 
@@ -137,7 +137,9 @@ def entropy_change_attribution(
     next to the realised change of ``entropy/<phase>_mean`` between steps.
     """
     out: dict[str, float] = {}
-    for name, r in finalize(covariance_stats(logprob, advantages, mask, phase, variant=variant)).items():
+    for name, r in finalize(
+        covariance_stats(logprob, advantages, mask, phase, variant=variant)
+    ).items():
         if r["cov"] is None:
             continue
         cov = float(r["cov"])
@@ -169,7 +171,9 @@ def agreement(
     p = np.asarray(predicted, np.float64)
     r = np.asarray(realised, np.float64)
     if p.shape != r.shape or p.ndim != 1:
-        raise ValueError(f"predicted and realised must be 1-D of equal length, got {p.shape}, {r.shape}")
+        raise ValueError(
+            f"predicted and realised must be 1-D of equal length, got {p.shape}, {r.shape}"
+        )
     ok = np.isfinite(p) & np.isfinite(r)
     p, r = p[ok], r[ok]
     n = int(p.shape[0])

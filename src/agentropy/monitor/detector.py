@@ -54,6 +54,7 @@ history (0 until three rewards are known).
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Mapping
@@ -178,7 +179,9 @@ class MonitorConfig:
             if not 0.0 < v <= 1.0:
                 raise ValueError(f"MonitorConfig.{name} must be in (0, 1], got {v!r}")
         if not self.collapse_rearm >= 1.0:
-            raise ValueError(f"MonitorConfig.collapse_rearm must be >= 1, got {self.collapse_rearm}")
+            raise ValueError(
+                f"MonitorConfig.collapse_rearm must be >= 1, got {self.collapse_rearm}"
+            )
 
 
 def _check_int(cfg: MonitorConfig, name: str, lo: int) -> None:
@@ -277,7 +280,7 @@ def noise_sigma(values: tuple[float, ...] | list[float]) -> float:
     """Robust noise standard deviation from first differences: MAD / 0.6745 / sqrt 2 (0 if < 3)."""
     if len(values) < 3:
         return 0.0
-    d = [b - a for a, b in zip(values[:-1], values[1:], strict=True)]
+    d = [b - a for a, b in itertools.pairwise(values)]
     med = statistics.median(d)
     mad = statistics.median(abs(x - med) for x in d)
     return mad / 0.6745 / math.sqrt(2.0)
@@ -654,12 +657,17 @@ def state_dict(state: MonitorState) -> dict[str, Any]:
         "evidence": {k: [list(p) for p in v] for k, v in state.evidence},
         "channels": {
             k: {
-                f: ([list(b) for b in getattr(ch, f)] if f in ("before", "settle_before")
-                    else list(getattr(ch, f)) if f == "history" else getattr(ch, f))
+                f: (
+                    [list(b) for b in getattr(ch, f)]
+                    if f in ("before", "settle_before")
+                    else list(getattr(ch, f))
+                    if f == "history"
+                    else getattr(ch, f)
+                )
                 for f in ChannelState._fields
             }
             for k, ch in state.channels
-        },  # fmt: skip
+        },
         "nonfinite": list(state.nonfinite),
     }
 

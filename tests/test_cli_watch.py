@@ -76,13 +76,13 @@ def test_json_to_stdout_is_pure_json(tmp_path):
         ("eruption", None),
         ("subsided", "productive"),
     ]
-    assert alerts[0]["step"] == onset
+    assert alerts[0]["evidence"]["onset_step"] == onset
 
 
 def test_custom_tags(tmp_path):
     f = tmp_path / "log.csv"
     lines = ["step,my_ent,my_rew"] + [f"{i},{0.5 + 0.005 * (i % 2)},0.3" for i in range(1, 21)]
-    lines.append("21,1.5,0.3")
+    lines += ["21,1.5,0.3", "22,1.6,0.3"]
     f.write_text("\n".join(lines) + "\n")
     res = runner.invoke(
         app, ["watch", str(f), "--once", "--json", "-", "--entropy-tag", "my_ent",
@@ -126,7 +126,7 @@ def test_follows_a_growing_csv_until_stop_after(tmp_path):
     )  # fmt: skip
     t.join()
     assert res.exit_code == 3, res.output
-    assert "step 11" in res.output and "eruption" in res.output and "divergence" in res.output
+    assert "step 12" in res.output and "eruption" in res.output and "divergence" in res.output
 
 
 def test_waits_for_a_run_that_has_not_logged_yet(tmp_path):

@@ -41,13 +41,14 @@ def test_quiet_series_raises_nothing():
 
 
 def test_eruption_onset_has_evidence_and_suggestion():
-    rows = [*flat(20), {"entropy": 1.2, "reward": 0.3}]
+    rows = [*flat(20), {"entropy": 1.2, "reward": 0.3}, {"entropy": 1.25, "reward": 0.3}]
     alerts = feed(rows)
     assert names(alerts) == ["eruption"]
     a = alerts[0]
-    assert a.step == 21 and a.metric == "entropy"
+    assert a.step == 22 and a.metric == "entropy"  # confirmed on the second step above
     ev = a.evidence
-    assert ev["value"] == 1.2 and ev["rise"] > ev["threshold"] > 0
+    assert ev["onset_step"] == 21 and ev["confirm_steps"] == 2
+    assert ev["value"] == 1.25 and ev["rise"] > ev["threshold"] > 0
     assert ev["warmup"] is False and ev["sigma"] is not None
     assert "entropy" in a.suggestion and a.to_dict()["name"] == "eruption"
     json.dumps(a.to_dict(), allow_nan=False)
@@ -95,7 +96,8 @@ def test_unstable_run_diverges_within_three_steps():
     h = [0.51, 0.52, 1.1, 1.4, 1.6, 1.5, 1.3]
     r = [0.16, 0.15, 0.02, 0.0, 0.0, 0.0, 0.0]
     alerts = feed([{"entropy": a, "reward": b} for a, b in zip(h, r, strict=True)])
-    onset = next(a.step for a in alerts if a.name == "eruption")
+    onset = next(a.evidence["onset_step"] for a in alerts if a.name == "eruption")
+    assert onset == 3
     div = [a for a in alerts if a.name in ("divergence", "collapse")]
     assert div and div[0].name == "divergence" and div[0].step - onset <= 3
     assert div[0].evidence["severe"] is True
@@ -171,12 +173,19 @@ def test_phase_channels_are_tracked_separately():
         for i in range(20)
     ]  # fmt: skip
     rows.append({"entropy": 0.51, "entropy_plan": 0.4, "entropy_recover": 2.0})
+    rows.append({"entropy": 0.5, "entropy_plan": 0.41, "entropy_recover": 2.2})
     alerts = feed(rows)
     assert [(a.name, a.metric) for a in alerts] == [("eruption", "entropy_recover")]
 
 
+def test_single_step_outlier_is_not_an_eruption():
+    rows = [*flat(20), {"entropy": 1.5, "reward": 0.3}, *flat(10)]
+    assert feed(rows) == []
+    assert names(feed(rows, Monitor(MonitorConfig(confirm=1))))[0] == "eruption"
+
+
 def test_warmup_catches_a_blow_up_at_step_two():
-    alerts = feed([{"entropy": 0.5}, {"entropy": 1.2}])
+    alerts = feed([{"entropy": 0.5}, {"entropy": 1.2}, {"entropy": 1.3}])
     assert names(alerts) == ["eruption"] and alerts[0].evidence["warmup"] is True
 
 

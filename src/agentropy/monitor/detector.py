@@ -714,7 +714,7 @@ def state_dict(state: MonitorState) -> dict[str, Any]:
         "evidence": {k: [list(p) for p in v] for k, v in state.evidence},
         "channels": {
             k: {f: _plain(getattr(ch, f)) for f in ChannelState._fields} for k, ch in state.channels
-        },  # fmt: skip
+        },
         "nonfinite": list(state.nonfinite),
     }
 

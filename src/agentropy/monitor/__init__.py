@@ -10,6 +10,8 @@
 - :mod:`agentropy.monitor.sources`: scalar readers (TensorBoard event files, CSV exports, our
   trainer's ``metrics.parquet``) and the tag map from TRL / verl / agentropy names to
   :data:`METRICS`.
+- :mod:`agentropy.monitor.tracker`: :class:`Tracker`, the stateful wrapper trainers and
+  framework hooks call once per step (tag mapping, alerts, ``stop_on``, checkpoint).
 - :mod:`agentropy.monitor.synthetic`: planted-pattern series for validation.
 
 Importing this package is cheap (no torch, pyarrow or scipy).
@@ -32,9 +34,12 @@ from agentropy.monitor.detector import (
     load_state,
     state_dict,
 )
+from agentropy.monitor.sources import DEFAULT_TAGS, TagMap
+from agentropy.monitor.tracker import Tracker
 
 __all__ = [
     "ALERT_NAMES",
+    "DEFAULT_TAGS",
     "ENTROPY_METRICS",
     "EVIDENCE_METRICS",
     "METRICS",
@@ -43,6 +48,8 @@ __all__ = [
     "Monitor",
     "MonitorConfig",
     "MonitorState",
+    "TagMap",
+    "Tracker",
     "agreement",
     "covariance_stats",
     "entropy_change_attribution",

@@ -21,11 +21,15 @@ is *quiet* or *erupting*. While quiet it keeps its last ``window`` values.
 - ``eruption`` (onset): on a quiet channel with at least one earlier value, the *level* ``L`` is
   the median of its last ``level_window`` values and ``sigma`` the robust noise of its history
   (MAD of first differences / 0.6745 / sqrt 2, as in :func:`agentropy.analysis.training.noise_sigma`;
-  differences remove a slow descent). The step's value ``H`` erupts when
+  differences remove a slow descent). A value ``H`` is *above* when
   ``H - L > max(min_rise, rise_sigma * sigma, rise_rel * L)``; with fewer than ``min_history``
   earlier values the noise is unknown and the threshold is ``max(min_rise, warmup_rise_rel * L)``
-  (a run that blows up at step 2 is still caught). At onset the channel freezes ``L`` and records
-  the evidence before it: the mean of the last ``before_window`` values of each evidence metric.
+  (a run that blows up at step 2 is still caught). ``confirm`` consecutive values above (``L``
+  and the threshold frozen at the first) declare the eruption, alerted at the confirming step
+  with ``onset_step`` the first; a lone value above is an outlier and joins the history. At
+  onset the channel freezes ``L`` and records the evidence before it: the mean of the last
+  ``before_window`` values of each evidence metric. After a subsidence the channel re-arms only
+  once a value is back within the threshold (the tail of a large eruption is not a new one).
 - ``subsided``: an erupting channel whose value is back to ``L + (1 - subsidence) * (peak - L)``
   (it gave back ``subsidence`` of the amplitude; the analyzer's definition) is quiet again; after
   ``after_window`` more steps (fewer if a new eruption starts first) the alert compares evidence

@@ -148,8 +148,10 @@ def _view(runs: list[RunWatch], recent: int = 12) -> Any:
         a.add_column(c, justify="right" if c == "step" else "left")
     style = {"divergence": "bold red", "collapse": "bold red", "nonfinite": "bold red",
              "eruption": "yellow", "subsided": "green"}  # fmt: skip
-    every = sorted(((x, r.source.name) for r in runs for x in r.alerts), key=lambda p: -p[0].step)
-    for x, name in every[:recent]:
+    # latest step first; within a step, the alert fired last first
+    every = [(x, r.source.name, i) for r in runs for i, x in enumerate(r.alerts)]
+    every.sort(key=lambda p: (-p[0].step, -p[2]))
+    for x, name, _ in every[:recent]:
         label = f"{x.name}:{x.kind}" if x.kind else x.name
         a.add_row(str(x.step), name, f"[{style.get(x.name, '')}]{label}", x.metric, x.suggestion)
     return Group(t, a) if every else t

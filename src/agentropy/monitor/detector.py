@@ -327,19 +327,25 @@ def _mean(pairs: list[tuple[int, float]]) -> tuple[float, int] | None:
 
 
 _SUGGEST = {
-    "eruption": "entropy of {metric} jumped {ratio:.2g}x above its level: watch reward and "
+    "eruption": "{what} jumped {ratio:.2g}x above its level: watch reward and "
     "loop/hallucination rates; a productive eruption contracts within ~{horizon} steps.",
     "productive": "eruption contracted and reward improved: healthy exploration, nothing to do.",
     "degenerate": "eruption contracted but left more {what}: inspect samples; add a repetition "
     "or invalid-call penalty, or lower the recover temperature.",
     "neutral": "eruption contracted with no clear change in reward or degeneracy rates.",
-    "divergence": "entropy of {metric} has not contracted since step {onset} while {why}: lower "
+    "divergence": "{what} has not contracted since step {onset} while {why}: lower "
     "the learning rate or entropy bonus, or roll back to a checkpoint before step {onset}.",
-    "collapse": "entropy of {metric} is below its floor and still falling with flat reward: "
+    "collapse": "{what} is below its floor and still falling with flat reward: "
     "raise the entropy target/coefficient or sampling temperature, or use clip-higher.",
     "nonfinite": "non-finite {metric}: look for overflow (exp of log-ratios, fp16 logits) and "
     "skip or roll back this step.",
 }
+
+
+def _what(metric: str) -> str:
+    """How a suggestion names an entropy channel."""
+    phase = metric.removeprefix("entropy_")
+    return "model entropy" if metric == "entropy" else f"{phase}-phase entropy"
 
 
 class Monitor:
@@ -523,7 +529,7 @@ class Monitor:
                 {"onset_step": first, "value": _r(h), "level": _r(level),
                  "rise": _r(h - level), "threshold": _r(thr), "sigma": _r(sigma),
                  "warmup": sigma is None, "confirm_steps": len(pending)},
-                _SUGGEST["eruption"].format(metric=name, ratio=ratio, horizon=c.horizon),
+                _SUGGEST["eruption"].format(what=_what(name), ratio=ratio, horizon=c.horizon),
             )
         )  # fmt: skip
         if step > first:  # the confirmation step may already show the reward collapsing
@@ -665,7 +671,7 @@ class Monitor:
         reason = " and ".join(why) or "no reward or rate metric is logged"
         return Alert(
             "divergence", step, name, evidence,
-            _SUGGEST["divergence"].format(metric=name, onset=onset, why=reason),
+            _SUGGEST["divergence"].format(what=_what(name), onset=onset, why=reason),
         )  # fmt: skip
 
     def _collapse(
@@ -698,7 +704,7 @@ class Monitor:
             {"value": _r(h), "floor": _r(floor), "reference": _r(ch.reference),
              "slope_per_step": _r(slope), "reward_rise": _r(rise),
              "reward_threshold": _r(max(c.reward_margin, c.reward_z * sigma_r))},
-            _SUGGEST["collapse"].format(metric=name),
+            _SUGGEST["collapse"].format(what=_what(name)),
         )  # fmt: skip
 
 

@@ -281,3 +281,17 @@ def test_package_exports_and_lazy_attribution():
     assert set(METRICS) >= {"entropy", "entropy_recover", "reward", "valid_action_rate"}
     for name in monitor.__all__:
         assert getattr(monitor, name) is not None
+
+
+def test_windows_count_updates_not_step_numbers():
+    """Logging every 10 optimizer steps: the horizon is 10 logged steps, not 1."""
+    rows = [{"entropy": 0.5 + 0.01 * (i % 2)} for i in range(20)] + [{"entropy": 1.2}] * 15
+    mon = Monitor()
+    state = mon.init()
+    got = []
+    for i, row in enumerate(rows):
+        alerts, state = mon.update(state, row, step=10 * (i + 1))
+        got += alerts
+    assert [a.name for a in got] == ["eruption", "divergence"]
+    assert got[1].step == 10 * (21 + mon.config.horizon)
+    assert got[1].evidence["updates_since_onset"] == mon.config.horizon

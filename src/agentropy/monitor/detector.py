@@ -50,6 +50,10 @@ is *quiet* or *erupting*. While quiet it keeps its last ``window`` values.
 - ``nonfinite``: any metric that is NaN or infinite (once, until it is finite again); the value
   is then treated as missing.
 
+Windows and the horizon count *updates* (logged steps), not step numbers: a framework that
+logs every ``k`` optimizer steps gets horizons ``k`` times longer in optimizer steps, and the
+statistics always average the same number of values.
+
 "Significant" for reward is a z-test on the difference of two window means:
 ``|after - before| > max(reward_margin, reward_rel * |before|,
 reward_z * sigma_r * sqrt(1/n_before + 1/n_after))``, ``sigma_r`` the robust noise of the reward
@@ -262,6 +266,10 @@ class ChannelState(NamedTuple):
     """(metric, mean, count) of each evidence metric over ``before_window`` steps before onset."""
     diverged: bool = False
     """``divergence`` already fired for the current eruption."""
+    elapsed: int = 0
+    """Updates of this channel since the onset (the onset's own update is 0)."""
+    settled: int = 0
+    """Updates of this channel since it subsided, that one included (0: not settling)."""
     settle_end: int | None = None
     """Step the channel subsided at while its ``subsided`` alert waits for the after-window."""
     settle_onset: int | None = None
@@ -435,13 +443,15 @@ class Monitor:
             if h > c.collapse_rearm * floor:
                 ch = ch._replace(collapsed=False)
         if ch.erupting:
+            ch = ch._replace(elapsed=ch.elapsed + 1)
             peak, peak_step = (h, step) if h > (ch.peak or -math.inf) else (ch.peak, ch.peak_step)
             ch = ch._replace(peak=peak, peak_step=peak_step)
             level = ch.level if ch.level is not None else 0.0
             back = level + (1.0 - c.subsidence) * ((ch.peak or level) - level)
             if h <= back:
                 ch = ch._replace(
-                    erupting=False, armed=False, settle_end=step, settle_onset=ch.onset_step,
+                    erupting=False, armed=False, settled=1, settle_end=step,
+                    settle_onset=ch.onset_step,
                     settle_peak=ch.peak, settle_level=ch.level, settle_before=ch.before,
                     history=(*ch.history, h)[-c.window :],
                 )  # fmt: skip
@@ -485,7 +495,9 @@ class Monitor:
         ch = ch._replace(history=hist)
         if ch.reference is None and len(hist) >= c.min_history:
             ch = ch._replace(reference=statistics.median(hist[: c.min_history]))
-        if ch.settle_end is not None and step - ch.settle_end + 1 >= c.after_window:
+        if ch.settle_end is not None:
+            ch = ch._replace(settled=ch.settled + 1)
+        if ch.settle_end is not None and ch.settled >= c.after_window:
             done, ch = self._settle(ch, name, step, ev, sigma_r, force=True)
             alerts += done
         collapse = self._collapse(ch, name, h, step, ev, sigma_r)
@@ -520,6 +532,7 @@ class Monitor:
         ch = ch._replace(
             erupting=True, onset_step=first, level=level, threshold=thr, peak=peak,
             peak_step=peak_step, before=tuple(before), diverged=False, pending=(),
+            elapsed=len(pending) - 1,
             pending_level=None, pending_threshold=None, pending_sigma=None,
         )  # fmt: skip
         ratio = h / level if level > 0 else math.inf
@@ -558,11 +571,13 @@ class Monitor:
         return a - b, thr
 
     def _after(
-        self, ev: dict[str, list[tuple[int, float]]], lo: int, hi: int
+        self, ev: dict[str, list[tuple[int, float]]], lo: int, hi: int, last: int | None = None
     ) -> dict[str, tuple[float, int]]:
+        """Mean and count per evidence metric of its values at steps ``lo..hi`` (the ``last``
+        of them, if given)."""
         out = {}
         for m in EVIDENCE_METRICS:
-            got = _mean([p for p in ev.get(m, []) if lo <= p[0] <= hi])
+            got = _mean([p for p in ev.get(m, []) if lo <= p[0] <= hi][-(last or 0) :])
             if got is not None:
                 out[m] = got
         return out
@@ -591,7 +606,7 @@ class Monitor:
     ) -> tuple[list[Alert], ChannelState]:
         c = self.config
         end = ch.settle_end if ch.settle_end is not None else step
-        if not force and step - end + 1 < c.after_window:
+        if not force and ch.settled < c.after_window:
             return [], ch
         before = {m: (v, n) for m, v, n in ch.settle_before}
         after = self._after(ev, end, step)
@@ -618,7 +633,7 @@ class Monitor:
         what = " and ".join(m.removesuffix("_rate") for m, _ in worse) or ""
         text = _SUGGEST[kind].format(what=what.replace("valid_action", "invalid calls"))
         ch = ch._replace(
-            settle_end=None, settle_onset=None, settle_peak=None, settle_level=None,
+            settled=0, settle_end=None, settle_onset=None, settle_peak=None, settle_level=None,
             settle_before=(),
         )  # fmt: skip
         return [Alert("subsided", step, name, evidence, text, kind)], ch
@@ -633,10 +648,9 @@ class Monitor:
     ) -> Alert | None:
         c = self.config
         onset = ch.onset_step if ch.onset_step is not None else step
-        elapsed = step - onset
+        elapsed = ch.elapsed
         before = {m: (v, n) for m, v, n in ch.before}
-        lo = max(onset, step - c.after_window + 1)
-        after = self._after(ev, lo, step)
+        after = self._after(ev, onset, step, last=c.after_window)
         worse = self._worse_rates(before, after)
         delta, thr = self._reward_change(before, after, sigma_r)
         fell = delta is not None and thr is not None and -delta > thr
@@ -657,7 +671,7 @@ class Monitor:
                 if m in dict(worse)]  # fmt: skip
         evidence: dict[str, Any] = {
             "onset_step": onset,
-            "steps_since_onset": elapsed,
+            "updates_since_onset": elapsed,
             "horizon": c.horizon,
             "severe": severe,
             "level": _r(ch.level),

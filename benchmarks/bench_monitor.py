@@ -1,0 +1,189 @@
+"""The training-run monitor: planted-pattern precision/recall, per-step cost, covariance agreement.
+
+1. **Planted patterns** (:mod:`agentropy.monitor.synthetic`): every pattern at amplitudes
+   +50% / +100% / +200% of the entropy level and relative noise 2% / 5% / 10% (Gaussian, and
+   Student-t with 3 degrees of freedom for heavy tails), ``--seeds`` series each. An alert is a
+   true positive when it matches a planted expectation (label and step window); precision per
+   alert type = true / all alerts of that type, recall = matched / planted.
+2. **Cost** of one ``Monitor.update`` with all 11 metrics, microseconds (median of 5 runs of
+   2000 steps), to set against a training step (seconds).
+3. **Why entropy moved**, simulated: a softmax policy over ``V`` actions in ``S`` states trained
+   by sampled policy gradient (tabular logits, and a small MLP, plain SGD). Per step, the batch
+   covariance of sampled tokens' log-prob and advantage (arXiv 2505.22617, ``pg`` and ``npg``
+   variants) predicts the entropy change; the realised change is the exact mean entropy over
+   states after minus before the update. Reported: Pearson r with a 95% bootstrap interval,
+   sign agreement and the fitted scale.
+
+Run: ``PYTHONPATH=src python benchmarks/bench_monitor.py [--seeds 20]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from agentropy.monitor import Monitor, MonitorConfig
+from agentropy.monitor.attribution import agreement, covariance_stats, finalize
+from agentropy.monitor.synthetic import PATTERNS, expected, planted_series, score
+
+AMPLITUDES = (0.5, 1.0, 2.0)
+NOISES = (0.02, 0.05, 0.1)
+
+
+def run_series(mon: Monitor, rows: list[dict]) -> list:
+    state = mon.init()
+    out = []
+    for i, row in enumerate(rows):
+        alerts, state = mon.update(state, row, step=i + 1)
+        out += alerts
+    return out
+
+
+def planted(seeds: int, config: MonitorConfig) -> None:
+    mon = Monitor(config)
+    for heavy in (False, True):
+        tp: collections.Counter[str] = collections.Counter()
+        fp: collections.Counter[str] = collections.Counter()
+        n: collections.Counter[str] = collections.Counter()
+        cells: dict[tuple[float, float], list[int]] = {}
+        quiet_alarms = 0
+        for pattern in PATTERNS:
+            for amp in AMPLITUDES:
+                for noise in NOISES:
+                    for seed in range(seeds):
+                        rows, onset = planted_series(
+                            pattern, amplitude=amp, noise=noise, seed=seed, heavy_tails=heavy
+                        )
+                        alerts = run_series(mon, rows)
+                        want = expected(pattern, onset, len(rows), horizon=config.horizon)
+                        t, f = score(alerts, want)
+                        tp.update(t)
+                        fp.update(f)
+                        n.update(w.label for w in want)
+                        if pattern == "quiet":
+                            quiet_alarms += len(alerts)
+                        if pattern in ("productive", "degenerate", "divergence"):
+                            c = cells.setdefault((amp, noise), [0, 0])
+                            c[0] += t.get("eruption", 0)
+                            c[1] += 1
+        noise_name = "Student-t (3 dof)" if heavy else "Gaussian"
+        total = len(PATTERNS) * len(AMPLITUDES) * len(NOISES) * seeds
+        print(
+            f"\n### Planted patterns, {noise_name} noise: {total} series, {seeds} seeds per cell\n"
+        )
+        print("| alert | planted | detected | recall | alerts | precision |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for lab in sorted(set(n) | set(fp)):
+            alerts_n = tp[lab] + fp[lab]
+            rec = f"{tp[lab] / n[lab]:.3f}" if n[lab] else "-"
+            prec = f"{tp[lab] / alerts_n:.3f}" if alerts_n else "-"
+            print(f"| {lab} | {n[lab]} | {tp[lab]} | {rec} | {alerts_n} | {prec} |")
+        print(f"\nAlerts on quiet series (false alarms): {quiet_alarms} in "
+              f"{len(AMPLITUDES) * len(NOISES) * seeds} series.\n")  # fmt: skip
+        print("Eruption recall by amplitude (rows) and relative noise (columns):\n")
+        print("| amplitude | " + " | ".join(f"noise {x:.0%}" for x in NOISES) + " |")
+        print("| --- |" + " ---: |" * len(NOISES))
+        for amp in AMPLITUDES:
+            vals = [cells[(amp, x)][0] / cells[(amp, x)][1] for x in NOISES]
+            print(f"| +{amp:.0%} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+
+
+def cost() -> None:
+    mon = Monitor()
+    rows, _ = planted_series("productive", steps=2000, seed=0)
+    for r in rows:
+        r.update({f"entropy_{p}": r["entropy"] for p in ("plan", "act", "recover", "answer")})
+        r["failure_rate"] = 0.1
+    times = []
+    for _ in range(5):
+        state = mon.init()
+        t0 = time.perf_counter()
+        for i, r in enumerate(rows):
+            _, state = mon.update(state, r, step=i + 1)
+        times.append((time.perf_counter() - t0) / len(rows))
+    us = statistics.median(times) * 1e6
+    print("\n### Cost of one update (all 11 metrics, 5 entropy channels)\n")
+    print(f"median {us:.0f} us per step over 5 x 2000 steps; 1% of a training step is reached "
+          f"only by steps shorter than {us * 100 / 1e6:.3f} s.")  # fmt: skip
+
+
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    return -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
+
+
+def simulate(kind: str, seed: int, steps: int = 150, s: int = 64, v: int = 16, lr: float = 0.5):
+    """Sampled policy gradient on a bandit; returns predicted (pg, npg) and realised dH per step."""
+    g = torch.Generator().manual_seed(seed)
+    reward_table = torch.randn(s, v, generator=g)
+    if kind == "tabular":
+        params = [(torch.randn(s, v, generator=g) * 1.5).requires_grad_()]
+
+        def logits_fn() -> torch.Tensor:
+            return params[0]
+    else:
+        emb = torch.eye(s)
+        w1 = (torch.randn(s, 32, generator=g) / s**0.5).requires_grad_()
+        w2 = (torch.randn(32, v, generator=g) * 0.8).requires_grad_()
+        params = [w1, w2]
+
+        def logits_fn() -> torch.Tensor:
+            return torch.tanh(emb @ w1) @ w2 * 3
+
+    opt = torch.optim.SGD(params, lr=lr)
+    pred_pg, pred_npg, real = [], [], []
+    for _ in range(steps):
+        logits = logits_fn()
+        states = torch.randint(0, s, (256,), generator=g)
+        probs = torch.softmax(logits.detach()[states], -1)
+        actions = torch.multinomial(probs, 1, generator=g).squeeze(1)
+        r = reward_table[states, actions] + 0.3 * torch.randn(256, generator=g)
+        adv = (r - r.mean()) / (r.std() + 1e-6)
+        logp = torch.log_softmax(logits[states], -1).gather(1, actions[:, None]).squeeze(1)
+        mask = torch.ones(1, 256, dtype=torch.bool)
+        for variant, out in (("pg", pred_pg), ("npg", pred_npg)):
+            st = covariance_stats(logp.detach()[None], adv[None], mask, variant=variant)
+            out.append(-finalize(st)["all"]["cov"])
+        h0 = _entropy(logits.detach()).mean()
+        loss = -(logp * adv).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        real.append(float(_entropy(logits_fn().detach()).mean() - h0))
+    return pred_pg, pred_npg, real
+
+
+def attribution(seeds: int) -> None:
+    print("\n### Predicted vs realised entropy change (simulated sampled policy gradient)\n")
+    print("| policy | variant | steps | Pearson r | 95% CI | sign agreement | fitted scale |")
+    print("| --- | --- | ---: | ---: | --- | ---: | ---: |")
+    for kind in ("tabular", "mlp"):
+        pg, npg, real = [], [], []
+        for seed in range(max(1, seeds // 5)):
+            a, b, c = simulate(kind, seed)
+            pg += a
+            npg += b
+            real += c
+        for variant, pred in (("pg", pg), ("npg", npg)):
+            out = agreement(np.asarray(pred), np.asarray(real), seed=0)
+            ci = f"[{out['ci'][0]:.3f}, {out['ci'][1]:.3f}]" if out["ci"] else "-"
+            print(f"| {kind} | {variant} | {out['n']} | {out['r']:.3f} | {ci} | "
+                  f"{out['sign_agreement']:.2f} | {out['eta']:.3g} |")  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=20, help="series per (pattern, amplitude, noise)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    planted(args.seeds, MonitorConfig())
+    cost()
+    attribution(args.seeds)
+
+
+if __name__ == "__main__":
+    main()

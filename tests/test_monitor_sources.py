@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from agentropy.errors import InputError
@@ -211,7 +212,7 @@ def test_real_torch_summary_writer_directory(tmp_path):
     for step in range(1, 6):
         w.add_scalar("actor/entropy", 0.5 + 0.01 * step, step)
         w.add_scalar("critic/score/mean", 0.2, step)
-    w.add_histogram("weights", [0.1, 0.2, 0.3], 1)  # skipped, not an error
+    w.add_histogram("weights", np.array([0.1, 0.2, 0.3]), 1)  # skipped, not an error
     w.close()
     (src,) = discover(tmp_path / "tb")
     raw = src.poll()

@@ -176,7 +176,9 @@ def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
         if target.exists():
             if not force:
                 raise OutputError(target, _FORCE_HINT)
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            old = Path(
+                tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)
+            )
             os.replace(target, old / "x")
         os.replace(tmp, target)
         fsync_dir(target.parent)

@@ -25,11 +25,9 @@ a ``.json`` array are rows, 0-based) and the field; the field rules are
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import io
 import json
-import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -237,32 +235,29 @@ def _json_array(p: Path, text: str) -> Iterator[tuple[_Where, Any]]:
         yield _Where(p, row=i), obj
 
 
-def write_jsonl(episodes: Iterable[Episode], path: str | Path) -> int:
+def write_jsonl(episodes: Iterable[Episode], path: str | Path, *, force: bool = True) -> int:
     """Write episodes as JSONL (one per line; ``.gz`` compresses); returns how many were written.
 
-    The file is written under a temporary name and renamed into place, so a crash never leaves
-    a half-written file behind. Raises :class:`InputError` for a structurally invalid episode.
+    Written under a temporary name in the same folder, fsynced and renamed into place
+    (:func:`agentropy.outputs.atomic_path`), so a crash or a full disk never leaves a half-written
+    file behind nor damages an earlier one. ``force=False`` refuses to replace an existing file.
+    Raises :class:`InputError` for a structurally invalid episode and
+    :class:`~agentropy.errors.OutputError` when the file cannot be written.
     """
+    from agentropy.outputs import atomic_path
+
     p = Path(path)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     n = 0
     seen: set[str] = set()
-    try:
-        with _open_text(tmp, "w", gz=p.suffix == ".gz") as fh:
-            for episode in episodes:
-                d = episode_to_dict(episode)
-                if d["episode_id"] in seen:
-                    raise InputError(
-                        f"duplicate episode_id {d['episode_id']!r}", field="episode_id"
-                    )
-                seen.add(d["episode_id"])
-                fh.write(_dumps(d, episode.episode_id, "meta"))
-                fh.write("\n")
-                n += 1
-        os.replace(tmp, p)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    with atomic_path(p, force=force) as tmp, _open_text(tmp, "w", gz=p.suffix == ".gz") as fh:
+        for episode in episodes:
+            d = episode_to_dict(episode)
+            if d["episode_id"] in seen:
+                raise InputError(f"duplicate episode_id {d['episode_id']!r}", field="episode_id")
+            seen.add(d["episode_id"])
+            fh.write(_dumps(d, episode.episode_id, "meta"))
+            fh.write("\n")
+            n += 1
     return n
 
 

@@ -281,8 +281,8 @@ def read_metrics(out: str | Path) -> list[dict[str, Any]]:
 def _existing_episode_ids(store: Path) -> set[str]:
     from agentropy.trace import iter_parts
 
-    if not (store / "episodes").is_dir():
-        return set()
+    if not any((store / "episodes").glob("part-*.parquet")):
+        return set()  # no part yet (a run killed before its first flush)
     ids: set[str] = set()
     for ep_table, _ in iter_parts(store):
         ids.update(ep_table.column("episode_id").to_pylist())

@@ -388,10 +388,15 @@ def _list_array(value: Any, w: _Where, f: str, what: str, dtype: Any) -> np.ndar
         return None
 
 
+def _has_bool(values: list[Any]) -> bool:
+    return any(type(x) is bool for x in values)
+
+
 def _float_list(value: Any, w: _Where, f: str) -> np.ndarray:
     """A JSON list of numbers (null = missing = NaN) as float32."""
     arr = _list_array(value, w, f, "numbers", np.float32)
-    if arr is not None and arr.ndim == 1 and arr.dtype.kind in "fiu":
+    # numpy reads true/false as 1/0: JSON booleans are not numbers, so they take the slow path.
+    if arr is not None and arr.ndim == 1 and arr.dtype.kind in "fiu" and not _has_bool(value):
         with np.errstate(over="ignore"):
             return arr.astype(np.float32)
     out = np.empty(len(value), dtype=np.float32)
@@ -411,7 +416,7 @@ def _float_list(value: Any, w: _Where, f: str) -> np.ndarray:
 
 def _int_list(value: Any, w: _Where, f: str) -> np.ndarray:
     arr = _list_array(value, w, f, "integers", np.int64)
-    if arr is None or arr.ndim != 1 or arr.dtype.kind not in "iu":
+    if arr is None or arr.ndim != 1 or arr.dtype.kind not in "iu" or _has_bool(value):
         for i, x in enumerate(value):
             if isinstance(x, bool) or not isinstance(x, int):
                 raise w.err(f"expected an integer token id, got {_tname(x)}", f"{f}[{i}]")

@@ -223,7 +223,7 @@ def test_full_file_system_keeps_the_previous_output(command, tmp_path, traces, m
 # never replace without --force
 
 
-def test_existing_outputs_need_force(tmp_path, traces, model_dir):
+def test_existing_outputs_need_force(tmp_path, traces):
     report = tmp_path / "r.html"
     report.write_text("my notes")
     res = runner.invoke(app, ["report", str(traces), "--out", str(report)])
@@ -235,7 +235,8 @@ def test_existing_outputs_need_force(tmp_path, traces, model_dir):
     assert report.read_text().startswith("<!DOCTYPE html>") or "<html" in report.read_text()
     trace = tmp_path / "x.jsonl"
     trace.write_text("keep me")
-    args = [*ROLLOUT.split(), "--model", str(model_dir), "--out", str(trace)]
+    # Refused before the model is loaded (there is none here).
+    args = [*ROLLOUT.split(), "--model", str(tmp_path / "no-model"), "--out", str(trace)]
     res = runner.invoke(app, args)
     assert res.exit_code == 2 and "--force" in res.stderr and trace.read_text() == "keep me"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -261,6 +262,40 @@ def test_internal_errors_are_one_line_with_a_saved_traceback(tmp_path, monkeypat
 # train: restart after a kill before the first checkpoint
 
 
+def test_open_run_dir_after_kills_at_every_stage(tmp_path, capsys):
+    """The run directory's state machine, without training: what each kill leaves, and what a
+    plain run and a ``--resume`` then do."""
+    from agentropy.rl.config import TrainConfig
+    from agentropy.rl.run import open_run_dir
+
+    out = tmp_path / "run"
+    cfg = TrainConfig(out=str(out))
+    # Killed before anything was written: a plain run starts; --resume says there is no run.
+    with pytest.raises(ValueError, match="no run under"):
+        open_run_dir(cfg, resume=True)
+    assert open_run_dir(cfg, resume=False) is None
+    # Killed after config.toml, before any output: both start over (resume too), saying so.
+    assert open_run_dir(cfg, resume=True) is None
+    assert "starting it over in place" in capsys.readouterr().err
+    # Killed mid-step 1: partial outputs are removed, the unrelated file is kept.
+    (out / "traces" / "tokens").mkdir(parents=True)
+    (out / "metrics.parquet").write_bytes(b"PAR1")
+    (out / "checkpoints" / ".tmp-step-000001").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    for resume in (False, True):
+        assert open_run_dir(cfg, resume=resume) is None
+        assert not (out / "traces").exists() and not (out / "metrics.parquet").exists()
+        assert (out / "notes.txt").read_text() == "mine"
+        (out / "metrics.parquet").write_bytes(b"PAR1")
+    # After a checkpoint: a plain run refuses, --resume resumes from it.
+    (out / "checkpoints" / "step-000001").mkdir(parents=True)
+    (out / "checkpoints" / "step-000001" / "state.pt").write_bytes(b"x")
+    with pytest.raises(ValueError, match="already holds a run"):
+        open_run_dir(cfg, resume=False)
+    assert open_run_dir(cfg, resume=True) == out / "checkpoints" / "step-000001"
+
+
+@pytest.mark.slow
 def test_train_restarts_in_place_after_a_kill_before_the_first_checkpoint(tmp_path, model_dir):
     out = tmp_path / "run"
     # What a run killed during its first step leaves: config, a partial trace store, metrics.
@@ -278,6 +313,7 @@ def test_train_restarts_in_place_after_a_kill_before_the_first_checkpoint(tmp_pa
     assert res.exit_code == 2 and "no run under" in res.stderr
 
 
+@pytest.mark.slow
 def test_resume_without_progress_says_where_it_resumed(tmp_path, model_dir):
     out = tmp_path / "run"
     res = runner.invoke(app, _train_args(model_dir, out, steps=1, checkpoint_every=1))

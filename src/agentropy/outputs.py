@@ -154,9 +154,10 @@ def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
 
     For outputs that are folders (a saved model, a checkpoint): the caller fills the temporary
     folder, whose files are then fsynced; an existing ``path`` (only with ``force``) is moved
-    aside, the new folder renamed in, and the old one deleted, so a kill at any moment leaves
-    either the old or the new folder at ``path`` (plus a hidden leftover at worst). On failure
-    the temporary is deleted.
+    aside, the new folder renamed in, and the old one deleted. ``path`` never holds a partial
+    folder: a kill leaves the old or the new one there, or, in the instant between the two
+    renames, neither (the old one then survives under a hidden ``.<name>.*.old`` name). On
+    failure the temporary is deleted.
     """
     target = Path(path)
     if target.exists() and not force:

@@ -414,3 +414,44 @@ def test_bootstrap_killed_then_rerun(seed, tmp_path):
     path = agent_path(TinyRecipe.quick(), home=home)
     assert (path / "config.json").is_file()
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
+
+
+# ------------------------------------------------------------------------------------------
+# agentropy.outputs in isolation
+
+
+def test_atomic_outputs_never_leave_partial_files(tmp_path):
+    import errno
+
+    from agentropy.errors import OutputError
+    from agentropy.outputs import atomic_dir, atomic_path, atomic_write_text, check_output
+
+    target = tmp_path / "a.json"
+    atomic_write_text(target, "v1")
+    with pytest.raises(OutputError, match="pass --force"):
+        atomic_write_text(target, "v2")
+    with (
+        pytest.raises(OutputError, match="no space left on device"),
+        atomic_path(target, force=True) as tmp,
+    ):
+        tmp.write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert target.read_text() == "v1"
+    atomic_write_text(target, "v2", force=True)
+    assert target.read_text() == "v2"
+    folder = tmp_path / "model"
+    with atomic_dir(folder) as tmp:
+        (tmp / "w.bin").write_bytes(b"1")
+    with pytest.raises(RuntimeError), atomic_dir(folder, force=True) as tmp:
+        (tmp / "w.bin").write_bytes(b"2")
+        raise RuntimeError("killed mid-save")
+    assert (folder / "w.bin").read_bytes() == b"1"
+    with atomic_dir(folder, force=True) as tmp:
+        (tmp / "w.bin").write_bytes(b"3")
+    assert (folder / "w.bin").read_bytes() == b"3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "model"]
+    with pytest.raises(OutputError, match="a parent is not a directory"):
+        check_output(target / "x.html")
+    with pytest.raises(OutputError, match="is a directory"):
+        check_output(folder, force=True)
+    assert check_output(tmp_path / "new" / "r.html") == tmp_path / "new" / "r.html"

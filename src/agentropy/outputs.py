@@ -89,6 +89,9 @@ def check_output(path: str | Path, *, force: bool = False, is_dir: bool = False)
         if not p.is_dir() and is_dir and not p.is_symlink():
             raise OutputError(p, "exists and is not a directory")
     parent = p.parent
+    existing = next((a for a in (parent, *parent.parents) if a.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise OutputError(p, f"a parent is not a directory ({existing})")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:

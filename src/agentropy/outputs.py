@@ -44,7 +44,7 @@ _FORCE_HINT = "exists; pass --force to replace it"
 
 
 def fsync_file(path: str | Path) -> None:
-    """Flush ``path``'s data to disk (no-op where the platform cannot open it for reading)."""
+    """Flush ``path``'s data to disk (so a rename that publishes it never exposes a hole)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

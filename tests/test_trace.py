@@ -306,7 +306,13 @@ def test_turn_construction_coerces_and_validates():
 
 
 def test_numpy_scalars_in_meta_serialise(tmp_path):
-    ep = Episode("np", turns=[], level=np.int64(2), reward=np.float32(0.5), meta={"k": np.int8(3)})
+    ep = Episode(
+        "np",
+        turns=[Turn("tool")],
+        level=np.int64(2),
+        reward=np.float32(0.5),
+        meta={"k": np.int8(3)},
+    )
     write_jsonl([ep], tmp_path / "np.jsonl")
     (back,) = read_jsonl(tmp_path / "np.jsonl")
     assert back.level == 2 and back.reward == 0.5 and back.meta == {"k": 3}

@@ -101,7 +101,15 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 # ------------------------------------------------------------------------------------------
 # hypothesis strategies
 
-f32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+#: Per-token floats within the data model's value rules (entropies and T >= 0, logprob <= 0).
+nonneg_f32 = st.floats(min_value=0, width=32, allow_nan=False, allow_infinity=False)
+nonpos_f32 = st.floats(max_value=0, width=32, allow_nan=False, allow_infinity=False)
+TOKEN_FLOATS = {
+    "entropy": nonneg_f32,
+    "logprob": nonpos_f32,
+    "sampling_entropy": nonneg_f32,
+    "temperature": nonneg_f32,
+}
 seconds = st.none() | st.floats(min_value=0, max_value=1e6, allow_nan=False)
 json_scalar = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=5)
 meta = st.dictionaries(st.text(max_size=5), json_scalar, max_size=3)
@@ -109,11 +117,12 @@ meta = st.dictionaries(st.text(max_size=5), json_scalar, max_size=3)
 
 @st.composite
 def assistant_turns(draw):
-    n = draw(st.integers(0, 6))
-    arrays = {"entropy": np.array(draw(st.lists(f32, min_size=n, max_size=n)), np.float32)}
+    n = draw(st.integers(1, 4))
+    values = {name: st.lists(x, min_size=n, max_size=n) for name, x in TOKEN_FLOATS.items()}
+    arrays = {"entropy": np.array(draw(values["entropy"]), np.float32)}
     for name in ("logprob", "sampling_entropy", "temperature"):
         if draw(st.booleans()):
-            arrays[name] = np.array(draw(st.lists(f32, min_size=n, max_size=n)), np.float32)
+            arrays[name] = np.array(draw(values[name]), np.float32)
     if draw(st.booleans()):
         ids = draw(st.lists(st.integers(0, 2**63 - 1), min_size=n, max_size=n))
         arrays["token_ids"] = np.array(ids, dtype=np.int64)
@@ -158,13 +167,13 @@ def episode_lists(draw):
         out.append(
             Episode(
                 episode_id=f"e{i}-" + draw(st.text(max_size=4)),
-                turns=draw(st.lists(assistant_turns() | tool_turns(), max_size=5)),
+                turns=draw(st.lists(assistant_turns() | tool_turns(), min_size=1, max_size=4)),
                 task_id=draw(st.none() | st.text(max_size=5)),
                 level=draw(st.none() | st.integers(0, 3)),
-                step=draw(st.none() | st.integers(-(2**62), 2**62)),
+                step=draw(st.none() | st.integers(0, 2**62)),
                 policy=draw(st.none() | st.text(max_size=5)),
                 success=draw(st.none() | st.booleans()),
-                reward=draw(st.none() | st.floats(allow_nan=False)),
+                reward=draw(st.none() | st.floats(allow_nan=False, allow_infinity=False)),
                 fault_kinds=draw(st.lists(st.text(max_size=5), max_size=3)),
                 latency_s=draw(seconds),
                 meta=draw(meta),

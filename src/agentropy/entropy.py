@@ -67,6 +67,9 @@ anything below about -104 is exactly 0 in fp32, so the clamp changes no probabil
 _LOGPROB_TOLERANCE = 1e-4
 """Top-k logprobs up to this much above 0 are accepted as rounding and clamped to 0."""
 
+TOPK_MASS_TOLERANCE = 1e-3
+"""Top-k probabilities may sum to this much above 1 (APIs round each logprob; ~20 of them)."""
+
 
 class EntropyReport(NamedTuple):
     """What :func:`token_entropy_report` returns."""
@@ -590,7 +593,8 @@ def topk_entropy_bounds(top_logprobs: torch.Tensor | Sequence, vocab_size: int) 
         tensor's leading shape, or ``(n_positions,)`` for a list), nats.
 
     Rounding: logprobs a hair above 0 (up to 1e-4) are clamped to 0, ``r`` is clamped to >= 0,
-    and if every token of the vocabulary is listed the missing mass is taken as 0.
+    and if every token of the vocabulary is listed the missing mass is taken as 0. A top-k mass
+    above ``1 + TOPK_MASS_TOLERANCE`` is an error (ValueError): no distribution has it.
     """
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
         raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
@@ -614,6 +618,14 @@ def topk_entropy_bounds(top_logprobs: torch.Tensor | Sequence, vocab_size: int) 
             f"{int(k.max())} top logprobs given for one position but vocab_size is {vocab_size}"
         )
     p = lp.exp()  # 0 for absent entries
+    mass = p.sum(-1)
+    over = mass > 1.0 + TOPK_MASS_TOLERANCE
+    if bool(over.any()):
+        pos = tuple(int(i) for i in over.nonzero()[0])
+        raise ValueError(
+            f"top-k probabilities at position {list(pos)} sum to {float(mass[pos]):.6g} > 1: "
+            "not logprobs of one distribution (duplicated tokens, or not normalised?)"
+        )
     h_k = -torch.special.xlogy(p, p).sum(-1)
     p_min = torch.where(present, p, torch.ones_like(p)).amin(-1)  # 1 (no constraint) if k = 0
     rest = (vocab_size - k).to(torch.float64)

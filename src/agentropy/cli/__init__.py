@@ -1,10 +1,11 @@
 """The ``agentropy`` command line (typer).
 
-Each command lives in its own module under ``agentropy.cli`` and exposes ``register(app)``; the
-modules are listed in :data:`COMMAND_MODULES`. Commands wrap themselves in
-:func:`agentropy.cli._common.guarded`, so bad input (:class:`agentropy.errors.InputError`, or a
-``ValueError`` raised while validating options) becomes a one-line message on stderr and exit
-status 2, never a traceback.
+Each command is a module-level function in its own module under ``agentropy.cli``; the module's
+``register(app)`` adds it, and the modules are listed in :data:`COMMAND_MODULES`. Options that
+mirror a config dataclass field take its default and help from the field
+(:func:`agentropy.cli._options.field_option`). Errors take one path
+(:mod:`agentropy.cli._common`): bad input, a bad option or an unwritable output is one line on
+stderr and exit status 2; an internal error is one line plus the file holding its traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import importlib
 import typer
 
 from agentropy import __version__
+from agentropy.cli._common import AgentropyGroup
 
 #: Command modules, each with a ``register(app: typer.Typer) -> None`` function.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -35,6 +37,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=AgentropyGroup,
 )
 
 

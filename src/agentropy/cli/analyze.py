@@ -12,31 +12,23 @@ message naming file, line/row and field.
 from __future__ import annotations
 
 import json
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from agentropy.analysis.recovery import REFERENCE_POLICY
+from agentropy.analysis.summary import AnalyzeConfig
 from agentropy.cli._common import guarded
-from agentropy.trace import NAN_POLICIES
-
-#: CLI choices of :data:`agentropy.trace.NAN_POLICIES` (typer validates them).
-NanPolicyChoice = StrEnum("NanPolicyChoice", {p: p for p in NAN_POLICIES})  # type: ignore[misc]
+from agentropy.cli._options import (
+    FORCE_OPTION,
+    NAN_POLICY_OPTION,
+    NanPolicyChoice,
+    field_option,
+)
 
 # Options shared by ``analyze`` and ``report`` (one definition each).
-NAN_POLICY_OPTION: Any = typer.Option(
-    NanPolicyChoice(NAN_POLICIES[0]),
-    "--nan-policy",
-    help="Non-finite entropies: 'raise' (error, exit 2) or 'drop' (drop and count them).",
-)
-REFERENCE_OPTION: Any = typer.Option(
-    None,
-    "--reference",
-    help=f"Reference policy for token overhead (default: {REFERENCE_POLICY} when present).",
-)
-SEED_OPTION: Any = typer.Option(0, "--seed", help="Seed of the bootstrap intervals.")
+REFERENCE_OPTION: Any = field_option(AnalyzeConfig, "reference_policy", "--reference")
+SEED_OPTION: Any = field_option(AnalyzeConfig, "seed", "--seed")
 
 
 def _fmt(x: Any, spec: str = ".3g") -> str:
@@ -161,9 +153,10 @@ def analyze(
         "tools; calls to other tools count as hallucinated.",
     ),
     seed: int = SEED_OPTION,
+    force: bool = FORCE_OPTION,
 ) -> None:
     """Eruptions, contractions, loops, recovery vs spike, costs and training cycles."""
-    _run(paths, json_out, nan_policy, reference, tools, seed)
+    _run(paths, json_out, nan_policy, reference, tools, seed, force)
 
 
 @guarded
@@ -174,8 +167,13 @@ def _run(
     reference: str | None,
     tools: str | None,
     seed: int,
+    force: bool,
 ) -> None:
-    from agentropy.analysis.summary import AnalyzeConfig, analyze_paths
+    from agentropy.analysis.summary import analyze_paths
+    from agentropy.outputs import atomic_write_text, check_output
+
+    if json_out is not None and json_out != "-":
+        check_output(json_out, force=force)  # before the analysis, not after it
 
     known = None
     if tools == "toolworld":
@@ -192,10 +190,7 @@ def _run(
         return
     _print_summary(summary)
     if json_out is not None:
-        try:
-            Path(json_out).write_text(text + "\n")
-        except OSError as err:
-            raise ValueError(f"cannot write {json_out}: {err.strerror}") from None
+        atomic_write_text(json_out, text + "\n", force=force)
 
 
 def register(app: typer.Typer) -> None:

@@ -5,58 +5,58 @@ from __future__ import annotations
 import typer
 
 from agentropy.cli._common import guarded
+from agentropy.cli._options import PROGRESS_OPTION
+
+
+@guarded
+def bootstrap_command(
+    force: bool = typer.Option(
+        False, "--force", help="Retrain even if an agent for this recipe is already cached."
+    ),
+    quick: bool = typer.Option(
+        False, "--quick", help="Use the reduced recipe (seconds instead of minutes)."
+    ),
+    progress: bool = PROGRESS_OPTION,
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="Torch threads while training (default: torch's choice). On a busy shared "
+        "machine, 1 is often faster.",
+    ),
+) -> None:
+    """Build the tiny agent (a small Llama warm-started on ToolWorld expert transcripts).
+
+    It is saved in Hugging Face format under $AGENTROPY_HOME/agents/tiny-<recipe hash>/
+    (default home ~/.cache/agentropy) and reused by later commands.
+    """
+    from agentropy.agent.tiny import TinyRecipe, bootstrap, read_agent_info
+
+    recipe = TinyRecipe.quick() if quick else TinyRecipe()
+    path = bootstrap(recipe, progress=progress, force=force, num_threads=threads)
+    info = read_agent_info(path)
+    heldout = info.get("heldout") or {}
+    typer.echo(f"agent: {path}")
+    typer.echo(
+        f"parameters: {info['n_params']:,}  vocab: {info['vocab_size']}  "
+        f"train transcripts: {info['n_train_transcripts']}"
+    )
+    typer.echo(
+        f"train time: {info['train_seconds']:.1f} s  "
+        f"loss: {info['initial_loss']:.3f} -> {info['final_loss']:.3f}"
+    )
+    if heldout:
+        typer.echo(
+            f"held-out assistant tokens: accuracy {heldout['accuracy']:.3f}  "
+            f"loss {heldout['loss']:.3f}  entropy {heldout['entropy']:.3f} nats "
+            f"({int(heldout['tokens'])} tokens)"
+        )
+    sample = info.get("sample") or {}
+    if sample:
+        typer.echo(f"sample question: {sample['question']}")
+        typer.echo(f"sample greedy reply: {sample['generated']}")
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``bootstrap`` command to ``app``."""
-
-    @app.command("bootstrap")
-    @guarded
-    def bootstrap_command(
-        force: bool = typer.Option(
-            False, "--force", help="Retrain even if an agent for this recipe is already cached."
-        ),
-        quick: bool = typer.Option(
-            False, "--quick", help="Use the reduced recipe (seconds instead of minutes)."
-        ),
-        progress: bool = typer.Option(
-            True, "--progress/--no-progress", help="Show a progress bar while training."
-        ),
-        threads: int | None = typer.Option(
-            None,
-            "--threads",
-            min=1,
-            help="Torch threads while training (default: torch's choice). On a busy shared "
-            "machine, 1 is often faster.",
-        ),
-    ) -> None:
-        """Build the tiny agent (a small Llama warm-started on ToolWorld expert transcripts).
-
-        It is saved in Hugging Face format under $AGENTROPY_HOME/agents/tiny-<recipe hash>/
-        (default home ~/.cache/agentropy) and reused by later commands.
-        """
-        from agentropy.agent.tiny import TinyRecipe, bootstrap, read_agent_info
-
-        recipe = TinyRecipe.quick() if quick else TinyRecipe()
-        path = bootstrap(recipe, progress=progress, force=force, num_threads=threads)
-        info = read_agent_info(path)
-        heldout = info.get("heldout") or {}
-        typer.echo(f"agent: {path}")
-        typer.echo(
-            f"parameters: {info['n_params']:,}  vocab: {info['vocab_size']}  "
-            f"train transcripts: {info['n_train_transcripts']}"
-        )
-        typer.echo(
-            f"train time: {info['train_seconds']:.1f} s  "
-            f"loss: {info['initial_loss']:.3f} -> {info['final_loss']:.3f}"
-        )
-        if heldout:
-            typer.echo(
-                f"held-out assistant tokens: accuracy {heldout['accuracy']:.3f}  "
-                f"loss {heldout['loss']:.3f}  entropy {heldout['entropy']:.3f} nats "
-                f"({int(heldout['tokens'])} tokens)"
-            )
-        sample = info.get("sample") or {}
-        if sample:
-            typer.echo(f"sample question: {sample['question']}")
-            typer.echo(f"sample greedy reply: {sample['generated']}")
+    app.command("bootstrap")(bootstrap_command)

@@ -11,21 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 import typer
 
 from agentropy.cli._common import guarded
+from agentropy.cli._options import NAN_POLICY_OPTION, NanPolicyChoice
 from agentropy.trace import PHASES, TOOL_STATUSES, Episode, iter_episodes_counted
-
-
-class NanPolicyChoice(StrEnum):
-    """CLI spelling of :data:`agentropy.trace.NAN_POLICIES`."""
-
-    raise_ = "raise"
-    drop = "drop"
 
 
 @dataclass
@@ -143,25 +136,24 @@ def _render(path: Path, s: TraceSummary, nan_policy: str) -> None:
     console.print(ent)
 
 
+def entropy_check(
+    files: list[Path] = typer.Argument(
+        ...,
+        metavar="FILE...",
+        help="JSONL trace files (.jsonl/.json, optionally .gz) or Parquet trace stores.",
+    ),
+    nan_policy: NanPolicyChoice = NAN_POLICY_OPTION,
+) -> None:
+    """Validate trace files and print a summary of what they hold."""
+    _run(files, nan_policy.value)
+
+
+@guarded
+def _run(files: list[Path], policy: str) -> None:
+    for path in files:
+        _render(path, _summarize_path(path, policy), policy)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``entropy-check`` to the ``agentropy`` app."""
-
-    @app.command("entropy-check")
-    @guarded
-    def entropy_check(
-        files: list[Path] = typer.Argument(
-            ...,
-            metavar="FILE...",
-            help="JSONL trace files (.jsonl/.json, optionally .gz) or Parquet trace stores.",
-        ),
-        nan_policy: NanPolicyChoice = typer.Option(
-            NanPolicyChoice.raise_,
-            "--nan-policy",
-            help="What to do with tokens whose entropy/logprob/temperature is NaN or infinite: "
-            "'raise' rejects the file, 'drop' drops and counts them.",
-        ),
-    ) -> None:
-        """Validate trace files and print a summary of what they hold."""
-        policy = nan_policy.value
-        for path in files:
-            _render(path, _summarize_path(path, policy), policy)
+    app.command("entropy-check")(entropy_check)

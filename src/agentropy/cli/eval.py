@@ -8,13 +8,17 @@ from typing import Any
 
 import typer
 
+from agentropy.agent.config import RunnerConfig
 from agentropy.cli._common import guarded
+from agentropy.cli._options import PROGRESS_OPTION, field_option
 from agentropy.pipelines.compare import EvalConfig
 
-#: Defaults of the options, from the config dataclass (defined there only).
-_DEFAULT = EvalConfig()
 #: Episodes decoded together: larger than the runner's default, since evaluation only decodes.
 EVAL_BATCH_SIZE = 16
+
+
+def _join_ints(values: tuple[int, ...]) -> str:
+    return ",".join(map(str, values))
 
 
 def _pct(x: float | None) -> str:
@@ -71,86 +75,78 @@ def render_table(rows: list[dict[str, Any]], level: int) -> Any:
     return table
 
 
+@guarded
+def eval_command(
+    model: Path | None = typer.Option(
+        None, "--model", help="Hugging Face model directory (default: the embedded agent)."
+    ),
+    policies: str = field_option(EvalConfig, "policies", "--policies", convert=",".join),
+    levels: str = field_option(EvalConfig, "levels", "--levels", convert=_join_ints),
+    episodes: int = field_option(EvalConfig, "episodes", "--episodes"),
+    seed: int = field_option(EvalConfig, "seed", "--seed"),
+    out: Path | None = typer.Option(
+        None, "--out", help="Directory for eval.json and traces/<policy>.parquet."
+    ),
+    split: str = field_option(EvalConfig, "split", "--split"),
+    batch_size: int = field_option(
+        RunnerConfig, "batch_size", "--batch-size", default=EVAL_BATCH_SIZE
+    ),
+    # Unset by default: RunnerConfig's own defaults apply (defined there only).
+    max_turns: int | None = field_option(RunnerConfig, "max_turns", "--max-turns", default=None),
+    max_new_tokens: int | None = field_option(
+        RunnerConfig, "max_new_tokens", "--max-new-tokens", default=None
+    ),
+    progress: bool = PROGRESS_OPTION,
+) -> None:
+    """Run every policy on the same held-out tasks with the same injected faults.
+
+    Prints a table per level (success, recovery after failures, mean spike ratio after
+    failures, eruptions by kind, frozen responses, loops, tokens per episode and overhead vs
+    greedy, latency p50/p95/CV) and, with --out, writes eval.json plus the traces.
+    """
+    from rich.console import Console
+
+    from agentropy.agent.loading import load_model
+    from agentropy.agent.runner import RunnerConfig
+    from agentropy.pipelines.compare import run_eval
+
+    try:
+        level_list = tuple(int(x) for x in levels.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"--levels must be comma-separated integers, got {levels!r}") from None
+    config = EvalConfig(
+        policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
+        levels=level_list,
+        episodes=episodes,
+        seed=seed,
+        split=split,
+    )
+    # Options left unset keep RunnerConfig's defaults (defined there only).
+    given = {"max_turns": max_turns, "max_new_tokens": max_new_tokens}
+    runner_config = RunnerConfig(
+        batch_size=batch_size, **{k: v for k, v in given.items() if v is not None}
+    )
+    lm, tokenizer = load_model(model)
+    result = run_eval(
+        lm,
+        tokenizer,
+        config=config,
+        runner_config=runner_config,
+        out_dir=out,
+        progress=progress,
+    )
+    # Wide enough for every column when output is piped or captured (rich defaults to 80).
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    for level in config.levels:
+        console.print(render_table(result["rows"], level))
+    console.print(
+        f"overhead = tokens per episode / {config.reference}'s on the same tasks; "
+        "erupt p/n/d = productive/neutral/divergent eruptions"
+    )
+    if out is not None:
+        console.print(f"wrote {out / 'eval.json'} and {len(config.policies)} trace stores")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``eval`` command to ``app``."""
-
-    @app.command("eval")
-    @guarded
-    def eval_command(
-        model: Path | None = typer.Option(
-            None, "--model", help="Hugging Face model directory (default: the embedded agent)."
-        ),
-        policies: str = typer.Option(
-            ",".join(_DEFAULT.policies),
-            "--policies",
-            help="Comma-separated sampling policies: greedy, constant:T, phase, edt.",
-        ),
-        levels: str = typer.Option(
-            ",".join(map(str, _DEFAULT.levels)), "--levels", help="Comma-separated levels."
-        ),
-        episodes: int = typer.Option(
-            _DEFAULT.episodes, "--episodes", help="Episodes per level and policy."
-        ),
-        seed: int = typer.Option(_DEFAULT.seed, "--seed", help="Task-draw and sampling seed."),
-        out: Path | None = typer.Option(
-            None, "--out", help="Directory for eval.json and traces/<policy>.parquet."
-        ),
-        split: str = typer.Option(_DEFAULT.split, "--split", help="Task split: test or train."),
-        batch_size: int = typer.Option(
-            EVAL_BATCH_SIZE, "--batch-size", help="Episodes decoded together."
-        ),
-        max_turns: int | None = typer.Option(
-            None, "--max-turns", help="Assistant turns per episode (default: the runner's)."
-        ),
-        max_new_tokens: int | None = typer.Option(
-            None, "--max-new-tokens", help="Tokens per assistant turn (default: the runner's)."
-        ),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
-    ) -> None:
-        """Run every policy on the same held-out tasks with the same injected faults.
-
-        Prints a table per level (success, recovery after failures, mean spike ratio after
-        failures, eruptions by kind, frozen responses, loops, tokens per episode and overhead vs
-        greedy, latency p50/p95/CV) and, with --out, writes eval.json plus the traces.
-        """
-        from rich.console import Console
-
-        from agentropy.agent.loading import load_model
-        from agentropy.agent.runner import RunnerConfig
-        from agentropy.pipelines.compare import run_eval
-
-        try:
-            level_list = tuple(int(x) for x in levels.split(",") if x.strip())
-        except ValueError:
-            raise ValueError(f"--levels must be comma-separated integers, got {levels!r}") from None
-        config = EvalConfig(
-            policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
-            levels=level_list,
-            episodes=episodes,
-            seed=seed,
-            split=split,
-        )
-        # Options left unset keep RunnerConfig's defaults (defined there only).
-        given = {"max_turns": max_turns, "max_new_tokens": max_new_tokens}
-        runner_config = RunnerConfig(
-            batch_size=batch_size, **{k: v for k, v in given.items() if v is not None}
-        )
-        lm, tokenizer = load_model(model)
-        result = run_eval(
-            lm,
-            tokenizer,
-            config=config,
-            runner_config=runner_config,
-            out_dir=out,
-            progress=progress,
-        )
-        # Wide enough for every column when output is piped or captured (rich defaults to 80).
-        console = Console() if sys.stdout.isatty() else Console(width=160)
-        for level in config.levels:
-            console.print(render_table(result["rows"], level))
-        console.print(
-            f"overhead = tokens per episode / {config.reference}'s on the same tasks; "
-            "erupt p/n/d = productive/neutral/divergent eruptions"
-        )
-        if out is not None:
-            console.print(f"wrote {out / 'eval.json'} and {len(config.policies)} trace stores")
+    app.command("eval")(eval_command)

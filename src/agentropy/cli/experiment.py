@@ -9,61 +9,66 @@ from pathlib import Path
 import typer
 
 from agentropy.cli._common import guarded
+from agentropy.cli._options import PROGRESS_OPTION, field_option
+
+#: The config the options mirror, named so that importing the CLI does not import torch.
+EXPERIMENT_CONFIG = "agentropy.pipelines.experiment:ExperimentConfig"
+
+
+@guarded
+def experiment_command(
+    arms: str = field_option(
+        EXPERIMENT_CONFIG,
+        "arms",
+        "--arms",
+        convert=",".join,
+        help="Comma-separated arms: baseline (constant:1.0 + flat), rhythm (phase + rhythm), "
+        "vanilla, target.",
+    ),
+    seeds: int = field_option(EXPERIMENT_CONFIG, "seeds", "--seeds"),
+    out: Path = field_option(EXPERIMENT_CONFIG, "out", "--out", convert=Path),
+    config: Path | None = typer.Option(
+        None, "--config", help="TOML TrainConfig shared by every run (the rollout budget)."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a shared TrainConfig field: key=value (repeatable)."
+    ),
+    model: Path | None = typer.Option(
+        None, "--model", help="Starting model directory (default: the embedded agent)."
+    ),
+    eval_episodes: int = field_option(EXPERIMENT_CONFIG, "eval_episodes", "--eval-episodes"),
+    progress: bool = PROGRESS_OPTION,
+) -> None:
+    """Train every arm on every seed, evaluate on the same held-out tasks, compare.
+
+    Prints success, recovery, eruptions by kind, loops and tokens per episode per level, and
+    per arm the greedy held-out gain and training cycles, as mean [95% t-interval] over
+    seeds; writes OUT/experiment.json.
+    """
+    from rich.console import Console
+
+    from agentropy.pipelines.experiment import ExperimentConfig, render_tables, run_experiment
+    from agentropy.rl.config import TrainConfig, apply_overrides
+
+    train = TrainConfig.from_toml(config) if config is not None else TrainConfig()
+    changes: dict[str, object] = {"progress": progress}
+    if model is not None:
+        changes["model"] = str(model)
+    train = apply_overrides(dataclasses.replace(train, **changes), set_)
+    exp = ExperimentConfig(
+        arms=tuple(a.strip() for a in arms.split(",") if a.strip()),
+        seeds=seeds,
+        out=str(out),
+        train=train,
+        eval_episodes=eval_episodes,
+    )
+    console = Console()
+    report = run_experiment(exp, console=console if progress else None)
+    for table in render_tables(report):
+        console.print(table)
+    console.print(f"wrote {out / 'experiment.json'}")
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``experiment`` command to ``app``."""
-
-    @app.command("experiment")
-    @guarded
-    def experiment_command(
-        arms: str = typer.Option(
-            "baseline,rhythm",
-            "--arms",
-            help="Comma-separated arms: baseline (constant:1.0 + flat), rhythm (phase + rhythm), "
-            "vanilla, target.",
-        ),
-        seeds: int = typer.Option(3, "--seeds", help="Seeds per arm (0 .. seeds-1)."),
-        out: Path = typer.Option(Path("runs/experiment"), "--out", help="Output directory."),
-        config: Path | None = typer.Option(
-            None, "--config", help="TOML TrainConfig shared by every run (the rollout budget)."
-        ),
-        set_: list[str] = typer.Option(
-            [], "--set", help="Override a shared TrainConfig field: key=value (repeatable)."
-        ),
-        model: Path | None = typer.Option(
-            None, "--model", help="Starting model directory (default: the embedded agent)."
-        ),
-        eval_episodes: int = typer.Option(
-            50, "--eval-episodes", help="Held-out tasks per level in each run's final evaluation."
-        ),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
-    ) -> None:
-        """Train every arm on every seed, evaluate on the same held-out tasks, compare.
-
-        Prints success, recovery, eruptions by kind, loops and tokens per episode per level, and
-        per arm the greedy held-out gain and training cycles, as mean [95% t-interval] over
-        seeds; writes OUT/experiment.json.
-        """
-        from rich.console import Console
-
-        from agentropy.pipelines.experiment import ExperimentConfig, render_tables, run_experiment
-        from agentropy.rl.config import TrainConfig, apply_overrides
-
-        train = TrainConfig.from_toml(config) if config is not None else TrainConfig()
-        changes: dict[str, object] = {"progress": progress}
-        if model is not None:
-            changes["model"] = str(model)
-        train = apply_overrides(dataclasses.replace(train, **changes), set_)
-        exp = ExperimentConfig(
-            arms=tuple(a.strip() for a in arms.split(",") if a.strip()),
-            seeds=seeds,
-            out=str(out),
-            train=train,
-            eval_episodes=eval_episodes,
-        )
-        console = Console()
-        report = run_experiment(exp, console=console if progress else None)
-        for table in render_tables(report):
-            console.print(table)
-        console.print(f"wrote {out / 'experiment.json'}")
+    app.command("experiment")(experiment_command)

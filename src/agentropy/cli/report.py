@@ -16,7 +16,8 @@ from typing import Any
 import typer
 
 from agentropy.cli._common import guarded
-from agentropy.cli.analyze import NAN_POLICY_OPTION, REFERENCE_OPTION, SEED_OPTION, NanPolicyChoice
+from agentropy.cli._options import FORCE_OPTION, NAN_POLICY_OPTION, NanPolicyChoice
+from agentropy.cli.analyze import REFERENCE_OPTION, SEED_OPTION
 from agentropy.errors import InputError
 
 #: Keys an eval row must have for the report and the claims.
@@ -76,9 +77,10 @@ def report(
     reference: str | None = REFERENCE_OPTION,
     seed: int = SEED_OPTION,
     title: str = typer.Option("agentropy report", "--title", help="Report title."),
+    force: bool = FORCE_OPTION,
 ) -> None:
     """Analyse traces and write one self-contained HTML report (charts, claims table)."""
-    _run(paths, out, eval_json, promotions, nan_policy.value, reference, seed, title)
+    _run(paths, out, eval_json, promotions, nan_policy.value, reference, seed, title, force)
 
 
 @guarded
@@ -91,9 +93,12 @@ def _run(
     reference: str | None,
     seed: int,
     title: str,
+    force: bool,
 ) -> None:
+    from agentropy.outputs import check_output
     from agentropy.report.html import report_from_paths
 
+    check_output(out, force=force)  # before the analysis, not after it
     rows = read_eval_rows(eval_json) if eval_json is not None else None
     metadata = {
         "command": "agentropy report",
@@ -113,9 +118,8 @@ def _run(
             reference=reference,
             seed=seed,
             title=title,
+            force=force,
         ).summary
-    except OSError as err:
-        raise ValueError(f"cannot write {out}: {err.strerror}") from None
     except ImportError as err:  # plotly is an optional extra: say how to install it
         raise ValueError(str(err)) from None
     typer.echo(

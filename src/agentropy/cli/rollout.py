@@ -9,7 +9,6 @@ succeeded, over episodes with such a result), assistant tokens, and mean model e
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,8 @@ import typer
 
 from agentropy.agent.config import RunnerConfig
 from agentropy.cli._common import fail, guarded
-
-_RUNNER = RunnerConfig()
-"""The runner's defaults: the options below show and use these (one source)."""
+from agentropy.cli._options import FORCE_OPTION, PROGRESS_OPTION, field_option
+from agentropy.env.toolworld import LEVELS
 
 
 def _out_format(path: Path) -> str:
@@ -98,113 +96,147 @@ def render_table(rows: dict[int, dict[str, Any]], title: str) -> Any:
     return table
 
 
+def rollout_command(
+    out: Path = typer.Option(
+        ..., "--out", help="Output: a .parquet trace store or a .jsonl interchange file."
+    ),
+    model: Path | None = typer.Option(
+        None, "--model", help="Hugging Face model directory (default: the embedded agent)."
+    ),
+    level: list[int] = typer.Option(
+        list(LEVELS), "--level", help="ToolWorld level; repeat for several (default: all)."
+    ),
+    episodes: int = typer.Option(16, "--episodes", help="Episodes per level."),
+    temperature: float = typer.Option(
+        1.0, "--temperature", help="Constant sampling temperature; 0 = greedy."
+    ),
+    policy: str | None = typer.Option(
+        None,
+        "--policy",
+        help="Sampling policy by name (greedy, constant:T, phase, edt); overrides --temperature.",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed for tasks and sampling."),
+    split: str = typer.Option("test", "--split", help="Task split: train or test."),
+    batch_size: int = field_option(RunnerConfig, "batch_size", "--batch-size"),
+    max_turns: int = field_option(RunnerConfig, "max_turns", "--max-turns"),
+    max_new_tokens: int = field_option(RunnerConfig, "max_new_tokens", "--max-new-tokens"),
+    max_tokens: int = field_option(RunnerConfig, "max_tokens", "--max-tokens"),
+    progress: bool = PROGRESS_OPTION,
+    force: bool = FORCE_OPTION,
+) -> None:
+    """Sample episodes on ToolWorld tasks and write them as traces, with a summary table."""
+    _run(**locals())
+
+
+@guarded
+def _run(
+    *,
+    out: Path,
+    model: Path | None,
+    level: list[int],
+    episodes: int,
+    temperature: float,
+    policy: str | None,
+    seed: int,
+    split: str,
+    batch_size: int,
+    max_turns: int,
+    max_new_tokens: int,
+    max_tokens: int,
+    progress: bool,
+    force: bool,
+) -> None:
+    from agentropy.control.base import ConstantTemperature
+    from agentropy.outputs import check_output
+
+    if temperature < 0:
+        raise fail(f"--temperature must be >= 0 (0 = greedy), got {temperature:g}")
+    if episodes < 1:
+        raise fail(f"--episodes must be >= 1, got {episodes}")
+    if split not in ("train", "test"):
+        raise fail(f"--split must be train or test, got {split!r}")
+    fmt = _out_format(out)
+    # Before any generation: an existing output needs --force, and the directory must take a
+    # write (read-only or full disks fail now, not after the work is done).
+    check_output(out, force=force, is_dir=fmt == "parquet")
+    if policy is not None:
+        from agentropy.control.temperature import schedule_from_name
+
+        schedule = schedule_from_name(policy)
+    else:
+        schedule = ConstantTemperature(temperature)
+    from agentropy.agent.runner import rollout
+
+    config = RunnerConfig(
+        max_turns=max_turns,
+        max_new_tokens=max_new_tokens,
+        max_tokens=max_tokens,
+        batch_size=batch_size,
+    )
+    from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
+
+    world = ToolWorld(ToolWorldConfig())
+    tasks_by_level = {
+        lv: world.tasks(split=split, level=lv, n=episodes, seed=seed) for lv in dict.fromkeys(level)
+    }
+    from agentropy.agent.loading import load_model
+
+    if model is None:
+        _say_which_agent()
+    lm, tokenizer = load_model(model)
+
+    from agentropy.trace import TraceWriter, write_jsonl
+
+    rows: dict[int, dict[str, Any]] = {}
+    collected: list[Any] = []
+    if fmt == "parquet" and force and out.exists():
+        TraceWriter(out, overwrite=True).close()  # --force: start the store afresh
+    writer = TraceWriter(out) if fmt == "parquet" else None
+    try:
+        for lv, tasks in tasks_by_level.items():
+            eps = rollout(
+                lm,
+                tokenizer,
+                world,
+                tasks,
+                schedule=schedule,
+                config=config,
+                seed=seed,
+                progress=progress,
+            )
+            rows[lv] = level_summary(eps)
+            if writer is not None:
+                writer.write_many(eps)
+                writer.flush()  # a level's episodes are safe before the next level starts
+            else:
+                collected.extend(eps)
+    finally:
+        if writer is not None:
+            writer.close()
+    if fmt == "jsonl":
+        write_jsonl(collected, out, force=force)
+    from rich.console import Console
+
+    Console(width=120).print(render_table(rows, f"rollout: {schedule.name}, {split} split"))
+    n = sum(r["episodes"] for r in rows.values())
+    typer.echo(f"wrote {n} episodes to {out}")
+
+
+def _say_which_agent() -> None:
+    """Say, before a possibly long bootstrap, which embedded agent is used and whether it exists."""
+    from agentropy.agent.tiny import INFO_FILE, TinyRecipe, agent_path
+
+    path = agent_path(TinyRecipe())
+    if (path / INFO_FILE).is_file():
+        return
+    quick = agent_path(TinyRecipe.quick())
+    hint = f" (a quick agent exists: pass --model {quick})" if (quick / INFO_FILE).is_file() else ""
+    typer.echo(
+        f"no embedded agent at {path}: bootstrapping it first, which takes minutes{hint}",
+        err=True,
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``rollout`` command to ``app``."""
-
-    @app.command("rollout")
-    @guarded
-    def rollout_command(
-        out: Path = typer.Option(
-            ..., "--out", help="Output: a .parquet trace store or a .jsonl interchange file."
-        ),
-        model: Path | None = typer.Option(
-            None, "--model", help="Hugging Face model directory (default: the embedded agent)."
-        ),
-        level: list[int] = typer.Option(
-            [0, 1, 2, 3], "--level", help="ToolWorld level; repeat for several (default: all)."
-        ),
-        episodes: int = typer.Option(16, "--episodes", help="Episodes per level."),
-        temperature: float = typer.Option(
-            1.0, "--temperature", help="Constant sampling temperature; 0 = greedy."
-        ),
-        policy: str | None = typer.Option(
-            None,
-            "--policy",
-            help="Sampling policy by name (greedy, constant:T, phase, edt); "
-            "overrides --temperature.",
-        ),
-        seed: int = typer.Option(0, "--seed", help="Seed for tasks and sampling."),
-        split: str = typer.Option("test", "--split", help="Task split: train or test."),
-        batch_size: int = typer.Option(
-            _RUNNER.batch_size, "--batch-size", help="Episodes decoded together."
-        ),
-        max_turns: int = typer.Option(
-            _RUNNER.max_turns, "--max-turns", help="Assistant turns per episode."
-        ),
-        max_new_tokens: int = typer.Option(
-            _RUNNER.max_new_tokens, "--max-new-tokens", help="Tokens per assistant turn."
-        ),
-        max_tokens: int = typer.Option(
-            _RUNNER.max_tokens, "--max-tokens", help="Assistant tokens per episode."
-        ),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
-    ) -> None:
-        """Sample episodes on ToolWorld tasks and write them as traces, with a summary table."""
-        from agentropy.control.base import ConstantTemperature
-
-        if temperature < 0:
-            raise fail(f"--temperature must be >= 0 (0 = greedy), got {temperature:g}")
-        if episodes < 1:
-            raise fail(f"--episodes must be >= 1, got {episodes}")
-        if split not in ("train", "test"):
-            raise fail(f"--split must be train or test, got {split!r}")
-        fmt = _out_format(out)
-        if policy is not None:
-            from agentropy.control.temperature import schedule_from_name
-
-            schedule = schedule_from_name(policy)
-        else:
-            schedule = ConstantTemperature(temperature)
-        from agentropy.agent.runner import rollout
-
-        config = dataclasses.replace(
-            _RUNNER,
-            max_turns=max_turns,
-            max_new_tokens=max_new_tokens,
-            max_tokens=max_tokens,
-            batch_size=batch_size,
-        )
-        from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
-
-        world = ToolWorld(ToolWorldConfig())
-        tasks_by_level = {
-            lv: world.tasks(split=split, level=lv, n=episodes, seed=seed)
-            for lv in dict.fromkeys(level)
-        }
-        from agentropy.agent.loading import load_model
-
-        lm, tokenizer = load_model(model)
-
-        from agentropy.trace import TraceWriter, write_jsonl
-
-        rows: dict[int, dict[str, Any]] = {}
-        collected: list[Any] = []
-        writer = TraceWriter(out) if fmt == "parquet" else None
-        try:
-            for lv, tasks in tasks_by_level.items():
-                eps = rollout(
-                    lm,
-                    tokenizer,
-                    world,
-                    tasks,
-                    schedule=schedule,
-                    config=config,
-                    seed=seed,
-                    progress=progress,
-                )
-                rows[lv] = level_summary(eps)
-                if writer is not None:
-                    writer.write_many(eps)
-                    writer.flush()  # a level's episodes are safe before the next level starts
-                else:
-                    collected.extend(eps)
-        finally:
-            if writer is not None:
-                writer.close()
-        if fmt == "jsonl":
-            write_jsonl(collected, out)
-        from rich.console import Console
-
-        Console(width=120).print(render_table(rows, f"rollout: {schedule.name}, {split} split"))
-        n = sum(r["episodes"] for r in rows.values())
-        typer.echo(f"wrote {n} episodes to {out}")
+    app.command("rollout")(rollout_command)

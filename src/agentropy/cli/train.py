@@ -3,7 +3,12 @@
 
 Configuration precedence, lowest first: :class:`~agentropy.rl.config.TrainConfig` defaults, the
 ``--config`` TOML file, the explicit options (``--out``, ``--steps``, ...), then each ``--set
-key=value`` in order. ``--print-config`` prints the resolved TOML and exits.
+key=value`` in order. ``--print-config`` prints the resolved TOML and exits. The explicit options
+take their help from the TrainConfig fields and default to "unset" so the TOML file can supply
+them.
+
+A run killed at any point restarts: after its first checkpoint with ``--resume`` (bit-identical
+to an uninterrupted run), before it by running again (it starts over in place and says so).
 """
 
 from __future__ import annotations
@@ -14,84 +19,103 @@ from pathlib import Path
 import typer
 
 from agentropy.cli._common import guarded
+from agentropy.cli._options import PROGRESS_OPTION, field_option
+
+#: The config the options mirror, named so that importing the CLI does not import torch.
+TRAIN_CONFIG = "agentropy.rl.config:TrainConfig"
 
 
-def register(app: typer.Typer) -> None:
-    """Add the ``train`` command to ``app``."""
+def train_command(
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        help="TOML file of TrainConfig fields (nested: target and rhythm tables).",
+    ),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        help="Override a field, repeatable: key=value, dotted when nested (rhythm.step=1e-3).",
+    ),
+    out: Path | None = field_option(TRAIN_CONFIG, "out", "--out", default=None),
+    model: Path | None = field_option(TRAIN_CONFIG, "model", "--model", default=None),
+    steps: int | None = field_option(TRAIN_CONFIG, "steps", "--steps", default=None),
+    seed: int | None = field_option(TRAIN_CONFIG, "seed", "--seed", default=None),
+    policy: str | None = field_option(TRAIN_CONFIG, "policy", "--policy", default=None),
+    loss: str | None = field_option(TRAIN_CONFIG, "loss", "--loss", default=None),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from the newest checkpoint in the run directory."
+    ),
+    progress: bool = PROGRESS_OPTION,
+    print_config: bool = typer.Option(
+        False, "--print-config", help="Print the resolved config as TOML and exit."
+    ),
+) -> None:
+    """Train a policy with multi-turn GRPO, on-policy under per-token temperatures.
 
-    @app.command("train")
-    @guarded
-    def train_command(
-        config: Path | None = typer.Option(
-            None,
-            "--config",
-            help="TOML file of TrainConfig fields (nested: target and rhythm tables).",
-        ),
-        set_: list[str] = typer.Option(
-            [],
-            "--set",
-            help="Override a field, repeatable: key=value, dotted when nested (rhythm.step=1e-3).",
-        ),
-        out: Path | None = typer.Option(None, "--out", help="Run directory."),
-        model: Path | None = typer.Option(
-            None, "--model", help="Hugging Face model directory (default: the embedded agent)."
-        ),
-        steps: int | None = typer.Option(None, "--steps", help="Training steps."),
-        seed: int | None = typer.Option(None, "--seed", help="Run seed."),
-        policy: str | None = typer.Option(
-            None,
-            "--policy",
-            help="Sampling policy: constant:T, phase, edt (greedy is untrainable).",
-        ),
-        loss: str | None = typer.Option(
-            None, "--loss", help="Policy loss: vanilla, flat, target, rhythm."
-        ),
-        resume: bool = typer.Option(
-            False, "--resume", help="Continue from the newest checkpoint in the run directory."
-        ),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
-        print_config: bool = typer.Option(
-            False, "--print-config", help="Print the resolved config as TOML and exit."
-        ),
-    ) -> None:
-        """Train a policy with multi-turn GRPO, on-policy under per-token temperatures.
+    Writes metrics.parquet, traces/ (training episodes with step set: run `agentropy
+    analyze OUT/traces` for training cycles), checkpoints/, final/ and summary.json.
+    """
+    _run(config, set_, out, model, steps, seed, policy, loss, resume, progress, print_config)
 
-        Writes metrics.parquet, traces/ (training episodes with step set: run `agentropy
-        analyze OUT/traces` for training cycles), checkpoints/, final/ and summary.json.
-        """
-        from rich.console import Console
 
-        from agentropy.rl.config import TrainConfig, apply_overrides
+@guarded
+def _run(
+    config: Path | None,
+    set_: list[str],
+    out: Path | None,
+    model: Path | None,
+    steps: int | None,
+    seed: int | None,
+    policy: str | None,
+    loss: str | None,
+    resume: bool,
+    progress: bool,
+    print_config: bool,
+) -> None:
+    from rich.console import Console
 
-        cfg = TrainConfig.from_toml(config) if config is not None else TrainConfig()
-        explicit = {
-            "out": None if out is None else str(out),
-            "model": None if model is None else str(model),
-            "steps": steps,
-            "seed": seed,
-            "policy": policy,
-            "loss": loss,
-        }
-        if not progress:
-            explicit["progress"] = False
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in explicit.items() if v is not None})
-        cfg = apply_overrides(cfg, set_)
-        console = Console()
-        if print_config:
-            console.print(cfg.to_toml(), markup=False, highlight=False, end="")
-            return
+    from agentropy.rl.config import TrainConfig, apply_overrides
 
-        from agentropy.rl.trainer import train
+    cfg = TrainConfig.from_toml(config) if config is not None else TrainConfig()
+    explicit = {
+        "out": None if out is None else str(out),
+        "model": None if model is None else str(model),
+        "steps": steps,
+        "seed": seed,
+        "policy": policy,
+        "loss": loss,
+    }
+    if not progress:
+        explicit["progress"] = False
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in explicit.items() if v is not None})
+    cfg = apply_overrides(cfg, set_)
+    console = Console()
+    if print_config:
+        console.print(cfg.to_toml(), markup=False, highlight=False, end="")
+        return
 
-        result = train(cfg, resume=resume, console=Console(stderr=True, quiet=not cfg.progress))
-        before, after = result.held_out_before, result.held_out_after
-        gain = "" if before is None or after is None else f" (gain {100 * (after - before):+.1f})"
-        console.print(
-            f"trained {result.steps} steps in {result.wall_s:.0f} s; held-out success "
-            f"({cfg.resolved_eval_policy}) "
-            f"{_pct(before)} -> {_pct(after)}{gain}; level {result.level}; wrote {cfg.out}"
-        )
+    from agentropy.rl.run import latest_checkpoint
+    from agentropy.rl.trainer import train
+
+    if resume and not cfg.progress:
+        # The trainer says it on its (quiet) progress console; say it here too.
+        ckpt = latest_checkpoint(cfg.out)
+        if ckpt is not None:
+            typer.echo(f"resuming {cfg.out} from {ckpt.name}", err=True)
+    result = train(cfg, resume=resume, console=Console(stderr=True, quiet=not cfg.progress))
+    before, after = result.held_out_before, result.held_out_after
+    gain = "" if before is None or after is None else f" (gain {100 * (after - before):+.1f})"
+    console.print(
+        f"trained {result.steps} steps in {result.wall_s:.0f} s; held-out success "
+        f"({cfg.resolved_eval_policy}) "
+        f"{_pct(before)} -> {_pct(after)}{gain}; level {result.level}; wrote {cfg.out}"
+    )
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``train`` command to ``app``."""
+    app.command("train")(train_command)

@@ -222,5 +222,7 @@ def run_eval(
         for policy, episodes in by_policy.items():
             write_parquet(episodes, stores[policy])
         result["traces"] = {p: str(s) for p, s in stores.items()}
-        (Path(out_dir) / "eval.json").write_text(json.dumps(result, indent=2))
+        from agentropy.outputs import atomic_write_text
+
+        atomic_write_text(Path(out_dir) / "eval.json", json.dumps(result, indent=2), force=True)
     return result

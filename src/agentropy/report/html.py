@@ -563,14 +563,16 @@ def _breath_config(cfg: Mapping[str, Any] | None) -> Any:
     return BreathConfig(**cfg) if cfg else BreathConfig()
 
 
-def write_report(path: str | Path, **kwargs: Any) -> Path:
-    """Build the report (:func:`build_report` keyword arguments) and write it to ``path``."""
-    text = build_report(**kwargs)
-    p = Path(path)
-    if p.parent != Path():
-        p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(text, encoding="utf-8")
-    return p
+def write_report(path: str | Path, *, force: bool = True, **kwargs: Any) -> Path:
+    """Build the report (:func:`build_report` keyword arguments) and write it to ``path``.
+
+    Written atomically (temporary name, fsync, rename: a failed write leaves any earlier report
+    intact); ``force=False`` refuses to replace an existing file
+    (:class:`~agentropy.errors.OutputError`).
+    """
+    from agentropy.outputs import atomic_write_text
+
+    return atomic_write_text(path, build_report(**kwargs), force=force)
 
 
 @dataclass(frozen=True)
@@ -597,6 +599,7 @@ def report_from_paths(
     reference: str | None = None,
     seed: int = 0,
     title: str = "agentropy report",
+    force: bool = True,
 ) -> StreamedReport:
     """Analyse trace files/stores in one streamed pass and write the report.
 
@@ -624,5 +627,6 @@ def report_from_paths(
         promotions=promotions,
         metadata=metadata,
         title=title,
+        force=force,
     )
     return StreamedReport(summary=summary, evidence=evidence, claims=claims)

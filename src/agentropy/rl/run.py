@@ -22,6 +22,7 @@ import math
 import os
 import random
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from agentropy.outputs import fsync_dir, fsync_file
 from agentropy.rl.config import TrainConfig
 from agentropy.trace import Episode
 
@@ -64,19 +66,52 @@ def latest_checkpoint(out: str | Path) -> Path | None:
     return steps[-1] if steps else None
 
 
+#: What a run writes into its directory (cleared when a run stopped before its first checkpoint
+#: starts over; nothing else in the directory is touched).
+RUN_OUTPUTS: tuple[str, ...] = (
+    "metrics.parquet",
+    "metrics.tmp",
+    "checkpoints",
+    "traces",
+    "eval_traces",
+    "tb",
+    "final",
+    "summary.json",
+)
+
+
 def open_run_dir(config: TrainConfig, *, resume: bool) -> Path | None:
     """Check ``config.out`` for a fresh run or a resumption, write ``config.toml``.
 
-    Returns the checkpoint to resume from (None for a fresh run). Raises ValueError saying how
-    to fix a directory that already holds a run, a missing checkpoint, or a changed config.
+    Returns the checkpoint to resume from (None for a fresh run). A run killed before its first
+    checkpoint has nothing to resume: with or without ``resume`` it starts over in place (its
+    partial outputs removed) and says so on stderr, so no kill ever strands a directory. Raises
+    ValueError saying how to fix a directory that holds a checkpointed run (without ``resume``),
+    ``resume`` where no run ever started, or a changed config.
     """
+    from agentropy.outputs import atomic_write_text
+
     out = Path(config.out)
-    ckpt_dir = latest_checkpoint(out) if resume else None
-    if resume and ckpt_dir is None:
-        raise ValueError(f"--resume: no checkpoint under {out / 'checkpoints'}; start without it")
-    if not resume and ((out / "metrics.parquet").exists() or (out / "checkpoints").exists()):
+    ckpt_dir = latest_checkpoint(out)
+    started = [name for name in RUN_OUTPUTS if (out / name).exists()]
+    if ckpt_dir is None and (started or (out / "config.toml").exists()):
+        removing = f" (removing {', '.join(started)})" if started else ""
+        print(
+            f"note: {out} holds a run stopped before its first checkpoint; starting it over in "
+            f"place{removing}",
+            file=sys.stderr,
+        )
+        for name in started:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+    elif resume and ckpt_dir is None:
+        raise ValueError(f"--resume: no run under {out} to resume; start without --resume")
+    elif not resume and ckpt_dir is not None:
         raise ValueError(f"{out} already holds a run: pass --resume, or choose another --out")
-    if ckpt_dir is not None:
+    if resume and ckpt_dir is not None:
         saved = TrainConfig.from_toml(out / "config.toml").to_dict()
         changed = [
             k for k, v in config.to_dict().items()
@@ -89,8 +124,8 @@ def open_run_dir(config: TrainConfig, *, resume: bool) -> Path | None:
                 "may change) or choose another --out"
             )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.toml").write_text(config.to_toml())
-    return ckpt_dir
+    atomic_write_text(out / "config.toml", config.to_toml(), force=True)
+    return ckpt_dir if resume else None
 
 
 def seed_everything(config: TrainConfig) -> np.random.Generator:
@@ -174,8 +209,10 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     torch.save(payload, tmp / "state.pt")
+    fsync_file(tmp / "state.pt")  # on disk before the rename publishes it
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)  # a checkpoint exists only once complete
+    fsync_dir(root)
     for old in sorted(root.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -230,6 +267,7 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     table = pa.table({k: [row.get(k) for row in rows] for k in keys})
     tmp = path.with_suffix(".tmp")
     pq.write_table(table, tmp)
+    fsync_file(tmp)
     os.replace(tmp, path)
 
 
@@ -243,8 +281,8 @@ def read_metrics(out: str | Path) -> list[dict[str, Any]]:
 def _existing_episode_ids(store: Path) -> set[str]:
     from agentropy.trace import iter_parts
 
-    if not (store / "episodes").is_dir():
-        return set()
+    if not any((store / "episodes").glob("part-*.parquet")):
+        return set()  # no part yet (a run killed before its first flush)
     ids: set[str] = set()
     for ep_table, _ in iter_parts(store):
         ids.update(ep_table.column("episode_id").to_pylist())

@@ -82,6 +82,7 @@ import numpy as np
 import torch
 
 from agentropy.agent.runner import RunnerConfig, rollout
+from agentropy.outputs import atomic_dir, atomic_write_text
 from agentropy.rl.advantages import group_advantages
 from agentropy.rl.config import TrainConfig
 from agentropy.rl.losses import get_entropy_term, ppo_clip_loss
@@ -580,7 +581,7 @@ def train(
         level=config.levels[state.level_index],
         eval_history=state.eval_history,
     )
-    (out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(result.to_dict(), indent=2), force=True)
     return result
 
 
@@ -590,8 +591,10 @@ def _save_final(final: Path, model: Any, tokenizer: Any) -> None:
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # transformers' shard-writing bar would break our output
     try:
-        model.save_pretrained(final)
-        tokenizer.save_pretrained(final)
+        # Saved whole or not at all: a kill mid-save never leaves a half-written final/.
+        with atomic_dir(final, force=True) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
     finally:
         if bars:
             hf_logging.enable_progress_bar()

@@ -25,19 +25,19 @@ a ``.json`` array are rows, 0-based) and the field; the field rules are
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import io
 import json
-import os
 import re
+import stat
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agentropy.errors import InputError
+from agentropy.errors import InputError, os_reason
 from agentropy.trace.model import (
     PHASES,
     TOKEN_ARRAY_FIELDS,
@@ -50,13 +50,19 @@ from agentropy.trace.model import (
     _tool_turn_dict,
 )
 from agentropy.trace.validate import (
+    MAX_NESTING,
     _check_nan_policy,
     _episode_arrays,
     _parse_header,
     _parse_turn,
     _record_dropped,
+    _turns_error,
     _Where,
 )
+
+#: Longest JSONL line (one episode), and largest ``.json`` file, read: a bound on memory that a
+#: runaway input (a link to a device, a file without newlines) hits with a clear message.
+MAX_LINE_BYTES = 256 * 2**20
 
 
 def _json_default(value: Any) -> Any:
@@ -107,8 +113,8 @@ def _episode_from_obj(d: Any, w: _Where, nan_policy: str) -> tuple[Episode, int]
     if "turns" not in d:
         raise w.err("missing 'turns' (a list of turn objects)", "turns")
     turns_in = d["turns"]
-    if not isinstance(turns_in, list):
-        raise w.err(f"expected a list of turns, got {_tname(turns_in)}", "turns")
+    if msg := _turns_error(turns_in):
+        raise w.err(msg, "turns")
     turns, dropped = [], 0
     for i, td in enumerate(turns_in):
         turn, n, _ = _parse_turn(td, w, f"turns[{i}]", nan_policy, store=False)
@@ -149,10 +155,18 @@ def _last_key(text: str) -> str | None:
 
 
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise InputError("no such file or directory", path=path)
-    if path.is_dir():
+    """An existing regular file (a FIFO or a device would block or never end: refused up front)."""
+    try:
+        mode = path.stat().st_mode  # follows symlinks: a link to /dev/zero is a device
+    except FileNotFoundError:
+        raise InputError("no such file or directory", path=path) from None
+    except OSError as err:
+        raise InputError(f"cannot read file ({os_reason(err)})", path=path) from None
+    if stat.S_ISDIR(mode):
         raise InputError("is a directory, expected a .jsonl file", path=path)
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device or special file"
+        raise InputError(f"not a regular file ({kind})", path=path)
 
 
 def read_jsonl(path: str | Path, *, nan_policy: NanPolicy = "raise") -> Episodes:
@@ -189,42 +203,86 @@ def _iter_jsonl(path: str | Path, nan_policy: str) -> Iterator[tuple[Episode, in
         )
 
 
-def _json_objects(p: Path) -> Iterator[tuple[_Where, Any]]:
-    """(where, parsed object) per non-blank line; a ``.json`` file may hold one JSON array."""
+def _read_line(fh: Any, p: Path, lineno: int) -> bytes:
+    """One line (bytes, newline kept), at most :data:`MAX_LINE_BYTES` long."""
+    raw = fh.readline(MAX_LINE_BYTES + 1)
+    if len(raw) > MAX_LINE_BYTES:
+        raise InputError(
+            f"line longer than {MAX_LINE_BYTES // 2**20} MiB (one episode per line expected)",
+            path=p,
+            line=lineno,
+        )
+    return raw  # type: ignore[no-any-return]
+
+
+def _decode(raw: bytes, p: Path, lineno: int | None) -> str:
     try:
-        with _open_text(p) as fh:
-            if p.suffix == ".json" or p.suffixes[-2:] == [".json", ".gz"]:
-                text = fh.read()
-                if text.lstrip().startswith("["):
-                    yield from _json_array(p, text)
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(
+            f"not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1})",
+            path=p,
+            line=lineno,
+        ) from None
+
+
+def _parse_line(text: str, p: Path, lineno: int) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        key = _last_key(text[: err.pos])
+        raise InputError(
+            f"invalid JSON: {err.msg} at column {err.colno} (truncated line?)",
+            path=p,
+            line=lineno,
+            field=key,
+        ) from None
+    except RecursionError:
+        raise InputError(
+            f"JSON nested too deeply (at most {MAX_NESTING} levels)", path=p, line=lineno
+        ) from None
+
+
+def _json_objects(p: Path) -> Iterator[tuple[_Where, Any]]:
+    """(where, parsed object) per non-blank line; a ``.json`` file may hold one JSON array.
+
+    Lines are split on ``\n`` only (bytes), so U+2028 or U+0085 inside a JSON string is not a
+    line break, and a bad UTF-8 byte is reported with its line. Each line is bounded by
+    :data:`MAX_LINE_BYTES`, so a runaway input fails with a message rather than memory.
+    """
+    gz = p.suffix == ".gz"
+    is_json = p.suffix == ".json" or p.suffixes[-2:] == [".json", ".gz"]
+    try:
+        with gzip.open(p, "rb") if gz else open(p, "rb") as fh:
+            if is_json:
+                head = fh.read(MAX_LINE_BYTES + 1)
+                if len(head) > MAX_LINE_BYTES:
+                    raise InputError(
+                        f"larger than {MAX_LINE_BYTES // 2**20} MiB: write one episode per line "
+                        "(.jsonl) instead",
+                        path=p,
+                    )
+                if head.lstrip().startswith(b"["):
+                    yield from _json_array(p, _decode(head, p, None))
                     return
-                lines: Iterable[str] = text.splitlines()
-            else:
-                lines = fh
-            for lineno, raw in enumerate(lines, 1):
+                fh = io.BytesIO(head)
+            lineno = 0
+            while raw := _read_line(fh, p, lineno + 1):
+                lineno += 1
                 if not raw.strip():
                     continue
-                raw = raw.rstrip("\r\n")
-                try:
-                    obj = json.loads(raw)
-                except json.JSONDecodeError as err:
-                    key = _last_key(raw[: err.pos])
-                    raise InputError(
-                        f"invalid JSON: {err.msg} at column {err.colno} (truncated line?)",
-                        path=p,
-                        line=lineno,
-                        field=key,
-                    ) from None
-                yield _Where(p, lineno), obj
-    except UnicodeDecodeError as err:
-        raise InputError(f"not UTF-8 text ({err.reason})", path=p) from None
-    except (OSError, EOFError) as err:
-        raise InputError(f"cannot read file ({err})", path=p) from None
+                text = _decode(raw, p, lineno).rstrip("\r\n")
+                yield _Where(p, lineno), _parse_line(text, p, lineno)
+    except (OSError, EOFError, zlib.error) as err:
+        what = os_reason(err) if isinstance(err, OSError) and err.errno else str(err)
+        raise InputError(f"cannot read file ({what})", path=p) from None
 
 
 def _json_array(p: Path, text: str) -> Iterator[tuple[_Where, Any]]:
     try:
         items = json.loads(text)
+    except RecursionError:
+        raise InputError(f"JSON nested too deeply (at most {MAX_NESTING} levels)", path=p) from None
     except json.JSONDecodeError as err:
         raise InputError(
             f"invalid JSON ({err.msg} at column {err.colno})",
@@ -237,32 +295,29 @@ def _json_array(p: Path, text: str) -> Iterator[tuple[_Where, Any]]:
         yield _Where(p, row=i), obj
 
 
-def write_jsonl(episodes: Iterable[Episode], path: str | Path) -> int:
+def write_jsonl(episodes: Iterable[Episode], path: str | Path, *, force: bool = True) -> int:
     """Write episodes as JSONL (one per line; ``.gz`` compresses); returns how many were written.
 
-    The file is written under a temporary name and renamed into place, so a crash never leaves
-    a half-written file behind. Raises :class:`InputError` for a structurally invalid episode.
+    Written under a temporary name in the same folder, fsynced and renamed into place
+    (:func:`agentropy.outputs.atomic_path`), so a crash or a full disk never leaves a half-written
+    file behind nor damages an earlier one. ``force=False`` refuses to replace an existing file.
+    Raises :class:`InputError` for a structurally invalid episode and
+    :class:`~agentropy.errors.OutputError` when the file cannot be written.
     """
+    from agentropy.outputs import atomic_path
+
     p = Path(path)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     n = 0
     seen: set[str] = set()
-    try:
-        with _open_text(tmp, "w", gz=p.suffix == ".gz") as fh:
-            for episode in episodes:
-                d = episode_to_dict(episode)
-                if d["episode_id"] in seen:
-                    raise InputError(
-                        f"duplicate episode_id {d['episode_id']!r}", field="episode_id"
-                    )
-                seen.add(d["episode_id"])
-                fh.write(_dumps(d, episode.episode_id, "meta"))
-                fh.write("\n")
-                n += 1
-        os.replace(tmp, p)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    with atomic_path(p, force=force) as tmp, _open_text(tmp, "w", gz=p.suffix == ".gz") as fh:
+        for episode in episodes:
+            d = episode_to_dict(episode)
+            if d["episode_id"] in seen:
+                raise InputError(f"duplicate episode_id {d['episode_id']!r}", field="episode_id")
+            seen.add(d["episode_id"])
+            fh.write(_dumps(d, episode.episode_id, "meta"))
+            fh.write("\n")
+            n += 1
     return n
 
 

@@ -21,6 +21,7 @@ from every per-token array of their turn and counts them, in the returned
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,12 +45,16 @@ from agentropy.trace.parquet import _TOKEN_COLUMN, _list_parts, _schemas
 from agentropy.trace.validate import (
     _NAN_HINT,
     _TOKEN_ID_RANGE,
+    MAX_NESTING,
     _apply_nan_policy,
     _check_nan_policy,
+    _nesting_error,
+    _parse_header,
     _parse_turn,
     _phase_code_error,
     _record_dropped,
-    _seconds_error,
+    _token_value_error,
+    _turns_error,
     _Where,
 )
 
@@ -57,8 +62,18 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 
+#: Parts already reported as skipped (store, number), so a second pass over a store is quiet.
+_ANNOUNCED: set[tuple[str, int]] = set()
+
+
 def _store_parts(path: str | Path) -> list[tuple[int, Path, Path]]:
-    """Complete parts of a store: (number, episodes file, tokens file), in order."""
+    """Complete parts of a store: (number, episodes file, tokens file), in order.
+
+    Parts are numbered 0, 1, 2, ... with no gap (the writer numbers them so). The one thing a
+    reader may skip is the trailing part in flight of a killed writer (its tokens file written,
+    its episodes file not yet): it is skipped with a note on stderr. Any other missing or stray
+    file means lost data and is an error, and so is a store with no complete part.
+    """
     store = Path(path)
     if not store.exists():
         raise InputError("no such file or directory", path=store)
@@ -70,12 +85,46 @@ def _store_parts(path: str | Path) -> list[tuple[int, Path, Path]]:
         raise InputError("not a trace store: missing the 'episodes' folder", path=store)
     eps = _list_parts(store, "episodes")
     toks = _list_parts(store, "tokens")
-    out = []
-    for n in sorted(eps):
+    last = max(eps, default=-1)
+    for n in range(last + 1):
+        if n not in eps:
+            raise InputError(
+                f"episodes part {n} is missing (parts 0..{last} expected: store damaged)",
+                path=store / "episodes",
+            )
         if n not in toks:
-            raise InputError("episodes part without its tokens part (store corrupted)", path=eps[n])
-        out.append((n, eps[n], toks[n]))
-    return out
+            raise InputError("episodes part without its tokens part (store damaged)", path=eps[n])
+    for n in sorted(toks):
+        if n <= last:
+            continue
+        if n == last + 1:  # the part a killed writer was writing: tokens first, episodes last
+            if (str(store), n) not in _ANNOUNCED:
+                _ANNOUNCED.add((str(store), n))
+                print(
+                    f"note: {store}: skipping part {n}, left incomplete by an interrupted writer",
+                    file=sys.stderr,
+                )
+            continue
+        raise InputError(
+            f"tokens part {n} has no episodes part (nor has part {last + 1}: store damaged)",
+            path=toks[n],
+        )
+    if last < 0:
+        raise InputError("empty trace store: no complete parts", path=store)
+    return [(n, eps[n], toks[n]) for n in range(last + 1)]
+
+
+def _check_unique(ids: Sequence[str], seen: dict[str, Path], ep_file: Path) -> None:
+    """Episode ids are unique across the parts of a store (within a part: checked on decode)."""
+    for row, eid in enumerate(ids):
+        first = seen.setdefault(eid, ep_file)
+        if first is not ep_file:
+            raise InputError(
+                f"duplicate episode_id {eid!r} (also in {first.name})",
+                path=ep_file,
+                row=row,
+                field="episode_id",
+            )
 
 
 def _read_table(path: Path, schema: pa.Schema) -> pa.Table:
@@ -85,7 +134,8 @@ def _read_table(path: Path, schema: pa.Schema) -> pa.Table:
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as err:
-        raise InputError(f"unreadable Parquet file ({err})", path=path) from None
+        reason = " ".join(str(err).split())  # pyarrow's messages span lines
+        raise InputError(f"unreadable Parquet file ({reason})", path=path) from None
     for f in schema:
         if f.name not in table.column_names:
             raise InputError("missing column", path=path, field=f.name)
@@ -152,11 +202,13 @@ def _decode_part(
             h["meta"] = _loads(meta_s, w, "meta")
             if not isinstance(h["meta"], dict):
                 raise w.err(f"expected a JSON object, got {_tname(h['meta'])}", "meta")
-        if msg := _seconds_error(h["latency_s"]):
-            raise w.err(msg, "latency_s")
+        # The header rules (finite reward, level and step >= 0, ...) are the JSONL reader's.
+        h = {**_parse_header({k: v for k, v in h.items() if k != "meta"}, w), "meta": h["meta"]}
+        if msg := _nesting_error(h["meta"]):
+            raise w.err(msg, "meta")
         turns_list = _loads(turns_s, w, "turns")
-        if not isinstance(turns_list, list):
-            raise w.err(f"expected a JSON list of turns, got {_tname(turns_list)}", "turns")
+        if msg := _turns_error(turns_list):
+            raise w.err(msg, "turns")
         turns = []
         for i, td in enumerate(turns_list):
             turn, _, info = _parse_turn(td, w, f"turns[{i}]", nan_policy, store=True)
@@ -225,6 +277,9 @@ def _decode_part(
         if name == "token_ids" and len(vals) and (vals[present[name]] < 0).any():
             r = int(np.flatnonzero(present[name] & (vals < 0))[0])
             raise InputError(_TOKEN_ID_RANGE, path=tok_file, row=r, field=column)
+        if bad_value := _token_value_error(name, np.where(present[name], vals, 0)):
+            r = bad_value[0]
+            raise InputError(bad_value[1], path=tok_file, row=r, field=column)
         values[name] = vals
     nonfinite = np.zeros(total, dtype=bool)
     for name in TOKEN_FLOAT_FIELDS:
@@ -271,6 +326,8 @@ def _loads(s: str, w: _Where, f: str) -> Any:
         return json.loads(s)
     except json.JSONDecodeError as err:
         raise w.err(f"invalid JSON ({err.msg} at column {err.colno})", f) from None
+    except RecursionError:
+        raise w.err(f"nested deeper than {MAX_NESTING} levels", f) from None
 
 
 def iter_parts(
@@ -285,8 +342,10 @@ def iter_parts(
     Memory is bounded by the largest part.
     """
     _check_nan_policy(nan_policy)
+    seen: dict[str, Path] = {}
     for _, ep_file, tok_file in _store_parts(path):
         ep_table, tok_table, _, bad = _decode_part(ep_file, tok_file, nan_policy, build=False)
+        _check_unique(ep_table.column("episode_id").to_pylist(), seen, ep_file)
         if bad.any():  # only reached under nan_policy="drop"
             import pyarrow as pa
 
@@ -316,11 +375,10 @@ def iter_episodes_counted(
         _check_trace_file(p)
         yield from _iter_jsonl(p, nan_policy)
         return
-    parts = _store_parts(p)
-    if not parts:
-        raise InputError("empty trace store: no complete parts", path=p)
-    for _, ep_file, tok_file in parts:
+    seen: dict[str, Path] = {}
+    for _, ep_file, tok_file in _store_parts(p):
         _, _, episodes, _ = _decode_part(ep_file, tok_file, nan_policy, build=True)
+        _check_unique([e.episode_id for e, _ in episodes], seen, ep_file)
         yield from episodes
 
 
@@ -329,20 +387,10 @@ def read_parquet(path: str | Path, *, nan_policy: NanPolicy = "raise") -> Episod
     _check_nan_policy(nan_policy)
     out = Episodes()
     seen: dict[str, Path] = {}
-    parts = _store_parts(path)
-    if not parts:
-        raise InputError("empty trace store: no complete parts", path=path)
-    for _, ep_file, tok_file in parts:
+    for _, ep_file, tok_file in _store_parts(path):
         _, _, episodes, _ = _decode_part(ep_file, tok_file, nan_policy, build=True)
+        _check_unique([e.episode_id for e, _ in episodes], seen, ep_file)
         for episode, dropped in episodes:
-            eid = episode.episode_id
-            if eid in seen:
-                raise InputError(
-                    f"duplicate episode_id {eid!r} (also in {seen[eid].name})",
-                    path=ep_file,
-                    field="episode_id",
-                )
-            seen[eid] = ep_file
             out.append(episode)
             out.n_dropped += dropped
     return out

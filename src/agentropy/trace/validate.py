@@ -48,6 +48,60 @@ _NEED_ENTROPY = "assistant turns need per-token 'entropy'"
 _TOKEN_ID_RANGE = "token id out of range (expected 0 <= id < 2**63)"
 
 
+#: Slack of the sign rules on entropies and log-probabilities (nats): fp32 rounding of an exact
+#: 0 (a one-hot distribution) can land a few ulps on the wrong side; a real violation is larger.
+SIGN_TOL = 1e-4
+#: Deepest nesting of JSON objects/lists accepted in ``meta`` and tool ``arguments``: deeper
+#: values are refused with a clear message (Python's JSON tools recurse and would crash).
+MAX_NESTING = 64
+#: Largest integer accepted for ``level`` and ``step`` (they are stored as int64).
+MAX_INT = 2**63 - 1
+
+#: Value rules of the per-token float arrays (DESIGN.md data model), as (violation test, rule).
+#: They apply to finite values; NaN and infinities fall under ``nan_policy`` instead.
+TOKEN_VALUE_RULES: dict[str, tuple[Any, str]] = {
+    "entropy": (lambda a: a < -SIGN_TOL, "entropy must be >= 0 nats"),
+    "sampling_entropy": (lambda a: a < -SIGN_TOL, "sampling entropy must be >= 0 nats"),
+    "logprob": (lambda a: a > SIGN_TOL, "a log-probability must be <= 0"),
+    "temperature": (lambda a: a < 0, "temperature must be >= 0 (0 = greedy)"),
+}
+_NO_TOKENS = "an assistant turn needs at least one token"
+_NO_TURNS = "an episode needs at least one turn"
+
+
+def _token_value_error(name: str, values: np.ndarray) -> tuple[int, str] | None:
+    """The first finite value of per-token array ``name`` breaking its rule: (index, message)."""
+    rule = TOKEN_VALUE_RULES.get(name)
+    if rule is None or values.size == 0:
+        return None
+    with np.errstate(invalid="ignore"):
+        bad = rule[0](values) & np.isfinite(values)
+    if not bad.any():
+        return None
+    i = int(np.flatnonzero(bad)[0])
+    return i, f"{rule[1]}, got {float(values[i]):g}"
+
+
+def _nesting_error(value: Any, limit: int = MAX_NESTING) -> str | None:
+    """A JSON value nested deeper than ``limit`` levels (checked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        if isinstance(obj, Mapping | list):
+            if depth > limit:
+                return f"nested deeper than {limit} levels"
+            children = obj.values() if isinstance(obj, Mapping) else obj
+            stack.extend((v, depth + 1) for v in children)
+    return None
+
+
+def _turns_error(turns: Any) -> str | None:
+    """An episode's ``turns`` is a non-empty list."""
+    if not isinstance(turns, list):
+        return f"expected a list of turns, got {_tname(turns)}"
+    return None if turns else _NO_TURNS
+
+
 def _role_error(role: Any) -> str | None:
     """A role is one of :data:`~agentropy.trace.ROLES`."""
     if not isinstance(role, str):
@@ -65,14 +119,14 @@ def _status_error(status: Any) -> str | None:
 
 
 def _seconds_error(value: Any) -> str | None:
-    """A duration is absent or a non-negative number of seconds (a boolean is not a number)."""
+    """A duration is absent or a finite non-negative number of seconds (not a boolean)."""
     if value is None or (
         not isinstance(value, bool)
         and isinstance(value, int | float | np.integer | np.floating)
-        and value >= 0
+        and 0 <= value < float("inf")
     ):
         return None
-    return f"expected a non-negative number of seconds, got {value!r}"
+    return f"expected a finite non-negative number of seconds, got {value!r}"
 
 
 def _phase_code_error(code: Any) -> str:
@@ -163,6 +217,11 @@ def _turn_arrays(turn: Turn, where: str, *, require_entropy: bool) -> dict[str, 
             raise InputError(_NEED_ENTROPY, field=f"{where}.entropy")
         if unequal := _lengths_error({n: int(a.shape[0]) for n, a in arrays.items()}):
             raise InputError(unequal[0], field=f"{where}.{unequal[1]}")
+        if require_entropy and arrays["entropy"].size == 0:
+            raise InputError(_NO_TOKENS, field=f"{where}.entropy")
+        for name, arr in arrays.items():
+            if bad := _token_value_error(name, arr):
+                raise InputError(bad[1], field=f"{where}.{name}[{bad[0]}]")
     if not isinstance(turn.meta, Mapping):
         raise InputError(f"expected an object, got {_tname(turn.meta)}", field=f"{where}.meta")
     for name in ("text", "content"):
@@ -178,8 +237,10 @@ def _turn_arrays(turn: Turn, where: str, *, require_entropy: bool) -> dict[str, 
 def validate_episode(episode: Episode) -> None:
     """Check an in-memory episode's structure; raise :class:`InputError` naming the field.
 
-    Checks ids, roles, statuses, phase codes, that assistant turns have ``entropy`` and that
-    their per-token arrays have equal lengths. Values (e.g. NaN entropies) are not checked.
+    Checks ids, roles, statuses, phase codes, that the episode has turns, that assistant turns
+    have ``entropy`` with at least one token and per-token arrays of equal lengths, and the value
+    rules of :data:`TOKEN_VALUE_RULES` on finite values (NaN entropies are left to the readers'
+    ``nan_policy``).
     """
     _episode_arrays(episode)
 
@@ -193,6 +254,8 @@ def _episode_arrays(episode: Episode) -> list[dict[str, np.ndarray] | None]:
         raise InputError(f"episode_id must be a non-empty string, got {eid!r}", field="episode_id")
     if not isinstance(episode.turns, list):
         raise InputError(f"episode {eid!r}: turns must be a list", field="turns")
+    if not episode.turns:
+        raise InputError(f"episode {eid!r}: {_NO_TURNS}", field="turns")
     try:
         _parse_header(_episode_header(episode), _NOWHERE)
     except InputError as err:
@@ -288,10 +351,28 @@ def _opt(d: Mapping[str, Any], key: str, kind: str, w: _Where, f: str) -> Any:
     if not ok:
         raise w.err(f"expected {_KIND_NAME[kind]}, got {_tname(value)}", f)
     if kind in ("float", "nonneg"):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise w.err("number too large for a float", f) from None
         if kind == "nonneg" and (msg := _seconds_error(value)):
             raise w.err(msg, f)
+        if kind == "float" and not np.isfinite(value):
+            raise w.err(f"expected a finite number, got {value}", f)
+    elif kind == "int" and not 0 <= value <= MAX_INT:
+        raise w.err(f"expected an integer in 0..2**63-1, got {_short(value)}", f)
+    elif kind == "dict" and (msg := _nesting_error(value)):
+        raise w.err(msg, f)
     return value
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """``repr`` of a value, cut to ``limit`` characters (a 401-digit number stays one line)."""
+    try:
+        text = repr(value)
+    except ValueError:  # int too large to convert to str
+        return "a huge number"
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _list_array(value: Any, w: _Where, f: str, what: str, dtype: Any) -> np.ndarray | None:
@@ -307,10 +388,15 @@ def _list_array(value: Any, w: _Where, f: str, what: str, dtype: Any) -> np.ndar
         return None
 
 
+def _has_bool(values: list[Any]) -> bool:
+    return any(type(x) is bool for x in values)
+
+
 def _float_list(value: Any, w: _Where, f: str) -> np.ndarray:
     """A JSON list of numbers (null = missing = NaN) as float32."""
     arr = _list_array(value, w, f, "numbers", np.float32)
-    if arr is not None and arr.ndim == 1 and arr.dtype.kind in "fiu":
+    # numpy reads true/false as 1/0: JSON booleans are not numbers, so they take the slow path.
+    if arr is not None and arr.ndim == 1 and arr.dtype.kind in "fiu" and not _has_bool(value):
         with np.errstate(over="ignore"):
             return arr.astype(np.float32)
     out = np.empty(len(value), dtype=np.float32)
@@ -321,13 +407,16 @@ def _float_list(value: Any, w: _Where, f: str) -> np.ndarray:
             elif isinstance(x, bool) or not isinstance(x, int | float):
                 raise w.err(f"expected a number, got {_tname(x)}", f"{f}[{i}]")
             else:
-                out[i] = x
+                try:
+                    out[i] = x
+                except OverflowError:
+                    raise w.err("number too large for a float", f"{f}[{i}]") from None
     return out
 
 
 def _int_list(value: Any, w: _Where, f: str) -> np.ndarray:
     arr = _list_array(value, w, f, "integers", np.int64)
-    if arr is None or arr.ndim != 1 or arr.dtype.kind not in "iu":
+    if arr is None or arr.ndim != 1 or arr.dtype.kind not in "iu" or _has_bool(value):
         for i, x in enumerate(value):
             if isinstance(x, bool) or not isinstance(x, int):
                 raise w.err(f"expected an integer token id, got {_tname(x)}", f"{f}[{i}]")
@@ -423,7 +512,9 @@ def _parse_turn(
         _check_keys(d, _ASSISTANT_STORE_KEYS, w, f"{f}.")
         n = d.get("n_tokens")
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise w.err(f"expected a token count >= 0, got {n!r}", f"{f}.n_tokens")
+            raise w.err(f"expected a token count >= 1, got {_short(n)}", f"{f}.n_tokens")
+        if n == 0:
+            raise w.err(_NO_TOKENS, f"{f}.n_tokens")
         names = d.get("arrays")
         if not isinstance(names, list) or any(x not in TOKEN_ARRAY_FIELDS for x in names):
             raise w.err(f"expected a list of per-token array names, got {names!r}", f"{f}.arrays")
@@ -447,6 +538,11 @@ def _parse_turn(
             arrays[name] = _float_list(value, w, f"{f}.{name}")
     if unequal := _lengths_error({n: len(a) for n, a in arrays.items()}):
         raise w.err(unequal[0], f"{f}.{unequal[1]}")
+    if len(arrays["entropy"]) == 0:
+        raise w.err(_NO_TOKENS, f"{f}.entropy")
+    for name, arr in arrays.items():
+        if bad := _token_value_error(name, arr):
+            raise w.err(bad[1], f"{f}.{name}[{bad[0]}]")
     arrays, dropped = _apply_nan_policy(arrays, nan_policy, w, f)
     return Turn(role="assistant", text=text, wall_s=wall_s, meta=meta, **arrays), dropped, None
 

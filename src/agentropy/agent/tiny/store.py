@@ -136,7 +136,8 @@ def bootstrap(
     import torch
 
     threads = torch.get_num_threads()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    _remove_stranded(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-{os.getpid()}-", dir=path.parent))
     try:
         if num_threads is not None:
             torch.set_num_threads(num_threads)
@@ -156,6 +157,33 @@ def bootstrap(
         torch.set_num_threads(threads)
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _remove_stranded(path: Path) -> None:
+    """Delete temporary folders that killed bootstraps of ``path`` left behind.
+
+    Each bootstrap trains in ``.<name>-<pid>-<random>`` (see :func:`bootstrap`); a folder whose
+    process is gone will never be renamed into place. Folders of live processes (a concurrent
+    bootstrap of the same recipe) are left alone; ``.<name>-old-*`` folders are always stale.
+    """
+    for child in path.parent.glob(f".{path.name}-*"):
+        if not child.is_dir():
+            continue
+        tag = child.name[len(path.name) + 2 :].split("-", 1)[0]
+        if tag == "old" or (tag.isdigit() and not _alive(int(tag))):
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def read_agent_info(path: str | os.PathLike[str]) -> dict[str, Any]:

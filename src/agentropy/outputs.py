@@ -1,0 +1,194 @@
+"""Atomic outputs: never a half-written file, never a silent overwrite, failures before the work.
+
+Every output the CLI writes (HTML report, JSON summary, JSONL trace, checkpoint, agent folder)
+goes through here:
+
+1. :func:`check_output` runs *before* any long work: it refuses an existing output unless
+   ``force`` and proves the directory takes a write (a probe file, written and fsynced), so a
+   read-only mount or a full disk fails in a second, not after an hour of generation.
+2. :func:`atomic_path` (files) and :func:`atomic_dir` (folders) hand out a temporary name in the
+   *same* directory; on success the data is fsynced and renamed over the target in one step (a
+   rename within a file system is atomic), then the directory is fsynced so the rename itself
+   survives a power cut. On any failure the temporary is removed and the previous output, if
+   any, is left untouched.
+
+Every ``OSError`` becomes an :class:`~agentropy.errors.OutputError` naming the path and the
+reason in plain words.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from agentropy.errors import OutputError
+
+__all__ = [
+    "PROBE_BYTES",
+    "atomic_dir",
+    "atomic_path",
+    "atomic_write_text",
+    "check_output",
+    "fsync_dir",
+    "fsync_file",
+]
+
+#: Bytes the writability probe writes and fsyncs: enough that a full disk refuses it.
+PROBE_BYTES = 64 * 1024
+
+_FORCE_HINT = "exists; pass --force to replace it"
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush ``path``'s data to disk (so a rename that publishes it never exposes a hole)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a directory's entries (makes a rename durable); ignored where unsupported."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _tmp_name(target: Path, tag: str) -> Path:
+    # Hidden, in the same directory (so the rename is atomic), unique per process and call.
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".{tag}", dir=target.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def check_output(path: str | Path, *, force: bool = False, is_dir: bool = False) -> Path:
+    """Check, before any work, that ``path`` can be written; returns it as a :class:`Path`.
+
+    Refuses an existing output unless ``force`` (a folder too, when ``is_dir``), a parent that is
+    missing or not a folder, and a directory that does not take a small fsynced write (read-only
+    file system, permissions, full disk). Creates missing parent folders. Raises
+    :class:`OutputError`.
+    """
+    p = Path(path)
+    if p.exists() or p.is_symlink():
+        if not force:
+            raise OutputError(p, _FORCE_HINT)
+        if p.is_dir() and not is_dir:
+            raise OutputError(p, "is a directory")
+        if not p.is_dir() and is_dir and not p.is_symlink():
+            raise OutputError(p, "exists and is not a directory")
+    parent = p.parent
+    existing = next((a for a in (parent, *parent.parents) if a.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise OutputError(p, f"a parent is not a directory ({existing})")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError.from_os(p, err) from None
+    probe: Path | None = None
+    try:
+        probe = _tmp_name(p, "probe")
+        with open(probe, "wb") as fh:
+            fh.write(b"\0" * PROBE_BYTES)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as err:
+        raise OutputError.from_os(p, err) from None
+    finally:
+        if probe is not None:
+            with contextlib.suppress(OSError):
+                probe.unlink()
+    return p
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary file path next to ``path``; on success fsync it and rename it over.
+
+    Refuses an existing ``path`` unless ``force`` (checked again at the end: another process may
+    have written it meanwhile). On any exception the temporary is removed and ``path`` is left
+    as it was; ``OSError`` is re-raised as :class:`OutputError`.
+    """
+    target = Path(path)
+    if target.exists() and not force:
+        raise OutputError(target, _FORCE_HINT)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _tmp_name(target, "tmp")
+    except OSError as err:
+        raise OutputError.from_os(target, err) from None
+    try:
+        yield tmp
+        fsync_file(tmp)
+        if target.exists() and not force:
+            raise OutputError(target, _FORCE_HINT)
+        if target.is_dir():
+            raise OutputError(target, "is a directory")
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except OSError as err:
+        raise OutputError.from_os(target, err) from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def atomic_write_text(path: str | Path, text: str, *, force: bool = False) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_path`); returns the path."""
+    with atomic_path(path, force=force) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path``; on success move it into place.
+
+    For outputs that are folders (a saved model, a checkpoint): the caller fills the temporary
+    folder, whose files are then fsynced; an existing ``path`` (only with ``force``) is moved
+    aside, the new folder renamed in, and the old one deleted. ``path`` never holds a partial
+    folder: a kill leaves the old or the new one there, or, in the instant between the two
+    renames, neither (the old one then survives under a hidden ``.<name>.*.old`` name). On
+    failure the temporary is deleted.
+    """
+    target = Path(path)
+    if target.exists() and not force:
+        raise OutputError(target, _FORCE_HINT)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as err:
+        raise OutputError.from_os(target, err) from None
+    old: Path | None = None
+    try:
+        yield tmp
+        for root, _dirs, files in os.walk(tmp):
+            for name in files:
+                fsync_file(Path(root) / name)
+            fsync_dir(root)
+        if target.exists():
+            if not force:
+                raise OutputError(target, _FORCE_HINT)
+            old = Path(
+                tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)
+            )
+            os.replace(target, old / "x")
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except OSError as err:
+        raise OutputError.from_os(target, err) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

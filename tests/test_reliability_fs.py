@@ -1,0 +1,457 @@
+"""Outputs on hostile file systems, and runs killed at random points.
+
+- A read-only and a full file system: a small tmpfs mounted in a private mount namespace
+  (``unshare -rm``; skipped with the reason where that is not permitted). ``rollout``,
+  ``report``, ``analyze`` and ``train`` must exit 2 with one line naming the path and the reason,
+  before any long work; a previous output must survive a failed ``--force`` rewrite intact.
+- Existing outputs are never replaced without ``--force``.
+- SIGKILL at random points of ``rollout``, ``train`` and ``bootstrap`` (slow tier), followed by a
+  restart that must succeed and lose no data that was complete before the kill.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import random
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from agentropy.cli import app
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+runner = CliRunner()
+
+GOOD = {
+    "episode_id": "e1",
+    "success": True,
+    "turns": [
+        {"role": "assistant", "entropy": [0.2, 0.1, 0.3]},
+        {"role": "tool", "name": "lookup", "status": "error", "content": "upstream failure"},
+        {"role": "assistant", "entropy": [1.4, 1.1, 0.6, 0.2]},
+    ],
+}
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = f"{SRC}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    env["AGENTROPY_HOME"] = str(tmp_path / "home")
+    return env
+
+
+@functools.cache
+def _mount_error() -> str | None:
+    """Why a private tmpfs cannot be mounted here (None: it can)."""
+    if shutil.which("unshare") is None:
+        return "unshare is not installed"
+    probe = "d=$(mktemp -d) && mount -t tmpfs -o size=64k tmpfs $d && umount $d && rmdir $d"
+    try:
+        res = subprocess.run(
+            ["unshare", "-rm", "sh", "-c", probe], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"unshare failed: {err}"
+    if res.returncode != 0:
+        return f"mounting a tmpfs in a user namespace is not permitted: {res.stderr.strip()}"
+    return None
+
+
+def _in_tmpfs(
+    tmp_path: Path, mnt: Path, script: str, *, size_kb: int, readonly: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run shell ``script`` with a fresh tmpfs of ``size_kb`` at ``mnt`` (remounted read-only
+    after ``script``'s setup part when ``readonly``); ``$AGENTROPY`` runs the CLI."""
+    if reason := _mount_error():
+        pytest.skip(reason)
+    mnt.mkdir(parents=True, exist_ok=True)
+    agentropy = f"{shlex.quote(sys.executable)} -m agentropy"
+    ro = f"mount -o remount,ro {mnt} && " if readonly else ""
+    setup, _, run = script.partition("\n---\n")
+    full = (
+        f"mount -t tmpfs -o size={size_kb}k tmpfs {mnt} && "
+        f"AGENTROPY='{agentropy}' && {setup or 'true'} && {ro}"
+        f"{{ {run.replace('$AGENTROPY', agentropy)} ; }}"
+    )
+    return subprocess.run(
+        ["unshare", "-rm", "sh", "-c", full],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(tmp_path),
+        cwd=tmp_path,
+    )
+
+
+def _marker_lines(res: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    """``KEY=value`` lines the scripts print after the command (exit status, file checks)."""
+    out = {}
+    for line in res.stdout.splitlines():
+        if "=" in line and line.split("=", 1)[0].isupper():
+            k, v = line.split("=", 1)
+            out[k] = v
+    return out
+
+
+def _one_line_error(res: subprocess.CompletedProcess[str], *words: str) -> None:
+    err = res.stderr.strip()
+    assert "Traceback" not in err, err
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    for w in words:
+        assert w in err, err
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory: Any) -> Path:
+    path = tmp_path_factory.mktemp("traces") / "t.jsonl"
+    eps = []
+    for i in range(4):
+        d = json.loads(json.dumps(GOOD))
+        d["episode_id"] = f"e{i}"
+        eps.append(json.dumps(d))
+    path.write_text("\n".join(eps) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: Any) -> Path:
+    from agentropy.agent.tiny import build_tokenizer
+    from conftest import tiny_lm
+
+    tok = build_tokenizer()
+    path = tmp_path_factory.mktemp("model")
+    tiny_lm(tok, layers=1).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+ROLLOUT = "rollout --level 1 --episodes 2 --max-turns 2 --max-new-tokens 4 --no-progress"
+
+
+def _train_args(model: Path, out: Path, steps: int = 1, **extra: Any) -> list[str]:
+    sets = {
+        "tasks_per_step": 2,
+        "group_size": 2,
+        "max_turns": 2,
+        "max_new_tokens": 6,
+        "max_tokens": 16,
+        "eval_every": 100,
+        "eval_episodes": 1,
+        "tensorboard": "false",
+        "rollout_batch_size": 4,
+        **extra,
+    }
+    args = ["train", "--model", str(model), "--out", str(out), "--steps", str(steps)]
+    for k, v in sets.items():
+        args += ["--set", f"{k}={v}"]
+    return [*args, "--no-progress"]
+
+
+# ------------------------------------------------------------------------------------------
+# read-only and full file systems
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["report", "analyze", "rollout", "train"])
+def test_read_only_file_system(command, tmp_path, traces, model_dir):
+    mnt = tmp_path / "mnt"
+    target = {
+        "report": f"report {traces} --out {mnt}/r.html",
+        "analyze": f"analyze {traces} --json {mnt}/a.json",
+        "rollout": f"{ROLLOUT} --model {model_dir} --out {mnt}/x.jsonl",
+        "train": " ".join(_train_args(model_dir, mnt / "run")),
+    }[command]
+    t0 = time.monotonic()
+    res = _in_tmpfs(
+        tmp_path,
+        mnt,
+        f"true\n---\n$AGENTROPY {target}; echo STATUS=$?",
+        size_kb=1024,
+        readonly=True,
+    )
+    assert _marker_lines(res)["STATUS"] == "2", res.stderr
+    _one_line_error(res, str(mnt), "read-only file system")
+    assert time.monotonic() - t0 < 120  # refused before the work, not after it
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["report", "analyze", "rollout", "train"])
+def test_full_file_system_keeps_the_previous_output(command, tmp_path, traces, model_dir):
+    mnt = tmp_path / "mnt"
+    out = {
+        "report": mnt / "r.html",
+        "analyze": mnt / "a.json",
+        "rollout": mnt / "x.jsonl",
+        "train": mnt / "run",
+    }[command]
+    target = {
+        "report": f"report {traces} --out {out} --force",
+        "analyze": f"analyze {traces} --json {out} --force",
+        "rollout": f"{ROLLOUT} --model {model_dir} --out {out} --force",
+        "train": " ".join(_train_args(model_dir, out)),
+    }[command]
+    # An earlier output, then fill the disk; the rewrite must fail and leave it intact.
+    previous = f"mkdir -p {out} && echo PREVIOUS > {out}/keep" if command == "train" else (
+        f"echo PREVIOUS > {out}"
+    )  # fmt: skip
+    script = (
+        f"{previous} && (dd if=/dev/zero of={mnt}/filler bs=4k 2>/dev/null || true)\n---\n"
+        f"$AGENTROPY {target}; echo STATUS=$?; "
+        f"echo LEFT=$(ls -A {mnt} | tr '\\n' ' '); "
+        f"echo KEPT=$(cat {out if command != 'train' else out / 'keep'})"
+    )
+    res = _in_tmpfs(tmp_path, mnt, script, size_kb=512)
+    marks = _marker_lines(res)
+    assert marks["STATUS"] == "2", res.stderr
+    _one_line_error(res, str(mnt), "no space left on device")
+    assert marks["KEPT"] == "PREVIOUS"
+    # Nothing half-written left behind: only the previous output and the filler.
+    assert set(marks["LEFT"].split()) == {out.name, "filler"}, marks["LEFT"]
+
+
+# ------------------------------------------------------------------------------------------
+# never replace without --force
+
+
+def test_existing_outputs_need_force(tmp_path, traces):
+    report = tmp_path / "r.html"
+    report.write_text("my notes")
+    res = runner.invoke(app, ["report", str(traces), "--out", str(report)])
+    assert res.exit_code == 2 and "--force" in res.stderr and report.read_text() == "my notes"
+    res = runner.invoke(app, ["analyze", str(traces), "--json", str(report)])
+    assert res.exit_code == 2 and "--force" in res.stderr and report.read_text() == "my notes"
+    res = runner.invoke(app, ["report", str(traces), "--out", str(report), "--force"])
+    assert res.exit_code == 0, res.output
+    assert report.read_text().startswith("<!DOCTYPE html>") or "<html" in report.read_text()
+    trace = tmp_path / "x.jsonl"
+    trace.write_text("keep me")
+    # Refused before the model is loaded (there is none here).
+    args = [*ROLLOUT.split(), "--model", str(tmp_path / "no-model"), "--out", str(trace)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "--force" in res.stderr and trace.read_text() == "keep me"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_internal_errors_are_one_line_with_a_saved_traceback(tmp_path, monkeypatch, traces):
+    import agentropy.analysis.summary as summary
+
+    def boom(*a: Any, **k: Any) -> Any:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(summary, "analyze_paths", boom)
+    res = runner.invoke(app, ["analyze", str(traces)])
+    err = res.stderr.strip()
+    assert res.exit_code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith("internal error: KeyError") and "traceback in" in err
+    saved = Path(err.rsplit("traceback in ", 1)[1].rstrip(")"))
+    assert "KeyError: 'a bug'" in saved.read_text()
+    saved.unlink()
+
+
+# ------------------------------------------------------------------------------------------
+# train: restart after a kill before the first checkpoint
+
+
+def test_open_run_dir_after_kills_at_every_stage(tmp_path, capsys):
+    """The run directory's state machine, without training: what each kill leaves, and what a
+    plain run and a ``--resume`` then do."""
+    from agentropy.rl.config import TrainConfig
+    from agentropy.rl.run import open_run_dir
+
+    out = tmp_path / "run"
+    cfg = TrainConfig(out=str(out))
+    # Killed before anything was written: a plain run starts; --resume says there is no run.
+    with pytest.raises(ValueError, match="no run under"):
+        open_run_dir(cfg, resume=True)
+    assert open_run_dir(cfg, resume=False) is None
+    # Killed after config.toml, before any output: both start over (resume too), saying so.
+    assert open_run_dir(cfg, resume=True) is None
+    assert "starting it over in place" in capsys.readouterr().err
+    # Killed mid-step 1: partial outputs are removed, the unrelated file is kept.
+    (out / "traces" / "tokens").mkdir(parents=True)
+    (out / "metrics.parquet").write_bytes(b"PAR1")
+    (out / "checkpoints" / ".tmp-step-000001").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    for resume in (False, True):
+        assert open_run_dir(cfg, resume=resume) is None
+        assert not (out / "traces").exists() and not (out / "metrics.parquet").exists()
+        assert (out / "notes.txt").read_text() == "mine"
+        (out / "metrics.parquet").write_bytes(b"PAR1")
+    # After a checkpoint: a plain run refuses, --resume resumes from it.
+    (out / "checkpoints" / "step-000001").mkdir(parents=True)
+    (out / "checkpoints" / "step-000001" / "state.pt").write_bytes(b"x")
+    with pytest.raises(ValueError, match="already holds a run"):
+        open_run_dir(cfg, resume=False)
+    assert open_run_dir(cfg, resume=True) == out / "checkpoints" / "step-000001"
+
+
+@pytest.mark.slow
+def test_train_restarts_in_place_after_a_kill_before_the_first_checkpoint(tmp_path, model_dir):
+    out = tmp_path / "run"
+    # What a run killed during its first step leaves: config, a partial trace store, metrics.
+    out.mkdir()
+    (out / "config.toml").write_text("# partial\n")
+    (out / "traces" / "episodes").mkdir(parents=True)
+    (out / "metrics.parquet").write_bytes(b"PAR1")
+    for resume in ([], ["--resume"]):
+        res = runner.invoke(app, [*_train_args(model_dir, out), *resume])
+        assert res.exit_code == 0, res.output
+        assert "starting it over in place" in res.stderr
+        assert (out / "final" / "config.json").is_file()
+        shutil.rmtree(out / "checkpoints")  # as if killed again before its checkpoint
+    res = runner.invoke(app, ["train", "--out", str(tmp_path / "nothing"), "--resume"])
+    assert res.exit_code == 2 and "no run under" in res.stderr
+
+
+@pytest.mark.slow
+def test_resume_without_progress_says_where_it_resumed(tmp_path, model_dir):
+    out = tmp_path / "run"
+    res = runner.invoke(app, _train_args(model_dir, out, steps=1, checkpoint_every=1))
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(
+        app, [*_train_args(model_dir, out, steps=2, checkpoint_every=1), "--resume"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "resuming" in res.stderr and "step-000001" in res.stderr
+
+
+def test_killed_bootstraps_are_cleaned_up(tmp_path, monkeypatch):
+    """A bootstrap removes the temporary folders of dead bootstraps, not of live ones."""
+    from agentropy.agent.tiny import TinyRecipe, agent_path
+    from agentropy.agent.tiny.store import _remove_stranded
+
+    monkeypatch.setenv("AGENTROPY_HOME", str(tmp_path))
+    path = agent_path(TinyRecipe.quick())
+    path.parent.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stranded = path.parent / f".{path.name}-{dead.pid}-abc123"
+    live = path.parent / f".{path.name}-{os.getpid()}-def456"
+    old = path.parent / f".{path.name}-old-xyz"
+    for d in (stranded, live, old):
+        (d / "sub").mkdir(parents=True)
+    _remove_stranded(path)
+    assert not stranded.exists() and not old.exists() and live.exists()
+
+
+# ------------------------------------------------------------------------------------------
+# SIGKILL at random points, then restart (slow tier)
+
+
+def _kill_at_random(args: list[str], tmp_path: Path, lo: float, hi: float, seed: int) -> float:
+    """Start the CLI, SIGKILL it after a random delay in [lo, hi) s; returns the delay."""
+    delay = random.Random(seed).uniform(lo, hi)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentropy", *args],
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        proc.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return delay
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rollout_killed_then_rerun(seed, tmp_path, model_dir):
+    from agentropy.trace import read_traces
+
+    out = tmp_path / "x.parquet"
+    args = [*ROLLOUT.split(), "--level", "2", "--model", str(model_dir), "--out", str(out)]
+    _kill_at_random(args, tmp_path, 2.0, 25.0, seed)
+    if out.exists():  # whatever survived is readable (complete parts only)
+        try:
+            read_traces(out)
+        except ValueError as err:
+            assert "empty trace store" in str(err)
+    res = runner.invoke(app, [*args, "--force"])
+    assert res.exit_code == 0, res.output
+    assert len(read_traces(out)) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_train_killed_then_restarted(seed, tmp_path, model_dir):
+    from agentropy.rl.run import latest_checkpoint, read_metrics
+
+    out = tmp_path / "run"
+    args = _train_args(model_dir, out, steps=3, checkpoint_every=1)
+    _kill_at_random(args, tmp_path, 3.0, 40.0, seed)
+    resume = ["--resume"] if latest_checkpoint(out) is not None else []
+    res = runner.invoke(app, [*args, *resume])
+    assert res.exit_code == 0, res.output
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bootstrap_killed_then_rerun(seed, tmp_path):
+    from agentropy.agent.tiny import TinyRecipe, agent_path
+
+    home = tmp_path / "home"
+    args = ["bootstrap", "--quick", "--no-progress", "--threads", "1"]
+    _kill_at_random(args, tmp_path, 3.0, 30.0, seed)
+    env = _env(tmp_path)
+    res = subprocess.run(
+        [sys.executable, "-m", "agentropy", *args], env=env, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    path = agent_path(TinyRecipe.quick(), home=home)
+    assert (path / "config.json").is_file()
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
+
+
+# ------------------------------------------------------------------------------------------
+# agentropy.outputs in isolation
+
+
+def test_atomic_outputs_never_leave_partial_files(tmp_path):
+    import errno
+
+    from agentropy.errors import OutputError
+    from agentropy.outputs import atomic_dir, atomic_path, atomic_write_text, check_output
+
+    target = tmp_path / "a.json"
+    atomic_write_text(target, "v1")
+    with pytest.raises(OutputError, match="pass --force"):
+        atomic_write_text(target, "v2")
+    with (
+        pytest.raises(OutputError, match="no space left on device"),
+        atomic_path(target, force=True) as tmp,
+    ):
+        tmp.write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert target.read_text() == "v1"
+    atomic_write_text(target, "v2", force=True)
+    assert target.read_text() == "v2"
+    folder = tmp_path / "model"
+    with atomic_dir(folder) as tmp:
+        (tmp / "w.bin").write_bytes(b"1")
+    with pytest.raises(RuntimeError), atomic_dir(folder, force=True) as tmp:
+        (tmp / "w.bin").write_bytes(b"2")
+        raise RuntimeError("killed mid-save")
+    assert (folder / "w.bin").read_bytes() == b"1"
+    with atomic_dir(folder, force=True) as tmp:
+        (tmp / "w.bin").write_bytes(b"3")
+    assert (folder / "w.bin").read_bytes() == b"3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "model"]
+    with pytest.raises(OutputError, match="a parent is not a directory"):
+        check_output(target / "x.html")
+    with pytest.raises(OutputError, match="is a directory"):
+        check_output(folder, force=True)
+    assert check_output(tmp_path / "new" / "r.html") == tmp_path / "new" / "r.html"

@@ -1,9 +1,13 @@
 """Per-step scalars from the logs runs already write, mapped onto the monitor's metric names.
 
+Used by ``agentropy watch`` (the live monitor) and by ``agentropy analyze`` on TensorBoard / CSV
+inputs (the training-cycle analysis); it lives with the other importers because it reads other
+systems' logs and knows nothing about the monitor beyond the metric names below.
+
 **Readers** (each incremental, so ``agentropy watch`` can follow a run while it trains):
 
 - TensorBoard event directories (``events.out.tfevents.*``, decoded by
-  :mod:`agentropy.monitor._tfevents` without TensorBoard installed). Event files directly in the
+  :mod:`agentropy.trace.importers._tfevents` without TensorBoard installed). Event files directly in the
   directory form one run; otherwise every sub-directory holding event files is a run (what
   TensorBoard itself does with ``runs/<name>/``). Files of one run are read in name order (a
   resumed run adds a newer file); for a repeated (step, tag) the last value wins.
@@ -35,8 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agentropy.errors import InputError
-from agentropy.monitor._tfevents import EventFileReader
-from agentropy.monitor.detector import METRICS
+from agentropy.trace.importers._tfevents import EventFileReader
 from agentropy.trace import PHASES
 
 __all__ = [
@@ -50,7 +53,9 @@ __all__ = [
     "discover",
 ]
 
-#: Tags that may carry each monitor metric, in order of preference.
+#: Tags that may carry each monitor metric, in order of preference. Its keys are exactly
+#: :data:`agentropy.monitor.METRICS` (a test checks it); this module does not import the monitor,
+#: which imports it.
 DEFAULT_TAGS: dict[str, tuple[str, ...]] = {
     "entropy": ("entropy/mean", "actor/entropy", "train/entropy", "entropy"),
     **{f"entropy_{p}": (f"entropy/{p}_mean", f"entropy_{p}") for p in PHASES},
@@ -126,8 +131,10 @@ class TagMap:
         if reward_tag:
             over["reward"] = reward_tag
         for metric, tag in over.items():
-            if metric not in METRICS:
-                raise ValueError(f"unknown monitor metric {metric!r}; expected one of {METRICS}")
+            if metric not in DEFAULT_TAGS:
+                raise ValueError(
+                    f"unknown monitor metric {metric!r}; expected one of {tuple(DEFAULT_TAGS)}"
+                )
             tags[metric] = (tag, *tags.get(metric, ()))
         return cls(tags)
 

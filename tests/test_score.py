@@ -127,11 +127,13 @@ def test_windowing_scores_every_token_and_reports_it(tok, world):
         msgs.append({"role": "assistant", "content": f"step {i} " + "ok " * 20})
         msgs.append({"role": "user", "content": "more " * 10})
     conv = Conversation(id="long", messages=validate_messages(msgs))
+    first = tok.apply_chat_template(msgs[:3], tokenize=False)
+    ctx = len(tok(first, add_special_tokens=False)["input_ids"]) + 4  # the first turn fits
     full = next(score_conversations(model, tok, [conv]))
-    small = next(score_conversations(model, tok, [conv], config=ScoreConfig(max_context=96)))
+    small = next(score_conversations(model, tok, [conv], config=ScoreConfig(max_context=ctx)))
     assert "windowing" not in full.meta
     w = small.meta["windowing"]
-    assert w["policy"] == "keep-head-slide" and w["max_context"] == 96 and w["head_kept"]
+    assert w["policy"] == "keep-head-slide" and w["max_context"] == ctx and w["head_kept"]
     assert w["windowed_tokens"] > 0
     for a, b in zip(full.assistant_turns, small.assistant_turns, strict=True):
         np.testing.assert_array_equal(a.token_ids, b.token_ids)  # nothing dropped

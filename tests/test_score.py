@@ -8,8 +8,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_lm, tool_tokenizer
-from test_runner import Spy, _script
 
 from agentropy.agent.runner import rollout
 from agentropy.agent.score import ScoreConfig, rescore_episodes, score_conversations
@@ -17,6 +15,8 @@ from agentropy.control.base import ConstantTemperature
 from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
 from agentropy.trace import Episode
 from agentropy.trace.importers.chat import Conversation, validate_messages
+from conftest import tiny_lm, tool_tokenizer
+from test_runner import Spy, _script
 
 torch.set_num_threads(1)
 

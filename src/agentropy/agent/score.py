@@ -42,15 +42,17 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from agentropy.control.phases import PhaseMarkers, decode_token_texts, episode_phases
 from agentropy.errors import InputError
 from agentropy.trace import Episode, ToolCall, Turn
 from agentropy.trace.importers.chat import Conversation, FailureDetector
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["WINDOW_POLICY", "ScoreConfig", "rescore_episodes", "score_conversations"]
 
@@ -183,9 +185,7 @@ def _head_tokens(tokenizer: Any, conv: Conversation) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _prepare(
-    tokenizer: Any, conv: Conversation, eos: set[int], detect: FailureDetector
-) -> _Item:
+def _prepare(tokenizer: Any, conv: Conversation, eos: set[int], detect: FailureDetector) -> _Item:
     """Render and locate the assistant tokens of one conversation; build its episode."""
     meta = dict(conv.meta)
     if conv.raw is not None:
@@ -280,11 +280,21 @@ def _logits_fn(model: Any) -> Callable[..., torch.Tensor] | None:
     return head
 
 
-@torch.inference_mode()
 def _run_batch(
     model: Any, jobs: Sequence[_Job], pad_id: int, config: ScoreConfig
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(logprob, entropy) of each job's targets, from one padded forward pass."""
+    import torch
+
+    with torch.inference_mode():
+        return _forward_batch(model, jobs, pad_id, config)
+
+
+def _forward_batch(
+    model: Any, jobs: Sequence[_Job], pad_id: int, config: ScoreConfig
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    import torch
+
     from agentropy.entropy import logprobs_and_entropy
 
     device = next(model.parameters()).device

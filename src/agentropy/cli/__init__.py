@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bootstrap",
     "check",
     "analyze",
+    "score",
     "watch",
     "rollout",
     "eval",

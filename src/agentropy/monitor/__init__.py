@@ -34,8 +34,8 @@ from agentropy.monitor.detector import (
     load_state,
     state_dict,
 )
-from agentropy.trace.importers.scalars import DEFAULT_TAGS, TagMap
 from agentropy.monitor.tracker import Tracker
+from agentropy.trace.importers.scalars import DEFAULT_TAGS, TagMap
 
 __all__ = [
     "ALERT_NAMES",

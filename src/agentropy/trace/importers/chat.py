@@ -204,7 +204,11 @@ def validate_messages(
             for j, tc in enumerate(calls):
                 cw = f"{where}.tool_calls[{j}]"
                 f = tc.get("function") if isinstance(tc, Mapping) else None
-                if not isinstance(f, Mapping) or not isinstance(f.get("name"), str) or not f["name"]:
+                if (
+                    not isinstance(f, Mapping)
+                    or not isinstance(f.get("name"), str)
+                    or not f["name"]
+                ):
                     raise InputError("needs function.name, a string", field=f"{cw}.function", **w)
                 args = f.get("arguments", "{}")
                 if isinstance(args, Mapping):  # some logs store the object itself
@@ -281,7 +285,7 @@ def _chat(obj: Any, w: dict[str, Any], default_id: str, key: str) -> Conversatio
     if not isinstance(obj, Mapping):
         raise InputError(f"must be a JSON object, got {type(obj).__name__}", **w)
     if key not in obj:
-        raise InputError(f"missing the messages list (use --messages-key for another name)",
+        raise InputError("missing the messages list (use --messages-key for another name)",
                          field=key, **w)  # fmt: skip
     messages = validate_messages(obj[key], key=key, **w)
     tools = obj.get("tools")
@@ -363,7 +367,9 @@ def _trl(p: Path, messages_key: str) -> Iterator[Conversation]:
         cid = f"{p.stem}-{r}"
         reward = sum(rewards) if rewards else None
         if isinstance(prompt, str) and isinstance(completion, str):
-            yield Conversation(id=cid, reward=reward, step=step, meta=meta, raw=(prompt, completion))
+            yield Conversation(
+                id=cid, reward=reward, step=step, meta=meta, raw=(prompt, completion)
+            )
             continue
         if not isinstance(prompt, list) or not isinstance(completion, list):
             raise InputError("prompt and completion must both be text or both be messages",

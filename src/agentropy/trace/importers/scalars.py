@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agentropy.errors import InputError
-from agentropy.trace.importers._tfevents import EventFileReader
 from agentropy.trace import PHASES
+from agentropy.trace.importers._tfevents import EventFileReader
 
 __all__ = [
     "DEFAULT_TAGS",

@@ -20,6 +20,7 @@ import typer
 from agentropy.agent.score import ScoreConfig
 from agentropy.cli._common import guarded
 from agentropy.trace.importers.chat import FORMATS
+from agentropy.trace.importers.logprobs import DEFAULT_VOCAB_SIZE
 
 _DEFAULTS = ScoreConfig()
 
@@ -79,11 +80,17 @@ def score(
     max_batch_tokens: int = typer.Option(
         _DEFAULTS.max_batch_tokens, "--max-batch-tokens", help="Padded tokens per forward pass."
     ),
+    vocab_size: int = typer.Option(
+        DEFAULT_VOCAB_SIZE,
+        "--vocab-size",
+        help="Top-k logprob inputs: vocabulary size V of "
+        "the model that produced them (for the entropy upper bound).",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Teacher-forced per-token entropy, log-prob and token ids of existing conversations."""
     _run(inputs, out, model, messages_key, fmt, error_pattern, max_context, max_batch_tokens,
-         progress)  # fmt: skip
+         vocab_size, progress)  # fmt: skip
 
 
 @guarded
@@ -96,6 +103,7 @@ def _run(
     error_pattern: str | None,
     max_context: int | None,
     max_batch_tokens: int,
+    vocab_size: int,
     progress: bool,
 ) -> None:
     from agentropy.agent.loading import load_model
@@ -113,14 +121,22 @@ def _run(
             raise ValueError(f"{p}: no such file or directory")
     to_jsonl = out.suffix in (".jsonl", ".json")
     done = set() if to_jsonl else _existing_ids(out)
+    from agentropy.trace.importers.chat import sniff_format
+    from agentropy.trace.importers.logprobs import read_logprob_episodes
+
     traces = [p for p in inputs if _is_trace(p)]
-    chats = [p for p in inputs if p not in traces]
+    with_lp = [p for p in inputs if p not in traces
+               and (fmt == "logprobs" or (fmt == "auto" and sniff_format(p) == "logprobs"))]  # fmt: skip
+    chats = [p for p in inputs if p not in traces and p not in with_lp]
     # Validate every conversation before loading the model: bad input fails fast with exit 2.
     ids = [c.id for p in chats for c in read_conversations(p, fmt=fmt, messages_key=messages_key)]  # type: ignore[arg-type]
     ids += [e.episode_id for p in traces for e in iter_episodes(p)]
+    ids += [e.episode_id for p in with_lp for e in read_logprob_episodes(p, vocab_size=vocab_size,
+                                                                         error_pattern=error_pattern)]  # fmt: skip
     n = sum(i not in done for i in ids)
     n_skipped = len(ids) - n
-    lm, tok = load_model(model_dir)
+    # Inputs with top-k logprobs need no model: load one only for the rest.
+    lm, tok = load_model(model_dir) if chats or traces else (None, None)
     bar: Any = None
     if progress:
         from rich.progress import Progress
@@ -134,6 +150,11 @@ def _run(
             bar.advance(task, k)
 
     def episodes() -> Iterator[Any]:
+        for p in with_lp:
+            for ep in read_logprob_episodes(p, vocab_size=vocab_size, error_pattern=error_pattern):
+                if ep.episode_id not in done:
+                    yield ep
+                    advance(1)
         for p in chats:
             convs = (c for c in read_conversations(p, fmt=fmt, messages_key=messages_key)  # type: ignore[arg-type]
                      if c.id not in done)  # fmt: skip

@@ -55,7 +55,9 @@ __all__ = [
     "SUCCESS_KEYS",
     "Conversation",
     "FailureDetector",
+    "has_logprobs",
     "read_conversations",
+    "sniff_format",
     "validate_messages",
 ]
 
@@ -68,8 +70,8 @@ REWARD_KEYS: tuple[str, ...] = ("reward", "score")
 #: Default failure detector: a JSON object with an ``error`` key, or ``Error...`` / ``error:...``.
 DEFAULT_ERROR_PATTERN = r"\A\s*(?:Error|error:|\{\s*\"error\"\s*:)"
 
-Format = Literal["auto", "chat", "verl", "trl"]
-FORMATS: tuple[str, ...] = ("auto", "chat", "verl", "trl")
+Format = Literal["auto", "chat", "verl", "trl", "logprobs"]
+FORMATS: tuple[str, ...] = ("auto", "chat", "verl", "trl", "logprobs")
 
 
 class FailureDetector:
@@ -385,12 +387,27 @@ def _trl(p: Path, messages_key: str) -> Iterator[Conversation]:
         yield Conversation(id=cid, messages=messages, reward=reward, step=step, meta=meta)
 
 
+def has_logprobs(obj: Any) -> bool:
+    """Whether a parsed line is a chat-completion response (``choices``) or a conversation whose
+    assistant messages carry ``logprobs`` (:mod:`~agentropy.trace.importers.logprobs`)."""
+    if not isinstance(obj, Mapping):
+        return False
+    if isinstance(obj.get("choices"), list):
+        return True
+    msgs = obj.get("messages")
+    return isinstance(msgs, list) and any(
+        isinstance(m, Mapping) and m.get("role") == "assistant" and m.get("logprobs") for m in msgs
+    )
+
+
 def sniff_format(path: Path) -> str:
-    """``trl`` for a Parquet file, ``verl`` if the first object has ``input``/``output`` strings,
-    else ``chat``."""
+    """``trl`` for a Parquet file; from the first object: ``logprobs`` if it carries top-k
+    logprobs, ``verl`` if it has ``input``/``output`` strings; else ``chat``."""
     if path.suffix == ".parquet":
         return "trl"
     for _, obj in _json_items(path):
+        if has_logprobs(obj):
+            return "logprobs"
         if isinstance(obj, Mapping) and isinstance(obj.get("input"), str) and "output" in obj:
             return "verl"
         break
@@ -411,6 +428,12 @@ def read_conversations(
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     kind = sniff_format(p) if fmt == "auto" else fmt
+    if kind == "logprobs":
+        raise InputError(
+            "holds top-k logprobs: read it with agentropy.trace.importers.logprobs (no model "
+            "needed)",
+            path=p,
+        )
     if kind == "trl":
         yield from _trl(p, messages_key)
         return

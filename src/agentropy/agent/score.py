@@ -305,8 +305,10 @@ def _forward_batch(
         ids[r, : len(j.ids)] = torch.tensor(j.ids, dtype=torch.long)
         mask[r, : len(j.ids)] = 1
     pos = torch.arange(width).expand(len(jobs), width)
-    kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device),
-              "position_ids": pos.to(device), "use_cache": False}  # fmt: skip
+    kwargs = {"input_ids": ids.to(device), "position_ids": pos.to(device), "use_cache": False}
+    if not bool(mask.all()):
+        # Without padding no mask is passed: attention then takes its causal fast path.
+        kwargs["attention_mask"] = mask.to(device)
     rows = torch.tensor([r for r, j in enumerate(jobs) for _ in j.cols], dtype=torch.long)
     cols = torch.tensor([c for j in jobs for c in j.cols], dtype=torch.long)
     tgt = torch.tensor([j.ids[c + 1] if c + 1 < len(j.ids) else -1 for j in jobs for c in j.cols])

@@ -132,3 +132,21 @@ def test_failure_detector():
     assert d('{"status": 500, "error": {"code": 1}}')
     assert not d('{"value": 3}') and not d("no error here") and not d("errors: 0")
     assert FailureDetector("timeout")("request timeout") and not FailureDetector("x")("Error")
+
+
+def test_verl_dump_is_scored_as_one_assistant_turn(tmp_path, random_llama, tiny_tokenizer):
+    from agentropy.agent.score import score_conversations
+
+    f = tmp_path / "12.jsonl"
+    f.write_text(json.dumps({"input": "What is 2+3?", "output": "It is <answer>5</answer>",
+                             "score": 0.0, "step": 12}) + "\n")  # fmt: skip
+    (ep,) = score_conversations(random_llama, tiny_tokenizer, read_conversations(f))
+    (turn,) = ep.turns
+    n_prompt = len(tiny_tokenizer("What is 2+3?", add_special_tokens=False)["input_ids"])
+    ids = tiny_tokenizer("What is 2+3?It is <answer>5</answer>", add_special_tokens=False)
+    assert (
+        turn.token_ids.tolist()
+        == tiny_tokenizer("It is <answer>5</answer>", add_special_tokens=False)["input_ids"]
+    )
+    assert n_prompt < len(ids["input_ids"])
+    assert ep.step == 12 and ep.reward == 0.0 and "answer" in turn.phase_names

@@ -161,3 +161,23 @@ def test_batching_does_not_change_results(tok, world):
         np.testing.assert_allclose(a.turns[0].entropy, b.turns[0].entropy, atol=1e-5)
         np.testing.assert_allclose(a.turns[0].logprob, b.turns[0].logprob, atol=1e-5)
     json.dumps([m.meta for m in many])
+
+
+def test_templates_without_a_generation_mask_use_prefix_rendering(tok, world):
+    """Real Qwen templates have no {% generation %} block: spans come from prefix renderings."""
+    model = _scripted(tok, "qwen3")
+    episodes = _runner_episodes(tok, world, model)
+    convs = [Conversation(id=ep.episode_id, messages=validate_messages(_messages(ep, tok, world)),
+                          tools=world.tool_schemas()) for ep in episodes]  # fmt: skip
+    plain = tool_tokenizer()
+    plain.chat_template = tok.chat_template.replace("{%- generation %}", "").replace(
+        "{%- endgeneration %}", ""
+    )
+    assert "generation %}" not in plain.chat_template
+    masked = list(score_conversations(model, tok, convs))
+    prefixed = list(score_conversations(model, plain, convs))
+    for a, b in zip(masked, prefixed, strict=True):
+        for x, y in zip(a.assistant_turns, b.assistant_turns, strict=True):
+            np.testing.assert_array_equal(x.token_ids, y.token_ids)
+            np.testing.assert_array_equal(x.phase, y.phase)
+            np.testing.assert_allclose(x.entropy, y.entropy, atol=1e-6)

@@ -181,3 +181,51 @@ def test_templates_without_a_generation_mask_use_prefix_rendering(tok, world):
             np.testing.assert_array_equal(x.token_ids, y.token_ids)
             np.testing.assert_array_equal(x.phase, y.phase)
             np.testing.assert_allclose(x.entropy, y.entropy, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_embedded_agent_parity(world):
+    """The embedded agent (bootstrapped on first use): runner at T = 1 vs ``score``, both paths."""
+    from agentropy.agent.config import RunnerConfig
+    from agentropy.agent.tiny import load_agent
+
+    model, tk = load_agent(progress=False)
+    tasks = [t for lv in (1, 2, 3) for t in world.tasks(split="test", level=lv, n=4, seed=1)]
+    cfg = RunnerConfig(max_turns=6, max_new_tokens=96, batch_size=6, record_inputs=True)
+    episodes = rollout(model, tk, world, tasks, schedule=ConstantTemperature(1.0), config=cfg,
+                       seed=5)  # fmt: skip
+    rescored = list(rescore_episodes(model, tk, episodes))
+    worst, n = 0.0, 0
+    for ep, sc in zip(episodes, rescored, strict=True):
+        for a, b in zip(ep.assistant_turns, sc.assistant_turns, strict=True):
+            np.testing.assert_array_equal(a.token_ids, b.token_ids)
+            np.testing.assert_array_equal(a.phase, b.phase)
+            worst = max(worst, float(np.abs(a.entropy - b.entropy).max()),
+                        float(np.abs(a.logprob - b.logprob).max()))  # fmt: skip
+            n += a.n_tokens
+    assert worst < 1e-4 and n > 200, (worst, n)
+    assert [t.status for ep in episodes for t in ep.tool_turns] == [
+        t.status for ep in rescored for t in ep.tool_turns
+    ]
+    # As chat messages (re-rendered, re-tokenised): as long as the re-tokenisation gives back the
+    # sampled tokens (so the whole context is the same), values, phases and statuses are the
+    # runner's.
+    convs = [Conversation(id=ep.episode_id, messages=validate_messages(_messages(ep, tk, world)),
+                          tools=world.tool_schemas()) for ep in episodes]  # fmt: skip
+    same = 0
+    for ep, sc in zip(episodes, score_conversations(model, tk, convs), strict=True):
+        runner = list(ep.turns)
+        while runner and runner[-1].role == "tool":
+            runner.pop()
+        for a, b in zip(runner, sc.turns, strict=True):
+            if a.role == "tool":
+                assert a.status == b.status
+                continue
+            m = a.n_tokens
+            if b.token_ids[:m].tolist() != a.token_ids.tolist():
+                break  # from here on the re-tokenised history differs: another context
+            np.testing.assert_allclose(b.entropy[:m], a.entropy, atol=1e-4, rtol=0)
+            np.testing.assert_allclose(b.logprob[:m], a.logprob, atol=1e-4, rtol=0)
+            np.testing.assert_array_equal(b.phase[:m], a.phase)
+            same += 1
+    assert same >= 0.5 * sum(len(ep.assistant_turns) for ep in episodes), same

@@ -124,7 +124,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--batch-tokens", type=int, default=8192)
+    ap.add_argument("--batch-tokens", type=int, default=None, help="default: score's own")
     ap.add_argument("--worker", choices=["naive", "score", "setup"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:

@@ -17,7 +17,7 @@ from typing import Any
 
 import typer
 
-from agentropy.agent.score import ScoreConfig
+from agentropy.agent.score import ACCELERATOR_BATCH_TOKENS, ScoreConfig
 from agentropy.cli._common import guarded
 from agentropy.trace.importers.chat import FORMATS
 from agentropy.trace.importers.logprobs import DEFAULT_VOCAB_SIZE
@@ -77,8 +77,11 @@ def score(
         help="Context length (default: the model's); longer "
         "conversations keep the system prompt and slide over the rest.",
     ),
-    max_batch_tokens: int = typer.Option(
-        _DEFAULTS.max_batch_tokens, "--max-batch-tokens", help="Padded tokens per forward pass."
+    max_batch_tokens: int | None = typer.Option(
+        _DEFAULTS.max_batch_tokens,
+        "--max-batch-tokens",
+        help=f"Padded tokens per forward pass (default: {ACCELERATOR_BATCH_TOKENS} on a GPU, one "
+        "conversation per pass on CPU).",
     ),
     vocab_size: int = typer.Option(
         DEFAULT_VOCAB_SIZE,
@@ -102,7 +105,7 @@ def _run(
     fmt: str,
     error_pattern: str | None,
     max_context: int | None,
-    max_batch_tokens: int,
+    max_batch_tokens: int | None,
     vocab_size: int,
     progress: bool,
 ) -> None:

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from agentropy.cli import app
 from agentropy.trace import read_jsonl, read_parquet
+from conftest import tiny_lm, tool_tokenizer
 
 GOOD: dict[str, Any] = {
     "id": "c1",
@@ -34,8 +35,6 @@ GOOD: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    from conftest import tiny_lm, tool_tokenizer
-
     tok = tool_tokenizer()
     d = tmp_path_factory.mktemp("m")
     tiny_lm(tok, seed=0).save_pretrained(d)

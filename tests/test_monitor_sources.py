@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from agentropy.errors import InputError
-from agentropy.monitor._tfevents import EventFileReader, crc32c, masked_crc32c
-from agentropy.monitor.sources import CsvSource, TagMap, discover, norm_tag
+from agentropy.trace.importers._tfevents import EventFileReader, crc32c, masked_crc32c
+from agentropy.trace.importers.scalars import CsvSource, TagMap, discover, norm_tag
 
 # ---- a minimal event-file writer, written from the TFRecord and event.proto specifications
 
@@ -218,3 +218,10 @@ def test_real_torch_summary_writer_directory(tmp_path):
     raw = src.poll()
     assert sorted(raw) == [1, 2, 3, 4, 5]
     assert raw[3]["actor/entropy"] == pytest.approx(0.53)
+
+
+def test_default_tags_cover_exactly_the_monitor_metrics():
+    from agentropy.monitor import METRICS
+    from agentropy.trace.importers.scalars import DEFAULT_TAGS
+
+    assert tuple(DEFAULT_TAGS) == METRICS

@@ -56,7 +56,7 @@ def test_bad_stop_on():
 
 def test_import_monitor_is_cheap():
     code = (
-        "import sys, agentropy.monitor, agentropy.monitor.sources; "
+        "import sys, agentropy.monitor, agentropy.trace.importers.scalars; "
         "print(','.join(m for m in ('torch', 'pyarrow', 'scipy', 'ruptures', 'trl') "
         "if m in sys.modules))"
     )

@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bootstrap",
     "check",
     "analyze",
+    "score",
     "watch",
     "rollout",
     "eval",

@@ -154,8 +154,21 @@ def analyze(
     ),
     seed: int = SEED_OPTION,
     force: bool = FORCE_OPTION,
+    entropy_tag: str | None = typer.Option(
+        None, "--entropy-tag", help="Training scalars: the tag holding mean entropy per step."
+    ),
+    reward_tag: str | None = typer.Option(
+        None, "--reward-tag", help="Training scalars: the tag holding mean reward per step."
+    ),
 ) -> None:
-    """Eruptions, contractions, loops, recovery vs spike, costs and training cycles."""
+    """Eruptions, contractions, loops, recovery vs spike, costs and training cycles.
+
+    PATH may also be training scalars (TensorBoard event directories, CSV exports e.g. from
+    W&B): then the training-cycle analysis runs on their per-step entropy and reward.
+    """
+    if _scalar_paths(paths):
+        _run_scalars(paths, json_out, entropy_tag, reward_tag, force)
+        return
     _run(paths, json_out, nan_policy, reference, tools, seed, force)
 
 
@@ -191,6 +204,94 @@ def _run(
     _print_summary(summary)
     if json_out is not None:
         atomic_write_text(json_out, text + "\n", force=force)
+
+
+# ---------------------------------------------------------------- training scalars (TB / CSV)
+
+
+@guarded
+def _scalar_paths(paths: list[Path]) -> bool:
+    """True when every path holds training scalars; mixing them with traces is an error."""
+    from agentropy.trace.importers.scalars import is_scalar_input
+
+    kinds = [is_scalar_input(p) for p in paths]
+    if any(kinds) and not all(kinds):
+        raise ValueError(
+            "pass either trace files/stores or training scalars (TensorBoard/CSV), not both"
+        )
+    return bool(kinds) and all(kinds)
+
+
+def scalar_training_summary(run: Any) -> dict[str, Any]:
+    """Training-cycle analysis of one :class:`~agentropy.trace.importers.scalars.ScalarRun`:
+    cycles and regimes of the entropy series (and of each phase series present), and the
+    ``R = -a exp(H) + b`` fit when a reward series is present. JSON-ready."""
+    import dataclasses
+
+    from agentropy.analysis.training import detect_cycles, fit_exp_reward
+
+    reward = run.series.get("reward")
+    out: dict[str, Any] = {"run": run.name, "kind": run.kind, "steps": int(run.steps.shape[0]),
+                           "tags": dict(run.tags), "channels": {}}  # fmt: skip
+    for metric, x in run.series.items():
+        if not metric.startswith("entropy"):
+            continue
+        cycles, regimes = detect_cycles(run.steps, x, reward)
+        out["channels"][metric] = {
+            "cycles": [dataclasses.asdict(c) for c in cycles],
+            "regimes": {r: regimes.count(r) for r in ("descent", "eruption", "subsidence")},
+        }
+    out["fit"] = fit_exp_reward(run.series["entropy"], reward) if reward is not None else None
+    return out
+
+
+@guarded
+def _run_scalars(
+    paths: list[Path],
+    json_out: str | None,
+    entropy_tag: str | None,
+    reward_tag: str | None,
+    force: bool,
+) -> None:
+    from agentropy.outputs import atomic_write_text, check_output
+    from agentropy.trace.importers.scalars import read_scalar_runs
+
+    if json_out is not None and json_out != "-":
+        check_output(json_out, force=force)
+    runs = [r for p in paths for r in read_scalar_runs(p, entropy_tag=entropy_tag,
+                                                       reward_tag=reward_tag)]  # fmt: skip
+    summary = {"scalars": [scalar_training_summary(r) for r in runs]}
+    text = json.dumps(summary, indent=2, allow_nan=False, default=_json_default)
+    if json_out == "-":
+        typer.echo(text)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for s in summary["scalars"]:
+        t = Table(title=f"Training cycles: {s['run']} ({s['kind']}, {s['steps']} steps)")
+        for col in ("channel", "start", "peak", "end", "amplitude", "kind"):
+            t.add_column(col, justify="right")
+        for channel, c in s["channels"].items():
+            for cyc in c["cycles"]:
+                t.add_row(channel, str(cyc["start_step"]), str(cyc["peak_step"]),
+                          str(cyc["end_step"]), _fmt(cyc["amplitude"]), cyc["kind"])  # fmt: skip
+        console.print(t)
+        fit = s["fit"]
+        if fit is not None:
+            console.print(f"R = -a exp(H) + b: a={_fmt(fit['a'])} b={_fmt(fit['b'])} "
+                          f"R^2={_fmt(fit['r2'])} (n={fit['n']})")  # fmt: skip
+    if json_out is not None:
+        atomic_write_text(json_out, text + "\n", force=force)
+
+
+def _json_default(x: Any) -> Any:
+    import numpy as np
+
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
 def register(app: typer.Typer) -> None:

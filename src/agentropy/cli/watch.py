@@ -2,7 +2,7 @@
 
 Each PATH is a TensorBoard log directory (several runs inside are watched separately), a CSV
 export (file or directory), our trainer's run directory or its ``metrics.parquet`` (see
-:mod:`agentropy.monitor.sources`). Every new step goes through the streaming detector
+:mod:`agentropy.trace.importers.scalars`). Every new step goes through the streaming detector
 (:mod:`agentropy.monitor.detector`); the terminal shows per-phase entropy, reward and the alerts.
 verl's and TRL's metric names are recognised by default; ``--entropy-tag``, ``--reward-tag`` and
 ``--tag METRIC=TAG`` point at others.
@@ -231,7 +231,7 @@ def _run(
 
     from agentropy.errors import InputError
     from agentropy.monitor import Monitor
-    from agentropy.monitor.sources import TagMap, discover
+    from agentropy.trace.importers.scalars import TagMap, discover
 
     fail_on = _parse_fail_on(fail_on_text)
     if not interval > 0:

@@ -7,7 +7,7 @@
 - :mod:`agentropy.monitor.attribution`: the covariance of sampled tokens' log-prob and advantage
   per phase and the entropy change it predicts (arXiv 2505.22617); imports torch, so it is loaded
   only when used.
-- :mod:`agentropy.monitor.sources`: scalar readers (TensorBoard event files, CSV exports, our
+- :mod:`agentropy.trace.importers.scalars`: scalar readers (TensorBoard event files, CSV exports, our
   trainer's ``metrics.parquet``) and the tag map from TRL / verl / agentropy names to
   :data:`METRICS`.
 - :mod:`agentropy.monitor.tracker`: :class:`Tracker`, the stateful wrapper trainers and
@@ -34,8 +34,8 @@ from agentropy.monitor.detector import (
     load_state,
     state_dict,
 )
-from agentropy.monitor.sources import DEFAULT_TAGS, TagMap
 from agentropy.monitor.tracker import Tracker
+from agentropy.trace.importers.scalars import DEFAULT_TAGS, TagMap
 
 __all__ = [
     "ALERT_NAMES",

@@ -12,7 +12,7 @@ names are those of :func:`agentropy.analysis.training.step_series`): model entro
 per phase (``entropy``, ``entropy_plan`` ... ``entropy_answer``, nats), ``reward``, ``length``
 (tokens per episode), ``loop_rate`` (duplication), ``hallucination_rate``, ``valid_action_rate``
 (share of tool calls that parse), ``failure_rate`` (failed tool calls / calls). Map a
-framework's own tag names onto these with :mod:`agentropy.monitor.sources`.
+framework's own tag names onto these with :mod:`agentropy.trace.importers.scalars`.
 
 **Entropy channels.** Each entropy metric present is tracked on its own (so ``entropy_recover``
 can erupt while ``entropy_plan`` stays calm); reward and the rates are shared evidence. A channel

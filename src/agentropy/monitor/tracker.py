@@ -28,7 +28,7 @@ from agentropy.monitor.detector import (
     load_state,
     state_dict,
 )
-from agentropy.monitor.sources import TagMap
+from agentropy.trace.importers.scalars import TagMap
 
 __all__ = ["Tracker"]
 

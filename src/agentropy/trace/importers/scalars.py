@@ -1,9 +1,13 @@
 """Per-step scalars from the logs runs already write, mapped onto the monitor's metric names.
 
+Used by ``agentropy watch`` (the live monitor) and by ``agentropy analyze`` on TensorBoard / CSV
+inputs (the training-cycle analysis); it lives with the other importers because it reads other
+systems' logs and knows nothing about the monitor beyond the metric names below.
+
 **Readers** (each incremental, so ``agentropy watch`` can follow a run while it trains):
 
 - TensorBoard event directories (``events.out.tfevents.*``, decoded by
-  :mod:`agentropy.monitor._tfevents` without TensorBoard installed). Event files directly in the
+  :mod:`agentropy.trace.importers._tfevents` without TensorBoard installed). Event files directly in the
   directory form one run; otherwise every sub-directory holding event files is a run (what
   TensorBoard itself does with ``runs/<name>/``). Files of one run are read in name order (a
   resumed run adds a newer file); for a repeated (step, tag) the last value wins.
@@ -34,10 +38,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from agentropy.errors import InputError
-from agentropy.monitor._tfevents import EventFileReader
-from agentropy.monitor.detector import METRICS
 from agentropy.trace import PHASES
+from agentropy.trace.importers._tfevents import EventFileReader
 
 __all__ = [
     "DEFAULT_TAGS",
@@ -45,12 +50,17 @@ __all__ = [
     "CsvSource",
     "EventDirSource",
     "ParquetSource",
+    "ScalarRun",
     "ScalarSource",
     "TagMap",
     "discover",
+    "is_scalar_input",
+    "read_scalar_runs",
 ]
 
-#: Tags that may carry each monitor metric, in order of preference.
+#: Tags that may carry each monitor metric, in order of preference. Its keys are exactly
+#: :data:`agentropy.monitor.METRICS` (a test checks it); this module does not import the monitor,
+#: which imports it.
 DEFAULT_TAGS: dict[str, tuple[str, ...]] = {
     "entropy": ("entropy/mean", "actor/entropy", "train/entropy", "entropy"),
     **{f"entropy_{p}": (f"entropy/{p}_mean", f"entropy_{p}") for p in PHASES},
@@ -126,8 +136,10 @@ class TagMap:
         if reward_tag:
             over["reward"] = reward_tag
         for metric, tag in over.items():
-            if metric not in METRICS:
-                raise ValueError(f"unknown monitor metric {metric!r}; expected one of {METRICS}")
+            if metric not in DEFAULT_TAGS:
+                raise ValueError(
+                    f"unknown monitor metric {metric!r}; expected one of {tuple(DEFAULT_TAGS)}"
+                )
             tags[metric] = (tag, *tags.get(metric, ()))
         return cls(tags)
 
@@ -358,3 +370,64 @@ def discover(path: str | Path) -> list[ScalarSource]:
         "logged yet)",
         path=p,
     )
+
+
+# -------------------------------------------------------------------------------- whole runs
+
+
+def is_scalar_input(path: str | Path) -> bool:
+    """Whether ``path`` holds training scalars (TensorBoard events or CSV) rather than traces.
+
+    A trace store (a directory with ``episodes/``) and JSONL trace files are not scalar inputs.
+    """
+    p = Path(path)
+    if p.is_file():
+        return p.suffix == ".csv" or "tfevents" in p.name
+    if not p.is_dir() or (p / "episodes").is_dir():
+        return False
+    return any(p.glob("*.csv")) or any(f.is_file() for f in p.rglob("*tfevents*"))
+
+
+@dataclass(frozen=True)
+class ScalarRun:
+    """One run's per-step series, keyed by monitor metric; steps sorted ascending."""
+
+    name: str
+    kind: str
+    steps: np.ndarray
+    """(S,) int64 step numbers."""
+    series: dict[str, np.ndarray]
+    """metric -> (S,) float64, NaN where the step did not log it; only metrics that appear."""
+    tags: dict[str, str]
+    """metric -> the raw tag that fed it."""
+
+
+def read_scalar_runs(
+    path: str | Path, *, entropy_tag: str | None = None, reward_tag: str | None = None
+) -> list[ScalarRun]:
+    """Every run under ``path`` read whole (see :func:`discover`), mapped through the tag map.
+
+    ``entropy_tag`` / ``reward_tag`` take precedence over the default tags. A run with no
+    entropy series is an error naming the tags tried, since nothing can be analysed without it.
+    """
+    tag_map = TagMap.default(entropy_tag=entropy_tag, reward_tag=reward_tag)
+    runs = []
+    for src in discover(path):
+        raw = src.poll()
+        steps = np.asarray(sorted(raw), dtype=np.int64)
+        all_tags = {t for row in raw.values() for t in row}
+        resolved = [tag_map.resolve(raw[int(s)]) for s in steps]
+        series: dict[str, np.ndarray] = {}
+        for metric in tag_map.tags:
+            vals = [r[metric] for r in resolved]
+            if any(v is not None for v in vals):
+                series[metric] = np.asarray([np.nan if v is None else v for v in vals], np.float64)
+        if "entropy" not in series:
+            raise InputError(
+                f"no entropy series in run {src.name!r}: none of the tags "
+                f"{list(tag_map.tags['entropy'])} was logged (pass --entropy-tag; tags seen: "
+                f"{sorted(all_tags)[:12]})",
+                path=src.path,
+            )
+        runs.append(ScalarRun(src.name, src.kind, steps, series, tag_map.source_of(all_tags)))
+    return runs

@@ -51,6 +51,7 @@ __all__ = [
     "TagMap",
     "Tracker",
     "agreement",
+    "attribution_metrics",
     "covariance_stats",
     "entropy_change_attribution",
     "finalize",
@@ -58,7 +59,13 @@ __all__ = [
     "state_dict",
 ]
 
-_LAZY = {"agreement", "covariance_stats", "entropy_change_attribution", "finalize"}
+_LAZY = {
+    "agreement",
+    "attribution_metrics",
+    "covariance_stats",
+    "entropy_change_attribution",
+    "finalize",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -61,9 +61,24 @@ training episode with ``step`` set, so ``agentropy analyze out/traces`` finds tr
 ``eval_traces/``; ``checkpoints/step-NNNNNN/state.pt``; ``final/`` (``save_pretrained`` model and
 tokenizer); ``summary.json``; ``tb/`` if TensorBoard is importable.
 
+Live monitor (:mod:`agentropy.monitor`), every step, after the step's metrics are complete:
+``breath/loop_rate``, ``breath/hallucination_rate``, ``breath/valid_action_rate``,
+``breath/failure_rate`` (:mod:`agentropy.monitor.rates`) and ``rollout/entropy[_<phase>]`` (the
+sampling-time model entropy) join the row; a :class:`~agentropy.monitor.Tracker` turns the row
+into alerts, logged as ``monitor/alerts`` and ``monitor/<name>`` counts, printed to the console
+and kept in ``summary.json["alerts"]``; ``config.stop_on`` names alerts that end the run (after
+a checkpoint of that step). Why entropy moved: the first PPO epoch sums, per phase, the
+covariance statistics of the sampled tokens' T = 1 log-prob and their advantage
+(:func:`agentropy.monitor.covariance_stats`, arXiv 2505.22617), logged as ``cov/<group>`` and
+the predicted change ``cov/<group>_pred_dH`` (= -cov, logit step 1); once the next step's
+rollouts exist, the realised change ``cov/<group>_realised_dH`` (next step's
+``rollout/entropy[_<group>]`` minus this step's) is written into the same row of
+``metrics.parquet`` (TensorBoard gets the rows as they are logged, so without it).
+``time/monitor_s`` is the monitor's share of ``time/step_s``.
+
 Resume (``resume=True``): the newest checkpoint restores model, optimizer, loss-coefficient state,
-curriculum state, evaluation history and every RNG (python, numpy, torch, the trainer's numpy
-generator); per-step sampler seeds derive from ``(seed, step)``, so the next step is exactly the
+curriculum state, evaluation history, the monitor's state and every RNG (python, numpy, torch,
+the trainer's numpy generator); per-step sampler seeds derive from ``(seed, step)``, so the next step is exactly the
 step an uninterrupted run would have taken. The sampling controller keeps no state across steps
 (the runner re-initialises it for every batch of episodes), so there is none to save beyond its
 name.

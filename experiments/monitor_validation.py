@@ -39,13 +39,13 @@ DETECT_WITHIN = 3
 BAD_ALERTS = ("divergence", "collapse")
 
 
-def run(kind: str, seed: int, steps: int, out: str) -> None:
+def run(kind: str, seed: int, steps: int, out: str, model: str | None = None) -> None:
     from agentropy.rl.config import TrainConfig
     from agentropy.rl.trainer import train
 
     extra = {"lr": 3e-4, "loss": "vanilla"} if kind == "unstable" else {}
     cfg = TrainConfig(
-        out=out, seed=seed, steps=steps, eval_episodes=8, eval_every=10_000,
+        out=out, model=model, seed=seed, steps=steps, eval_episodes=8, eval_every=10_000,
         checkpoint_every=0, threads=1, progress=False, **extra,
     )  # fmt: skip
     train(cfg)
@@ -107,11 +107,12 @@ def main() -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--steps", type=int, default=20)
     r.add_argument("--out", required=True)
+    r.add_argument("--model", default=None, help="agent directory (default: the embedded agent)")
     s = sub.add_parser("summarize")
     s.add_argument("dirs", nargs="+")
     args = ap.parse_args()
     if args.cmd == "run":
-        run(args.kind, args.seed, args.steps, args.out)
+        run(args.kind, args.seed, args.steps, args.out, args.model)
     else:
         print(json.dumps(summarize(args.dirs), indent=1))
 

@@ -52,16 +52,22 @@ def run(kind: str, seed: int, steps: int, out: str, model: str | None = None) ->
 
 
 def summarize(dirs: list[str]) -> dict:
+    from agentropy.monitor import Tracker
     from agentropy.monitor.attribution import GROUPS, agreement
     from agentropy.rl.run import read_metrics
 
     runs, pooled = [], {g: ([], []) for g in GROUPS}
     for d in dirs:
         rows = read_metrics(d)
-        summary = json.loads((Path(d) / "summary.json").read_text())
         cfg = (Path(d) / "config.toml").read_text()
         kind = "unstable" if "lr = 0.0003" in cfg else "healthy"
-        alerts = summary["alerts"]
+        if (Path(d) / "summary.json").exists():
+            alerts = json.loads((Path(d) / "summary.json").read_text())["alerts"]
+        else:  # a run still going (or cut short): the detector is pure, replay its rows
+            tracker = Tracker()
+            for r in rows:
+                tracker.step(int(r["step"]), r)
+            alerts = [a.to_dict() for a in tracker.alerts]
         h = [r.get("rollout/entropy") for r in rows]
         onset = next((r["step"] for r in rows if r["rollout/entropy"] > ONSET_FACTOR * h[0]), None)
         bad = [a for a in alerts if a["name"] in BAD_ALERTS]

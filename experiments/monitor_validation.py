@@ -39,11 +39,15 @@ DETECT_WITHIN = 3
 BAD_ALERTS = ("divergence", "collapse")
 
 
-def run(kind: str, seed: int, steps: int, out: str, model: str | None = None) -> None:
+def run(
+    kind: str, seed: int, steps: int, out: str, model: str | None = None, loss: str | None = None
+) -> None:
     from agentropy.rl.config import TrainConfig
     from agentropy.rl.trainer import train
 
     extra = {"lr": 3e-4, "loss": "vanilla"} if kind == "unstable" else {}
+    if loss is not None:
+        extra["loss"] = loss
     cfg = TrainConfig(
         out=out, model=model, seed=seed, steps=steps, eval_episodes=8, eval_every=10_000,
         checkpoint_every=0, threads=1, progress=False, **extra,
@@ -114,11 +118,12 @@ def main() -> None:
     r.add_argument("--steps", type=int, default=20)
     r.add_argument("--out", required=True)
     r.add_argument("--model", default=None, help="agent directory (default: the embedded agent)")
+    r.add_argument("--loss", default=None, help="override the loss (unstable: vanilla)")
     s = sub.add_parser("summarize")
     s.add_argument("dirs", nargs="+")
     args = ap.parse_args()
     if args.cmd == "run":
-        run(args.kind, args.seed, args.steps, args.out, args.model)
+        run(args.kind, args.seed, args.steps, args.out, args.model, args.loss)
     else:
         print(json.dumps(summarize(args.dirs), indent=1))
 

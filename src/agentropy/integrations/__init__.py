@@ -25,9 +25,12 @@ _EXPORTS: dict[str, str] = {
          "prepare_tokenizer"),
         "_trl_core",
     ),
-    **dict.fromkeys(("BreathCallback", "BreathGRPOTrainer", "RhythmGRPOTrainer"), "trl"),
     **dict.fromkeys(
-        ("AGENT_NAME", "OFFSET_KEY", "PHASE_KEY", "VERL_AGG_MODES", "PhaseRecord", "global_scale", "pad_rows",
+        ("BreathCallback", "BreathGRPOTrainer", "MonitorCallback", "RhythmGRPOTrainer"), "trl"
+    ),
+    **dict.fromkeys(
+        ("AGENT_NAME", "OFFSET_KEY", "PHASE_KEY", "VERL_AGG_MODES", "PhaseRecord", "VerlMonitor",
+         "global_scale", "pad_rows",
          "phase_config", "rhythm_coef_update", "tool_failed", "turn_sampling_params"),
         "_verl_core",
     ),

@@ -4,7 +4,8 @@
 they can be tested and reused on TRL dumps without installing it. Definitions: phases follow
 :func:`agentropy.control.phases.episode_phases`, trigger offsets follow
 :func:`agentropy.rl.trainer.build_batch`, breath metrics are the analyzer's
-(:mod:`agentropy.analysis.breath`, ``loops``) over a logging window.
+(:mod:`agentropy.analysis.breath`, ``loops``) over a logging window, plus the live monitor's
+degeneracy rates (:mod:`agentropy.monitor.rates`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ BREATH_KEYS: tuple[str, ...] = (
     "breath/loops",
     "breath/loops_repeated_call",
     "breath/loops_ngram",
+    "breath/loop_rate",
+    "breath/hallucination_rate",
+    "breath/valid_action_rate",
+    "breath/failure_rate",
 )
 
 
@@ -263,6 +268,7 @@ def breath_metrics(
     """
     from agentropy.analysis.breath import KINDS, BreathConfig, analyze_triggers
     from agentropy.analysis.loops import LOOP_TYPES, LoopConfig, find_loops
+    from agentropy.monitor.rates import episode_rates
     from agentropy.trace import TraceTable
 
     episodes = [ep for ep in episodes if ep.n_tokens > 0]
@@ -298,4 +304,8 @@ def breath_metrics(
     out["loops"] = float(found.ep.shape[0])
     for i, kind in enumerate(LOOP_TYPES):
         out[f"loops_{kind}"] = float((found.type == i).sum())
-    return {prefix + k: v for k, v in out.items()}
+    out = {prefix + k: v for k, v in out.items()}
+    # The live monitor's evidence (agentropy.monitor.rates); undefined rates are left out.
+    rates = episode_rates(episodes, prefix=prefix)
+    out.update({k: v for k, v in rates.items() if v is not None})
+    return out

@@ -16,6 +16,7 @@ import torch
 from agentropy.control.temperature import PhaseTemperature, PhaseTemperatureConfig
 from agentropy.control.temperature import schedule_from_name as _schedule_from_name
 from agentropy.integrations._vllm_core import EXTRA_ARGS_KEY
+from agentropy.monitor import ALERT_NAMES, Alert, MonitorConfig, TagMap, Tracker
 from agentropy.rl.coefs import RhythmConfig, RhythmSchedule, RhythmState
 from agentropy.rl.losses import AGG_MODES
 from agentropy.trace import FAILED_STATUSES, PHASE_CODE, PHASES
@@ -26,6 +27,7 @@ __all__ = [
     "PHASE_KEY",
     "VERL_AGG_MODES",
     "PhaseRecord",
+    "VerlMonitor",
     "global_scale",
     "pad_rows",
     "phase_config",
@@ -234,3 +236,81 @@ def rhythm_coef_update(
         step[f"tokens/{p}"] = t
         step[f"entropy/{p}_mean"] = s / t if t > 0 else 0.0
     return RhythmSchedule(config).update(state, step)
+
+
+class VerlMonitor:
+    """The live training monitor (:mod:`agentropy.monitor`) over verl's per-step metrics dict.
+
+    Call it once per step on the driver, in ``RayPPOTrainer.fit``
+    (``verl/trainer/ppo/ray_trainer.py``), right after the step's ``metrics`` dict is complete
+    (after ``metrics.update(compute_data_metrics(...))``, the timing and throughput metrics) and
+    just before ``logger.log(data=metrics, step=self.global_steps)``::
+
+        monitor = VerlMonitor(stop_on=["divergence", "collapse"])   # once, before the loop
+        ...
+        if monitor(metrics, self.global_steps):                      # every step
+            logger.log(data=metrics, step=self.global_steps)
+            break                                                    # (after saving, if wanted)
+        logger.log(data=metrics, step=self.global_steps)
+
+    It reads verl's names (``actor/entropy``, ``critic/score/mean``, ``critic/rewards/mean``,
+    ``response_length/mean``; :data:`agentropy.monitor.DEFAULT_TAGS`); with the rhythm loss
+    installed (:func:`agentropy.integrations.verl.install_rhythm_loss`) also the per-phase
+    entropies ``actor/rhythm/entropy_sum_<p> / actor/rhythm/tokens_<p>``, so each phase is its
+    own channel. It adds ``monitor/alerts`` and ``monitor/<name>`` counts to ``metrics`` (so
+    verl's logger records them), prints alerts, and returns True once an alert named in
+    ``stop_on`` has fired. Checkpoint :meth:`state_dict` next to verl's own
+    (``global_step_N/``) and :meth:`load_state_dict` it on resume.
+    """
+
+    def __init__(
+        self,
+        config: MonitorConfig | None = None,
+        *,
+        stop_on: Sequence[str] = (),
+        tags: TagMap | None = None,
+        console: Any = None,
+    ) -> None:
+        from rich.console import Console
+
+        self.tracker = Tracker(config, tags=tags, stop_on=stop_on)
+        self.console = console if console is not None else Console(stderr=True)
+
+    @property
+    def alerts(self) -> list[Alert]:
+        """Every alert so far."""
+        return self.tracker.alerts
+
+    def __call__(self, metrics: dict[str, Any], step: int) -> bool:
+        """Feed one step's metrics (verl values may be numbers, lists or ``Metric`` s)."""
+        raw: dict[str, float] = {}
+        for k, v in metrics.items():
+            try:
+                raw[k] = _reduce(v)
+            except (TypeError, ValueError):
+                continue
+        for p in PHASES:
+            for prefix in ("actor/", ""):
+                t = raw.get(f"{prefix}rhythm/tokens_{p}")
+                if t is not None:
+                    if t > 0:
+                        raw[f"entropy/{p}_mean"] = raw[f"{prefix}rhythm/entropy_sum_{p}"] / t
+                    break
+        alerts = self.tracker.step(int(step), raw)
+        metrics["monitor/alerts"] = float(len(alerts))
+        for name in ALERT_NAMES:
+            metrics[f"monitor/{name}"] = float(sum(a.name == name for a in alerts))
+        for a in alerts:
+            kind = f" ({a.kind})" if a.kind else ""
+            self.console.print(
+                f"step {a.step}: monitor {a.name}{kind} on {a.metric}: {a.suggestion}"
+            )
+        return self.tracker.should_stop
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready checkpoint (:meth:`agentropy.monitor.Tracker.state_dict`)."""
+        return self.tracker.state_dict()
+
+    def load_state_dict(self, d: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.tracker.load_state_dict(d)

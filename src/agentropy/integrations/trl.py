@@ -19,6 +19,8 @@ What it gives (all thin: the math is :mod:`agentropy.rl.losses`, the phase rule 
   window and turns them into breath metrics. The two trainers attach one automatically; pass your
   own (``callbacks=[BreathCallback(breath=BreathConfig(...), loops=LoopConfig(...))]``) to
   change thresholds.
+- :class:`MonitorCallback`: the live training monitor (alerts on eruption, divergence,
+  collapse; ``stop_on=``) over TRL's own logged metrics, on a plain ``GRPOTrainer`` too.
 - :func:`prepare_tokenizer`: gives a tokenizer whose chat template TRL does not know (e.g. the
   tiny agent's, :func:`agentropy.agent.tiny.build_tokenizer`) the ``response_template`` TRL needs
   to parse ``<tool_call>{json}</tool_call>`` turns.
@@ -91,6 +93,7 @@ from agentropy.integrations._trl_core import (
     is_trl_error,
     prepare_tokenizer,
 )
+from agentropy.monitor import ALERT_NAMES, Alert, MonitorConfig, TagMap, Tracker
 from agentropy.rl.coefs import RhythmConfig, RhythmSchedule, RhythmState
 from agentropy.rl.losses import masked_sum_and_count, ppo_clip_loss, rhythm_term
 from agentropy.trace import PHASES, Episode, Turn
@@ -106,6 +109,7 @@ __all__ = [
     "BREATH_KEYS",
     "BreathCallback",
     "BreathGRPOTrainer",
+    "MonitorCallback",
     "RhythmGRPOTrainer",
     "Rollout",
     "breath_metrics",
@@ -161,6 +165,92 @@ class BreathCallback(transformers.TrainerCallback):
                 "BreathCallback only works with agentropy.integrations.trl.BreathGRPOTrainer "
                 "or RhythmGRPOTrainer (TRL's GRPOTrainer gives callbacks no per-token data)"
             )
+
+
+class MonitorCallback(transformers.TrainerCallback):
+    """The live training monitor (:mod:`agentropy.monitor`) as a ``TrainerCallback``.
+
+    Works with a plain ``trl.GRPOTrainer`` (or any ``Trainer``): it reads TRL's own logged
+    metrics (``entropy``, ``reward``, ``completions/mean_length``, ``tools/failure_frequency``;
+    :data:`agentropy.monitor.DEFAULT_TAGS`). Under :class:`BreathGRPOTrainer` /
+    :class:`RhythmGRPOTrainer` the logs also hold ``breath/entropy_<phase>`` and the degeneracy
+    rates (``breath/loop_rate``, ``breath/hallucination_rate``, ``breath/valid_action_rate``),
+    so each phase is its own channel and eruptions are classified productive or degenerate.
+
+    Each ``on_log`` feeds one update (``state.global_step``); alerts are printed to stderr,
+    kept in :attr:`alerts`, and their counts (``monitor/alerts``, ``monitor/<name>``) added to
+    that step's ``state.log_history`` entry. ``stop_on`` alert names set
+    ``control.should_training_stop`` (training ends after the current step; Trainer saves then
+    if its save strategy says so). The detector state is saved as
+    ``checkpoint-N/agentropy_monitor_state.json`` and restored when training resumes from
+    ``checkpoint-N``.
+
+    Usage::
+
+        trainer = GRPOTrainer(..., callbacks=[MonitorCallback(stop_on=["divergence"])])
+    """
+
+    def __init__(
+        self,
+        config: MonitorConfig | None = None,
+        *,
+        stop_on: Sequence[str] = (),
+        tags: TagMap | None = None,
+        console: Any = None,
+    ) -> None:
+        from rich.console import Console
+
+        if tags is None:
+            tags = TagMap.default(extra={f"entropy_{p}": f"breath/entropy_{p}" for p in PHASES})
+        self.tracker = Tracker(config, tags=tags, stop_on=stop_on)
+        self.console = console if console is not None else Console(stderr=True)
+
+    @property
+    def alerts(self) -> list[Alert]:
+        """Every alert so far."""
+        return self.tracker.alerts
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # Trainer has restored ``state`` from the checkpoint it resumes from (if any) by now.
+        if state.global_step > 0:
+            path = os.path.join(
+                args.output_dir,
+                f"{transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}",
+                _MONITOR_FILE,
+            )
+            if os.path.exists(path):
+                with open(path) as f:
+                    self.tracker.load_state_dict(json.load(f))
+
+    def on_log(self, args: Any, state: Any, control: Any, logs=None, **kwargs: Any) -> None:
+        if not logs or state.global_step <= (self.tracker.state.step or 0):
+            return  # evaluation logs of the same step, or steps replayed on resume
+        alerts = self.tracker.step(int(state.global_step), logs)
+        counts = {"monitor/alerts": float(len(alerts))}
+        counts.update(
+            {f"monitor/{n}": float(sum(a.name == n for a in alerts)) for n in ALERT_NAMES}
+        )
+        logs.update(counts)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(counts)
+        for a in alerts:
+            kind = f" ({a.kind})" if a.kind else ""
+            self.console.print(
+                f"step {a.step}: monitor {a.name}{kind} on {a.metric}: {a.suggestion}"
+            )
+        if self.tracker.should_stop:
+            control.should_training_stop = True
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not args.should_save:
+            return
+        folder = os.path.join(
+            args.output_dir,
+            f"{transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}",
+        )
+        if os.path.isdir(folder):
+            with open(os.path.join(folder, _MONITOR_FILE), "w") as f:
+                json.dump(self.tracker.state_dict(), f)
 
 
 class BreathGRPOTrainer(trl.GRPOTrainer):
@@ -446,6 +536,9 @@ _FORWARD_KEYS = (
     "mm_token_type_ids",
     "image_position_ids",
 )
+
+_MONITOR_FILE = "agentropy_monitor_state.json"
+"""Checkpoint file holding the monitor's state (:meth:`agentropy.monitor.Tracker.state_dict`)."""
 
 _STATE_FILE = "agentropy_rhythm_state.json"
 """Checkpoint file holding the rhythm coefficients (``RhythmState.state_dict()``)."""

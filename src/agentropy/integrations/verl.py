@@ -50,6 +50,13 @@ of the core:
    driver and in every Ray worker), so ``agentropy = "agentropy.integrations.verl:PhaseToolAgentLoop"``
    registers the agent loop everywhere. (verl swallows plugin import errors into a debug log.)
 
+4. **Monitor** (:class:`VerlMonitor`, framework-free, also importable without verl): the live
+   training monitor over verl's per-step metrics dict. Call it in ``RayPPOTrainer.fit``
+   (``verl/trainer/ppo/ray_trainer.py``) once the step's ``metrics`` dict is complete, just
+   before ``logger.log(data=metrics, step=self.global_steps)``; it adds ``monitor/*`` counts to
+   the dict and returns True when an alert named in ``stop_on`` fired (then log, save, and
+   leave the loop). With the rhythm loss installed it tracks each phase's entropy too.
+
 On-policy caveat: verl recomputes log-probs and entropy at one rollout temperature
 (``actor_rollout_ref.rollout.temperature``); keep it at 1.0 so ``model_output["entropy"]`` is the
 model entropy the rhythm targets are defined on. Tokens sampled at a phase temperature != 1 are
@@ -77,6 +84,7 @@ from agentropy.integrations._verl_core import (
     PHASE_KEY,
     VERL_AGG_MODES,
     PhaseRecord,
+    VerlMonitor,
     global_scale,
     pad_rows,
     phase_config,
@@ -104,6 +112,7 @@ __all__ = [
     "PhaseRecord",
     "PhaseToolAgentLoop",
     "RhythmController",
+    "VerlMonitor",
     "global_scale",
     "install_rhythm_loss",
     "make_rhythm_loss",

@@ -11,7 +11,10 @@
   trainer's ``metrics.parquet``) and the tag map from TRL / verl / agentropy names to
   :data:`METRICS`.
 - :mod:`agentropy.monitor.tracker`: :class:`Tracker`, the stateful wrapper trainers and
-  framework hooks call once per step (tag mapping, alerts, ``stop_on``, checkpoint).
+  framework hooks call once per step (tag mapping, alerts, ``stop_on``, checkpoint), and
+  :func:`replay` (the alerts of a finished run's step series, for the report).
+- :mod:`agentropy.monitor.rates`: per-step degeneracy rates (loops, hallucinated calls, invalid
+  actions, tool failures) of a batch of episodes, the evidence trainers feed the detector.
 - :mod:`agentropy.monitor.synthetic`: planted-pattern series for validation.
 
 Importing this package is cheap (no torch, pyarrow or scipy).
@@ -34,7 +37,7 @@ from agentropy.monitor.detector import (
     load_state,
     state_dict,
 )
-from agentropy.monitor.tracker import Tracker
+from agentropy.monitor.tracker import Tracker, replay
 from agentropy.trace.importers.scalars import DEFAULT_TAGS, TagMap
 
 __all__ = [
@@ -51,14 +54,22 @@ __all__ = [
     "TagMap",
     "Tracker",
     "agreement",
+    "attribution_metrics",
     "covariance_stats",
     "entropy_change_attribution",
     "finalize",
     "load_state",
+    "replay",
     "state_dict",
 ]
 
-_LAZY = {"agreement", "covariance_stats", "entropy_change_attribution", "finalize"}
+_LAZY = {
+    "agreement",
+    "attribution_metrics",
+    "covariance_stats",
+    "entropy_change_attribution",
+    "finalize",
+}
 
 
 def __getattr__(name: str) -> Any:

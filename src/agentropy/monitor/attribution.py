@@ -41,6 +41,7 @@ from agentropy.trace import PHASES
 __all__ = [
     "GROUPS",
     "agreement",
+    "attribution_metrics",
     "covariance_stats",
     "entropy_change_attribution",
     "finalize",
@@ -136,10 +137,16 @@ def entropy_change_attribution(
     with logit step ``eta``) and ``cov/<group>_tokens`` for :data:`GROUPS` with tokens; log them
     next to the realised change of ``entropy/<phase>_mean`` between steps.
     """
+    return attribution_metrics(
+        covariance_stats(logprob, advantages, mask, phase, variant=variant), eta=eta
+    )
+
+
+def attribution_metrics(stats: torch.Tensor, *, eta: float = 1.0) -> dict[str, float]:
+    """The metrics of :func:`entropy_change_attribution` from summed :func:`covariance_stats`
+    (a trainer adds the statistics of a step's minibatches, then calls this once)."""
     out: dict[str, float] = {}
-    for name, r in finalize(
-        covariance_stats(logprob, advantages, mask, phase, variant=variant)
-    ).items():
+    for name, r in finalize(stats).items():
         if r["cov"] is None:
             continue
         cov = float(r["cov"])

@@ -22,6 +22,7 @@ from typing import Any
 
 from agentropy.monitor.detector import (
     ALERT_NAMES,
+    METRICS,
     Alert,
     Monitor,
     MonitorConfig,
@@ -30,7 +31,7 @@ from agentropy.monitor.detector import (
 )
 from agentropy.trace.importers.scalars import TagMap
 
-__all__ = ["Tracker"]
+__all__ = ["Tracker", "replay"]
 
 
 class Tracker:
@@ -89,3 +90,28 @@ class Tracker:
         self.state = load_state(d["monitor"])
         self.alerts = [Alert(**a) for a in d.get("alerts", [])]
         self.stop_reason = None
+
+
+def replay(series: Mapping[str, Any], config: MonitorConfig | None = None) -> list[Alert]:
+    """The alerts the live monitor would have raised over a finished run's step series.
+
+    ``series`` is column-wise, as the analyzer's ``training["series"]``
+    (:func:`agentropy.analysis.training.step_series`): ``step`` plus any of
+    :data:`~agentropy.monitor.METRICS` as equal-length sequences (None or NaN: not logged).
+    The HTML report draws these on its training chart.
+    """
+    import math
+
+    steps = list(series.get("step") or [])
+    monitor = Monitor(config)
+    state = monitor.init()
+    alerts: list[Alert] = []
+    names = [m for m in METRICS if m in series]
+    for i, step in enumerate(steps):
+        row: dict[str, float | None] = {}
+        for m in names:
+            v = series[m][i]
+            row[m] = None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+        fired, state = monitor.update(state, row, step=int(step))
+        alerts += fired
+    return alerts

@@ -93,10 +93,63 @@ def _promotion_list(promotions: Sequence[Any] | None) -> list[tuple[float, str]]
     return sorted(out)
 
 
+#: Marker of each monitor alert on the training chart's alert track: (color, symbol).
+ALERT_STYLE: dict[str, tuple[str, str]] = {
+    "eruption": ("#E69F00", "triangle-up"),
+    "subsided:productive": ("#009E73", "triangle-down"),
+    "subsided:neutral": ("#999999", "triangle-down"),
+    "subsided:degenerate": (FAIL_COLOR, "triangle-down"),
+    "divergence": (FAIL_COLOR, "x"),
+    "collapse": ("#0072B2", "x"),
+    "nonfinite": ("#000000", "diamond"),
+}
+
+
+def _alert_track(alerts: Sequence[Mapping[str, Any]]) -> tuple[list[dict], list[dict]]:
+    """Scatter traces of the alert track (axis y3, one row per alert name) and the dotted
+    vertical lines that carry divergence / collapse down through the entropy chart."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for a in alerts:
+        key = f"subsided:{a.get('kind') or 'neutral'}" if a["name"] == "subsided" else a["name"]
+        groups.setdefault(key, []).append(a)
+    traces, shapes = [], []
+    for key, (color, symbol) in ALERT_STYLE.items():
+        rows = groups.get(key)
+        if not rows:
+            continue
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": f"alert: {key.replace(':', ' ')}",
+                "x": [_r(a["step"]) for a in rows],
+                "y": [a["name"] for a in rows],
+                "yaxis": "y3",
+                "marker": {"color": color, "symbol": symbol, "size": 11},
+                "customdata": [[a["metric"], a.get("suggestion", "")] for a in rows],
+                "hovertemplate": "step %{x}: " + key + " on %{customdata[0]}<br>"
+                "%{customdata[1]}<extra></extra>",
+            }
+        )
+        if key in ("divergence", "collapse"):
+            shapes += [
+                {
+                    "type": "line", "xref": "x", "yref": "paper", "x0": _r(a["step"]),
+                    "x1": _r(a["step"]), "y0": 0, "y1": 1,
+                    "line": {"color": color, "dash": "dot", "width": 1.2},
+                }
+                for a in rows
+            ]  # fmt: skip
+    return traces, shapes
+
+
 def training_figure(
-    training: Mapping[str, Any], promotions: Sequence[Any] | None = None
+    training: Mapping[str, Any],
+    promotions: Sequence[Any] | None = None,
+    alerts: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any] | None:
-    """Entropy over training steps (None when no episode carried a step)."""
+    """Entropy over training steps (None when no episode carried a step), with the live
+    monitor's ``alerts`` (:meth:`agentropy.monitor.Alert.to_dict` dicts) on a track above it."""
     series = training.get("series") or {}
     steps = [_r(s) for s in series.get("step", [])]
     if not steps:
@@ -193,10 +246,28 @@ def training_figure(
                 "font": {"size": 10, "color": "#0072B2"},
             }
         )
+    track, track_shapes = _alert_track(alerts)
+    data += track
+    shapes += track_shapes
+    extra: dict[str, Any] = {}
+    if track:
+        names = [n for n in ("eruption", "subsided", "divergence", "collapse", "nonfinite")
+                 if any(a["name"] == n for a in alerts)]  # fmt: skip
+        extra["yaxis3"] = {
+            "domain": [0.8, 1.0],
+            "type": "category",
+            "categoryorder": "array",
+            "categoryarray": names,
+            "showgrid": True,
+            "title": {"text": "alerts"},
+        }
     layout = _layout(
-        "Model entropy over training (shaded: eruption, then subsidence; dashed: promotion)",
+        "Model entropy over training (shaded: eruption, then subsidence; dashed: promotion; "
+        "top: monitor alerts)",
         xaxis=_axis("training step"),
-        yaxis=_axis("mean model entropy (nats)", rangemode="tozero"),
+        yaxis=_axis(
+            "mean model entropy (nats)", rangemode="tozero", domain=[0.0, 0.74] if track else [0, 1]
+        ),
         yaxis2={
             "title": {"text": "reward"},
             "overlaying": "y",
@@ -207,6 +278,7 @@ def training_figure(
         },
         shapes=shapes,
         annotations=annotations,
+        **extra,
     )
     return {"data": data, "layout": layout}
 

@@ -5,7 +5,8 @@ episodes the examples are drawn from, optional eval rows (:data:`agentropy.pipel
 optional run metadata into one HTML page:
 
 - ``overview``: counts (episodes, tokens, triggers, failures, eruptions by kind, frozen, loops);
-- ``training`` (a): entropy over training steps per phase, cycles shaded, promotions marked;
+- ``training`` (a): entropy over training steps per phase, cycles shaded, promotions marked,
+  and the live monitor's alerts (:mod:`agentropy.monitor`) on a track above, listed below;
 - ``timelines`` (b): per-token entropy of a productive, a divergent and a frozen example;
 - ``recovery`` (c): recovery rate by spike-ratio bin with bootstrap confidence intervals;
 - ``policies`` (d): the sampling-policy comparison (eval rows) and the analyzer's per-policy
@@ -236,6 +237,21 @@ def _training_text(training: Mapping[str, Any]) -> str:
     )
 
 
+def _alerts_text(alerts: Sequence[Mapping[str, Any]], most: int = 20) -> str:
+    """The monitor's alerts under the training chart (the first ``most``)."""
+    if not alerts:
+        return "<p>Monitor: no alert over these steps.</p>"
+    rows = [
+        [a["step"], a["name"] + (f" ({a['kind']})" if a.get("kind") else ""), a["metric"],
+         a.get("suggestion", "")]
+        for a in alerts[:most]
+    ]  # fmt: skip
+    more = f" (first {most} of {len(alerts)})" if len(alerts) > most else ""
+    return f"<p>Monitor alerts{more}:</p>" + _table(
+        ["step", "alert", "metric", "suggestion"], rows, left=4
+    )
+
+
 def _recovery_text(recovery: Mapping[str, Any]) -> str:
     rel = recovery.get("relative_3_4_vs_lt_1_5") or {}
     lg = recovery.get("logistic") or {}
@@ -432,6 +448,7 @@ def build_report(
     examples: Mapping[str, tuple[Mapping[str, Any], Timeline]] | None = None,
     claims: Sequence[ClaimRow] | None = None,
     claims_config: ClaimsConfig = ClaimsConfig(),
+    alerts: Sequence[Mapping[str, Any]] | None = None,
     title: str = "agentropy report",
 ) -> str:
     """The report as one HTML string (module docstring lists the sections).
@@ -452,6 +469,10 @@ def build_report(
       (:class:`~agentropy.report.examples.ExamplePicker`); replaces the choice among ``episodes``.
     - ``claims``: the precomputed claims table (replaces computing it from ``evidence`` with
       ``claims_config``).
+    - ``alerts``: the live monitor's alerts (:meth:`agentropy.monitor.Alert.to_dict`, e.g. a
+      trainer's ``summary.json["alerts"]``), drawn on a track above the training chart; None =
+      replay the monitor (:func:`agentropy.monitor.replay`, default thresholds) over the
+      training series.
     """
     eps = list(episodes)
     if claims is None:
@@ -473,12 +494,21 @@ def build_report(
     sections: list[str] = []
     sections.append(_section("overview", "Overview", _overview(summary)))
 
-    fig = F.training_figure(train, promotions)
+    if alerts is None:
+        from agentropy.monitor import replay
+
+        series = train.get("series") or {}
+        alerts = [a.to_dict() for a in replay(series)] if series.get("step") else []
+    fig = F.training_figure(train, promotions, alerts)
     if fig is None:
         body = _nodata("No training data: no episode carries a training step.")
     else:
         figs["fig-training"] = fig
-        body = '<div class="chart" id="fig-training"></div>' + _training_text(train)
+        body = (
+            '<div class="chart" id="fig-training"></div>'
+            + _training_text(train)
+            + _alerts_text(alerts)
+        )
     sections.append(_section("training", "(a) Entropy over training", body))
 
     parts = []
@@ -594,6 +624,7 @@ def report_from_paths(
     eval_rows: Sequence[Mapping[str, Any]] | None = None,
     training: Mapping[str, Any] | None = None,
     promotions: Sequence[Any] | None = None,
+    alerts: Sequence[Mapping[str, Any]] | None = None,
     metadata: dict[str, Any] | None = None,
     nan_policy: str = "raise",
     reference: str | None = None,
@@ -625,6 +656,7 @@ def report_from_paths(
         eval_rows=eval_rows,
         training=training,
         promotions=promotions,
+        alerts=alerts,
         metadata=metadata,
         title=title,
         force=force,

@@ -3,7 +3,8 @@
 :class:`TrainConfig` is flat for the knobs a user turns every day (steps, group size, sampling
 policy, loss, learning rate, curriculum, evaluation, checkpoints) and nests the two adaptive
 entropy-coefficient configs of :mod:`agentropy.rl.coefs` (:class:`TargetConfig` as ``target``,
-:class:`RhythmConfig` as ``rhythm``); numeric loss defaults (clip bounds, flat coefficient) are
+:class:`RhythmConfig` as ``rhythm``) and the live monitor's thresholds
+(:class:`~agentropy.monitor.MonitorConfig` as ``monitor``); numeric loss defaults (clip bounds, flat coefficient) are
 the constants of :mod:`agentropy.rl.losses`, so every default lives in exactly one place.
 
 Files and overrides (``agentropy train --config run.toml --set lr=3e-5 --set rhythm.step=1e-3``):
@@ -36,6 +37,7 @@ from typing import Any
 
 from agentropy.env.toolworld import LEVELS
 from agentropy.errors import InputError
+from agentropy.monitor.detector import ALERT_NAMES, MonitorConfig
 from agentropy.rl.advantages import ADV_STDS
 from agentropy.rl.coefs import (
     CoefSchedule,
@@ -176,6 +178,15 @@ class TrainConfig:
     """Also log metrics to TensorBoard under ``out/tb`` if ``torch.utils.tensorboard`` imports."""
     progress: bool = True
     """Show a rich progress bar."""
+
+    # ---------------------------------------------------------------- monitor
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    """Thresholds of the live training monitor (:mod:`agentropy.monitor`); it runs every step
+    over the step's metrics, logs ``monitor/*`` and prints each alert."""
+    stop_on: tuple[str, ...] = ()
+    """Alert names that end training at the step they fire (e.g. ``["divergence",
+    "collapse"]``); a checkpoint of that step is written first, so the run can be inspected or
+    resumed with other settings. Empty: alerts only warn."""
     threads: int = 0
     """torch intra-op threads for the run (0 = leave torch's default). On a small shared CPU,
     1 is often several times faster for the tiny agent (no oversubscription)."""
@@ -258,6 +269,11 @@ class TrainConfig:
             raise ValueError(f"mix_lower must be in [0, 1), got {self.mix_lower}")
         if not self.out:
             raise ValueError("out must be a directory path, e.g. runs/train")
+        bad = sorted(set(self.stop_on) - set(ALERT_NAMES))
+        if bad:
+            raise ValueError(
+                f"stop_on: unknown alert names {bad}; choose from {', '.join(ALERT_NAMES)}"
+            )
 
     # ------------------------------------------------------------------ views
 

@@ -50,7 +50,7 @@ __all__ = [
 
 #: Config fields that may differ between a run and its resumption (they do not change results).
 RESUMABLE_FIELDS = frozenset(
-    {"steps", "progress", "tensorboard", "checkpoint_every", "keep_checkpoints"}
+    {"steps", "progress", "tensorboard", "checkpoint_every", "keep_checkpoints", "stop_on"}
 )
 
 
@@ -163,6 +163,8 @@ class LoopState:
     """Held-out evaluations so far."""
     metric_rows: list[dict[str, Any]] = field(default_factory=list)
     """One metrics dict per completed step."""
+    monitor: dict[str, Any] | None = None
+    """The live monitor's checkpoint (:meth:`agentropy.monitor.Tracker.state_dict`)."""
 
 
 def _np_state() -> tuple[Any, ...]:
@@ -195,6 +197,7 @@ def save_checkpoint(
             "level_index": state.level_index,
             "eval_history": json.dumps(state.eval_history),
             "coef_state": json.dumps(state.coef_state.state_dict()),
+            "monitor": json.dumps(state.monitor),
             "policy": policy,
             "python_rng": random.getstate(),
             "numpy_global_rng": _np_state(),
@@ -249,6 +252,8 @@ def restore_checkpoint(
         step=step,
         eval_history=json.loads(tr["eval_history"]),
         metric_rows=rows,
+        # Checkpoints from before the monitor have none: the trainer replays the metric rows.
+        monitor=json.loads(tr["monitor"]) if "monitor" in tr else None,
     )
 
 

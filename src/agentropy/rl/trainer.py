@@ -61,9 +61,24 @@ training episode with ``step`` set, so ``agentropy analyze out/traces`` finds tr
 ``eval_traces/``; ``checkpoints/step-NNNNNN/state.pt``; ``final/`` (``save_pretrained`` model and
 tokenizer); ``summary.json``; ``tb/`` if TensorBoard is importable.
 
+Live monitor (:mod:`agentropy.monitor`), every step, after the step's metrics are complete:
+``breath/loop_rate``, ``breath/hallucination_rate``, ``breath/valid_action_rate``,
+``breath/failure_rate`` (:mod:`agentropy.monitor.rates`) and ``rollout/entropy[_<phase>]`` (the
+sampling-time model entropy) join the row; a :class:`~agentropy.monitor.Tracker` turns the row
+into alerts, logged as ``monitor/alerts`` and ``monitor/<name>`` counts, printed to the console
+and kept in ``summary.json["alerts"]``; ``config.stop_on`` names alerts that end the run (after
+a checkpoint of that step). Why entropy moved: the first PPO epoch sums, per phase, the
+covariance statistics of the sampled tokens' T = 1 log-prob and their advantage
+(:func:`agentropy.monitor.covariance_stats`, arXiv 2505.22617), logged as ``cov/<group>`` and
+the predicted change ``cov/<group>_pred_dH`` (= -cov, logit step 1); once the next step's
+rollouts exist, the realised change ``cov/<group>_realised_dH`` (next step's
+``rollout/entropy[_<group>]`` minus this step's) is written into the same row of
+``metrics.parquet`` (TensorBoard gets the rows as they are logged, so without it).
+``time/monitor_s`` is the monitor's share of ``time/step_s``.
+
 Resume (``resume=True``): the newest checkpoint restores model, optimizer, loss-coefficient state,
-curriculum state, evaluation history and every RNG (python, numpy, torch, the trainer's numpy
-generator); per-step sampler seeds derive from ``(seed, step)``, so the next step is exactly the
+curriculum state, evaluation history, the monitor's state and every RNG (python, numpy, torch,
+the trainer's numpy generator); per-step sampler seeds derive from ``(seed, step)``, so the next step is exactly the
 step an uninterrupted run would have taken. The sampling controller keeps no state across steps
 (the runner re-initialises it for every batch of episodes), so there is none to save beyond its
 name.
@@ -71,6 +86,7 @@ name.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -82,6 +98,8 @@ import numpy as np
 import torch
 
 from agentropy.agent.runner import RunnerConfig, rollout
+from agentropy.monitor import ALERT_NAMES, Alert, Tracker
+from agentropy.monitor.rates import episode_rates
 from agentropy.outputs import atomic_dir, atomic_write_text
 from agentropy.rl.advantages import group_advantages
 from agentropy.rl.config import TrainConfig
@@ -108,6 +126,7 @@ __all__ = [
     "group_advantages",
     "latest_checkpoint",
     "policy_logprobs",
+    "policy_outputs",
     "promote",
     "read_metrics",
     "train",
@@ -246,6 +265,20 @@ def policy_logprobs(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tenso
     sampling distribution: on-policy); ``entropy`` is the model entropy at T = 1 (module
     docstring, point 3).
     """
+    logprob, entropy, _ = policy_outputs(model, batch, model_logprob=False)
+    return logprob, entropy
+
+
+def policy_outputs(
+    model: Any, batch: Batch, *, model_logprob: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`policy_logprobs` plus, if ``model_logprob``, the detached log-prob of each token
+    under the model's own distribution (T = 1), (B, L-1) fp32, 0 off ``batch.mask``.
+
+    The entropy-change attribution (:mod:`agentropy.monitor.attribution`) needs the T = 1
+    log-prob: the update moves the logits, and model entropy is a function of them. It is the
+    sampling log-prob itself (no second pass) when every trained token was sampled at T = 1.
+    """
     from agentropy.entropy import logprobs_and_entropy, token_entropy
 
     device = next(model.parameters()).device
@@ -253,11 +286,18 @@ def policy_logprobs(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tenso
         input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)
     ).logits[:, :-1]  # (B, L-1, V): logits at j predict token j + 1
     mask = batch.mask.to(device)
-    logprob, _ = logprobs_and_entropy(
-        logits, batch.targets.to(device), temperature=batch.temperature.to(device), mask=mask
-    )
+    temperature = batch.temperature.to(device)
+    targets = batch.targets.to(device)
+    logprob, _ = logprobs_and_entropy(logits, targets, temperature=temperature, mask=mask)
     entropy = token_entropy(logits, mask=mask)
-    return logprob, entropy
+    lp1 = None
+    if model_logprob:
+        if bool((temperature[mask] == 1.0).all()):
+            lp1 = logprob.detach()
+        else:
+            with torch.no_grad():
+                lp1, _ = logprobs_and_entropy(logits.detach(), targets, mask=mask)
+    return logprob, entropy, lp1
 
 
 def promote(
@@ -303,6 +343,46 @@ def rollout_metrics(
     }
 
 
+def rollout_entropy(episodes: Sequence[Episode]) -> dict[str, float]:
+    """``rollout/entropy`` and ``rollout/entropy_<phase>``: token-mean model entropy (T = 1,
+    nats) of the sampled tokens as recorded at sampling time, i.e. of the policy that sampled
+    the step, before its updates. Its change from one step to the next is the *realised*
+    entropy change of the update in between (paired with ``cov/*_pred_dH``)."""
+    from agentropy.trace import PHASES
+
+    sums = np.zeros(len(PHASES) + 1)
+    counts = np.zeros(len(PHASES) + 1)
+    for ep in episodes:
+        for turn in ep.assistant_turns:
+            if turn.n_tokens == 0:
+                continue
+            ent = np.asarray(turn.entropy, np.float64)
+            codes = np.asarray(turn.phase, np.int64)
+            sums[0] += ent.sum()
+            counts[0] += ent.shape[0]
+            sums[1:] += np.bincount(codes, weights=ent, minlength=len(PHASES))[: len(PHASES)]
+            counts[1:] += np.bincount(codes, minlength=len(PHASES))[: len(PHASES)]
+    names = ["rollout/entropy", *(f"rollout/entropy_{p}" for p in PHASES)]
+    return {k: float(v / n) for k, v, n in zip(names, sums, counts, strict=True) if n > 0}
+
+
+def backfill_realised(previous: dict[str, Any], current: dict[str, Any]) -> None:
+    """Write into ``previous`` (step ``s``'s metrics row) ``cov/<group>_realised_dH``: the
+    rollout entropy of step ``s + 1`` minus that of step ``s`` (nats), the change the update of
+    step ``s`` actually made, beside its ``cov/<group>_pred_dH``."""
+    from agentropy.monitor.attribution import GROUPS
+
+    for g in GROUPS:
+        key = "rollout/entropy" if g == "all" else f"rollout/entropy_{g}"
+        if key in previous and key in current:
+            previous[f"cov/{g}_realised_dH"] = current[key] - previous[key]
+
+
+def _fmt_alert(alert: Alert) -> str:
+    kind = f" ({alert.kind})" if alert.kind else ""
+    return f"step {alert.step}: monitor {alert.name}{kind} on {alert.metric}: {alert.suggestion}"
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """What :func:`train` returns (also written to ``out/summary.json``)."""
@@ -317,6 +397,10 @@ class TrainResult:
     """Curriculum level at the end."""
     eval_history: list[dict[str, Any]]
     """Held-out evaluations: ``{"step": s, "success": {"L<level>": rate}, "mean": rate}``."""
+    alerts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """Every monitor alert of the run (:meth:`agentropy.monitor.Alert.to_dict`)."""
+    stopped_by: dict[str, Any] | None = None
+    """The alert named in ``config.stop_on`` that ended training early, or None."""
 
     @property
     def held_out_before(self) -> float | None:
@@ -338,6 +422,8 @@ class TrainResult:
             "held_out_before": self.held_out_before,
             "held_out_after": self.held_out_after,
             "eval_history": self.eval_history,
+            "alerts": self.alerts,
+            "stopped_by": self.stopped_by,
         }
 
 
@@ -379,7 +465,8 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from agentropy.control.temperature import schedule_from_name
-    from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
+    from agentropy.env.toolworld import TOOL_NAMES, ToolWorld, ToolWorldConfig
+    from agentropy.monitor.attribution import GROUPS, attribution_metrics, covariance_stats
 
     t_start = time.perf_counter()
     out = Path(config.out)
@@ -394,6 +481,7 @@ def train(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
     world = world if world is not None else ToolWorld(ToolWorldConfig(seed=config.world_seed))
+    world_tools = TOOL_NAMES  # tool names a call may use; any other is a hallucinated tool
     schedule = schedule_from_name(config.policy)
     eval_schedule = schedule_from_name(config.resolved_eval_policy)
     runner_config = RunnerConfig(
@@ -412,6 +500,13 @@ def train(
         )
         console.print(f"resumed {out} at step {state.step} from {ckpt_dir.name}")
     sinks = Sinks(out, tensorboard=config.tensorboard, console=console)
+    # The live monitor (agentropy.monitor): alerts on this run's own metric rows.
+    tracker = Tracker(config.monitor, stop_on=config.stop_on)
+    if state.monitor is not None:
+        tracker.load_state_dict(state.monitor)
+    else:  # a checkpoint from before the monitor: the detector is pure, so replay its rows
+        for row in state.metric_rows:
+            tracker.step(int(row["step"]), row)
 
     def evaluate(step: int) -> dict[str, Any]:
         """Held-out success per level with the eval policy on fixed test-split tasks."""
@@ -469,11 +564,16 @@ def train(
             adv = group_advantages(rewards, groups, config.adv_eps, std=config.adv_std)  # (N,)
             metrics.update(rollout_metrics(episodes, rewards, groups, adv))
             metrics["curriculum/level"] = float(level)
+            t0 = time.perf_counter()
+            metrics.update(rollout_entropy(episodes))
+            metrics.update(episode_rates(episodes, known_tools=world_tools))
+            t_monitor = time.perf_counter() - t0
 
             # ---- 4. PPO epochs over minibatches of episodes
             term_kwargs = coefs.term_kwargs(state.coef_state)
             first_epoch, later = MetricAccumulator(), MetricAccumulator()
             n_updates, grad_norms, n_greedy = 0, [], 0
+            cov_stats = torch.zeros(len(GROUPS), 4, dtype=torch.float64)  # attribution sums
             for epoch in range(config.ppo_epochs):
                 perm = rng.permutation(len(episodes))
                 for mb_start in range(0, len(episodes), config.minibatch_size):
@@ -484,10 +584,21 @@ def train(
                     n_tok = int(batch.mask.sum())
                     if n_tok == 0:
                         continue
-                    logprob, entropy = policy_logprobs(model, batch)  # (B, T) each, T = L - 1
+                    # (B, T) each, T = L - 1; lp_model: detached T = 1 log-prob (epoch 0 only)
+                    logprob, entropy, lp_model = policy_outputs(
+                        model, batch, model_logprob=epoch == 0
+                    )
                     device = logprob.device
                     mask = batch.mask.to(device)  # (B, T) sampled assistant tokens
                     old_logprob = batch.old_logprob.to(device)  # (B, T)
+                    mb_adv = adv[torch.as_tensor(idx)].to(device)  # (B,)
+                    if lp_model is not None:
+                        # Why entropy moves: Cov(log pi, A) per phase (arXiv 2505.22617).
+                        t0 = time.perf_counter()
+                        cov_stats += covariance_stats(
+                            lp_model, mb_adv, mask, batch.phase.to(device)
+                        ).cpu()
+                        t_monitor += time.perf_counter() - t0
                     if n_updates == 0:
                         # On-policy check: nothing has been updated yet, so the recomputed
                         # log-probs must equal the rollout's up to float noise.
@@ -498,7 +609,7 @@ def train(
                             metrics["onpolicy/logprob_max"] = float(diff[mask].max())
                             metrics["onpolicy/entropy_mae"] = float(ediff[mask].mean())
                     policy_loss, pg_m = ppo_clip_loss(
-                        logprob, old_logprob, adv[torch.as_tensor(idx)].to(device), mask,
+                        logprob, old_logprob, mb_adv, mask,
                         clip_low=config.clip_low, clip_high=config.clip_high,
                         clip_ratio_c=config.clip_ratio_c, agg_mode=config.agg_mode,
                     )  # fmt: skip
@@ -528,6 +639,7 @@ def train(
             metrics["tokens/greedy_masked"] = float(n_greedy)
             metrics["optim/updates"] = float(n_updates)
             metrics["optim/grad_norm"] = float(np.mean(grad_norms)) if grad_norms else 0.0
+            metrics.update(attribution_metrics(cov_stats))
 
             # ---- 5. adapt the entropy coefficients from this step's entropy (pure update)
             if step_metrics:
@@ -550,7 +662,18 @@ def train(
                     console.print(f"step {step}: promoted to level {config.levels[new_index]}")
                 console.print(f"step {step}: held-out success {_fmt_eval(record)}")
 
-            # ---- 8. telemetry
+            # ---- 8. monitor and telemetry
+            t0 = time.perf_counter()
+            if state.metric_rows:
+                backfill_realised(state.metric_rows[-1], metrics)
+            alerts = tracker.step(step, metrics)
+            metrics["monitor/alerts"] = float(len(alerts))
+            for name in ALERT_NAMES:
+                metrics[f"monitor/{name}"] = float(sum(a.name == name for a in alerts))
+            state.monitor = tracker.state_dict()
+            metrics["time/monitor_s"] = t_monitor + time.perf_counter() - t0
+            for a in alerts:
+                console.print(_fmt_alert(a))
             metrics["time/step_s"] = time.perf_counter() - t_step
             metrics["time/elapsed_s"] = time.perf_counter() - t_start
             state.metric_rows.append(metrics)
@@ -563,11 +686,14 @@ def train(
 
             # ---- 9. checkpoint: everything the next step depends on
             every = config.checkpoint_every
-            if (every and step % every == 0) or step == config.steps:
+            if (every and step % every == 0) or step == config.steps or tracker.should_stop:
                 save_checkpoint(
                     out, state, model=model, optimizer=optimizer, rng=rng, policy=schedule.name,
                     keep=config.keep_checkpoints,
                 )  # fmt: skip
+            if tracker.should_stop:
+                console.print(f"step {step}: stopping (stop_on): {_fmt_alert(tracker.stop_reason)}")
+                break
     finally:
         bar.stop()
         sinks.close()
@@ -576,10 +702,12 @@ def train(
     _save_final(out / "final", model, tokenizer)
     result = TrainResult(
         out=str(out),
-        steps=config.steps,
+        steps=state.step,
         wall_s=time.perf_counter() - t_start,
         level=config.levels[state.level_index],
         eval_history=state.eval_history,
+        alerts=[a.to_dict() for a in tracker.alerts],
+        stopped_by=None if tracker.stop_reason is None else tracker.stop_reason.to_dict(),
     )
     atomic_write_text(out / "summary.json", json.dumps(result.to_dict(), indent=2), force=True)
     return result

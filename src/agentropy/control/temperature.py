@@ -219,6 +219,17 @@ def _check_obs(obs: StepObservation, batch_size: int) -> None:
         )
 
 
+def _validate_all(
+    phase: torch.Tensor, entropy: torch.Tensor, obs: StepObservation, active: torch.Tensor
+) -> None:
+    """:func:`_validate_active` when every row is active: two min/max reductions and one host
+    sync on the happy path (NaN propagates through min/max and fails the comparisons)."""
+    lo, hi = torch.stack([*torch.aminmax(phase)]).tolist()
+    e_lo, e_hi = torch.stack([*torch.aminmax(entropy)]).tolist()
+    if not (lo >= 0 and hi < len(PHASES) and e_lo >= 0 and e_hi < math.inf):
+        _validate_active(obs, active)  # raises, naming the rows
+
+
 def _validate_active(obs: StepObservation, active: torch.Tensor, *, phase: bool = True) -> None:
     # One host sync per step (cheap on CPU) turns silent garbage into an error; masks, not
     # boolean indexing, because this runs once per generated token.
@@ -242,6 +253,10 @@ def _validate_active(obs: StepObservation, active: torch.Tensor, *, phase: bool 
 
 class PhaseTemperature:
     """The phase controller (policy name ``phase``); see the module docstring for the rules."""
+
+    reads_sampling_entropy: tuple[int, ...] = (_RECOVER,)
+    """Only a continuing recover stretch reads ``prev_sampling_entropy`` (the previous token was
+    ``recover``), so callers may leave it NaN for other rows and skip computing it."""
 
     def __init__(self, config: PhaseTemperatureConfig | None = None) -> None:
         self.config = config if config is not None else PhaseTemperatureConfig()
@@ -282,40 +297,64 @@ class PhaseTemperature:
                 *(_where_rows(reset, f, s) for f, s in zip(fresh, state, strict=True))
             )
         active = obs.active.to(torch.bool)
-        _validate_active(obs, active)
-
-        phase = torch.where(active, obs.phase.to(torch.int64), 0)
-        is_rec = active & (phase == _RECOVER)
+        phase = obs.phase.to(torch.int64)
+        entropy = obs.entropy.to(torch.float32)
+        all_active = bool(active.all())
+        if all_active:
+            _validate_all(phase, entropy, obs, active)
+            is_rec = phase == _RECOVER
+        else:
+            _validate_active(obs, active)
+            phase = phase.masked_fill(~active, 0)
+            is_rec = active & (phase == _RECOVER)
+        any_rec = bool(is_rec.any())
+        if all_active and not any_rec:
+            return self._plain_step(state, phase, entropy)
         temps = self._table[phase]
-        if bool(is_rec.any()):
+        if any_rec:
             temps, recover_fields = self._recover_step(state, obs, active, is_rec, temps)
-        else:  # fast path (most tokens): no guard can act; the guard counter releases
-            mode = torch.where(active, MODE_NORMAL, state.mode).to(torch.int8)
+        else:  # no guard can act; the guard counter releases
             recover_fields = {
-                "baseline": state.baseline,
-                "recover_window": state.recover_window,
-                "recover_steps": state.recover_steps,
-                "recover_total": state.recover_total,
-                "decay_steps": torch.where(active, 0, state.decay_steps),
-                "mode": mode,
+                "decay_steps": state.decay_steps.masked_fill(active, 0),
+                "mode": state.mode.masked_fill(active, MODE_NORMAL),
             }
-        temps = torch.where(active, temps, state.temperature)
-
         # Model entropy of this step joins the baseline history after the trigger used it.
         hslot = (state.n_history % c.baseline_window)[:, None]
-        history = torch.where(
-            active[:, None],
-            state.history.scatter(1, hslot, obs.entropy.to(torch.float32)[:, None]),
-            state.history,
-        )
-        new_state = PhaseState(
+        history = state.history.scatter(1, hslot, entropy[:, None])
+        if all_active:
+            return temps, state._replace(
+                prev_phase=phase,
+                history=history,
+                n_history=state.n_history + 1,
+                temperature=temps,
+                **recover_fields,
+            )
+        temps = torch.where(active, temps, state.temperature)
+        return temps, state._replace(
             prev_phase=torch.where(active, phase, state.prev_phase),
-            history=history,
+            history=torch.where(active[:, None], history, state.history),
             n_history=state.n_history + active.to(torch.int64),
             temperature=temps,
             **recover_fields,
         )
-        return temps, new_state
+
+    def _plain_step(
+        self, state: PhaseState, phase: torch.Tensor, entropy: torch.Tensor
+    ) -> tuple[torch.Tensor, PhaseState]:
+        """Every row active and none in ``recover`` (most steps): the general path with its masks
+        dropped. Each tensor operation costs a few µs of dispatch on CPU whatever the batch, and
+        that is what the controller's overhead per decoding step is made of."""
+        temps = self._table[phase]
+        hslot = (state.n_history % self.config.baseline_window)[:, None]
+        zeros = torch.zeros_like(state.decay_steps)
+        return temps, state._replace(
+            prev_phase=phase,
+            history=state.history.scatter(1, hslot, entropy[:, None]),
+            n_history=state.n_history + 1,
+            decay_steps=zeros,  # the guard releases outside recover
+            temperature=temps,
+            mode=zeros.to(torch.int8),  # MODE_NORMAL
+        )
 
     def _recover_step(
         self,
@@ -325,55 +364,77 @@ class PhaseTemperature:
         is_rec: torch.Tensor,
         temps: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Triggers, baselines and both guards, for a step where some active row is in recover."""
+        """Triggers, baselines and both guards, for a step where some active row is in recover.
+
+        Work is skipped when it cannot change the result (a median only for trigger rows, the
+        window mean only when some row is past the horizon), never approximated."""
         c = self.config
         trigger = is_rec & (state.prev_phase != _RECOVER)
-        cont = is_rec & ~trigger  # continuing a stretch: the previous token was a recover token
+        cont = is_rec ^ trigger  # continuing a stretch: the previous token was a recover token
 
         # Baseline frozen at the trigger, from the tokens *before* it (DESIGN.md "Baseline").
         baseline = state.baseline
         if bool(trigger.any()):
-            med = torch.nanquantile(state.history, 0.5, dim=1)  # averages the middle pair like np
-            med = torch.nan_to_num(med, nan=c.eps).clamp_min(c.eps)
-            baseline = torch.where(trigger, med, baseline)
+            idx = trigger.nonzero().squeeze(1)
+            med = _nan_median(state.history[idx], state.n_history[idx], c.eps)
+            baseline = baseline.index_put((idx,), med)
 
         # Recover window: a trigger clears it; a continuing step appends the sampling entropy of
         # the previous token, which is the stretch's most recent recover token.
-        steps = torch.where(trigger, 0, state.recover_steps)
-        window = torch.where(trigger[:, None], math.nan, state.recover_window)
+        steps = state.recover_steps.masked_fill(trigger, 0)
+        window = state.recover_window.masked_fill(trigger[:, None], math.nan)
         slot = ((steps - 1).clamp_min(0) % c.contraction_window)[:, None]
         pushed = window.scatter(1, slot, obs.prev_sampling_entropy.to(torch.float32)[:, None])
         window = torch.where(cont[:, None], pushed, window)
-        mean = torch.nanmean(window, dim=1)  # NaN when empty: comparisons below are then False
 
         over_budget = is_rec & (state.recover_total >= c.recover_budget)
-        engaged = (
-            cont & ~over_budget & (steps >= c.horizon) & (mean > c.contraction_factor * baseline)
-        )
-        decay_steps = torch.where(engaged, state.decay_steps + 1, 0)
-        decay_steps = torch.where(active, decay_steps, state.decay_steps)
-
-        gap = c.recover - c.plan
-        t_guarded = c.plan + gap * torch.pow(self._decay, decay_steps.to(torch.float32))
-        temps = torch.where(engaged, t_guarded, temps)
-        temps = torch.where(over_budget, self._plan, temps)
-
-        mode = torch.where(engaged, MODE_FORCED_EXHALE, MODE_NORMAL)
-        mode = torch.where(over_budget, MODE_BUDGET, mode).to(torch.int8)
-        mode = torch.where(active, mode, state.mode)
+        candidate = cont & ~over_budget & (steps >= c.horizon)
+        if bool(candidate.any()):
+            mean = torch.nanmean(window, dim=1)  # NaN when empty: the comparison is then False
+            engaged = candidate & (mean > c.contraction_factor * baseline)
+        else:
+            engaged = candidate
+        decay_steps = torch.where(active, (state.decay_steps + 1) * engaged, state.decay_steps)
+        if bool((engaged | over_budget).any()):
+            gap = c.recover - c.plan
+            t_guarded = c.plan + gap * torch.pow(self._decay, decay_steps.to(torch.float32))
+            temps = torch.where(engaged, t_guarded, temps)
+            temps = temps.masked_fill(over_budget, c.plan)
+        # engaged and over_budget are disjoint: 0 normal, 1 forced exhale, 2 budget.
+        mode = engaged.to(torch.int8) + over_budget.to(torch.int8) * MODE_BUDGET
         fields = {
             "baseline": baseline,
             "recover_window": window,
-            "recover_steps": torch.where(is_rec, steps + 1, steps),
-            "recover_total": state.recover_total + is_rec.to(torch.int64),
+            "recover_steps": steps + is_rec,
+            "recover_total": state.recover_total + is_rec,
             "decay_steps": decay_steps,
-            "mode": mode,
+            "mode": torch.where(active, mode, state.mode),
         }
         return temps, fields
 
 
+def _nan_median(history: torch.Tensor, n_pushed: torch.Tensor, eps: float) -> torch.Tensor:
+    """Median of each row's filled slots of ``history`` (k, W) (``min(n_pushed, W)`` of them; the
+    rest are NaN), floored at ``eps``; ``eps`` for a row with none (DESIGN.md "Baseline").
+
+    The same operations as ``torch.nanquantile(history, 0.5, dim=1)`` (sort with NaN last, rank
+    ``0.5 * (n - 1)``, ``lerp`` of the neighbours: the middle pair is averaged like numpy), so the
+    same bits, without its generic per-call bookkeeping."""
+    n = n_pushed.clamp_max(history.shape[1])
+    ranks = (n - 1).to(torch.float32) * 0.5
+    below = ranks.to(torch.int64).clamp_min(0)[:, None]
+    above = ranks.ceil().to(torch.int64).clamp_min(0)[:, None]
+    ordered = history.sort(dim=1).values
+    lo, hi = ordered.gather(1, below), ordered.gather(1, above)
+    med = lo.lerp(hi, (ranks - ranks.trunc())[:, None]).squeeze(1)
+    return med.masked_fill(n == 0, eps).clamp_min(eps)
+
+
 class EDTTemperature:
     """EDT, ``T = t0 * n ** (theta / H)`` per token (policy name ``edt``; arXiv 2403.14541)."""
+
+    reads_sampling_entropy: tuple[int, ...] = ()
+    """EDT never reads ``prev_sampling_entropy``."""
 
     def __init__(self, config: EDTConfig | None = None) -> None:
         self.config = config if config is not None else EDTConfig()

@@ -175,15 +175,18 @@ def _sample(
     scaled = apply_temperature(logits, torch.where(greedy, torch.ones_like(temps), temps))
     probs = torch.softmax(scaled, dim=-1)  # (b, V)
     tokens = logits.argmax(dim=-1)
-    for j in range(logits.shape[0]):
-        if bool(greedy[j]):
-            continue
-        # Inverse-CDF draw from the row's own generator: one uniform per token, so the draw does
-        # not depend on which other rows share the batch.
-        u = torch.rand((), generator=generators[j], dtype=torch.float64)
-        cdf = probs[j].double().cumsum(0)
-        k = torch.searchsorted(cdf, (u * cdf[-1]).reshape(1), right=True)
-        tokens[j] = k.clamp_max(logits.shape[-1] - 1)[0]
+    draw = (~greedy).nonzero().squeeze(1).tolist()
+    if draw:
+        # Inverse-CDF draw, one uniform per token from the row's own generator, so the draw does
+        # not depend on which other rows share the batch; the CDFs of all drawing rows in one
+        # batched cumsum/searchsorted (row by row, the same bits, at a fraction of the cost).
+        u = torch.stack(
+            [torch.rand((), generator=generators[j], dtype=torch.float64) for j in draw]
+        ).to(logits.device)
+        rows = torch.tensor(draw, device=logits.device)
+        cdf = probs[rows].double().cumsum(1)  # (d, V)
+        k = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
+        tokens[rows] = k.clamp_max(logits.shape[-1] - 1)
     logprob, sampling_entropy = logprobs_and_entropy(scaled, tokens)  # T already applied
     zero = torch.zeros_like(logprob)
     return tokens, torch.where(greedy, zero, logprob), torch.where(greedy, zero, sampling_entropy)
@@ -319,7 +322,7 @@ def _run_wave(
 ) -> list[_Row]:
     from transformers import DynamicCache
 
-    from agentropy.entropy import token_entropy
+    from agentropy.entropy import step_entropy
     from agentropy.env.format import parse_assistant
 
     device = next(model.parameters()).device
@@ -371,7 +374,7 @@ def _run_wave(
         logits = logits[torch.arange(b), col.to(logits.device)].float()  # (b, V) fp32
 
         # ---- schedule: per-row temperatures from what we know before sampling
-        h = token_entropy(logits)  # (b,) model entropy, T = 1
+        h = step_entropy(logits)  # (b,) model entropy, T = 1
         live_t = torch.tensor(live, dtype=torch.long)
         entropy_full = torch.zeros(n, dtype=torch.float32)
         entropy_full[live_t] = h.cpu()

@@ -295,8 +295,12 @@ def worker_ours(args: argparse.Namespace) -> dict:
         )
         train(config, model=model, tokenizer=tokenizer)
         rows = read_metrics(config.out)
-    times = [r["time/step_s"] for r in rows[1:-1]]  # drop warm-up and the evaluating last step
-    return {"step_s": statistics.median(times), "steps_timed": len(times)}
+    timed = rows[1:-1]  # drop warm-up and the evaluating last step
+    return {
+        "step_s": statistics.median(r["time/step_s"] for r in timed),
+        "rollout_s": statistics.median(r["time/rollout_s"] for r in timed),
+        "steps_timed": len(timed),
+    }
 
 
 def worker_trl(args: argparse.Namespace) -> dict:
@@ -385,9 +389,9 @@ def _report(args: argparse.Namespace, roll: dict, steps: dict) -> None:
         )
     if steps:
         o, t = steps["ours"]["step_s"], steps["trl"]["step_s"]
-        print(
-            f"| training step s (median of {steps['ours']['steps_timed']} / {steps['trl']['steps_timed']}) | {o:.2f} | {t:.2f} | {o / t:.2f} |"
-        )
+        n_o, n_t = steps["ours"]["steps_timed"], steps["trl"]["steps_timed"]
+        print(f"| training step s (median of {n_o} / {n_t}) | {o:.2f} | {t:.2f} | {o / t:.2f} |")
+        print(f"| of which our rollouts s | {steps['ours']['rollout_s']:.2f} | | |")
     print(
         f"\nLoad average (1, 5, 15 min) at the end: {os.getloadavg()}; command: `python {' '.join(sys.argv)}`"
     )

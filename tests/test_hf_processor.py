@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor
 
-from agentropy.control.base import ConstantTemperature
+from agentropy.control.base import ConstantTemperature, StepObservation
 from agentropy.control.hf import (
     ScheduledTemperatureProcessor,
     TemperatureLogitsProcessor,
@@ -184,3 +184,45 @@ def test_rows_that_emitted_eos_stop_recording_and_new_generate_resets(model):
         assert lengths[r] == (hits[0] + 1 if hits else gen.shape[1])
     _generate(model, [proc], n=3, b=2)
     assert [len(t) for t in proc.temperatures] == [3, 3]  # a new generate starts afresh
+
+
+def test_processor_equals_a_full_observation_replay(model):
+    """Same temperatures (so the same tokens for a seed) as stepping the schedule by hand with
+    every observation computed for every row: the processor's shortcuts (sampling entropy only
+    where the schedule reads it, incremental eos, lazy records) change no result."""
+    from agentropy.entropy import token_entropy
+
+    g = torch.Generator().manual_seed(3)
+    table = torch.randint(0, 4, (VOCAB,), generator=g)
+    table[table == 1] = 2  # many recover stretches: triggers, windows, guards
+    name = "phase:horizon=2,recover_budget=12,contraction_factor=0.5"
+    proc = ScheduledTemperatureProcessor(
+        schedule_from_name(name), lambda ids: table[ids[:, -1]], eos_token_id=7
+    )
+    out = _generate(model, [proc], n=40, eos_token_id=7)
+    sched = schedule_from_name(name)
+    seqs, b = out.sequences, out.sequences.shape[0]
+    p0 = seqs.shape[1] - len(out.logits)
+    state, prev_h = sched.init(b), torch.full((b,), math.nan)
+    done = torch.zeros(b, dtype=torch.bool)
+    temps_ref: list[list[float]] = [[] for _ in range(b)]
+    modes = set()
+    for t, logits in enumerate(out.logits):
+        if t:
+            done |= seqs[:, p0 + t - 1] == 7
+        phase = table[seqs[:, p0 + t - 1]]
+        obs = StepObservation(
+            phase=phase,
+            entropy=token_entropy(logits),
+            prev_sampling_entropy=prev_h,
+            active=~done,
+            reset=torch.full((b,), t == 0),
+        )
+        temps, state = sched.update(state, obs)
+        prev_h = torch.where(~done, token_entropy(logits.float() / temps[:, None]), prev_h)
+        modes |= set(state.mode[~done].tolist())
+        for r in range(b):
+            if not done[r]:
+                temps_ref[r].append(float(temps[r]))
+    assert proc.temperatures == temps_ref
+    assert modes >= {1, 2}  # both guards acted

@@ -252,6 +252,53 @@ def test_seed_reproducible_and_batch_invariant_sampling(tok, world, tasks) -> No
     assert ids[0] != ids[3]
 
 
+def test_held_tool_messages_change_nothing_but_the_batch_shape(tok, world, tasks) -> None:
+    """Rows whose tool message waits for others (``hold_steps``) sample the same episodes as
+    rows fed at once (fp64, so the batch shape cannot flip a draw); and holding does happen."""
+    model = _llama(tok, dtype=torch.float64)
+    spy = Spy(model, _script(tok, len(tok)))
+    sched = ConstantTemperature(1.0)
+    cfg = dict(max_turns=3, max_new_tokens=6, max_tokens=40, batch_size=6, record_inputs=True)
+    at_once = rollout(
+        model, tok, world, tasks, schedule=sched, config=RunnerConfig(**cfg, hold_steps=0), seed=5
+    )
+    spy.fed.clear()
+    held = rollout(
+        model, tok, world, tasks, schedule=sched, config=RunnerConfig(**cfg, hold_steps=4), seed=5
+    )
+    assert [e.meta["input_ids"] for e in held] == [e.meta["input_ids"] for e in at_once]
+    for a, b in zip(held, at_once, strict=True):
+        for ta, tb in zip(a.assistant_turns, b.assistant_turns, strict=True):
+            np.testing.assert_allclose(ta.logprob, tb.logprob, rtol=1e-6, atol=1e-9)
+    # Some block fed a row nothing (a held row) while another row fed tokens.
+    assert any(bool(((m.sum(1) == 0) & (m.sum() > 0)).any()) for _, m in spy.fed)
+    with pytest.raises(ValueError, match="hold_steps"):
+        RunnerConfig(hold_steps=-1)
+
+
+def test_batched_draw_equals_the_row_by_row_draw() -> None:
+    """The runner's batched inverse-CDF draw gives the bits of one draw per row."""
+    from agentropy.agent.runner import _sample
+    from agentropy.entropy import apply_temperature
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 300, generator=g) * 3
+    logits[1, 5:] = -math.inf
+    temps = torch.tensor([1.0, 0.7, 0.0, 1.3, 0.2, 0.0, 2.0])
+    gens = [torch.Generator().manual_seed(100 + j) for j in range(7)]
+    tokens, logprob, ent = _sample(logits, temps, gens)
+    ref_gens = [torch.Generator().manual_seed(100 + j) for j in range(7)]
+    for j in range(7):
+        if temps[j] == 0:
+            assert tokens[j] == logits[j].argmax() and logprob[j] == 0 and ent[j] == 0
+            continue
+        probs = torch.softmax(apply_temperature(logits[j : j + 1], temps[j : j + 1]), -1)[0]
+        u = torch.rand((), generator=ref_gens[j], dtype=torch.float64)
+        cdf = probs.double().cumsum(0)
+        k = torch.searchsorted(cdf, (u * cdf[-1]).reshape(1), right=True).clamp_max(299)[0]
+        assert int(tokens[j]) == int(k)
+
+
 class RecordingSchedule:
     """Per-row temperatures that vary by row, phase and step (some rows greedy); logs them."""
 

@@ -381,3 +381,22 @@ def test_temperatures_stay_between_plan_and_recover_in_recover(steps, horizon, b
         elif active:
             assert t == pytest.approx(getattr(cfg, PHASES[phase]))
     assert int(state.recover_total[0]) == sum(1 for p, _, _, a in steps if a and p == R)
+
+
+def test_baseline_median_has_the_bits_of_torch_nanquantile():
+    """The controller's NumPy median equals ``torch.nanquantile(h, 0.5)`` bit for bit (floored
+    at eps; eps for an empty history), for every fill level of the ring buffer."""
+    import numpy as np
+
+    from agentropy.control.temperature import _nan_median
+
+    g = torch.Generator().manual_seed(0)
+    for w in (1, 2, 7, 64):
+        n = torch.arange(0, 3 * w + 1)
+        h = torch.full((len(n), w), math.nan)
+        for r, k in enumerate(n.tolist()):
+            m = min(k, w)
+            h[r, torch.randperm(w, generator=g)[:m]] = torch.rand(m, generator=g) * 4
+        ref = torch.nanquantile(h, 0.5, dim=1).nan_to_num(nan=0.05).clamp_min(0.05)
+        got = torch.from_numpy(_nan_median(h.numpy(), n.numpy().astype(np.int64), 0.05))
+        assert torch.equal(got, ref), w

@@ -43,6 +43,7 @@ __all__ = [
     "NonfinitePolicy",
     "apply_temperature",
     "logprobs_and_entropy",
+    "step_entropy",
     "token_entropy",
     "token_entropy_report",
     "topk_entropy_bounds",
@@ -188,6 +189,39 @@ def token_entropy(
     return token_entropy_report(
         logits, temperature=temperature, mask=mask, chunk_size=chunk_size, nan_policy=nan_policy
     ).entropy
+
+
+def step_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats (T = 1) of each row of one decoding step's logits: the per-token call of
+    samplers and logits processors, with :func:`token_entropy`'s arithmetic (the same bits) but
+    without its argument checks and chunk loop, whose fixed cost per call is several times the
+    arithmetic itself at small vocabularies.
+
+    Args:
+        logits: ``(B, V)`` float tensor. Anything else (other shapes, a tensor that needs a
+            gradient, more than one chunk of elements, a row whose result is not finite: a
+            ``-inf`` logit, NaN or ``+inf``) goes to :func:`token_entropy`, which handles
+            ``-inf`` and raises on NaN and ``+inf`` as usual.
+
+    Returns:
+        fp32 ``(B,)`` nats.
+    """
+    if (
+        logits.dim() != 2
+        or logits.numel() > _CHUNK_ELEMENTS  # chunking keeps big steps in cache: faster there
+        or (logits.requires_grad and torch.is_grad_enabled())
+        or not logits.is_floating_point()
+    ):
+        return token_entropy(logits)
+    z = logits if logits.dtype == torch.float32 else logits.to(torch.float32)
+    ls = torch.log_softmax(z, -1)
+    p = torch.exp(ls)
+    h = torch.linalg.vecdot(p, ls).neg_()
+    sum_p = p.sum(-1)  # renormalised as in _forward (same operations, same bits)
+    h = h.div_(sum_p).add_(sum_p.log())
+    if not bool(torch.isfinite(h).all()):
+        return token_entropy(logits)
+    return h.clamp_min_(0.0)
 
 
 def token_entropy_report(

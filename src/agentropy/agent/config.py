@@ -35,6 +35,10 @@ class RunnerConfig:
     offsets of its assistant turns in ``meta["assistant_spans"]`` (for trainers and tests)."""
     markers: PhaseMarkers | None = None
     """Span markers for phases; default the ToolWorld format constants."""
+    hold_steps: int = 16
+    """Decoding steps a row may wait before its tool message (a block of many tokens) is fed,
+    so that several rows' tool messages share one block instead of each padding the whole
+    batch's cache by its length; 0 feeds every tool message at once."""
 
     def __post_init__(self) -> None:
         for name in ("max_turns", "max_new_tokens", "max_tokens", "batch_size"):
@@ -46,4 +50,8 @@ class RunnerConfig:
         ):
             raise ValueError(
                 f"RunnerConfig.max_context must be None or an integer >= 2, got {self.max_context!r}"
+            )
+        if not isinstance(self.hold_steps, int) or self.hold_steps < 0:
+            raise ValueError(
+                f"RunnerConfig.hold_steps must be an integer >= 0 (steps), got {self.hold_steps!r}"
             )

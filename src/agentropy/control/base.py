@@ -23,7 +23,8 @@ class StepObservation(NamedTuple):
     entropy: torch.Tensor
     """float32 model entropy (T = 1) of this step's next-token distribution, nats."""
     prev_sampling_entropy: torch.Tensor
-    """float32 sampling entropy of the row's previous token in the episode; NaN if there is none."""
+    """float32 sampling entropy of the row's previous token in the episode; NaN if there is none
+    (or, when the schedule declares ``reads_sampling_entropy``, where it is not read)."""
     active: torch.Tensor
     """bool: the row is generating at this step (finished or waiting rows are False)."""
     reset: torch.Tensor
@@ -34,6 +35,10 @@ class TemperatureSchedule(Protocol):
     """Per-row, per-token sampling temperature. Implementations are pure and deterministic."""
 
     name: str
+    # Optional attribute ``reads_sampling_entropy: tuple[int, ...]``: the phase codes of the
+    # previous token for which ``update`` reads ``obs.prev_sampling_entropy``. Callers may leave
+    # the other rows NaN and skip computing them (a full pass over the vocabulary per row); a
+    # schedule without the attribute gets it for every row.
 
     def init(self, batch_size: int) -> Any:
         """Initial state for ``batch_size`` rows."""
@@ -52,6 +57,7 @@ class ConstantTemperature:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
         self.temperature = float(temperature)
         self.name = "greedy" if self.temperature == 0.0 else f"constant:{self.temperature:g}"
+        self.reads_sampling_entropy: tuple[int, ...] = ()
 
     def init(self, batch_size: int) -> None:
         return None

@@ -27,7 +27,7 @@ import torch
 from transformers import LogitsProcessor
 
 from agentropy.control.base import StepObservation, TemperatureSchedule
-from agentropy.entropy import apply_temperature, token_entropy
+from agentropy.entropy import _divide, apply_temperature, step_entropy
 from agentropy.trace import PHASE_CODE
 
 __all__ = ["ScheduledTemperatureProcessor", "TemperatureLogitsProcessor", "warp_scores"]
@@ -60,6 +60,11 @@ def warp_scores(
             f"{t.shape[0]} temperatures for {scores.shape[0]} rows of scores; with beams or "
             "num_return_sequences give one temperature per expanded row"
         )
+    lo, hi = torch.stack([*torch.aminmax(t)]).tolist() if t.numel() else (1.0, 1.0)
+    if lo > 0 and hi < math.inf:
+        # Every row samples (the usual step): the division alone, with apply_temperature's
+        # arithmetic (same bits) and the check above in place of its own.
+        return _divide(scores, t)
     if not bool((t >= 0).all()):  # also catches NaN
         raise ValueError(f"temperatures must be >= 0 (0 = greedy), got {t.tolist()}")
     zero = t == 0
@@ -150,14 +155,63 @@ class ScheduledTemperatureProcessor(LogitsProcessor):
         )
         self._eos = torch.tensor(list(eos), dtype=torch.int64)
         self.zero_temperature: ZeroTemperature = zero_temperature
+        reads = getattr(schedule, "reads_sampling_entropy", None)
+        self._reads = None if reads is None else torch.tensor(list(reads), dtype=torch.int64)
         self.state: Any = None
-        self.temperatures: list[list[float]] = []
-        self.phases: list[list[int]] = []
-        self.modes: list[list[int]] = []
         self._last_len = -1
         self._prompt_len = 0
+        self._b = 0
         self._prev_sampling_entropy: torch.Tensor | None = None
         self._last_ids: torch.Tensor | None = None
+        self._done: torch.Tensor | None = None
+        # One (temperatures, phases, modes or None, active) tuple of (B,) tensors per step; the
+        # per-row lists are built when first read (a Python loop over rows per step was a third
+        # of the processor's cost).
+        self._steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]]
+        self._steps = []
+        self._records: tuple[list[list[float]], list[list[int]], list[list[int]]] | None = None
+
+    @property
+    def temperatures(self) -> list[list[float]]:
+        """Temperature used for each generated token, one list per row."""
+        return self._built()[0]
+
+    @property
+    def phases(self) -> list[list[int]]:
+        """Phase code of each generated token, one list per row."""
+        return self._built()[1]
+
+    @property
+    def modes(self) -> list[list[int]]:
+        """Guard mode of each generated token, one list per row (empty for schedules without)."""
+        return self._built()[2]
+
+    def _built(self) -> tuple[list[list[float]], list[list[int]], list[list[int]]]:
+        if self._records is None:
+            b = self._b
+            if not self._steps:
+                self._records = (
+                    [[] for _ in range(b)],
+                    [[] for _ in range(b)],
+                    [[] for _ in range(b)],
+                )
+            else:
+                temps, phases, modes, active = (
+                    None if step[0] is None else torch.stack(step, dim=1)
+                    for step in zip(*self._steps, strict=True)
+                )  # each (B, steps)
+                act = active.tolist()
+
+                def rows(x: torch.Tensor | None) -> list[list]:
+                    if x is None:
+                        return [[] for _ in range(b)]
+                    return [
+                        [v for v, a in zip(r, ar, strict=True) if a]
+                        for r, ar in zip(x.tolist(), act, strict=True)
+                    ]
+
+                self._records = (rows(temps), rows(phases), rows(modes))
+        return self._records
 
     def reset(self) -> None:
         """Forget state and records (the next call starts a new generation)."""
@@ -171,7 +225,12 @@ class ScheduledTemperatureProcessor(LogitsProcessor):
         raw = self.phase_fn(input_ids)
         if not isinstance(raw, torch.Tensor):
             raw = [PHASE_CODE[p] if isinstance(p, str) else int(p) for p in raw]
-        phase = torch.as_tensor(raw, dtype=torch.int64).reshape(-1)
+        # A copy: the records keep it, and a callback may reuse its buffer.
+        phase = (
+            torch.tensor(raw, dtype=torch.int64)
+            if not isinstance(raw, torch.Tensor)
+            else (raw.to(device="cpu", dtype=torch.int64, copy=True).reshape(-1))
+        )
         if phase.shape[0] != b:
             raise ValueError(f"phase_fn returned {phase.shape[0]} phases for {b} rows")
         return phase
@@ -182,41 +241,50 @@ class ScheduledTemperatureProcessor(LogitsProcessor):
         new = (
             self._last_ids is None
             or cur != self._last_len + 1
-            or len(self.temperatures) != b
+            or self._b != b
             or not torch.equal(input_ids[:, :-1], self._last_ids)
         )
         if new:
             self.state = self.schedule.init(b)
-            self._prompt_len = cur
-            self.temperatures = [[] for _ in range(b)]
-            self.phases = [[] for _ in range(b)]
-            self.modes = [[] for _ in range(b)]
+            self._prompt_len, self._b = cur, b
+            self._steps, self._records = [], None
             self._prev_sampling_entropy = torch.full((b,), math.nan)
+            self._done = torch.zeros(b, dtype=torch.bool)
         self._last_len, self._last_ids = cur, input_ids
+        assert self._done is not None and self._prev_sampling_entropy is not None
         if self._eos.numel() and cur > self._prompt_len:
-            done = torch.isin(input_ids[:, self._prompt_len :], self._eos.to(input_ids.device))
-            active = ~done.any(dim=1).cpu()
+            # Incremental: only the newest column can add a finished row.
+            last = input_ids[:, -1].cpu()
+            self._done = self._done | torch.isin(last, self._eos)
+            active = ~self._done
         else:
             active = torch.ones(b, dtype=torch.bool)
-        phase = self._phases(input_ids).cpu()
+        phase = self._phases(input_ids)
         obs = StepObservation(
             phase=phase,
-            entropy=token_entropy(scores).cpu(),  # model entropy, T = 1
+            entropy=step_entropy(scores).cpu(),  # model entropy, T = 1
             prev_sampling_entropy=self._prev_sampling_entropy,
             active=active,
             reset=torch.full((b,), new, dtype=torch.bool),
         )
         temps, self.state = self.schedule.update(self.state, obs)
         out = warp_scores(scores, temps, zero_temperature=self.zero_temperature)
-        h_s = token_entropy(out).cpu()  # sampling entropy: out is already scaled (0 if greedy)
-        self._prev_sampling_entropy = torch.where(active, h_s, self._prev_sampling_entropy)
-        mode = getattr(self.state, "mode", None)
-        t_list, p_list, a_list = temps.tolist(), phase.tolist(), active.tolist()
-        m_list = mode.tolist() if mode is not None else None
-        for r in range(b):
-            if a_list[r]:
-                self.temperatures[r].append(t_list[r])
-                self.phases[r].append(p_list[r])
-                if m_list is not None:
-                    self.modes[r].append(m_list[r])
+        self._prev_sampling_entropy = self._sampling_entropy(out, phase, active)
+        self._steps.append((temps, phase, getattr(self.state, "mode", None), active))
+        self._records = None
         return out
+
+    def _sampling_entropy(
+        self, out: torch.Tensor, phase: torch.Tensor, active: torch.Tensor
+    ) -> torch.Tensor:
+        """(B,) sampling entropy of this step's tokens (``out`` is already scaled; 0 if greedy),
+        computed only for the rows whose next observation the schedule reads (its
+        ``reads_sampling_entropy`` phases; all rows if it does not say); NaN elsewhere."""
+        need = active if self._reads is None else active & torch.isin(phase, self._reads)
+        h = torch.full(phase.shape, math.nan)
+        if bool(need.all()):
+            return step_entropy(out).cpu()
+        if bool(need.any()):
+            idx = need.nonzero().squeeze(1)
+            h[idx] = step_entropy(out[idx.to(out.device)]).cpu()
+        return h

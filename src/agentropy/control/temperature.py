@@ -48,6 +48,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from agentropy.control.base import ConstantTemperature, StepObservation, TemperatureSchedule
@@ -243,10 +244,15 @@ def _validate_active(obs: StepObservation, active: torch.Tensor, *, phase: bool 
 class PhaseTemperature:
     """The phase controller (policy name ``phase``); see the module docstring for the rules."""
 
+    reads_sampling_entropy: tuple[int, ...] = (_RECOVER,)
+    """Only a continuing recover stretch reads ``prev_sampling_entropy`` (the previous token was
+    ``recover``), so callers may leave it NaN for other rows and skip computing it."""
+
     def __init__(self, config: PhaseTemperatureConfig | None = None) -> None:
         self.config = config if config is not None else PhaseTemperatureConfig()
         self.name = _config_name("phase", self.config, PhaseTemperatureConfig())
         self._table = self.config.phase_temperatures()
+        self._table_np = self._table.numpy()
         self._decay = torch.tensor(self.config.decay, dtype=torch.float32)
         self._plan = torch.tensor(self.config.plan, dtype=torch.float32)
 
@@ -271,109 +277,161 @@ class PhaseTemperature:
 
         Rows with ``obs.reset`` are re-initialised first; inactive rows keep their state and get
         back their last temperature (the runner does not sample them).
+
+        The step runs on NumPy views of the (CPU) state and observation: it is a few dozen
+        operations on (B,) arrays once per generated token, where each torch call costs several
+        µs of dispatch and each NumPy call well under one, and that fixed cost is the whole of the
+        controller's overhead. The inputs are never written to; the new state is fresh arrays
+        wrapped with ``torch.from_numpy``. The two operations whose NumPy and torch kernels may
+        round differently (``pow`` and ``nanmean``, only on rows past the horizon) stay in torch,
+        so the result is the same bits as a pure torch step.
         """
         c = self.config
         b = state.prev_phase.shape[0]
         _check_obs(obs, b)
-        reset = obs.reset.to(torch.bool)
-        if bool(reset.any()):
+        st = PhaseState(*(_np(x) for x in state))
+        reset = _np(obs.reset).astype(bool, copy=False)
+        if reset.any():
             fresh = self.init(b)
-            state = PhaseState(
-                *(_where_rows(reset, f, s) for f, s in zip(fresh, state, strict=True))
+            st = PhaseState(
+                *(_np_where_rows(reset, _np(f), x) for f, x in zip(fresh, st, strict=True))
             )
-        active = obs.active.to(torch.bool)
-        _validate_active(obs, active)
-
-        phase = torch.where(active, obs.phase.to(torch.int64), 0)
+        active = _np(obs.active).astype(bool, copy=False)
+        phase = _np(obs.phase).astype(np.int64, copy=False)
+        entropy = _np(obs.entropy).astype(np.float32, copy=False)
+        all_active = bool(active.all())
+        if all_active:
+            lo, hi = phase.min(initial=0), phase.max(initial=0)
+            e = entropy
+        else:
+            phase = np.where(active, phase, 0)
+            lo, hi = phase.min(initial=0), phase.max(initial=0)
+            e = np.where(active, entropy, 0.0)
+        if not (
+            lo >= 0
+            and hi < len(PHASES)
+            and e.min(initial=0.0) >= 0
+            and e.max(initial=0.0) < math.inf
+        ):
+            _validate_active(obs, obs.active.to(torch.bool))  # raises, naming the rows
         is_rec = active & (phase == _RECOVER)
-        temps = self._table[phase]
-        if bool(is_rec.any()):
-            temps, recover_fields = self._recover_step(state, obs, active, is_rec, temps)
-        else:  # fast path (most tokens): no guard can act; the guard counter releases
-            mode = torch.where(active, MODE_NORMAL, state.mode).to(torch.int8)
-            recover_fields = {
-                "baseline": state.baseline,
-                "recover_window": state.recover_window,
-                "recover_steps": state.recover_steps,
-                "recover_total": state.recover_total,
-                "decay_steps": torch.where(active, 0, state.decay_steps),
-                "mode": mode,
-            }
-        temps = torch.where(active, temps, state.temperature)
+        temps = self._table_np[phase]
+
+        fields: dict[str, np.ndarray] = {}
+        if is_rec.any():
+            temps, fields = self._recover_step(st, obs, active, is_rec, temps)
+        else:  # no guard can act; the guard counter releases
+            fields["decay_steps"] = np.where(active, 0, st.decay_steps)
+            fields["mode"] = np.where(active, MODE_NORMAL, st.mode).astype(np.int8)
 
         # Model entropy of this step joins the baseline history after the trigger used it.
-        hslot = (state.n_history % c.baseline_window)[:, None]
-        history = torch.where(
-            active[:, None],
-            state.history.scatter(1, hslot, obs.entropy.to(torch.float32)[:, None]),
-            state.history,
-        )
-        new_state = PhaseState(
-            prev_phase=torch.where(active, phase, state.prev_phase),
+        history = st.history.copy()
+        rows = np.flatnonzero(active)
+        history[rows, st.n_history[rows] % c.baseline_window] = entropy[rows]
+        temps = temps if all_active else np.where(active, temps, st.temperature)
+        new = st._replace(
+            # A copy even when every row is active: the caller may reuse its phase buffer.
+            prev_phase=phase.copy() if all_active else np.where(active, phase, st.prev_phase),
             history=history,
-            n_history=state.n_history + active.to(torch.int64),
-            temperature=temps,
-            **recover_fields,
+            n_history=st.n_history + active,
+            temperature=temps.astype(np.float32, copy=False),
+            **fields,
         )
-        return temps, new_state
+        out = PhaseState(*(torch.from_numpy(np.ascontiguousarray(x)) for x in new))
+        return out.temperature, out
 
     def _recover_step(
         self,
-        state: PhaseState,
+        st: PhaseState,
         obs: StepObservation,
-        active: torch.Tensor,
-        is_rec: torch.Tensor,
-        temps: torch.Tensor,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Triggers, baselines and both guards, for a step where some active row is in recover."""
+        active: np.ndarray,
+        is_rec: np.ndarray,
+        temps: np.ndarray,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Triggers, baselines and both guards, for a step where some active row is in recover
+        (``st`` holds NumPy arrays). Work is skipped when it cannot change the result (a median
+        only for trigger rows, the window mean only when some row is past the horizon)."""
         c = self.config
-        trigger = is_rec & (state.prev_phase != _RECOVER)
+        trigger = is_rec & (st.prev_phase != _RECOVER)
         cont = is_rec & ~trigger  # continuing a stretch: the previous token was a recover token
 
         # Baseline frozen at the trigger, from the tokens *before* it (DESIGN.md "Baseline").
-        baseline = state.baseline
-        if bool(trigger.any()):
-            med = torch.nanquantile(state.history, 0.5, dim=1)  # averages the middle pair like np
-            med = torch.nan_to_num(med, nan=c.eps).clamp_min(c.eps)
-            baseline = torch.where(trigger, med, baseline)
+        baseline = st.baseline
+        if trigger.any():
+            idx = np.flatnonzero(trigger)
+            baseline = baseline.copy()
+            baseline[idx] = _nan_median(st.history[idx], st.n_history[idx], c.eps)
 
         # Recover window: a trigger clears it; a continuing step appends the sampling entropy of
         # the previous token, which is the stretch's most recent recover token.
-        steps = torch.where(trigger, 0, state.recover_steps)
-        window = torch.where(trigger[:, None], math.nan, state.recover_window)
-        slot = ((steps - 1).clamp_min(0) % c.contraction_window)[:, None]
-        pushed = window.scatter(1, slot, obs.prev_sampling_entropy.to(torch.float32)[:, None])
-        window = torch.where(cont[:, None], pushed, window)
-        mean = torch.nanmean(window, dim=1)  # NaN when empty: comparisons below are then False
+        steps = np.where(trigger, 0, st.recover_steps)
+        window = np.where(trigger[:, None], np.float32(math.nan), st.recover_window)
+        rows = np.flatnonzero(cont)
+        if rows.size:
+            prev = _np(obs.prev_sampling_entropy).astype(np.float32, copy=False)
+            window[rows, np.maximum(steps[rows] - 1, 0) % c.contraction_window] = prev[rows]
 
-        over_budget = is_rec & (state.recover_total >= c.recover_budget)
-        engaged = (
-            cont & ~over_budget & (steps >= c.horizon) & (mean > c.contraction_factor * baseline)
-        )
-        decay_steps = torch.where(engaged, state.decay_steps + 1, 0)
-        decay_steps = torch.where(active, decay_steps, state.decay_steps)
-
-        gap = c.recover - c.plan
-        t_guarded = c.plan + gap * torch.pow(self._decay, decay_steps.to(torch.float32))
-        temps = torch.where(engaged, t_guarded, temps)
-        temps = torch.where(over_budget, self._plan, temps)
-
-        mode = torch.where(engaged, MODE_FORCED_EXHALE, MODE_NORMAL)
-        mode = torch.where(over_budget, MODE_BUDGET, mode).to(torch.int8)
-        mode = torch.where(active, mode, state.mode)
-        fields = {
+        over_budget = is_rec & (st.recover_total >= c.recover_budget)
+        engaged = cont & ~over_budget & (steps >= c.horizon)
+        if engaged.any():
+            mean = torch.nanmean(torch.from_numpy(window), dim=1)  # NaN when empty: then False
+            thr = c.contraction_factor * torch.from_numpy(baseline)
+            engaged = engaged & (mean > thr).numpy()
+        decay_steps = np.where(active, (st.decay_steps + 1) * engaged, st.decay_steps)
+        if engaged.any():
+            d = torch.from_numpy(decay_steps.astype(np.float32))
+            t_guarded = (c.plan + (c.recover - c.plan) * torch.pow(self._decay, d)).numpy()
+            temps = np.where(engaged, t_guarded, temps)
+        if over_budget.any():
+            temps = np.where(over_budget, np.float32(c.plan), temps)
+        # engaged and over_budget are disjoint: 0 normal, 1 forced exhale, 2 budget.
+        mode = (engaged * MODE_FORCED_EXHALE + over_budget * MODE_BUDGET).astype(np.int8)
+        return temps, {
             "baseline": baseline,
             "recover_window": window,
-            "recover_steps": torch.where(is_rec, steps + 1, steps),
-            "recover_total": state.recover_total + is_rec.to(torch.int64),
+            "recover_steps": steps + is_rec,
+            "recover_total": st.recover_total + is_rec,
             "decay_steps": decay_steps,
-            "mode": mode,
+            "mode": np.where(active, mode, st.mode),
         }
-        return temps, fields
+
+
+def _np(x: torch.Tensor) -> np.ndarray:
+    """A NumPy view of a CPU tensor (a copy from other devices)."""
+    return x.detach().cpu().numpy()
+
+
+def _np_where_rows(rows: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.where(rows.reshape(-1, *([1] * (a.ndim - 1))), a, b)
+
+
+def _nan_median(history: np.ndarray, n_pushed: np.ndarray, eps: float) -> np.ndarray:
+    """Median of each row's filled slots of ``history`` (k, W) float32 (``min(n_pushed, W)`` of
+    them; the rest are NaN), floored at ``eps``; ``eps`` for a row with none (DESIGN.md
+    "Baseline").
+
+    The operations of ``torch.nanquantile(history, 0.5, dim=1)``, in float32: sort with NaN last,
+    rank ``0.5 * (n - 1)``, then torch's ``lerp`` of the neighbours (``end - (end - start) * (1 -
+    w)`` for ``w >= 0.5``, else ``start + w * (end - start)``), so the middle pair is averaged
+    like numpy's median and the bits are torch's."""
+    n = np.minimum(n_pushed, history.shape[1])
+    ranks = (n - 1).astype(np.float32) * np.float32(0.5)
+    below = np.maximum(np.trunc(ranks), 0).astype(np.int64)[:, None]
+    above = np.maximum(np.ceil(ranks), 0).astype(np.int64)[:, None]
+    ordered = np.sort(history, axis=1)
+    lo = np.take_along_axis(ordered, below, 1)[:, 0]
+    hi = np.take_along_axis(ordered, above, 1)[:, 0]
+    w = ranks - np.trunc(ranks)
+    diff = hi - lo
+    med = np.where(w < 0.5, lo + w * diff, hi - diff * (np.float32(1) - w))
+    return np.maximum(np.where(n == 0, np.float32(eps), med), np.float32(eps))
 
 
 class EDTTemperature:
     """EDT, ``T = t0 * n ** (theta / H)`` per token (policy name ``edt``; arXiv 2403.14541)."""
+
+    reads_sampling_entropy: tuple[int, ...] = ()
+    """EDT never reads ``prev_sampling_entropy``."""
 
     def __init__(self, config: EDTConfig | None = None) -> None:
         self.config = config if config is not None else EDTConfig()
@@ -479,10 +537,6 @@ def _short(v: float) -> str:
     """Shortest text that parses back to exactly ``v`` (so policy names round-trip)."""
     g = format(v, "g")
     return g if float(g) == v else repr(v)
-
-
-def _where_rows(rows: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.where(rows.view(-1, *([1] * (a.dim() - 1))), a, b)
 
 
 # ------------------------------------------------------------------------------- checkpoints

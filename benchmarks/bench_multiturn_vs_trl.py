@@ -1,0 +1,401 @@
+"""Multi-turn rollouts and training steps: agentropy's runner and trainer vs TRL's tool loop
+(issue 18, target 2: >= 2x assistant tokens/s on the same agent, tools, tasks and batch).
+
+Same model (the bootstrapped embedded agent, which calls ToolWorld tools; ``agentropy bootstrap``
+builds it), same tokenizer and chat template, same ToolWorld tasks (level ``--level``, train
+split), same tools and tool outputs (TRL gets them through ``environment_factory``: one
+environment per rollout whose methods call the task's ToolWorld session, so the tool messages
+are the same strings ours feed), temperature 1, same batch of ``tasks x group`` episodes.
+
+- **Rollouts** (in this process, interleaved rounds, medians): ours is :func:`rollout`
+  (KV-cached token-in/token-out decode loop, recording per-token entropies); TRL's is
+  ``GRPOTrainer._generate`` inside ``_generate_and_score_completions`` (transformers
+  ``generate`` per tool iteration on the concatenated ids, TRL's own tool loop), timed around
+  ``_generate`` only. Reported: assistant tokens/s (TRL: completion tokens with
+  ``tool_mask = 1``; ours: sampled assistant tokens) and tool turns/s (tool calls executed).
+- **Training step** (each trainer in its own process, one after the other): median wall time
+  of a whole multi-turn GRPO step (rollouts + scoring + loss + backward + optimizer) after the
+  first. Ours reads ``time/step_s`` from ``metrics.parquet``; TRL's is timed by a callback.
+
+Budgets differ in kind: ours caps assistant tokens per turn and per episode and the number of
+turns; TRL caps everything after the prompt (tool messages included) with
+``max_completion_length`` and the tool iterations with ``max_tool_calling_iterations``. Both are
+set so that episodes can finish (``--turns`` turns, ``--length`` tokens); the rates above are per
+token and per tool call, so they compare the loops, not the budgets.
+
+    AGENTROPY_HOME=... .venv/bin/python benchmarks/bench_multiturn_vs_trl.py \
+        [--tasks 4 --group 4 --turns 4 --length 160 --rounds 3 --steps 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _measure import python_argv, run_isolated
+
+THREADS = int(os.environ.get("BENCH_THREADS", "1"))
+LR = 1e-6
+
+
+def _agent() -> tuple[Any, Any]:
+    import torch
+
+    from agentropy import integrations as adapter
+    from agentropy.agent import tiny
+
+    torch.set_num_threads(THREADS)
+    path = tiny.default_agent_path()
+    if not (path / "config.json").is_file():
+        raise SystemExit(f"no embedded agent at {path}; run `agentropy bootstrap` first")
+    model, tokenizer = tiny.load_agent(path)
+    return model, adapter.prepare_tokenizer(tokenizer)
+
+
+def _world_and_tasks(level: int, n: int) -> tuple[Any, list[Any]]:
+    from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
+
+    world = ToolWorld(ToolWorldConfig(seed=0))
+    return world, world.tasks(split="train", level=level, n=n, seed=0)
+
+
+def _environment_class(world: Any, tasks: dict[str, Any]) -> type:
+    """TRL environment: one per rollout; its public methods are the ToolWorld tools.
+
+    Docstrings and signatures give TRL the same rendered tool list as ``world.tool_schemas()``
+    (the chat template prints names, parameter types and descriptions). Tool outputs are the
+    session's content strings, as our runner feeds them, failures included.
+    """
+    from agentropy.trace import ToolCall
+
+    class ToolWorldEnv:
+        calls = 0  # tool calls executed, over all instances (counted by the benchmark)
+
+        def __init__(self) -> None:
+            self.session: Any = None
+
+        def reset(self, **row: Any) -> None:
+            self.session = world.start(tasks[row["task_id"]])
+
+        def _call(self, name: str, **arguments: Any) -> str:
+            type(self).calls += 1
+            return self.session.call(ToolCall(name, arguments)).content
+
+        def lookup(self, entity: str, attribute: str) -> str:
+            """Look up an attribute of an entity.
+
+            Args:
+                entity: entity name, e.g. Kalo
+                attribute: one of: age, weight, height, distance
+            """
+            return self._call("lookup", entity=entity, attribute=attribute)
+
+        def backup_lookup(self, entity: str, attribute: str) -> str:
+            """Fail-over copy of lookup; works only while lookup is down.
+
+            Args:
+                entity: entity name, e.g. Kalo
+                attribute: one of: age, weight, height, distance
+            """
+            return self._call("backup_lookup", entity=entity, attribute=attribute)
+
+        def calc(self, expression: str) -> str:
+            """Integer arithmetic with + - * and parentheses.
+
+            Args:
+                expression: e.g. 42 + 17
+            """
+            return self._call("calc", expression=expression)
+
+        def convert(self, value: int, from_unit: str, to_unit: str) -> str:
+            """Convert a whole number between units.
+
+            Args:
+                value: the number
+                from_unit: one of: years, months, kg, g, km, m, cm
+                to_unit: one of: years, months, kg, g, km, m, cm
+            """
+            return self._call("convert", value=value, from_unit=from_unit, to_unit=to_unit)
+
+    return ToolWorldEnv
+
+
+def _reward_fn(tasks: dict[str, Any]) -> Any:
+    from agentropy.env.format import parse_assistant
+
+    def reward(completions: list, task_id: list, **_: Any) -> list[float]:
+        out = []
+        for c, tid in zip(completions, task_id, strict=True):
+            parsed = parse_assistant(str(c[-1].get("content", "")))
+            ok = parsed.kind == "answer" and str(parsed.answer).strip() == tasks[tid].answer
+            out.append(1.0 if ok else 0.0)
+        return out
+
+    return reward
+
+
+def _trl_trainer(model, tokenizer, world, tasks, args, out: str, steps: int, callbacks=()):
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    by_id = {t.task_id: t for t in tasks}
+    rows = {
+        "prompt": [
+            [
+                {"role": "system", "content": world.system_prompt()},
+                {"role": "user", "content": t.question},
+            ]
+            for t in tasks
+        ],
+        "task_id": [t.task_id for t in tasks],
+    }
+    config = GRPOConfig(
+        output_dir=out,
+        per_device_train_batch_size=args.tasks * args.group,
+        num_generations=args.group,
+        max_completion_length=args.length,
+        max_tool_calling_iterations=args.turns - 1,
+        max_steps=steps,
+        learning_rate=LR,
+        temperature=1.0,
+        loss_type="dapo",
+        beta=0.0,
+        num_iterations=1,
+        logging_steps=1,
+        use_cpu=True,
+        bf16=False,
+        activation_checkpointing=False,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
+    return GRPOTrainer(
+        model=model,
+        reward_funcs=_reward_fn(by_id),
+        args=config,
+        train_dataset=Dataset.from_dict(rows),
+        processing_class=tokenizer,
+        environment_factory=_environment_class(world, by_id),
+        callbacks=list(callbacks),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Rollouts, interleaved in this process
+# --------------------------------------------------------------------------------------------
+
+
+def rollouts(args: argparse.Namespace) -> dict:
+    from agentropy.agent.runner import RunnerConfig, rollout
+    from agentropy.control.base import ConstantTemperature
+
+    model, tokenizer = _agent()
+    world, tasks = _world_and_tasks(args.level, args.tasks)
+    batch = [t for t in tasks for _ in range(args.group)]
+    ours_cfg = RunnerConfig(
+        max_turns=args.turns,
+        max_new_tokens=args.length,
+        max_tokens=args.length,
+        batch_size=len(batch),
+    )
+    with tempfile.TemporaryDirectory() as out:
+        trainer = _trl_trainer(model, tokenizer, world, tasks, args, out, steps=1)
+        env_cls = trainer.environment_factories[None]
+        timed: dict[str, float] = {}
+        inner = trainer._generate
+
+        def generate(prompts):
+            t0 = time.perf_counter()
+            result = inner(prompts)
+            timed["s"] = time.perf_counter() - t0
+            timed["assistant_tokens"] = float(sum(sum(m) for m in result[2]))
+            return result
+
+        trainer._generate = generate
+        inputs = [
+            {
+                "prompt": [
+                    {"role": "system", "content": world.system_prompt()},
+                    {"role": "user", "content": t.question},
+                ],
+                "task_id": t.task_id,
+            }
+            for t in batch
+        ]
+
+        def run_trl() -> dict:
+            env_cls.calls = 0
+            trainer.model.eval()
+            trainer._generate_and_score_completions([dict(x) for x in inputs])
+            return {"s": timed["s"], "tokens": timed["assistant_tokens"], "tools": env_cls.calls}
+
+        def run_ours(seed: int) -> dict:
+            t0 = time.perf_counter()
+            eps = rollout(
+                model, tokenizer, world, batch, schedule=ConstantTemperature(1.0),
+                config=ours_cfg, seed=seed,
+            )  # fmt: skip
+            s = time.perf_counter() - t0
+            tokens = sum(t.n_tokens for e in eps for t in e.assistant_turns)
+            tools = sum(1 for e in eps for t in e.turns if t.role == "tool")
+            return {"s": s, "tokens": float(tokens), "tools": tools}
+
+        run_trl(), run_ours(0)  # warm-up
+        res: dict[str, list[dict]] = {"ours": [], "trl": []}
+        for r in range(args.rounds):
+            res["ours"].append(run_ours(r + 1))
+            res["trl"].append(run_trl())
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# Training steps, each trainer in its own process
+# --------------------------------------------------------------------------------------------
+
+
+def worker_ours(args: argparse.Namespace) -> dict:
+    from agentropy.rl.config import TrainConfig
+    from agentropy.rl.trainer import read_metrics, train
+
+    model, tokenizer = _agent()
+    with tempfile.TemporaryDirectory() as out:
+        config = TrainConfig(
+            out=os.path.join(out, "run"),
+            seed=0,
+            steps=args.steps,
+            tasks_per_step=args.tasks,
+            group_size=args.group,
+            policy="constant:1.0",
+            max_turns=args.turns,
+            max_new_tokens=args.length,
+            max_tokens=args.length,
+            rollout_batch_size=args.tasks * args.group,
+            loss="vanilla",
+            lr=LR,
+            ppo_epochs=1,
+            minibatch_size=args.tasks * args.group,
+            levels=(args.level,),
+            start_level=args.level,
+            mix_lower=0.0,
+            eval_every=10**6,
+            eval_episodes=1,
+            checkpoint_every=10**6,
+            tensorboard=False,
+            progress=False,
+        )
+        train(config, model=model, tokenizer=tokenizer)
+        rows = read_metrics(config.out)
+    timed = rows[1:-1]  # drop warm-up and the evaluating last step
+    return {
+        "step_s": statistics.median(r["time/step_s"] for r in timed),
+        "rollout_s": statistics.median(r["time/rollout_s"] for r in timed),
+        "steps_timed": len(timed),
+    }
+
+
+def worker_trl(args: argparse.Namespace) -> dict:
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def on_step_begin(self, a, state, control, **kwargs):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kwargs):
+            self.times.append(time.perf_counter() - self.t0)
+
+    model, tokenizer = _agent()
+    world, tasks = _world_and_tasks(args.level, args.tasks * args.steps)
+    model.train()
+    timer = StepTimer()
+    with tempfile.TemporaryDirectory() as out:
+        trainer = _trl_trainer(
+            model, tokenizer, world, tasks, args, out, steps=args.steps, callbacks=[timer]
+        )
+        trainer.train()
+    return {"step_s": statistics.median(timer.times[1:]), "steps_timed": len(timer.times) - 1}
+
+
+def _worker_argv(kind: str, args: argparse.Namespace) -> list[str]:
+    flags = [f"--{k}={getattr(args, k)}" for k in ("tasks", "group", "turns", "length", "steps")]
+    return python_argv(__file__, f"--worker={kind}", f"--level={args.level}", *flags)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tasks", type=int, default=4, help="distinct tasks per batch")
+    ap.add_argument("--group", type=int, default=4, help="episodes per task (GRPO group)")
+    ap.add_argument("--turns", type=int, default=4, help="assistant turns per episode at most")
+    ap.add_argument("--length", type=int, default=160, help="token budget (see docstring)")
+    ap.add_argument("--level", type=int, default=2, help="ToolWorld level of the tasks")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rollout rounds")
+    ap.add_argument("--steps", type=int, default=4, help="training steps per trainer (0: skip)")
+    ap.add_argument("--worker", choices=("ours", "trl"), default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        fn = worker_ours if args.worker == "ours" else worker_trl
+        print(json.dumps(fn(args)))
+        return
+
+    roll = rollouts(args)
+    steps: dict[str, dict] = {}
+    if args.steps > 1:
+        for kind in ("ours", "trl"):
+            m = run_isolated(_worker_argv(kind, args), env=dict(os.environ)).check()
+            steps[kind] = json.loads(m.stdout.strip().splitlines()[-1])
+    _report(args, roll, steps)
+
+
+def _report(args: argparse.Namespace, roll: dict, steps: dict) -> None:
+    def med(side: str, key: str) -> float:
+        return statistics.median(r[key] / r["s"] for r in roll[side])
+
+    print(
+        f"\n### Multi-turn vs TRL ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{platform.machine()} {os.cpu_count()} CPUs, {THREADS} thread(s) per process)\n"
+    )
+    print(
+        f"Embedded agent, ToolWorld level {args.level} train tasks: {args.tasks} tasks x "
+        f"{args.group} = batch {args.tasks * args.group}, <= {args.turns} turns, budget "
+        f"{args.length} tokens, T = 1; {args.rounds} interleaved rounds (median).\n"
+    )
+    print("| metric | agentropy | TRL | agentropy / TRL |")
+    print("| --- | ---: | ---: | ---: |")
+    for key, label in (("tokens", "assistant tokens / s"), ("tools", "tool turns / s")):
+        ours, trl = med("ours", key), med("trl", key)
+        ratio = ours / trl if trl else float("nan")
+        print(f"| {label} | {ours:,.1f} | {trl:,.1f} | {ratio:.2f}x |")
+    for key, label in (
+        ("s", "rollout wall s"),
+        ("tokens", "assistant tokens"),
+        ("tools", "tool turns"),
+    ):
+        ours = statistics.median(r[key] for r in roll["ours"])
+        trl = statistics.median(r[key] for r in roll["trl"])
+        print(
+            f"| {label} (per batch) | {ours:,.2f} | {trl:,.2f} | {ours / trl if trl else float('nan'):.2f} |"
+        )
+    if steps:
+        o, t = steps["ours"]["step_s"], steps["trl"]["step_s"]
+        n_o, n_t = steps["ours"]["steps_timed"], steps["trl"]["steps_timed"]
+        print(f"| training step s (median of {n_o} / {n_t}) | {o:.2f} | {t:.2f} | {o / t:.2f} |")
+        print(f"| of which our rollouts s | {steps['ours']['rollout_s']:.2f} | | |")
+    print(
+        f"\nLoad average (1, 5, 15 min) at the end: {os.getloadavg()}; command: `python {' '.join(sys.argv)}`"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ from typing import ParamSpec, TypeVar
 import typer
 
 from agentropy.errors import InputError
+from agentropy.integrations._extras import MissingExtraError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -23,15 +24,17 @@ def fail(message: str) -> typer.Exit:
 def guarded(fn: Callable[P, R]) -> Callable[P, R]:
     """Decorate a command so bad input exits with status 2 and a one-line message.
 
-    Catches :class:`InputError` (bad files) and ``ValueError`` (bad option values such as
-    ``T <= 0``), the two ways our library reports a user's mistake.
+    Catches :class:`InputError` (bad files), ``ValueError`` (bad option values such as
+    ``T <= 0``), the two ways our library reports a user's mistake, and
+    :class:`~agentropy.integrations._extras.MissingExtraError` (an option needs an extra that is
+    not installed; the message says what to install, and the library raises it before any work).
     """
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
-        except (InputError, ValueError) as err:
+        except (InputError, ValueError, MissingExtraError) as err:
             raise fail(str(err)) from None
 
     return wrapper

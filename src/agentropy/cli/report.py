@@ -116,8 +116,6 @@ def _run(
         ).summary
     except OSError as err:
         raise ValueError(f"cannot write {out}: {err.strerror}") from None
-    except ImportError as err:  # plotly is an optional extra: say how to install it
-        raise ValueError(str(err)) from None
     typer.echo(
         f"wrote {out}: {summary['episodes']} episodes, {len(summary['eruptions'])} eruptions, "
         f"{summary['tool_failures']} tool failures"

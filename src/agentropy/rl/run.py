@@ -10,7 +10,10 @@
   torch, the trainer's numpy generator); :func:`restore_checkpoint` puts all of it back, so the
   next step is exactly the step an uninterrupted run would have taken.
 - :class:`Sinks` holds the trace stores (``traces/``, ``eval_traces/``), the metrics file
-  (``metrics.parquet``, rewritten whole after each step) and TensorBoard.
+  (``metrics.parquet``, rewritten whole after each step), TensorBoard and Weights & Biases; the
+  last two also get the ``breath/*`` window metrics of each step's training episodes, the same
+  keys the TRL adapter logs (:data:`agentropy.metrics.METRICS` lists every name).
+- :func:`check_sinks` fails before any work when a requested sink's package is missing.
 - :class:`MetricAccumulator` combines minibatch metrics by summing values and weights (no mean
   of means; DESIGN.md).
 """
@@ -38,6 +41,7 @@ __all__ = [
     "LoopState",
     "MetricAccumulator",
     "Sinks",
+    "check_sinks",
     "latest_checkpoint",
     "open_run_dir",
     "read_metrics",
@@ -48,8 +52,12 @@ __all__ = [
 
 #: Config fields that may differ between a run and its resumption (they do not change results).
 RESUMABLE_FIELDS = frozenset(
-    {"steps", "progress", "tensorboard", "checkpoint_every", "keep_checkpoints"}
-)
+    {
+        "steps", "progress", "tensorboard", "wandb", "wandb_project", "checkpoint_every",
+        "keep_checkpoints",
+    }
+)  # fmt: skip
+
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,10 +259,35 @@ def _existing_episode_ids(store: Path) -> set[str]:
     return ids
 
 
+def check_sinks(config: TrainConfig) -> None:
+    """Raise :class:`~agentropy.integrations._extras.MissingExtraError` (one line naming the
+    extra) if ``config`` asks for a sink whose package is not installed.
+
+    Called before the model loads, so a missing ``wandb`` costs nothing but the message.
+    """
+    if config.wandb:
+        import importlib.util
+
+        from agentropy.integrations._extras import MissingExtraError
+
+        if importlib.util.find_spec("wandb") is None:
+            raise MissingExtraError(
+                "wandb is required for --set wandb=true: pip install 'agentropy[wandb]'"
+            )
+
+
 class Sinks:
     """Where a run's telemetry goes; :meth:`close` in a ``finally``."""
 
-    def __init__(self, out: Path, *, tensorboard: bool, console: Any) -> None:
+    def __init__(
+        self,
+        out: Path,
+        *,
+        tensorboard: bool,
+        console: Any,
+        wandb_project: str | None = None,
+        run_config: Mapping[str, Any] | None = None,
+    ) -> None:
         from agentropy.trace import TraceWriter
 
         self.out = out
@@ -265,6 +298,8 @@ class Sinks:
         self.stored_ids = _existing_episode_ids(out / "traces") | _existing_episode_ids(
             out / "eval_traces"
         )
+        # breath/* metrics of the last training episodes, logged with the next metrics row.
+        self._breath: dict[str, float] = {}
         self.tb = None
         if tensorboard:
             try:
@@ -275,10 +310,33 @@ class Sinks:
                 console.print(
                     "note: torch.utils.tensorboard is not importable; TensorBoard skipped"
                 )
+        self.wandb: Any = None
+        if wandb_project is not None:
+            import wandb
+
+            # The run id is derived from the directory so that --resume continues the same run.
+            run_id = "".join(c if c.isalnum() else "-" for c in out.resolve().as_posix())[-64:]
+            self.wandb = wandb.init(
+                project=wandb_project,
+                name=out.name,
+                id=run_id.strip("-") or "run",
+                dir=str(out),
+                config=dict(run_config or {}),
+                resume="allow",
+            )
+
+    @property
+    def logging(self) -> bool:
+        """Whether any scalar sink (TensorBoard, W&B) is open."""
+        return self.tb is not None or self.wandb is not None
 
     def write_episodes(self, episodes: Sequence[Episode], *, evaluation: bool = False) -> None:
         """Store episodes (token streams dropped) unless an interrupted run stored them."""
         writer = self.eval_traces if evaluation else self.traces
+        if not evaluation and self.logging:
+            from agentropy.integrations._trl_core import breath_metrics
+
+            self._breath = breath_metrics(list(episodes))
         for ep in episodes:
             ep.meta.pop("input_ids", None)
             ep.meta.pop("assistant_spans", None)
@@ -287,19 +345,31 @@ class Sinks:
         writer.flush()
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
-        """Rewrite ``metrics.parquet`` with every row; log the last row to TensorBoard."""
+        """Rewrite ``metrics.parquet`` with every row; log the last row and the last training
+        episodes' ``breath/*`` metrics to TensorBoard and W&B (finite floats only)."""
         _write_metrics(self.out / "metrics.parquet", rows)
-        if self.tb is not None and rows:
-            row = rows[-1]
-            for k, v in row.items():
-                if k != "step" and isinstance(v, float) and math.isfinite(v):
-                    self.tb.add_scalar(k, v, row["step"])
+        if not rows or not self.logging:
+            return
+        row = rows[-1]
+        scalars = {
+            k: v
+            for k, v in {**row, **self._breath}.items()
+            if k != "step" and isinstance(v, float) and math.isfinite(v)
+        }
+        self._breath = {}
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, row["step"])
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=int(row["step"]))
 
     def close(self) -> None:
         self.traces.close()
         self.eval_traces.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
 # --------------------------------------------------------------------------------------------

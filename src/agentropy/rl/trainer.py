@@ -89,6 +89,7 @@ from agentropy.rl.run import (
     LoopState,
     MetricAccumulator,
     Sinks,
+    check_sinks,
     derive_seed,
     latest_checkpoint,
     open_run_dir,
@@ -385,6 +386,7 @@ def train(
     console = console if console is not None else Console(stderr=True, quiet=not config.progress)
 
     # ---- setup: run directory, seeds, model, optimizer, world, sampling policies, loss
+    check_sinks(config)
     ckpt_dir = open_run_dir(config, resume=resume)
     rng = seed_everything(config)  # the trainer's own draws: task mix, minibatch order
     model, tokenizer = _load_policy(config, model, tokenizer, console)
@@ -410,7 +412,13 @@ def train(
             ckpt_dir, model=model, optimizer=optimizer, rng=rng, schedule=coefs
         )
         console.print(f"resumed {out} at step {state.step} from {ckpt_dir.name}")
-    sinks = Sinks(out, tensorboard=config.tensorboard, console=console)
+    sinks = Sinks(
+        out,
+        tensorboard=config.tensorboard,
+        wandb_project=config.wandb_project if config.wandb else None,
+        run_config=config.to_dict(),
+        console=console,
+    )
 
     def evaluate(step: int) -> dict[str, Any]:
         """Held-out success per level with the eval policy on fixed test-split tasks."""

@@ -1,0 +1,37 @@
+"""Write docs/metrics.md from agentropy.metrics.METRICS; ``--check`` fails if the page is stale."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from agentropy.metrics import METRICS
+
+PAGE = Path(__file__).with_name("metrics.md")
+
+HEADER = """# Metric names
+
+Generated from `agentropy.metrics.METRICS` by `docs/gen_metrics.py`; do not edit by hand.
+`{p}` stands for each phase: `plan`, `act`, `recover`, `answer`. The same key means the same
+value whichever trainer logs it: our trainer (TensorBoard, Weights & Biases, `metrics.parquet`),
+the TRL adapter (`RhythmGRPOTrainer`, `BreathGRPOTrainer`) and the verl adapter.
+
+| name | unit | logged by | meaning |
+| --- | --- | --- | --- |
+"""
+
+
+def render() -> str:
+    rows = [
+        f"| `{m.name}` | {m.unit} | {', '.join(m.producers)} | {m.meaning} |" for m in METRICS
+    ]
+    return HEADER + "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    text = render()
+    if "--check" in sys.argv:
+        if not PAGE.is_file() or PAGE.read_text() != text:
+            sys.exit(f"{PAGE} is stale: run python docs/gen_metrics.py")
+    else:
+        PAGE.write_text(text)

@@ -22,9 +22,7 @@ the TRL adapter (`RhythmGRPOTrainer`, `BreathGRPOTrainer`) and the verl adapter.
 
 
 def render() -> str:
-    rows = [
-        f"| `{m.name}` | {m.unit} | {', '.join(m.producers)} | {m.meaning} |" for m in METRICS
-    ]
+    rows = [f"| `{m.name}` | {m.unit} | {', '.join(m.producers)} | {m.meaning} |" for m in METRICS]
     return HEADER + "\n".join(rows) + "\n"
 
 

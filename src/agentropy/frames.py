@@ -86,9 +86,7 @@ def trace_arrow(table: TraceTable, part: TracePart = "tokens") -> pa.Table:
     # Each token's turn: assistant turns own [turn_start, turn_end); tool turns own none.
     asst = ~table.turn_is_tool.astype(bool)
     turn_of_token = np.repeat(table.turn_index[asst], (table.turn_end - table.turn_start)[asst])
-    position = np.arange(table.n_tokens) - np.repeat(
-        table.ep_start, table.ep_end - table.ep_start
-    )
+    position = np.arange(table.n_tokens) - np.repeat(table.ep_start, table.ep_end - table.ep_start)
     return pa.table({
         "episode_id": [table.episode_id[e] for e in ep_of_token.tolist()],
         "turn_index": turn_of_token.astype(np.int64),
@@ -108,7 +106,9 @@ def summary_arrow(summary: Mapping[str, Any], part: str) -> pa.Table:
         rows = list(summary.get(part) or [])
     elif part == "recovery":
         bins = (summary.get("recovery") or {}).get("by_spike_bin") or {}
-        rows = [{"bin": k, **{f: v.get(f) for f in ("rate", "n", "successes")}} for k, v in bins.items()]
+        rows = [
+            {"bin": k, **{f: v.get(f) for f in ("rate", "n", "successes")}} for k, v in bins.items()
+        ]
     elif part == "costs":
         policies = (summary.get("costs") or {}).get("policies") or {}
         rows = [{"policy": k, **v} for k, v in policies.items()]

@@ -133,6 +133,7 @@ def _plotly_js() -> str:
     the first ``/`` would end it), and in strings and templates ``\\/`` is ``/``.
     """
     from plotly.offline import get_plotlyjs  # a core dependency, imported late: it is large
+
     js = get_plotlyjs()
     return js.replace("</script", "<\\/script").replace("://", ":\\/\\/")
 

@@ -12,9 +12,13 @@ PAGE = Path(__file__).with_name("metrics.md")
 HEADER = """# Metric names
 
 Generated from `agentropy.metrics.METRICS` by `docs/gen_metrics.py`; do not edit by hand.
-`{p}` stands for each phase: `plan`, `act`, `recover`, `answer`. The same key means the same
-value whichever trainer logs it: our trainer (TensorBoard, Weights & Biases, `metrics.parquet`),
-the TRL adapter (`RhythmGRPOTrainer`, `BreathGRPOTrainer`) and the verl adapter.
+`{p}` stands for each phase: `plan`, `act`, `recover`, `answer`; `{alert}` for each alert of
+the training monitor: `eruption`, `subsided`, `divergence`, `collapse`, `nonfinite`. The same key means the same
+value whichever trainer logs it: our trainer (`metrics.parquet`; the `breath/*` keys go to
+TensorBoard and Weights & Biases),
+the TRL adapter (`RhythmGRPOTrainer`, `BreathGRPOTrainer`) and the training monitor
+(`Sinks.log_alerts`). The verl adapter logs none of these yet: verl's own names (`actor/entropy`, ...)
+are read by `agentropy watch` through its tag map.
 
 | name | unit | logged by | meaning |
 | --- | --- | --- | --- |

@@ -26,6 +26,20 @@ EPISODE = {
 }
 
 
+class _FakeRun:
+    """Records what a W&B run is asked to do (the real one is tested offline, slow tier)."""
+
+    def __init__(self) -> None:
+        self.logged: list[tuple[dict[str, float], int]] = []
+        self.alerts: list[dict[str, str]] = []
+
+    def log(self, data: dict[str, float], *, step: int) -> None:
+        self.logged.append((data, step))
+
+    def alert(self, *, title: str, text: str, level: str) -> None:
+        self.alerts.append({"title": title, "text": text, "level": level})
+
+
 class _Quiet:
     def print(self, *args: Any, **kwargs: Any) -> None:
         pass
@@ -47,6 +61,31 @@ def test_missing_wandb_is_one_line_naming_the_extra_before_any_work(
     assert res.exit_code == 2, res.output
     assert "agentropy[wandb]" in res.output and len(res.output.strip().splitlines()) == 1
     assert not out.exists()  # failed before the run directory, the model, anything
+
+
+def test_monitor_alerts_are_counted_and_divergence_notifies(tmp_path: Path) -> None:
+    from agentropy.monitor import Alert
+
+    sinks = Sinks(tmp_path, tensorboard=False, console=_Quiet())
+    run = _FakeRun()
+    sinks.wandb = run
+    try:
+        sinks.log_alerts([], step=3)
+        assert run.logged == []  # nothing fired: nothing logged
+        sinks.log_alerts(
+            [
+                Alert("eruption", 7, "entropy_recover"),
+                Alert("eruption", 7, "entropy"),
+                Alert("divergence", 7, "entropy", suggestion="lower the recover temperature"),
+            ],
+            step=7,
+        )
+    finally:
+        sinks.wandb = None
+        sinks.close()
+    assert run.logged == [({"breath/alert_eruption": 2.0, "breath/alert_divergence": 1.0}, 7)]
+    assert len(run.alerts) == 1 and "divergence" in run.alerts[0]["title"]
+    assert run.alerts[0]["text"] == "lower the recover temperature"
 
 
 @pytest.mark.slow
@@ -74,9 +113,13 @@ def test_wandb_sink_logs_metric_rows_and_breath_metrics_offline(
         monkeypatch.setattr(sinks.wandb, "log", spy)
         sinks.write_episodes([episode_from_dict(EPISODE)])
         sinks.write_metrics([{"step": 1, "loss/total": 0.5, "entropy/mean": float("nan")}])
+        from agentropy.monitor import Alert
+
+        sinks.log_alerts([Alert("divergence", 2, "entropy", suggestion="check")], step=2)
     finally:
         sinks.close()
-    assert len(logged) == 1 and logged[0][1] == 1
+    assert len(logged) == 2 and logged[0][1] == 1
+    assert logged[1] == ({"breath/alert_divergence": 1.0}, 2)
     summary = logged[0][0]
     assert summary["loss/total"] == 0.5
     assert "entropy/mean" not in summary  # non-finite values are never logged

@@ -3,7 +3,8 @@
 Metric keys are the only interface between trainers, the monitor and the report (STYLE.md), so
 they are listed here once; ``docs/gen_metrics.py`` renders :data:`METRICS` as the table in
 ``docs/metrics.md`` (``make docs`` fails when the page is stale). ``{p}`` runs over the phases
-(:data:`agentropy.trace.PHASES`).
+(:data:`agentropy.trace.PHASES`), ``{alert}`` over the monitor's alert names
+(:data:`agentropy.monitor.ALERT_NAMES`).
 
 The ``breath/*`` window metrics come from one function,
 :func:`agentropy.integrations._trl_core.breath_metrics`, called by the TRL adapter on each
@@ -51,6 +52,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("breath/loops", "count", _BOTH, "loops (repeated calls or n-gram repetition)"),
     Metric("breath/loops_repeated_call", "count", _BOTH, "three identical tool calls in a row"),
     Metric("breath/loops_ngram", "count", _BOTH, "assistant turns with 3-gram repetition >= 0.5"),
+    Metric("breath/alert_{alert}", "count", ("trainer", "monitor"),
+           "training-monitor alerts of that name at the step (eruption, subsided, divergence, "
+           "collapse, nonfinite)"),
     Metric("entropy/mean", "nats", ("trainer",), "token-mean entropy over the training batch"),
     Metric("entropy/{p}_mean", "nats", ("trainer",), "token-mean entropy of phase-p tokens (batch)"),
     Metric("tokens/{p}", "tokens", ("trainer",), "phase-p tokens in the training batch"),
@@ -60,7 +64,13 @@ METRICS: tuple[Metric, ...] = (
 
 
 def expand(name: str) -> list[str]:
-    """The concrete keys of ``name`` (``{p}`` replaced by each phase)."""
+    """The concrete keys of ``name`` (``{p}`` replaced by each phase, ``{alert}`` by each alert
+    name)."""
+    from agentropy.monitor import ALERT_NAMES
     from agentropy.trace import PHASES
 
-    return [name.format(p=p) for p in PHASES] if "{p}" in name else [name]
+    if "{p}" in name:
+        return [name.format(p=p) for p in PHASES]
+    if "{alert}" in name:
+        return [name.format(alert=a) for a in ALERT_NAMES]
+    return [name]

@@ -37,6 +37,7 @@ from agentropy.rl.config import TrainConfig
 from agentropy.trace import Episode
 
 __all__ = [
+    "NOTIFY_ALERTS",
     "RESUMABLE_FIELDS",
     "LoopState",
     "MetricAccumulator",
@@ -275,6 +276,11 @@ def check_sinks(config: TrainConfig) -> None:
             )
 
 
+#: Monitor alerts that also notify through W&B (``run.alert``: e-mail or Slack, per the user's
+#: W&B settings); the others are only logged as ``breath/alert_<name>`` counts.
+NOTIFY_ALERTS: frozenset[str] = frozenset({"divergence", "collapse", "nonfinite"})
+
+
 class Sinks:
     """Where a run's telemetry goes; :meth:`close` in a ``finally``."""
 
@@ -361,6 +367,32 @@ class Sinks:
                 self.tb.add_scalar(k, v, row["step"])
         if self.wandb is not None:
             self.wandb.log(scalars, step=int(row["step"]))
+
+    def log_alerts(self, alerts: Sequence[Any], *, step: int) -> None:
+        """Log the training monitor's alerts of one step (:class:`agentropy.monitor.Alert`) to
+        TensorBoard and W&B: ``breath/alert_<name>`` counts at ``step``, and on W&B a
+        notification (``run.alert``) for those named in :data:`NOTIFY_ALERTS`.
+
+        The alerts themselves stay in the tracker's state (and the checkpoint); this only makes
+        them visible where the user watches the curves.
+        """
+        if not alerts:
+            return
+        counts: dict[str, float] = {}
+        for a in alerts:
+            counts[f"breath/alert_{a.name}"] = counts.get(f"breath/alert_{a.name}", 0.0) + 1.0
+        if self.tb is not None:
+            for k, v in counts.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(counts, step=step)
+            for a in alerts:
+                if a.name in NOTIFY_ALERTS:
+                    self.wandb.alert(
+                        title=f"agentropy: {a.name} of {a.metric} at step {a.step}",
+                        text=a.suggestion or a.name,
+                        level="WARN",
+                    )
 
     def close(self) -> None:
         self.traces.close()

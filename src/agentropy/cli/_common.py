@@ -24,6 +24,7 @@ import typer
 from typer.core import TyperGroup
 
 from agentropy.errors import InputError, OutputError, os_reason
+from agentropy.integrations._extras import MissingExtraError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -56,7 +57,7 @@ def guarded(fn: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
-        except (InputError, OutputError, ValueError) as err:
+        except (InputError, OutputError, ValueError, MissingExtraError) as err:
             raise fail(str(err)) from None
         except RecursionError:
             raise fail("input nested too deeply") from None

@@ -133,10 +133,8 @@ def _plotly_js() -> str:
     can only occur inside a string, template literal or comment (in a regular-expression literal
     the first ``/`` would end it), and in strings and templates ``\\/`` is ``/``.
     """
-    try:
-        from plotly.offline import get_plotlyjs
-    except ImportError as err:  # pragma: no cover - plotly is in the report extra
-        raise ImportError("the HTML report needs plotly: pip install 'agentropy[report]'") from err
+    from plotly.offline import get_plotlyjs  # a core dependency, imported late: it is large
+
     js = get_plotlyjs()
     return js.replace("</script", "<\\/script").replace("://", ":\\/\\/")
 

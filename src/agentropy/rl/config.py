@@ -176,6 +176,11 @@ class TrainConfig:
     """Most recent checkpoints kept on disk."""
     tensorboard: bool = True
     """Also log metrics to TensorBoard under ``out/tb`` if ``torch.utils.tensorboard`` imports."""
+    wandb: bool = False
+    """Also log metrics to Weights & Biases (``pip install 'agentropy[wandb]'``; checked before
+    any work). ``WANDB_MODE=offline`` keeps the run local (files under ``out/wandb``)."""
+    wandb_project: str = "agentropy"
+    """W&B project of the run (the run is named after ``out``)."""
     progress: bool = True
     """Show a rich progress bar."""
 

@@ -10,7 +10,10 @@
   torch, the trainer's numpy generator); :func:`restore_checkpoint` puts all of it back, so the
   next step is exactly the step an uninterrupted run would have taken.
 - :class:`Sinks` holds the trace stores (``traces/``, ``eval_traces/``), the metrics file
-  (``metrics.parquet``, rewritten whole after each step) and TensorBoard.
+  (``metrics.parquet``, rewritten whole after each step), TensorBoard and Weights & Biases; the
+  last two also get the ``breath/*`` window metrics of each step's training episodes, the same
+  keys the TRL adapter logs (:data:`agentropy.metrics.METRICS` lists every name).
+- :func:`check_sinks` fails before any work when a requested sink's package is missing.
 - :class:`MetricAccumulator` combines minibatch metrics by summing values and weights (no mean
   of means; DESIGN.md).
 """
@@ -36,10 +39,12 @@ from agentropy.rl.config import TrainConfig
 from agentropy.trace import Episode
 
 __all__ = [
+    "NOTIFY_ALERTS",
     "RESUMABLE_FIELDS",
     "LoopState",
     "MetricAccumulator",
     "Sinks",
+    "check_sinks",
     "latest_checkpoint",
     "open_run_dir",
     "read_metrics",
@@ -50,8 +55,11 @@ __all__ = [
 
 #: Config fields that may differ between a run and its resumption (they do not change results).
 RESUMABLE_FIELDS = frozenset(
-    {"steps", "progress", "tensorboard", "checkpoint_every", "keep_checkpoints", "stop_on"}
-)
+    {
+        "steps", "progress", "tensorboard", "wandb", "wandb_project", "checkpoint_every",
+        "keep_checkpoints", "stop_on",
+    }
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,10 +302,40 @@ def _existing_episode_ids(store: Path) -> set[str]:
     return ids
 
 
+def check_sinks(config: TrainConfig) -> None:
+    """Raise :class:`~agentropy.integrations._extras.MissingExtraError` (one line naming the
+    extra) if ``config`` asks for a sink whose package is not installed.
+
+    Called before the model loads, so a missing ``wandb`` costs nothing but the message.
+    """
+    if config.wandb:
+        import importlib.util
+
+        from agentropy.integrations._extras import MissingExtraError
+
+        if importlib.util.find_spec("wandb") is None:
+            raise MissingExtraError(
+                "wandb is required for --set wandb=true: pip install 'agentropy[wandb]'"
+            )
+
+
+#: Monitor alerts that also notify through W&B (``run.alert``: e-mail or Slack, per the user's
+#: W&B settings); the others are only logged as ``breath/alert_<name>`` counts.
+NOTIFY_ALERTS: frozenset[str] = frozenset({"divergence", "collapse", "nonfinite"})
+
+
 class Sinks:
     """Where a run's telemetry goes; :meth:`close` in a ``finally``."""
 
-    def __init__(self, out: Path, *, tensorboard: bool, console: Any) -> None:
+    def __init__(
+        self,
+        out: Path,
+        *,
+        tensorboard: bool,
+        console: Any,
+        wandb_project: str | None = None,
+        run_config: Mapping[str, Any] | None = None,
+    ) -> None:
         from agentropy.trace import TraceWriter
 
         self.out = out
@@ -308,6 +346,8 @@ class Sinks:
         self.stored_ids = _existing_episode_ids(out / "traces") | _existing_episode_ids(
             out / "eval_traces"
         )
+        # breath/* metrics of the last training episodes, logged with the next metrics row.
+        self._breath: dict[str, float] = {}
         self.tb = None
         if tensorboard:
             try:
@@ -318,10 +358,33 @@ class Sinks:
                 console.print(
                     "note: torch.utils.tensorboard is not importable; TensorBoard skipped"
                 )
+        self.wandb: Any = None
+        if wandb_project is not None:
+            import wandb
+
+            # The run id is derived from the directory so that --resume continues the same run.
+            run_id = "".join(c if c.isalnum() else "-" for c in out.resolve().as_posix())[-64:]
+            self.wandb = wandb.init(
+                project=wandb_project,
+                name=out.name,
+                id=run_id.strip("-") or "run",
+                dir=str(out),
+                config=dict(run_config or {}),
+                resume="allow",
+            )
+
+    @property
+    def logging(self) -> bool:
+        """Whether any scalar sink (TensorBoard, W&B) is open."""
+        return self.tb is not None or self.wandb is not None
 
     def write_episodes(self, episodes: Sequence[Episode], *, evaluation: bool = False) -> None:
         """Store episodes (token streams dropped) unless an interrupted run stored them."""
         writer = self.eval_traces if evaluation else self.traces
+        if not evaluation and self.logging:
+            from agentropy.integrations._trl_core import breath_metrics
+
+            self._breath = breath_metrics(list(episodes))
         for ep in episodes:
             ep.meta.pop("input_ids", None)
             ep.meta.pop("assistant_spans", None)
@@ -330,19 +393,57 @@ class Sinks:
         writer.flush()
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
-        """Rewrite ``metrics.parquet`` with every row; log the last row to TensorBoard."""
+        """Rewrite ``metrics.parquet`` with every row; log the last row and the last training
+        episodes' ``breath/*`` metrics to TensorBoard and W&B (finite floats only)."""
         _write_metrics(self.out / "metrics.parquet", rows)
-        if self.tb is not None and rows:
-            row = rows[-1]
-            for k, v in row.items():
-                if k != "step" and isinstance(v, float) and math.isfinite(v):
-                    self.tb.add_scalar(k, v, row["step"])
+        if not rows or not self.logging:
+            return
+        row = rows[-1]
+        scalars = {
+            k: v
+            for k, v in {**row, **self._breath}.items()
+            if k != "step" and isinstance(v, float) and math.isfinite(v)
+        }
+        self._breath = {}
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, row["step"])
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=int(row["step"]))
+
+    def log_alerts(self, alerts: Sequence[Any], *, step: int) -> None:
+        """Log the training monitor's alerts of one step (:class:`agentropy.monitor.Alert`) to
+        TensorBoard and W&B: ``breath/alert_<name>`` counts at ``step``, and on W&B a
+        notification (``run.alert``) for those named in :data:`NOTIFY_ALERTS`.
+
+        The alerts themselves stay in the tracker's state (and the checkpoint); this only makes
+        them visible where the user watches the curves.
+        """
+        if not alerts:
+            return
+        counts: dict[str, float] = {}
+        for a in alerts:
+            counts[f"breath/alert_{a.name}"] = counts.get(f"breath/alert_{a.name}", 0.0) + 1.0
+        if self.tb is not None:
+            for k, v in counts.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(counts, step=step)
+            for a in alerts:
+                if a.name in NOTIFY_ALERTS:
+                    self.wandb.alert(
+                        title=f"agentropy: {a.name} of {a.metric} at step {a.step}",
+                        text=a.suggestion or a.name,
+                        level="WARN",
+                    )
 
     def close(self) -> None:
         self.traces.close()
         self.eval_traces.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
 # --------------------------------------------------------------------------------------------

@@ -108,6 +108,7 @@ from agentropy.rl.run import (
     LoopState,
     MetricAccumulator,
     Sinks,
+    check_sinks,
     derive_seed,
     latest_checkpoint,
     open_run_dir,
@@ -473,6 +474,7 @@ def train(
     console = console if console is not None else Console(stderr=True, quiet=not config.progress)
 
     # ---- setup: run directory, seeds, model, optimizer, world, sampling policies, loss
+    check_sinks(config)
     ckpt_dir = open_run_dir(config, resume=resume)
     rng = seed_everything(config)  # the trainer's own draws: task mix, minibatch order
     model, tokenizer = _load_policy(config, model, tokenizer, console)
@@ -499,7 +501,13 @@ def train(
             ckpt_dir, model=model, optimizer=optimizer, rng=rng, schedule=coefs
         )
         console.print(f"resumed {out} at step {state.step} from {ckpt_dir.name}")
-    sinks = Sinks(out, tensorboard=config.tensorboard, console=console)
+    sinks = Sinks(
+        out,
+        tensorboard=config.tensorboard,
+        wandb_project=config.wandb_project if config.wandb else None,
+        run_config=config.to_dict(),
+        console=console,
+    )
     # The live monitor (agentropy.monitor): alerts on this run's own metric rows.
     tracker = Tracker(config.monitor, stop_on=config.stop_on)
     if state.monitor is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -163,6 +163,25 @@ class TraceTable:
     @property
     def n_tokens(self) -> int:
         return int(self.entropy.shape[0])
+
+    def to_arrow(self, part: Literal["tokens", "turns", "episodes"] = "tokens") -> Any:
+        """One part as a pyarrow Table: ``tokens`` (N rows), ``turns`` (U) or ``episodes`` (E);
+        see :func:`agentropy.frames.trace_arrow`."""
+        from agentropy.frames import trace_arrow
+
+        return trace_arrow(self, part)
+
+    def to_pandas(self, part: Literal["tokens", "turns", "episodes"] = "tokens") -> Any:
+        """One part as a pandas DataFrame (``pip install 'agentropy[dataframes]'``)."""
+        from agentropy.frames import to_pandas
+
+        return to_pandas(self.to_arrow(part))
+
+    def to_polars(self, part: Literal["tokens", "turns", "episodes"] = "tokens") -> Any:
+        """One part as a polars DataFrame (``pip install 'agentropy[dataframes]'``)."""
+        from agentropy.frames import to_polars
+
+        return to_polars(self.to_arrow(part))
 
     @classmethod
     def from_episodes(

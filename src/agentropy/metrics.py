@@ -52,6 +52,11 @@ METRICS: tuple[Metric, ...] = (
     Metric("breath/loops", "count", _BOTH, "loops (repeated calls or n-gram repetition)"),
     Metric("breath/loops_repeated_call", "count", _BOTH, "three identical tool calls in a row"),
     Metric("breath/loops_ngram", "count", _BOTH, "assistant turns with 3-gram repetition >= 0.5"),
+    Metric("breath/loop_rate", "share", _BOTH, "episodes with at least one loop"),
+    Metric("breath/hallucination_rate", "share", _BOTH,
+           "hallucinated tool calls (unknown tool or invented value) / checkable calls"),
+    Metric("breath/valid_action_rate", "share", _BOTH, "tool calls that parsed / tool calls"),
+    Metric("breath/failure_rate", "share", _BOTH, "tool turns with status error or unexpected"),
     Metric("breath/alert_{alert}", "count", ("trainer", "monitor"),
            "training-monitor alerts of that name at the step (eruption, subsided, divergence, "
            "collapse, nonfinite)"),

@@ -24,6 +24,9 @@ Design of the loop (one "wave" of up to ``batch_size`` episodes at a time):
   emit (injected), the tool message, and the next assistant header. The sampled tokens are never
   re-tokenised. Injected and tool tokens are in ``meta["input_ids"]`` (when recorded) but never in
   the per-token arrays.
+- A row whose next block is a tool message may wait up to ``RunnerConfig.hold_steps`` steps
+  (feeding only padding) while other rows decode, so that several rows' tool messages share one
+  wide block instead of each padding every row's cache by its length (see :func:`_hold`).
 - Rows whose episode ended are dropped from the batch (``cache.batch_select_indices``), so a
   wave's stragglers do not pay for finished rows.
 - Temperature is applied once to fp32 logits. Sampling uses one ``torch.Generator`` per episode,

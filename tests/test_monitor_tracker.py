@@ -62,3 +62,21 @@ def test_import_monitor_is_cheap():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_broken_tool_calls_without_reward_diverge_at_once():
+    """The real lr 3e-4 run (RESULTS.md, "Monitor"): reward 0 throughout, entropy 0.94 -> 6.3,
+    valid tool calls 0.63 -> 0.09 -> 0: divergence at the confirming step, not a horizon later."""
+    h = [0.935, 2.963, 4.144, 4.697, 6.264]
+    valid = [0.625, 0.087, 0.0, 0.0, None]
+    tr = Tracker(stop_on=["divergence"])
+    for i, (e, v) in enumerate(zip(h, valid, strict=True), start=1):
+        tr.step(i, {"entropy/mean": e, "rollout/reward_mean": 0.0, "breath/valid_action_rate": v})
+    div = [a for a in tr.alerts if a.name == "divergence"]
+    assert div and div[0].step == 3 and div[0].evidence["severe"] is True
+    assert tr.should_stop
+    # A drift of the rate smaller than severe_rate waits for the horizon.
+    tr = Tracker()
+    for i, (e, v) in enumerate(zip(h, [0.625, 0.55, 0.5, 0.5, 0.5], strict=True), start=1):
+        tr.step(i, {"entropy/mean": e, "rollout/reward_mean": 0.0, "breath/valid_action_rate": v})
+    assert not [a for a in tr.alerts if a.name == "divergence"]

@@ -40,7 +40,9 @@ is *quiet* or *erupting*. While quiet it keeps its last ``window`` values.
 - ``divergence``: an erupting channel whose evidence is degrading (reward fell significantly over
   the last ``after_window`` steps versus before the onset, or a degeneracy rate worsened) and
   either ``horizon`` steps have passed without subsidence, or the degradation is *severe*
-  (reward lost ``severe_drop`` of its pre-eruption value): a blow-up that destroys the reward in one step is flagged then, not ``horizon`` steps later.
+  (reward lost ``severe_drop`` of its pre-eruption value, or a degeneracy rate worsened by
+  ``severe_rate``): a blow-up that destroys the reward, or the tool calls, in one step is
+  flagged then, not ``horizon`` steps later.
   With no evidence metric at all, ``horizon`` steps without subsidence suffice. Once per eruption.
 - ``collapse``: a quiet channel (with a reference level: the median of its first
   ``min_history`` values) whose value is below ``max(collapse_floor, collapse_fraction *
@@ -165,6 +167,13 @@ class MonitorConfig:
     """Rise of the loop / hallucination rate (or fall of the valid-action rate) that counts."""
     severe_drop: float = 0.5
     """Share of the pre-eruption reward lost that makes a divergence immediate."""
+    severe_rate: float = 0.3
+    """Worsening of a degeneracy rate (absolute: a loop or hallucination rate up, or the
+    valid-action rate down, by this much) that makes a divergence immediate, as
+    ``severe_drop`` does for reward: a policy whose tool calls stop parsing is broken even
+    when it never earned reward (measured: lr 3e-4 on the embedded agent took the valid-action
+    rate from 0.63 to 0.09 in one step with reward 0 throughout; RESULTS.md, "Monitor"). The
+    planted ``degenerate`` pattern (+0.2 loop rate) stays below it."""
     collapse_fraction: float = 0.25
     """Collapse floor as a fraction of the channel's reference (early) level."""
     collapse_floor: float = 0.05
@@ -190,7 +199,7 @@ class MonitorConfig:
                 )
         for name in ("rise_sigma", "rise_rel", "warmup_rise_rel", "min_rise", "reward_z"):
             _check_nonneg(self, name)
-        for name in ("reward_margin", "reward_rel", "rate_margin", "collapse_floor"):
+        for name in ("reward_margin", "reward_rel", "rate_margin", "collapse_floor", "severe_rate"):
             _check_nonneg(self, name)
         for name in ("subsidence", "severe_drop", "collapse_fraction"):
             v = getattr(self, name)
@@ -658,6 +667,7 @@ class Monitor:
         if fell and delta is not None:
             b = before["reward"][0]
             severe = b > 0 and -delta >= c.severe_drop * b
+        severe = severe or any(w >= c.severe_rate for _, w in worse)
         has_evidence = bool(before) or bool(after)
         if fell or worse:
             if not (severe or elapsed >= c.horizon):

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+__all__ = [
+    "InputError",
+]
+
 
 class InputError(ValueError):
     """Bad input: a message that says where (file, line or row, field) and what is wrong."""

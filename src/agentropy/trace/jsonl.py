@@ -58,6 +58,13 @@ from agentropy.trace.validate import (
     _Where,
 )
 
+__all__ = [
+    "episode_from_dict",
+    "episode_to_dict",
+    "read_jsonl",
+    "write_jsonl",
+]
+
 
 def _json_default(value: Any) -> Any:
     """Let numpy scalars and arrays inside ``meta`` serialise as plain JSON."""

@@ -56,6 +56,15 @@ from agentropy.trace.validate import (
 if TYPE_CHECKING:
     import pyarrow as pa
 
+__all__ = [
+    "iter_episodes",
+    "iter_episodes_counted",
+    "iter_parts",
+    "iter_token_batches",
+    "read_parquet",
+    "read_traces",
+]
+
 
 def _store_parts(path: str | Path) -> list[tuple[int, Path, Path]]:
     """Complete parts of a store: (number, episodes file, tokens file), in order."""

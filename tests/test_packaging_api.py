@@ -39,3 +39,17 @@ def test_public_module_declares_all_and_every_name_exists(name: str) -> None:
     missing = [n for n in exported if not hasattr(module, n)]
     assert not missing, f"{name}.__all__ names missing attributes: {missing}"
     assert len(set(exported)) == len(exported)
+
+
+def test_readme_public_api_table_matches_all() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Public API", 1)[1].split("\n\n", 3)[2]
+    rows = [r for r in section.splitlines() if r.startswith("| `agentropy")]
+    assert len(rows) >= 10
+    for row in rows:
+        cells = row.split(" | ")
+        name = cells[0].strip("| `")
+        listed = [n.strip("`") for n in cells[1].rstrip(" |").split(", ")]
+        actual = list(importlib.import_module(name).__all__)
+        expected = f"| `{name}` | " + ", ".join(f"`{n}`" for n in actual) + " |"
+        assert listed == actual, f"README row for {name} is stale; replace it with:\n{expected}"

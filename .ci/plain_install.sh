@@ -8,9 +8,9 @@ set -euo pipefail
 py=${1:-python3}
 venv=${2:-.venv-wheel}
 constraints=$(realpath "${3:-requirements/constraints-cpu.txt}")
-root=$(pwd)
+venv=$(realpath -m "$venv")
 work=$(mktemp -d)
-trap 'rm -rf "$work" "$root/$venv"' EXIT
+trap 'rm -rf "$work" "$venv"' EXIT
 
 rm -rf "$venv"
 "$py" -m venv "$venv"

@@ -11,6 +11,10 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
+__all__ = [
+    "InputError",
+]
+
 
 class InputError(ValueError):
     """Bad input: a message that says where (file, line or row, field) and what is wrong."""

@@ -9,6 +9,10 @@ from typing import Any
 
 from agentropy.errors import InputError
 
+__all__ = [
+    "load_model",
+]
+
 
 def load_model(path: str | os.PathLike[str] | None = None) -> tuple[Any, Any]:
     """``(model, tokenizer)`` in eval mode.

@@ -35,6 +35,20 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from agentropy.trace import STATUS_CODES, Episode, TraceTable
 
+__all__ = [
+    "KINDS",
+    "BreathConfig",
+    "Kind",
+    "TriggerStats",
+    "TriggerTable",
+    "analyze_episode",
+    "analyze_triggers",
+    "eruption_records",
+    "frozen_records",
+    "trigger_stats",
+]
+
+
 Kind = Literal["productive", "neutral", "divergent"]
 #: Eruption kind codes in :class:`TriggerTable` (``-1``: not an eruption).
 KINDS: tuple[str, ...] = ("productive", "neutral", "divergent")

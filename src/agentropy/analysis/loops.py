@@ -32,6 +32,18 @@ import numpy as np
 
 from agentropy.trace import TraceTable
 
+__all__ = [
+    "LOOP_TYPES",
+    "LoopConfig",
+    "LoopTable",
+    "LoopType",
+    "find_loops",
+    "hallucinated_calls",
+    "loop_records",
+    "ngram_repetition_rates",
+]
+
+
 LoopType = Literal["repeated_call", "ngram"]
 LOOP_TYPES: tuple[str, ...] = ("repeated_call", "ngram")
 

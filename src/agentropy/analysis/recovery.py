@@ -42,6 +42,32 @@ from typing import Any
 
 import numpy as np
 
+__all__ = [
+    "CONFIDENCE",
+    "CONSTANT_POLICY",
+    "EXPLORE_POLICY",
+    "MIN_N_BOOT",
+    "N_BOOT",
+    "REFERENCE_POLICY",
+    "SPIKE_BIN_EDGES",
+    "SPIKE_BIN_LABELS",
+    "UNKNOWN_POLICY",
+    "check_bootstrap",
+    "coefficient_of_variation",
+    "cost_stats",
+    "default_reference",
+    "latency_stats",
+    "logistic_fit",
+    "per_task_mean",
+    "percentile_interval",
+    "rate_ci",
+    "rate_draws",
+    "recovery_stats",
+    "relative_difference_ci",
+    "spike_bin",
+]
+
+
 #: Confidence level of every bootstrap interval in the analysis, the claims and the eval table.
 CONFIDENCE: float = 0.95
 #: Bootstrap resamples per interval (seeded, so intervals are deterministic).

@@ -74,6 +74,15 @@ from agentropy.analysis.training import (
 )
 from agentropy.trace import PHASE_CODE, Episode, NanPolicy, TraceTable
 
+__all__ = [
+    "AnalyzeConfig",
+    "Analyzer",
+    "Evidence",
+    "analyze_episodes",
+    "analyze_paths",
+    "iter_tables",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class AnalyzeConfig:

@@ -37,6 +37,17 @@ import numpy as np
 
 from agentropy.trace import PHASES
 
+__all__ = [
+    "ENTROPY_COLUMNS",
+    "Cycle",
+    "CycleConfig",
+    "detect_cycles",
+    "fit_exp_reward",
+    "noise_sigma",
+    "step_series",
+]
+
+
 #: Column names of the per-step entropy series: overall, then one per phase.
 ENTROPY_COLUMNS: tuple[str, ...] = ("all", *PHASES)
 

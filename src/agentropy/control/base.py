@@ -14,6 +14,12 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 
+__all__ = [
+    "ConstantTemperature",
+    "StepObservation",
+    "TemperatureSchedule",
+]
+
 
 class StepObservation(NamedTuple):
     """What the runner knows about each row just before sampling one token. All tensors are (B,)."""

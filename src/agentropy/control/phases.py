@@ -42,6 +42,21 @@ import numpy as np
 
 from agentropy.trace import PHASE_CODE, Turn
 
+__all__ = [
+    "DEFAULT_MARKERS",
+    "IncrementalDecoder",
+    "PhaseMarkers",
+    "PhaseTracker",
+    "Span",
+    "SpanKind",
+    "decode_token_texts",
+    "episode_phases",
+    "find_spans",
+    "label_tokens",
+    "resolves_failure",
+]
+
+
 SpanKind = Literal["act", "answer"]
 
 PLAN, ACT, RECOVER, ANSWER = (PHASE_CODE[p] for p in ("plan", "act", "recover", "answer"))

@@ -32,6 +32,13 @@ from agentropy.env.format import parse_assistant, render_tool_call
 from agentropy.integrations._extras import require
 from agentropy.trace import Episode, ToolCall, Turn
 
+__all__ = [
+    "OpenAIAgentConfig",
+    "make_client",
+    "run_episode",
+    "run_episodes",
+]
+
 
 @dataclass(frozen=True)
 class OpenAIAgentConfig:

@@ -25,6 +25,14 @@ from typing import Any
 
 from agentropy.integrations._extras import require
 
+__all__ = [
+    "END_MARKERS",
+    "MAX_TOP_LOGPROBS",
+    "create_app",
+    "generate_completion",
+]
+
+
 #: Closing markers that end an assistant turn in our tool-call format (Hermes/Qwen convention).
 END_MARKERS: tuple[str, ...] = ("</tool_call>", "</answer>")
 MAX_TOP_LOGPROBS = 20

@@ -32,6 +32,16 @@ from agentropy.analysis.recovery import (
 from agentropy.env.toolworld import LEVELS
 from agentropy.trace import Episode
 
+__all__ = [
+    "COLUMNS",
+    "DEFAULT_POLICIES",
+    "EvalConfig",
+    "add_overheads",
+    "policy_row",
+    "run_eval",
+]
+
+
 #: Policies compared by default: the reference and the two the claims compare with it.
 DEFAULT_POLICIES: tuple[str, ...] = (
     REFERENCE_POLICY,

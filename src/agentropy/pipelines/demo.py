@@ -33,6 +33,14 @@ from typing import Any
 from agentropy.env.toolworld import LEVELS
 from agentropy.pipelines.compare import DEFAULT_POLICIES
 
+__all__ = [
+    "DEMO_OUTPUTS",
+    "DemoConfig",
+    "render_summary",
+    "run_demo",
+]
+
+
 #: What a demo run directory holds (``force`` removes exactly these).
 DEMO_OUTPUTS: tuple[str, ...] = ("train", "eval", "report.html", "demo.json")
 

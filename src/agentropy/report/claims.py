@@ -73,6 +73,27 @@ from agentropy.analysis.recovery import (
 )
 from agentropy.analysis.summary import Evidence
 
+__all__ = [
+    "UNITS",
+    "VERDICTS",
+    "ClaimRow",
+    "ClaimsConfig",
+    "Direction",
+    "Verdict",
+    "claim_divergent_eruptions_fail",
+    "claim_exploration_latency_variance",
+    "claim_exploration_token_cost",
+    "claim_level_drop",
+    "claim_phase_beats_constant",
+    "claim_spike_3_4_recovery",
+    "claim_spike_after_failure",
+    "claims_table",
+    "format_ci",
+    "format_value",
+    "verdict",
+]
+
+
 Verdict = Literal["supported", "not supported", "inconclusive"]
 VERDICTS: tuple[str, ...] = ("supported", "not supported", "inconclusive")
 Direction = Literal["greater", "less"]

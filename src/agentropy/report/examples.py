@@ -24,6 +24,15 @@ import numpy as np
 
 from agentropy.trace import TOOL_STATUSES, Episode, TraceTable
 
+__all__ = [
+    "EXAMPLE_KINDS",
+    "ExamplePicker",
+    "Timeline",
+    "choose_examples",
+    "example_key",
+]
+
+
 #: Example kinds, in page order.
 EXAMPLE_KINDS: tuple[str, ...] = ("productive", "divergent", "frozen")
 

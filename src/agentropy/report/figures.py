@@ -28,6 +28,16 @@ import numpy as np
 from agentropy.report.examples import Timeline
 from agentropy.trace import FAILED_STATUSES, PHASES
 
+__all__ = [
+    "FAIL_COLOR",
+    "OK_COLOR",
+    "PHASE_COLORS",
+    "recovery_figure",
+    "timeline_figure",
+    "training_figure",
+]
+
+
 #: One colour per phase (and ``all``), colour-blind-safe (Okabe-Ito).
 PHASE_COLORS: dict[str, str] = {
     "all": "#000000",

@@ -49,6 +49,17 @@ from agentropy.report.claims import (
 from agentropy.report.examples import EXAMPLE_KINDS, ExamplePicker, Timeline, choose_examples
 from agentropy.trace import Episode
 
+__all__ = [
+    "FIGURE_IDS",
+    "SECTION_IDS",
+    "StreamedReport",
+    "build_report",
+    "environment_versions",
+    "report_from_paths",
+    "write_report",
+]
+
+
 #: Section ids, in page order.
 SECTION_IDS: tuple[str, ...] = (
     "overview",

@@ -29,7 +29,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -177,7 +177,8 @@ class LoopState:
 
 def _np_state() -> tuple[Any, ...]:
     # numpy's legacy global state holds an ndarray; store a list so weights_only loading works.
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    # numpy's stubs type get_state() as a str-or-tuple union; legacy=True always gives the tuple.
+    name, keys, pos, has_gauss, gauss = cast(tuple[Any, ...], np.random.get_state())
     return (name, keys.tolist(), int(pos), int(has_gauss), float(gauss))
 
 

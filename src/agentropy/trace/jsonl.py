@@ -60,6 +60,13 @@ from agentropy.trace.validate import (
     _Where,
 )
 
+__all__ = [
+    "episode_from_dict",
+    "episode_to_dict",
+    "read_jsonl",
+    "write_jsonl",
+]
+
 #: Longest JSONL line (one episode), and largest ``.json`` file, read: a bound on memory that a
 #: runaway input (a link to a device, a file without newlines) hits with a clear message.
 MAX_LINE_BYTES = 256 * 2**20

@@ -293,3 +293,25 @@ def _episode_header(episode: Episode) -> dict[str, Any]:
 # The field rules need the classes above; importing them last keeps one direction of definition
 # (model defines, validate checks) while the constructors still run every rule.
 from agentropy.trace import validate as _validate  # noqa: E402
+
+__all__ = [
+    "DROPPED_META_KEY",
+    "FAILED_STATUSES",
+    "NAN_POLICIES",
+    "PHASES",
+    "PHASE_CODE",
+    "ROLES",
+    "STATUS_CODES",
+    "TOKEN_ARRAY_FIELDS",
+    "TOKEN_FLOAT_FIELDS",
+    "TOOL_STATUSES",
+    "Episode",
+    "Episodes",
+    "NanPolicy",
+    "Phase",
+    "Role",
+    "ToolCall",
+    "ToolStatus",
+    "Turn",
+    "canonical_arguments",
+]

@@ -59,6 +59,13 @@ from agentropy.trace.validate import _episode_arrays
 if TYPE_CHECKING:
     import pyarrow as pa
 
+__all__ = [
+    "DEFAULT_EPISODES_PER_PART",
+    "TraceWriter",
+    "write_parquet",
+]
+
+
 #: Default number of episodes per Parquet part (a part is the unit lost if a writer is killed).
 DEFAULT_EPISODES_PER_PART = 256
 _LOCK_NAME = ".writer.lock"

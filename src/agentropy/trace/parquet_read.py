@@ -61,6 +61,15 @@ from agentropy.trace.validate import (
 if TYPE_CHECKING:
     import pyarrow as pa
 
+__all__ = [
+    "iter_episodes",
+    "iter_episodes_counted",
+    "iter_parts",
+    "iter_token_batches",
+    "read_parquet",
+    "read_traces",
+]
+
 
 #: Parts already reported as skipped (store, number), so a second pass over a store is quiet.
 _ANNOUNCED: set[tuple[str, int]] = set()

@@ -21,6 +21,10 @@ from agentropy.errors import InputError
 from agentropy.trace.model import STATUS_CODES, Episode, NanPolicy, ToolCall, _cat
 from agentropy.trace.validate import _NAN_HINT, _check_nan_policy
 
+__all__ = [
+    "TraceTable",
+]
+
 
 class _TurnColumns:
     """The per-turn columns of a :class:`TraceTable`, appended turn by turn by its builders."""

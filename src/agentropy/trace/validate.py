@@ -38,6 +38,11 @@ from agentropy.trace.model import (
     _tname,
 )
 
+__all__ = [
+    "validate_episode",
+]
+
+
 # =====================================================================================
 # The rules: each returns None for a good value, else the message (callers say where)
 # =====================================================================================

@@ -433,13 +433,14 @@ class ToolWorld:
         ]
 
     def system_prompt(self) -> str:
-        """A short system prompt that describes the tools and the answer format."""
+        """A one-line system prompt; the chat template lists the tools and the call format.
+
+        Kept short on purpose: it opens every transcript, and every token the agent writes
+        attends to it (the tiny agent trains on CPU).
+        """
         return (
-            "Answer the question. Tools: lookup(entity, attribute); backup_lookup(entity, "
-            "attribute), used only when lookup is down; calc(expression); convert(value, "
-            "from_unit, to_unit). Attributes: age (years), weight (kg), height (m), distance "
-            '(km). Call a tool as <tool_call>{"name":...,"arguments":{...}}</tool_call>. '
-            "Give the final answer as <answer>number</answer>."
+            "Answer the question with the tools. Units: age years, weight kg, height m, "
+            "distance km."
         )
 
     # ------------------------------------------------------------------ tasks

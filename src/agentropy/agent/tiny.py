@@ -112,7 +112,7 @@ MARKER_TOKENS: tuple[str, ...] = (
 
 # Bump when the template, tokenizer construction or training procedure changes in a way that
 # makes agents cached under the same recipe hash stale.
-_FORMAT_VERSION = 2
+_FORMAT_VERSION = 3
 INFO_FILE = "agentropy_tiny.json"
 
 # Hermes/Qwen-style tool template. Each tool is one compact signature line inside <tools>
@@ -309,8 +309,17 @@ class TinyRecipe:
 
     @property
     def recipe_hash(self) -> str:
-        """12 hex digits identifying the recipe (and the template/training format version)."""
-        payload = {"format_version": _FORMAT_VERSION, **dataclasses.asdict(self)}
+        """12 hex digits identifying everything that shapes the agent: the recipe fields, the
+        training-format version, the ToolWorld version (tasks, tool outputs, expert
+        transcripts) and the chat template."""
+        from agentropy.env.toolworld import TOOLWORLD_VERSION
+
+        payload = {
+            "format_version": _FORMAT_VERSION,
+            "toolworld_version": TOOLWORLD_VERSION,
+            "chat_template": hashlib.sha256(CHAT_TEMPLATE.encode()).hexdigest(),
+            **dataclasses.asdict(self),
+        }
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -374,6 +383,11 @@ def _tokenizer_json(vocab_size: int, world_seed: int, tasks_per_level: int, seed
     name_re = re.compile(r"\b(?:" + "|".join(map(re.escape, names)) + r")\b")
     texts = [name_re.sub(" ", text) for text in texts]
     texts.append("\n".join(f"{name} {name}" for name in names))  # both "Kalo" and " Kalo"
+    # Every consonant-vowel syllable (world names and renamed ones are made of them), a few
+    # times each, so each becomes one piece in every position ("Ka", " Ka", "lo") however many
+    # merges the transcripts' own words claim: any name, seen or not, is two or three pieces.
+    syllables = [c + v for c in _CONSONANTS for v in _VOWELS]
+    texts.extend(" ".join(f"{s.capitalize()} {s}" for s in syllables) for _ in range(4))
     # Markers become added tokens after training; keep them out of the merge statistics.
     markers = (*SPECIAL_TOKENS, *MARKER_TOKENS)
 
@@ -992,6 +1006,9 @@ def bootstrap(
 ) -> Path:
     """Train (or reuse) the tiny agent of ``recipe`` and return its directory.
 
+    Unless ``force``, the agent shipped in the repository (:mod:`agentropy.agent.shipped`) is
+    returned when it was built from ``recipe``: the default recipe needs no build.
+
     The directory (see :func:`agent_path`) holds ``save_pretrained`` output for model and
     tokenizer plus ``agentropy_tiny.json`` (recipe, parameter count, train time, per-step losses
     (``losses``: the step's total, drill loss included; ``drill_losses``: the drills' own), held-out
@@ -1004,6 +1021,12 @@ def bootstrap(
     than cores avoids OpenMP threads spinning while they wait for each other.
     """
     recipe = recipe if recipe is not None else TinyRecipe()
+    if not force:
+        from agentropy.agent.shipped import shipped_agent_path
+
+        shipped = shipped_agent_path(recipe)  # the repository's own copy of the default agent
+        if shipped is not None:
+            return shipped
     path = agent_path(recipe, home=home)
     if _is_complete(path) and not force:
         return path

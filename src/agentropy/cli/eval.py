@@ -86,6 +86,11 @@ def register(app: typer.Typer) -> None:
             None, "--out", help="Directory for eval.json and traces/<policy>.parquet."
         ),
         split: str = typer.Option("test", "--split", help="Task split: test or train."),
+        faults: str = typer.Option(
+            "seen",
+            "--faults",
+            help="Fault family: seen (in expert transcripts), novel (never shown) or all.",
+        ),
         batch_size: int = typer.Option(16, "--batch-size", help="Episodes decoded together."),
         max_turns: int = typer.Option(8, "--max-turns", help="Assistant turns per episode."),
         max_new_tokens: int = typer.Option(
@@ -119,11 +124,15 @@ def register(app: typer.Typer) -> None:
         runner_config = RunnerConfig(
             batch_size=batch_size, max_turns=max_turns, max_new_tokens=max_new_tokens
         )
+        from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
+
+        world = ToolWorld(ToolWorldConfig(faults=faults))
         lm, tokenizer = load_model(model)
         result = run_eval(
             lm,
             tokenizer,
             config=config,
+            world=world,
             runner_config=runner_config,
             out_dir=out,
             progress=progress,

@@ -37,6 +37,11 @@ def register(app: typer.Typer) -> None:
         eval_episodes: int = typer.Option(
             50, "--eval-episodes", help="Held-out tasks per level in each run's final evaluation."
         ),
+        faults: str | None = typer.Option(
+            None,
+            "--faults",
+            help="Fault family: seen (in expert transcripts), novel (never shown) or all.",
+        ),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
     ) -> None:
         """Train every arm on every seed, evaluate on the same held-out tasks, compare.
@@ -54,6 +59,8 @@ def register(app: typer.Typer) -> None:
         changes: dict[str, object] = {"progress": progress}
         if model is not None:
             changes["model"] = str(model)
+        if faults is not None:
+            changes["faults"] = faults
         train = apply_overrides(dataclasses.replace(train, **changes), set_)
         exp = ExperimentConfig(
             arms=tuple(a.strip() for a in arms.split(",") if a.strip()),

@@ -120,6 +120,11 @@ def register(app: typer.Typer) -> None:
         ),
         seed: int = typer.Option(0, "--seed", help="Seed for tasks and sampling."),
         split: str = typer.Option("test", "--split", help="Task split: train or test."),
+        faults: str = typer.Option(
+            "seen",
+            "--faults",
+            help="Fault family: seen (in expert transcripts), novel (never shown) or all.",
+        ),
         batch_size: int = typer.Option(8, "--batch-size", help="Episodes decoded together."),
         max_turns: int = typer.Option(8, "--max-turns", help="Assistant turns per episode."),
         max_new_tokens: int = typer.Option(
@@ -154,7 +159,7 @@ def register(app: typer.Typer) -> None:
         )
         from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
 
-        world = ToolWorld(ToolWorldConfig())
+        world = ToolWorld(ToolWorldConfig(faults=faults))
         tasks_by_level = {
             lv: world.tasks(split=split, level=lv, n=episodes, seed=seed)
             for lv in dict.fromkeys(level)

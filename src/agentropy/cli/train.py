@@ -49,6 +49,11 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(
             False, "--resume", help="Continue from the newest checkpoint in the run directory."
         ),
+        faults: str | None = typer.Option(
+            None,
+            "--faults",
+            help="Fault family: seen (in expert transcripts), novel (never shown) or all.",
+        ),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
         print_config: bool = typer.Option(
             False, "--print-config", help="Print the resolved config as TOML and exit."
@@ -71,6 +76,7 @@ def register(app: typer.Typer) -> None:
             "seed": seed,
             "policy": policy,
             "loss": loss,
+            "faults": faults,
         }
         if not progress:
             explicit["progress"] = False

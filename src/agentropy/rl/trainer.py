@@ -498,7 +498,11 @@ def train(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    world = world if world is not None else ToolWorld(ToolWorldConfig(seed=config.world_seed))
+    world = (
+        world
+        if world is not None
+        else ToolWorld(ToolWorldConfig(seed=config.world_seed, faults=config.faults))
+    )
     schedule = schedule_from_name(config.policy)
     eval_schedule = schedule_from_name(config.resolved_eval_policy)
     runner_config = RunnerConfig(

@@ -433,14 +433,16 @@ class ToolWorld:
         ]
 
     def system_prompt(self) -> str:
-        """A one-line system prompt; the chat template lists the tools and the call format.
+        """A short system prompt: tool names, units and the call and answer formats.
 
-        Kept short on purpose: it opens every transcript, and every token the agent writes
-        attends to it (the tiny agent trains on CPU).
+        Short on purpose: it opens every transcript and every token the agent writes attends
+        to it (the tiny agent trains on CPU). Chat templates list the tools' signatures.
         """
         return (
-            "Answer the question with the tools. Units: age years, weight kg, height m, "
-            "distance km."
+            "Tools: lookup, backup_lookup (only when lookup is down), calc, convert. Units: age "
+            "years, weight kg, height m, distance km. Call a tool as "
+            '<tool_call>{"name":...,"arguments":{...}}</tool_call>; answer as '
+            "<answer>number</answer>."
         )
 
     # ------------------------------------------------------------------ tasks

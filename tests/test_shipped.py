@@ -70,3 +70,24 @@ def test_default_agent_loads_without_a_build(monkeypatch, tmp_path) -> None:
 def test_shipped_record_matches_the_transcripts_the_code_generates() -> None:
     record = shipped.read_build_record()
     assert record["transcript_hash"] == shipped.transcript_hash(tiny.TinyRecipe())
+
+
+def test_ship_copies_files_and_writes_the_build_record(
+    monkeypatch, tmp_path, tiny_tokenizer, random_llama
+) -> None:
+    built = tmp_path / "built"
+    random_llama.save_pretrained(built)
+    tiny_tokenizer.save_pretrained(built)
+    recipe = tiny.TinyRecipe()
+    (built / tiny.INFO_FILE).write_text(json.dumps({"recipe_hash": recipe.recipe_hash}))
+    monkeypatch.setattr(shipped, "transcript_hash", lambda recipe: "0" * 16)
+    out = shipped.ship(built, out=tmp_path / "default", wall_s=12.5, threads=1, eval_episodes=0)
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    record = shipped.read_build_record(out)
+    assert record["recipe_hash"] == recipe.recipe_hash and record["build_wall_s"] == 12.5
+    assert record["threads"] == 1 and record["eval"]["rows"] == []
+    assert set(shipped.library_versions()) <= set(record["library_versions"])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left
+    (built / tiny.INFO_FILE).write_text(json.dumps({"recipe_hash": "not-the-default"}))
+    with pytest.raises(ValueError, match="default recipe"):
+        shipped.ship(built, out=tmp_path / "other", wall_s=1.0, threads=1, eval_episodes=0)

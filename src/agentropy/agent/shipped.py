@@ -34,6 +34,7 @@ __all__ = [
     "library_versions",
     "read_build_record",
     "rebuild",
+    "ship",
     "shipped_agent_path",
     "transcript_hash",
 ]
@@ -166,29 +167,27 @@ def build_record(
     }
 
 
-def rebuild(
+def ship(
+    built: str | os.PathLike[str],
     *,
     out: str | os.PathLike[str] = SHIPPED_DIR,
-    num_threads: int | None = None,
+    wall_s: float,
+    threads: int,
     eval_episodes: int = 200,
-    progress: bool = True,
 ) -> Path:
-    """Rebuild the default agent from ``TinyRecipe()`` and write it (with its records) to ``out``.
+    """Copy the agent built in ``built`` (by ``bootstrap(TinyRecipe())``) to ``out`` with records.
 
-    Trains from scratch (the cache entry is replaced), copies the model and tokenizer files and
-    the training record, evaluates the copy (``eval_episodes`` held-out tasks per level, greedy,
-    seen and novel faults; 0 skips) and writes ``build.json``. Returns ``out``.
+    Copies the model and tokenizer files and the training record, evaluates the copy
+    (``eval_episodes`` held-out tasks per level, greedy, seen and novel faults; 0 skips) and
+    writes ``build.json`` (``wall_s``: the build's wall time; ``threads``: torch threads used).
+    The directory is assembled aside and renamed into place. Returns ``out``.
     """
-    import torch
-
     from agentropy.agent import tiny
 
+    built, out = Path(built), Path(out)
     recipe = tiny.TinyRecipe()
-    start = time.perf_counter()
-    threads = num_threads if num_threads is not None else torch.get_num_threads()
-    built = tiny.bootstrap(recipe, progress=progress, force=True, num_threads=num_threads)
-    wall_s = time.perf_counter() - start
-    out = Path(out)
+    if tiny.read_agent_info(built).get("recipe_hash") != recipe.recipe_hash:
+        raise ValueError(f"{built} was not built from the default recipe {recipe.recipe_hash}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".default-", dir=out.parent))
     try:
@@ -197,8 +196,6 @@ def rebuild(
                 shutil.copy2(built / name, tmp / name)
         rows: list[dict[str, Any]] = []
         if eval_episodes > 0:
-            if num_threads is not None:
-                torch.set_num_threads(num_threads)
             rows = _eval_table(tmp, episodes=eval_episodes, families=("seen", "novel"))
         record = build_record(
             recipe, wall_s=wall_s, threads=threads, eval_rows=rows, eval_episodes=eval_episodes
@@ -210,3 +207,32 @@ def rebuild(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def rebuild(
+    *,
+    out: str | os.PathLike[str] = SHIPPED_DIR,
+    num_threads: int | None = None,
+    eval_episodes: int = 200,
+    progress: bool = True,
+) -> Path:
+    """Rebuild the default agent from ``TinyRecipe()`` and :func:`ship` it to ``out``.
+
+    Trains from scratch (replacing the cache entry), then copies, evaluates and records it.
+    """
+    import torch
+
+    from agentropy.agent import tiny
+
+    start = time.perf_counter()
+    threads = num_threads if num_threads is not None else torch.get_num_threads()
+    built = tiny.bootstrap(
+        tiny.TinyRecipe(), progress=progress, force=True, num_threads=num_threads
+    )
+    wall_s = time.perf_counter() - start
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return ship(built, out=out, wall_s=wall_s, threads=threads, eval_episodes=eval_episodes)
+    finally:
+        torch.set_num_threads(previous)

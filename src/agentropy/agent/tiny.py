@@ -211,7 +211,7 @@ class TinyRecipe:
     """MLP width (SwiGLU)."""
     max_length: int = 768
     """Transcripts are truncated to this many tokens for training and evaluation."""
-    steps: int = 500
+    steps: int = 600
     """Transcript steps (after the ``drill_steps`` warm-up; see :attr:`total_steps`)."""
     batch_size: int = 16
     """Transcripts per step."""
@@ -223,7 +223,7 @@ class TinyRecipe:
     """The cosine decays to ``lr * min_lr_ratio``."""
     weight_decay: float = 0.01
     """AdamW decoupled weight decay."""
-    drill_steps: int = 800
+    drill_steps: int = 500
     """Copy-drill warm-up steps before the transcript steps (see :func:`copy_drill`)."""
     drill_batch_size: int = 32
     """Copy drills per warm-up step."""

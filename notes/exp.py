@@ -21,10 +21,10 @@ T0 = time.time()
 _orig = tiny._lr_factor
 
 
-def _logged(step, r):
+def _logged(step, r, **kw):
     if step % 100 == 0:
-        print(f"step {step} t={time.time() - T0:.0f}s", flush=True)
-    return _orig(step, r)
+        print(f"step {step} t={time.time() - T0:.0f}s {kw}", flush=True)
+    return _orig(step, r, **kw)
 
 
 tiny._lr_factor = _logged

@@ -201,6 +201,10 @@ def ship(
             recipe, wall_s=wall_s, threads=threads, eval_rows=rows, eval_episodes=eval_episodes
         )
         (tmp / BUILD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        # mkdtemp and the cache copy are owner-only; the shipped files are for every user.
+        tmp.chmod(0o755)
+        for file in tmp.iterdir():
+            file.chmod(0o644)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -350,13 +350,17 @@ def test_copy_drills_are_answerable_by_copying(tok) -> None:
     assert kinds == {"answer", "call", "echo"}
 
 
-def test_lr_schedule_spans_drill_and_transcript_steps() -> None:
+def test_lr_schedule_warms_up_holds_through_drills_and_decays_over_transcripts() -> None:
     recipe = tiny.TinyRecipe(steps=50, drill_steps=30, drill_batch_size=4, warmup_steps=10)
     assert recipe.total_steps == 80
-    factors = [tiny.sft._lr_factor(s, recipe) for s in range(recipe.total_steps)]
-    assert factors[9] == pytest.approx(1.0)
-    assert factors[-1] == pytest.approx(recipe.min_lr_ratio)
-    assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
+    drills = [tiny.sft._lr_factor(s, recipe) for s in range(20)]  # the warm-up stopped at 20
+    assert drills[0] == pytest.approx(0.1) and drills[9:] == [1.0] * 11
+    decay = [tiny.sft._lr_factor(20 + t, recipe, transcript_step=t) for t in range(recipe.steps)]
+    assert decay[0] == pytest.approx(1.0)
+    assert decay[-1] == pytest.approx(recipe.min_lr_ratio)
+    assert all(a >= b for a, b in itertools.pairwise(decay))
+    with pytest.raises(ValueError, match="drill_target_loss"):
+        tiny.TinyRecipe(drill_target_loss=-1.0)
 
 
 # ------------------------------------------------------------------------------ slow tier
@@ -384,9 +388,11 @@ def test_bootstrap_trains_saves_and_reuses(bootstrapped, monkeypatch) -> None:
     info = tiny.read_agent_info(path)
     assert info["recipe_hash"] == _small_recipe().recipe_hash
     losses = info["losses"]
-    assert len(losses) == _small_recipe().total_steps
+    run = info["drill_steps_run"]
+    assert 1 <= run <= _small_recipe().drill_steps
+    assert len(losses) == run + _small_recipe().steps
     drills = info["drill_losses"]
-    assert len(drills) == _small_recipe().total_steps  # warm-up steps, then one per mixed step
+    assert len(drills) == len(losses)  # warm-up steps, then one per mixed step
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first
     assert info["heldout"]["tokens"] > 0

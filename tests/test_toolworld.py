@@ -14,8 +14,12 @@ from hypothesis import strategies as st
 from agentropy.env.toolworld import (
     AMBIGUOUS_FAULTS,
     ATTRIBUTES,
-    FAULT_KINDS,
+    FAULT_FAMILIES,
+    LEVELS,
+    NOVEL_FAULTS,
+    QUOTA,
     RECOVERY,
+    SEEN_FAULTS,
     STANDBY,
     TOOL_NAMES,
     UNAVAILABLE,
@@ -136,7 +140,7 @@ def test_level_fault_plans_follow_config():
         assert sum(f.kind in AMBIGUOUS_FAULTS for f in t.faults) <= 1
     default_l3 = WORLD.tasks(split="train", level=3, n=200, seed=0)
     assert all(t.faults for t in default_l3)
-    assert {f.kind for t in default_l3 for f in t.faults} == set(FAULT_KINDS)
+    assert {f.kind for t in default_l3 for f in t.faults} == set(SEEN_FAULTS)
     assert not WORLD.tasks(split="train", level=1, n=1, seed=0)[0].faults  # default L1: none
 
 
@@ -430,3 +434,102 @@ def test_public_api_is_exported():
     assert {"ToolWorld", "ToolWorldConfig", "Task", "ToolSession", "ToolResult"} <= set(tw.__all__)
     assert {"parse_assistant", "ParsedTurn", "TOOL_CALL_OPEN", "ANSWER_OPEN"} <= set(fmt.__all__)
     assert "expert_messages" in expert.__all__
+
+
+# ----------------------------------------------------------------------------- novel faults
+
+
+def test_fault_families_partition_kinds_and_select_tasks():
+    assert set(SEEN_FAULTS).isdisjoint(NOVEL_FAULTS)
+    assert set(FAULT_FAMILIES["all"]) == set(SEEN_FAULTS) | set(NOVEL_FAULTS)
+    assert all(kind in RECOVERY for kind in FAULT_FAMILIES["all"])
+    for family, allowed in FAULT_FAMILIES.items():
+        world = ToolWorld(ToolWorldConfig(faults=family))
+        kinds = {
+            f.kind for t in world.tasks(split="test", level=3, n=200, seed=0) for f in t.faults
+        }
+        assert kinds <= set(allowed)
+        assert kinds >= set(allowed) - {"slow"}, (family, kinds)
+    with pytest.raises(ValueError, match="faults must be one of"):
+        ToolWorldConfig(faults="unseen")
+
+
+def test_seen_family_tasks_are_unchanged_by_novel_weights():
+    # The novel weights must not perturb the default draw: same tasks, same faults.
+    a = ToolWorld(ToolWorldConfig()).tasks(split="test", level=3, n=100, seed=1)
+    b = ToolWorld(ToolWorldConfig(w_quota=5.0, w_legacy_units=0.0)).tasks(
+        split="test", level=3, n=100, seed=1
+    )
+    assert [t.faults for t in a] == [t.faults for t in b]
+
+
+def _novel_task(kind: str) -> Task:
+    world = ToolWorld(ToolWorldConfig(faults="novel", l1_fault_prob=1.0))
+    for seed in range(50):
+        for task in world.tasks(split="train", level=1, n=20, seed=seed):
+            if task.faults[0].kind == kind:
+                return task
+    raise AssertionError(f"no L1 task with a {kind} fault")
+
+
+def test_quota_fault_needs_backup_lookup():
+    task = _novel_task("quota")
+    world = ToolWorld(ToolWorldConfig(faults="novel", l1_fault_prob=1.0))
+    s = world.start(task)
+    entity, attr = task.meta["lookups"][0]
+    call = ToolCall("lookup", {"entity": entity, "attribute": attr})
+    first = s.call(call)
+    assert (first.status, first.content, first.fault) == ("error", QUOTA, "quota")
+    assert QUOTA != UNAVAILABLE
+    assert s.call(call).content == QUOTA  # retrying never helps
+    backup = s.call(ToolCall("backup_lookup", {"entity": entity, "attribute": attr}))
+    assert backup.ok and json.loads(backup.content)["value"] == int(task.answer)
+    assert s.record()["faults"][0]["recovery"] == "backup_lookup"
+
+
+def test_schema_v2_fault_is_fixed_by_renamed_attribute():
+    task = _novel_task("schema_v2")
+    world = ToolWorld(ToolWorldConfig(faults="novel", l1_fault_prob=1.0))
+    s = world.start(task)
+    entity, attr = task.meta["lookups"][0]
+    first = s.call(ToolCall("lookup", {"entity": entity, "attribute": attr}))
+    assert first.status == "error" and first.fault == "schema_v2"
+    assert "422" in first.content and "valid:" not in first.content  # not the seen message
+    new = f"{attr}_{ATTRIBUTES[attr][0]}"
+    assert new in first.content
+    fixed = s.call(ToolCall("lookup", {"entity": entity, "attribute": new}))
+    assert fixed.ok and json.loads(fixed.content)["value"] == int(task.answer)
+
+
+def test_legacy_units_fault_is_fixed_by_convert():
+    task = _novel_task("legacy_units")
+    world = ToolWorld(ToolWorldConfig(faults="novel", l1_fault_prob=1.0))
+    s = world.start(task)
+    entity, attr = task.meta["lookups"][0]
+    base, drift = ATTRIBUTES[attr]
+    first = s.call(ToolCall("lookup", {"entity": entity, "attribute": attr}))
+    data = json.loads(first.content)
+    assert first.status == "unexpected" and set(data) == {"qty", "uom"} and data["uom"] == drift
+    back = s.call(ToolCall("convert", {"value": data["qty"], "from_unit": drift, "to_unit": base}))
+    assert back.ok and json.loads(back.content)["value"] == int(task.answer)
+
+
+def test_novel_convert_tasks_never_get_unit_drift():
+    world = ToolWorld(ToolWorldConfig(faults="novel", l2_fault_prob=1.0))
+    conv = [
+        t for t in world.tasks(split="train", level=2, n=200, seed=0) if t.meta["kind"] == "convert"
+    ]
+    assert conv and all(f.kind != "legacy_units" for t in conv for f in t.faults)
+
+
+def test_same_seed_same_tasks_and_faults_for_every_family_member():
+    # Eval runs every policy on world.tasks(...) with one seed: equal calls, equal tasks.
+    for family in FAULT_FAMILIES:
+        w1, w2 = (
+            ToolWorld(ToolWorldConfig(faults=family)),
+            ToolWorld(ToolWorldConfig(faults=family)),
+        )
+        for level in LEVELS:
+            assert w1.tasks(split="test", level=level, n=50, seed=3) == w2.tasks(
+                split="test", level=level, n=50, seed=3
+            )

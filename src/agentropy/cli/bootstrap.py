@@ -13,6 +13,19 @@ def bootstrap_command(
     force: bool = typer.Option(
         False, "--force", help="Retrain even if an agent for this recipe is already cached."
     ),
+    rebuild: bool = typer.Option(
+        False,
+        "--rebuild",
+        help="Rebuild the shipped default agent from its recipe and overwrite the files in "
+        "the package's agent/default/ (with its build record and eval table).",
+    ),
+    eval_episodes: int = typer.Option(
+        200,
+        "--eval-episodes",
+        min=0,
+        help="With --rebuild: held-out tasks per level and fault family for the build "
+        "record's greedy eval table (0 skips it).",
+    ),
     quick: bool = typer.Option(
         False, "--quick", help="Use the reduced recipe (seconds instead of minutes)."
     ),
@@ -27,13 +40,33 @@ def bootstrap_command(
 ) -> None:
     """Build the tiny agent (a small Llama warm-started on ToolWorld expert transcripts).
 
-    It is saved in Hugging Face format under $AGENTROPY_HOME/agents/tiny-<recipe hash>/
-    (default home ~/.cache/agentropy) and reused by later commands.
+    The default agent ships with the package (agent/default/) and needs no build; other
+    recipes (--quick) are saved in Hugging Face format under
+    $AGENTROPY_HOME/agents/tiny-<recipe hash>/ (default home ~/.cache/agentropy) and reused
+    by later commands. --rebuild re-creates the shipped agent from its recipe.
     """
     from agentropy.agent.tiny import TinyRecipe, bootstrap, read_agent_info
 
+    if rebuild and quick:
+        raise ValueError("--rebuild rebuilds the default agent; it cannot be combined with --quick")
     recipe = TinyRecipe.quick() if quick else TinyRecipe()
-    path = bootstrap(recipe, progress=progress, force=force, num_threads=threads)
+    if rebuild:
+        from agentropy.agent.shipped import read_build_record
+        from agentropy.agent.shipped import rebuild as rebuild_default
+
+        path = rebuild_default(num_threads=threads, eval_episodes=eval_episodes, progress=progress)
+        record = read_build_record(path)
+        typer.echo(
+            f"build wall time: {record['build_wall_s']:.0f} s  recipe {record['recipe_hash']}"
+        )
+        for row in record["eval"]["rows"]:
+            recovery = row["recovery"]
+            typer.echo(
+                f"eval {row['faults']} L{row['level']} greedy: success {row['success']:.2f}  "
+                f"recovery {recovery if recovery is None else round(recovery, 2)}"
+            )
+    else:
+        path = bootstrap(recipe, progress=progress, force=force, num_threads=threads)
     info = read_agent_info(path)
     heldout = info.get("heldout") or {}
     typer.echo(f"agent: {path}")

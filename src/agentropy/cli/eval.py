@@ -88,6 +88,7 @@ def eval_command(
         None, "--out", help="Directory for eval.json and traces/<policy>.parquet."
     ),
     split: str = field_option(EvalConfig, "split", "--split"),
+    faults: str = field_option("agentropy.env.toolworld:ToolWorldConfig", "faults", "--faults"),
     batch_size: int = field_option(
         RunnerConfig, "batch_size", "--batch-size", default=EVAL_BATCH_SIZE
     ),
@@ -126,11 +127,15 @@ def eval_command(
     runner_config = RunnerConfig(
         batch_size=batch_size, **{k: v for k, v in given.items() if v is not None}
     )
+    from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
+
+    world = ToolWorld(ToolWorldConfig(faults=faults))
     lm, tokenizer = load_model(model)
     result = run_eval(
         lm,
         tokenizer,
         config=config,
+        world=world,
         runner_config=runner_config,
         out_dir=out,
         progress=progress,

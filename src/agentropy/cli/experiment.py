@@ -37,6 +37,9 @@ def experiment_command(
         None, "--model", help="Starting model directory (default: the embedded agent)."
     ),
     eval_episodes: int = field_option(EXPERIMENT_CONFIG, "eval_episodes", "--eval-episodes"),
+    faults: str | None = field_option(
+        "agentropy.rl.config:TrainConfig", "faults", "--faults", default=None
+    ),
     progress: bool = PROGRESS_OPTION,
 ) -> None:
     """Train every arm on every seed, evaluate on the same held-out tasks, compare.
@@ -54,6 +57,8 @@ def experiment_command(
     changes: dict[str, object] = {"progress": progress}
     if model is not None:
         changes["model"] = str(model)
+    if faults is not None:
+        changes["faults"] = faults
     train = apply_overrides(dataclasses.replace(train, **changes), set_)
     exp = ExperimentConfig(
         arms=tuple(a.strip() for a in arms.split(",") if a.strip()),

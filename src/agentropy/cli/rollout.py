@@ -17,7 +17,7 @@ import typer
 from agentropy.agent.config import RunnerConfig
 from agentropy.cli._common import fail, guarded
 from agentropy.cli._options import FORCE_OPTION, PROGRESS_OPTION, field_option
-from agentropy.env.toolworld import LEVELS
+from agentropy.env.toolworld import LEVELS, ToolWorldConfig
 
 
 def _out_format(path: Path) -> str:
@@ -117,6 +117,7 @@ def rollout_command(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed for tasks and sampling."),
     split: str = typer.Option("test", "--split", help="Task split: train or test."),
+    faults: str = field_option(ToolWorldConfig, "faults", "--faults"),
     batch_size: int = field_option(RunnerConfig, "batch_size", "--batch-size"),
     max_turns: int = field_option(RunnerConfig, "max_turns", "--max-turns"),
     max_new_tokens: int = field_option(RunnerConfig, "max_new_tokens", "--max-new-tokens"),
@@ -139,6 +140,7 @@ def _run(
     policy: str | None,
     seed: int,
     split: str,
+    faults: str,
     batch_size: int,
     max_turns: int,
     max_new_tokens: int,
@@ -173,9 +175,9 @@ def _run(
         max_tokens=max_tokens,
         batch_size=batch_size,
     )
-    from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
+    from agentropy.env.toolworld import ToolWorld
 
-    world = ToolWorld(ToolWorldConfig())
+    world = ToolWorld(ToolWorldConfig(faults=faults))
     tasks_by_level = {
         lv: world.tasks(split=split, level=lv, n=episodes, seed=seed) for lv in dict.fromkeys(level)
     }
@@ -224,8 +226,11 @@ def _run(
 
 def _say_which_agent() -> None:
     """Say, before a possibly long bootstrap, which embedded agent is used and whether it exists."""
+    from agentropy.agent.shipped import shipped_agent_path
     from agentropy.agent.tiny import INFO_FILE, TinyRecipe, agent_path
 
+    if shipped_agent_path(TinyRecipe()) is not None:
+        return  # the shipped default agent: nothing to build
     path = agent_path(TinyRecipe())
     if (path / INFO_FILE).is_file():
         return

@@ -45,6 +45,7 @@ def train_command(
     resume: bool = typer.Option(
         False, "--resume", help="Continue from the newest checkpoint in the run directory."
     ),
+    faults: str | None = field_option(TRAIN_CONFIG, "faults", "--faults", default=None),
     progress: bool = PROGRESS_OPTION,
     print_config: bool = typer.Option(
         False, "--print-config", help="Print the resolved config as TOML and exit."
@@ -55,7 +56,9 @@ def train_command(
     Writes metrics.parquet, traces/ (training episodes with step set: run `agentropy
     analyze OUT/traces` for training cycles), checkpoints/, final/ and summary.json.
     """
-    _run(config, set_, out, model, steps, seed, policy, loss, resume, progress, print_config)
+    _run(
+        config, set_, out, model, steps, seed, policy, loss, resume, faults, progress, print_config
+    )
 
 
 @guarded
@@ -69,6 +72,7 @@ def _run(
     policy: str | None,
     loss: str | None,
     resume: bool,
+    faults: str | None,
     progress: bool,
     print_config: bool,
 ) -> None:
@@ -84,6 +88,7 @@ def _run(
         "seed": seed,
         "policy": policy,
         "loss": loss,
+        "faults": faults,
     }
     if not progress:
         explicit["progress"] = False

@@ -49,6 +49,21 @@ of the task's lookups and fires on the first call that reaches it:
 - ``slow``: the call succeeds but reports a simulated latency in ``[0.5, 1] * slow_latency_s``
   (normal calls: ``[0.25, 1] * latency_s``); nothing ever sleeps.
 
+**Novel faults** (``ToolWorldConfig.faults``: ``seen`` (default), ``novel`` or ``all``) never occur
+in expert transcripts (the expert refuses a world whose faults are not ``seen``). Each has an
+unfamiliar message, and one of the moves the agent already knows recovers:
+
+- ``quota``: ``lookup`` replies ``error: lookup: quota exceeded for this key (HTTP 429)`` from
+  then on; only ``backup_lookup`` works (a retry repeats the same error);
+- ``schema_v2``: ``error: lookup: 422 unprocessable entity, attribute must be one of
+  age_years|weight_kg|...``; the schema drifts as for ``bad_args`` and a corrected call works;
+- ``legacy_units``: the value comes back in the drift unit under other keys
+  (``{"qty": 42000, "uom": "g"}``, status ``unexpected``); ``convert`` recovers. Never injected
+  into L2 convert tasks.
+
+With ``faults="novel"`` every fault is drawn from these (weights ``w_quota``, ``w_schema_v2``,
+``w_legacy_units``); ``all`` draws from both families with their weights.
+
 Default probabilities: L1 ``l1_fault_prob = 0``, L2 ``l2_fault_prob = 0.3``, L3 one fault always
 plus ``l3_extra_fault_prob = 0.3``; kind weights transient 0.25, outage 0.25, bad_args 0.2,
 unexpected 0.2, slow 0.1 (so about half of L3's first faults are ambiguous).
@@ -67,14 +82,33 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from agentropy.env.faults import (
+    AMBIGUOUS_FAULTS,
+    AVAILABILITY_FAULTS,
+    DOWN_MESSAGE,
+    FAULT_FAMILIES,
+    FAULT_KINDS,
+    NOVEL_FAULTS,
+    QUOTA,
+    RECOVERY,
+    SCHEMA_FAULTS,
+    SEEN_FAULTS,
+    STANDBY,
+    UNAVAILABLE,
+    UNIT_FAULTS,
+)
 from agentropy.trace import ToolCall
 
 __all__ = [
     "AMBIGUOUS_FAULTS",
     "ATTRIBUTES",
+    "FAULT_FAMILIES",
     "FAULT_KINDS",
     "LEVELS",
+    "NOVEL_FAULTS",
+    "QUOTA",
     "RECOVERY",
+    "SEEN_FAULTS",
     "SPLITS",
     "STANDBY",
     "TOOLWORLD_VERSION",
@@ -94,26 +128,12 @@ __all__ = [
 
 #: Bumped whenever question text, tool outputs, the system prompt or expert transcripts change,
 #: so anything cached from them (a tokenizer, a warm-started agent) can key on it.
-TOOLWORLD_VERSION = "1"
+TOOLWORLD_VERSION = "2"
 
 Split = Literal["train", "test"]
 SPLITS: tuple[str, ...] = ("train", "test")
 LEVELS: tuple[int, ...] = (0, 1, 2, 3)
 
-FaultKind = Literal["transient", "outage", "bad_args", "unexpected", "slow"]
-FAULT_KINDS: tuple[str, ...] = ("transient", "outage", "bad_args", "unexpected", "slow")
-#: Faults whose error message alone does not reveal the working recovery.
-AMBIGUOUS_FAULTS: frozenset[str] = frozenset({"transient", "outage"})
-#: Faults that concern the lookup service's availability (at most one per task).
-AVAILABILITY_FAULTS: frozenset[str] = frozenset({"transient", "outage"})
-#: The recovery that works for each fault kind (recorded by :meth:`ToolSession.record`).
-RECOVERY: dict[str, str] = {
-    "transient": "retry",
-    "outage": "backup_lookup",
-    "bad_args": "fix_args",
-    "unexpected": "convert",
-    "slow": "none",
-}
 
 #: attribute -> (base unit, drift unit). Drift values are base * factor.
 ATTRIBUTES: dict[str, tuple[str, str]] = {
@@ -133,9 +153,6 @@ UNITS: dict[str, tuple[str, int]] = {
     "cm": ("length", 1),
 }
 TOOL_NAMES: tuple[str, ...] = ("lookup", "backup_lookup", "calc", "convert")
-#: The one message of both ambiguous faults (transient and outage).
-UNAVAILABLE = "error: lookup: service unavailable"
-STANDBY = "error: backup_lookup: on standby, lookup is serving"
 
 _SYLLABLES = (
     "ka", "ki", "ko", "lo", "lu", "ma", "mi", "no", "nu", "pa",
@@ -181,6 +198,15 @@ class ToolWorldConfig:
     """Relative weight of unit drift (status ``unexpected``; convert recovers)."""
     w_slow: float = 0.1
     """Relative weight of slow calls (success with a large simulated latency)."""
+    faults: str = "seen"
+    """Fault family tasks draw from: ``seen`` (the kinds expert transcripts show), ``novel``
+    (kinds they never show) or ``all``."""
+    w_quota: float = 0.4
+    """Relative weight of quota faults (novel; only backup_lookup works)."""
+    w_schema_v2: float = 0.3
+    """Relative weight of schema drift with an unfamiliar 422 message (novel; fix the args)."""
+    w_legacy_units: float = 0.3
+    """Relative weight of unit drift under unfamiliar keys (novel; convert recovers)."""
     latency_s: float = 0.2
     """Upper bound of the simulated latency of a normal call, seconds (uniform on [0.25x, 1x])."""
     slow_latency_s: float = 6.0
@@ -201,15 +227,21 @@ class ToolWorldConfig:
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
+        if self.faults not in FAULT_FAMILIES:
+            raise ValueError(
+                f"faults must be one of {', '.join(FAULT_FAMILIES)}, got {self.faults!r}"
+            )
         weights = self.fault_weights()
         if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
-            raise ValueError("fault weights w_* must be >= 0 with a positive sum")
+            raise ValueError(
+                f"fault weights w_* of the {self.faults!r} family must be >= 0 with a positive sum"
+            )
         if not 0.0 <= self.latency_s < self.slow_latency_s:
             raise ValueError("need 0 <= latency_s < slow_latency_s so slow calls stand out")
 
     def fault_weights(self) -> dict[str, float]:
-        """Relative weight of each fault kind, by kind name."""
-        return {k: float(getattr(self, f"w_{k}")) for k in FAULT_KINDS}
+        """Relative weight of each fault kind of the :attr:`faults` family, by kind name."""
+        return {k: float(getattr(self, f"w_{k}")) for k in FAULT_FAMILIES[self.faults]}
 
 
 @dataclass(frozen=True)
@@ -401,13 +433,16 @@ class ToolWorld:
         ]
 
     def system_prompt(self) -> str:
-        """A short system prompt that describes the tools and the answer format."""
+        """A short system prompt: tool names, units and the call and answer formats.
+
+        Short on purpose: it opens every transcript and every token the agent writes attends
+        to it (the tiny agent trains on CPU). Chat templates list the tools' signatures.
+        """
         return (
-            "Answer the question. Tools: lookup(entity, attribute); backup_lookup(entity, "
-            "attribute), used only when lookup is down; calc(expression); convert(value, "
-            "from_unit, to_unit). Attributes: age (years), weight (kg), height (m), distance "
-            '(km). Call a tool as <tool_call>{"name":...,"arguments":{...}}</tool_call>. '
-            "Give the final answer as <answer>number</answer>."
+            "Tools: lookup, backup_lookup (only when lookup is down), calc, convert. Units: age "
+            "years, weight kg, height m, distance km. Call a tool as "
+            '<tool_call>{"name":...,"arguments":{...}}</tool_call>; answer as '
+            "<answer>number</answer>."
         )
 
     # ------------------------------------------------------------------ tasks
@@ -426,7 +461,7 @@ class ToolWorld:
 
     def _pick_kind(self, rng: random.Random, exclude: set[str]) -> str:
         weights = self.config.fault_weights()
-        kinds = [k for k in FAULT_KINDS if k not in exclude and weights[k] > 0]
+        kinds = [k for k in weights if k not in exclude and weights[k] > 0]
         if not kinds:
             # Only excluded kinds have weight: fall back to the least disruptive fault.
             return "slow"
@@ -470,7 +505,7 @@ class ToolWorld:
             q = f"What is the {attr} of {ent} in {drift}?"
             ans = convert_value(value, base, drift)
             meta: dict[str, Any] = {"kind": "convert", "lookups": [[ent, attr]], "unit": drift}
-            exclude = {"unexpected"}  # the drift unit is the asked unit: no fault to recover
+            exclude = set(UNIT_FAULTS)  # the drift unit is the asked unit: nothing to recover
         else:
             word = rng.choice(("plus", "times"))
             k = rng.randint(2, self.config.calc_operand_max)
@@ -496,7 +531,9 @@ class ToolWorld:
         first = Fault(self._pick_kind(rng, set()), rng.randrange(2))
         faults = (first,)
         if rng.random() < self.config.l3_extra_fault_prob:
-            kind = self._pick_kind(rng, set(AVAILABILITY_FAULTS) | {first.kind})
+            # A second schema or unit fault of the other family would be the same drift again.
+            same = next((g for g in (SCHEMA_FAULTS, UNIT_FAULTS) if first.kind in g), {first.kind})
+            kind = self._pick_kind(rng, set(AVAILABILITY_FAULTS) | set(same))
             faults = tuple(sorted((first, Fault(kind, 1 - first.target)), key=lambda f: f.target))
         meta = {"kind": "combine", "lookups": [[ent_a, attr], [ent_b, attr]], "op": _CALC_OPS[word]}
         return Task(task_id, 3, split, q, str(ans), faults, meta)
@@ -528,9 +565,10 @@ class ToolSession:
         self.log: list[tuple[ToolCall | None, ToolResult]] = []
         """Every call in order (None for an unparseable call) with its result."""
         self._fired: dict[int, int] = {}  # fault index -> call index where it first fired
-        self._outage = False  # lookup is down for the rest of the episode
+        self._down: str | None = None  # outage/quota: lookup is down for the rest of the episode
         self._schema_v2 = False  # attributes renamed <attr>_<unit> after a bad_args fault
-        self._drifted: set[int] = set()  # lookup targets whose values now come in drift units
+        # lookup target -> the unit fault that drifted it (its values now come in drift units)
+        self._drifted: dict[int, str] = {}
         self._targets = [tuple(x) for x in task.meta.get("lookups", [])]
         self._looked_up: set[int] = set()  # lookup targets whose value (any unit) was returned
         self._computed = False  # a calc/convert call returned the task's answer
@@ -680,24 +718,33 @@ class ToolSession:
 
     def _lookup(self, tool: str, entity: str, attribute: str) -> ToolResult:
         if tool == "lookup":
-            if self._outage:
-                return ToolResult("error", UNAVAILABLE, self._latency(), "outage")
-        elif not self._outage:
+            if self._down is not None:
+                return ToolResult("error", DOWN_MESSAGE[self._down], self._latency(), self._down)
+        elif self._down is None:
             return ToolResult("error", STANDBY, self._latency(), None)
         names = {f"{a}_{ATTRIBUTES[a][0]}": a for a in ATTRIBUTES}
         base_attr = names.get(attribute) if self._schema_v2 else attribute
         target = self._target(entity, base_attr)
         if tool == "lookup" and target is not None:
-            if self._fire("outage", target):
-                self._outage = True
-                return ToolResult("error", UNAVAILABLE, self._latency(), "outage")
+            for kind in ("outage", "quota"):
+                if self._fire(kind, target):
+                    self._down = kind
+                    return ToolResult("error", DOWN_MESSAGE[kind], self._latency(), kind)
             if self._fire("transient", target):
                 return ToolResult("error", UNAVAILABLE, self._latency(), "transient")
-        if target is not None and not self._schema_v2 and self._fire("bad_args", target):
-            self._schema_v2 = True
-            return self._err(
-                f'{tool}: invalid attribute "{attribute}"; valid: {", ".join(names)}', "bad_args"
-            )
+        if target is not None and not self._schema_v2:
+            if self._fire("bad_args", target):
+                self._schema_v2 = True
+                return self._err(
+                    f'{tool}: invalid attribute "{attribute}"; valid: {", ".join(names)}',
+                    "bad_args",
+                )
+            if self._fire("schema_v2", target):
+                self._schema_v2 = True
+                return self._err(
+                    f"{tool}: 422 unprocessable entity, attribute must be one of {'|'.join(names)}",
+                    "schema_v2",
+                )
         valid = list(names) if self._schema_v2 else list(ATTRIBUTES)
         if base_attr not in ATTRIBUTES:
             fault = "bad_args" if self._schema_v2 and attribute in ATTRIBUTES else None
@@ -710,15 +757,17 @@ class ToolSession:
         base, drift = ATTRIBUTES[base_attr]
         if target is not None:
             self._looked_up.add(target)  # every branch below returns the value
-        if target is not None and (target in self._drifted or self._fire("unexpected", target)):
-            self._drifted.add(target)
+        if target is not None and target not in self._drifted:
+            for kind in ("unexpected", "legacy_units"):
+                if self._fire(kind, target):
+                    self._drifted[target] = kind
+        if target is not None and target in self._drifted:
+            kind = self._drifted[target]
             drifted = convert_value(value, base, drift)
-            return ToolResult(
-                "unexpected",
-                _json({"value": drifted, "unit": drift}),
-                self._latency(),
-                "unexpected",
-            )
+            # legacy_units (novel) names the same fields differently than unexpected (seen).
+            keys = ("qty", "uom") if kind == "legacy_units" else ("value", "unit")
+            content = _json(dict(zip(keys, (drifted, drift), strict=True)))
+            return ToolResult("unexpected", content, self._latency(), kind)
         if target is not None and self._fire("slow", target):
             lo = 0.5 * self.world.config.slow_latency_s
             lat = round(self._rng().uniform(lo, self.world.config.slow_latency_s), 4)

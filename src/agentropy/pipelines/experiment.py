@@ -162,7 +162,7 @@ def run_experiment(
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    world = ToolWorld(ToolWorldConfig(seed=config.train.world_seed))
+    world = ToolWorld(ToolWorldConfig(seed=config.train.world_seed, faults=config.train.faults))
     tc = config.train
     runner_config = RunnerConfig(
         max_turns=tc.max_turns, max_new_tokens=tc.max_new_tokens, max_tokens=tc.max_tokens,

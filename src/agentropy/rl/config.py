@@ -67,6 +67,9 @@ class TrainConfig:
     world_seed: int = 0
     """``ToolWorldConfig(seed=...)``: which knowledge base and task generator (the tiny agent was
     warm-started on world 0)."""
+    faults: str = "seen"
+    """``ToolWorldConfig(faults=...)``: fault family of training and held-out tasks: ``seen``
+    (the kinds expert transcripts show), ``novel`` (kinds they never show) or ``all``."""
     steps: int = 100
     """Training steps (one rollout batch and its PPO updates each); 100 x 32 rollouts fit the
     five-minute CPU budget of the defaults (BENCHMARKS.md)."""
@@ -208,6 +211,12 @@ class TrainConfig:
                      "max_tokens", "rollout_batch_size", "ppo_epochs", "minibatch_size",
                      "eval_every", "eval_episodes", "keep_checkpoints"):  # fmt: skip
             positive(name)
+        from agentropy.env.faults import FAULT_FAMILIES
+
+        if self.faults not in FAULT_FAMILIES:
+            raise ValueError(
+                f"faults must be one of {', '.join(FAULT_FAMILIES)}, got {self.faults!r}"
+            )
         if self.group_size < 2:
             raise ValueError(
                 f"group_size must be >= 2 (group-normalised advantages of a single rollout are "

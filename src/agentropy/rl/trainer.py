@@ -482,7 +482,11 @@ def train(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    world = world if world is not None else ToolWorld(ToolWorldConfig(seed=config.world_seed))
+    world = (
+        world
+        if world is not None
+        else ToolWorld(ToolWorldConfig(seed=config.world_seed, faults=config.faults))
+    )
     world_tools = TOOL_NAMES  # tool names a call may use; any other is a hallucinated tool
     schedule = schedule_from_name(config.policy)
     eval_schedule = schedule_from_name(config.resolved_eval_policy)

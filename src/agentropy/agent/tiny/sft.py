@@ -5,7 +5,9 @@ transcript batches, the training loop and held-out evaluation.
 masked to assistant tokens (AdamW, warmup + cosine schedule). Training starts with a copy-drill
 warm-up (:func:`~agentropy.agent.tiny.corpus.copy_drill`: short synthetic chats whose reply can
 only be predicted by copying from the prompt) and keeps a few drills in every transcript batch.
-Without it the model sits on the pre-induction-head plateau for the whole budget: it learns the
+The warm-up runs until the drills are learnt (``drill_target_loss``), not for a fixed number of
+steps: when the loss leaves its plateau varies with library versions and threads, and a fixed
+budget made the same recipe give 68 % or 8 % greedy L1 on two machines. Without it the model sits on the pre-induction-head plateau for the whole budget: it learns the
 transcript templates but writes a memorised name instead of the question's and a guessed number
 instead of the tool result's (0/24 greedy L1 successes with the earlier drill-free recipe). The
 shape matters as much as the drills: on echo drills alone a 2-layer, 8-head model's loss fell
@@ -34,7 +36,12 @@ from agentropy.agent.tiny.corpus import (
     _world,
     copy_drill,
 )
-from agentropy.agent.tiny.template import Example, assistant_labels, build_tokenizer
+from agentropy.agent.tiny.template import (
+    CHAT_TEMPLATE,
+    Example,
+    assistant_labels,
+    build_tokenizer,
+)
 from agentropy.env.toolworld import LEVELS
 
 if TYPE_CHECKING:
@@ -52,7 +59,9 @@ __all__ = [
 
 # Bump when the template, tokenizer construction or training procedure changes in a way that
 # makes agents cached under the same recipe hash stale.
-_FORMAT_VERSION = 2
+_FORMAT_VERSION = 4
+_DRILL_LOSS_WINDOW = 25
+"""Drill steps averaged for :attr:`TinyRecipe.drill_target_loss`."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +103,7 @@ class TinyRecipe:
     """MLP width (SwiGLU)."""
     max_length: int = 768
     """Transcripts are truncated to this many tokens for training and evaluation."""
-    steps: int = 500
+    steps: int = 800
     """Transcript steps (after the ``drill_steps`` warm-up; see :attr:`total_steps`)."""
     batch_size: int = 16
     """Transcripts per step."""
@@ -106,8 +115,13 @@ class TinyRecipe:
     """The cosine decays to ``lr * min_lr_ratio``."""
     weight_decay: float = 0.01
     """AdamW decoupled weight decay."""
-    drill_steps: int = 800
-    """Copy-drill warm-up steps before the transcript steps (see :func:`copy_drill`)."""
+    drill_steps: int = 1500
+    """Most copy-drill warm-up steps before the transcript steps (see :func:`copy_drill`)."""
+    drill_target_loss: float = 1.0
+    """The drill warm-up ends early once the mean drill loss of the last 25 steps is below
+    this (nats; 0: always run ``drill_steps``). When copying is learnt varies by hundreds of
+    steps with library versions and thread counts (the loss leaves a ~2.3-nat plateau
+    suddenly); a fixed drill budget turned that into a 8 % vs 68 % greedy-L1 lottery."""
     drill_batch_size: int = 32
     """Copy drills per warm-up step."""
     drill_mix: int = 8
@@ -157,7 +171,13 @@ class TinyRecipe:
             )
         if not 0 <= self.rename_prob <= 1:
             raise ValueError(f"TinyRecipe.rename_prob must be in [0, 1], got {self.rename_prob}")
-        for name in ("drill_steps", "drill_batch_size", "drill_mix", "drill_weight"):
+        for name in (
+            "drill_steps",
+            "drill_batch_size",
+            "drill_mix",
+            "drill_weight",
+            "drill_target_loss",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"TinyRecipe.{name} must be >= 0, got {getattr(self, name)}")
         if self.drill_steps and not self.drill_batch_size:
@@ -187,13 +207,23 @@ class TinyRecipe:
 
     @property
     def total_steps(self) -> int:
-        """Optimiser steps: copy-drill warm-up steps plus transcript steps."""
+        """Most optimiser steps: copy-drill warm-up steps plus transcript steps (the warm-up
+        may end early, see :attr:`drill_target_loss`)."""
         return self.drill_steps + self.steps
 
     @property
     def recipe_hash(self) -> str:
-        """12 hex digits identifying the recipe (and the template/training format version)."""
-        payload = {"format_version": _FORMAT_VERSION, **dataclasses.asdict(self)}
+        """12 hex digits identifying everything that shapes the agent: the recipe fields, the
+        training-format version, the ToolWorld version (tasks, tool outputs, expert
+        transcripts) and the chat template."""
+        from agentropy.env.toolworld import TOOLWORLD_VERSION
+
+        payload = {
+            "format_version": _FORMAT_VERSION,
+            "toolworld_version": TOOLWORLD_VERSION,
+            "chat_template": hashlib.sha256(CHAT_TEMPLATE.encode()).hexdigest(),
+            **dataclasses.asdict(self),
+        }
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -335,13 +365,18 @@ def _batches(n_examples: int, lengths: Sequence[int], recipe: TinyRecipe) -> Ite
         yield from batches
 
 
-def _lr_factor(step: int, recipe: TinyRecipe) -> float:
-    """Linear warmup to 1, then cosine decay to ``min_lr_ratio`` at the last step (drill
-    warm-up and transcript steps form one schedule)."""
+def _lr_factor(step: int, recipe: TinyRecipe, *, transcript_step: int | None = None) -> float:
+    """LR multiplier of optimiser step ``step``: linear warmup to 1 over the first
+    ``warmup_steps``, 1 through the copy-drill warm-up (``transcript_step`` None), then a cosine
+    decay to ``min_lr_ratio`` over the transcript steps (``transcript_step`` 0 .. steps - 1).
+
+    The drill warm-up has no fixed length (it ends when the drills are learnt, see
+    :attr:`TinyRecipe.drill_target_loss`), so the decay is anchored to the transcript steps."""
     if step < recipe.warmup_steps:
         return (step + 1) / recipe.warmup_steps
-    span = max(1, recipe.total_steps - recipe.warmup_steps - 1)
-    progress = min(1.0, (step - recipe.warmup_steps) / span)
+    if transcript_step is None:
+        return 1.0
+    progress = min(1.0, transcript_step / max(1, recipe.steps - 1))
     cosine = 0.5 * (1 + math.cos(math.pi * progress))
     return recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * cosine
 
@@ -431,6 +466,9 @@ class FitResult(NamedTuple):
     """Per optimiser step: the step's total loss, drill loss included (nats/token)."""
     drill_losses: list[float]
     """The drills' own loss, per warm-up step and then per mixed step (nats/token)."""
+    drill_steps_run: int
+    """Copy-drill warm-up steps actually run (at most ``drill_steps``; see
+    :attr:`TinyRecipe.drill_target_loss`)."""
     heldout: dict[str, float]
     """:func:`evaluate` on held-out test-split transcripts (empty if there are none)."""
     sample: dict[str, str]
@@ -497,7 +535,6 @@ def fit(recipe: TinyRecipe, *, progress: bool) -> FitResult:
         lr=recipe.lr,
         betas=(0.9, 0.95),
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, recipe))
     batches = _batches(len(train), [len(ids) for ids, _ in train], recipe)
     losses: list[float] = []
     train_tokens = 0
@@ -521,26 +558,36 @@ def fit(recipe: TinyRecipe, *, progress: bool) -> FitResult:
         drill_losses.append(loss.item())
         return loss
 
+    def update(loss: torch.Tensor, factor: float) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = recipe.lr * factor
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        bar.update(task_id, advance=1, loss=f"{losses[-1]:.3f}")
+
+    window = _DRILL_LOSS_WINDOW
+    drill_steps_run = 0
     with bar:
         task_id = bar.add_task("train", total=recipe.total_steps, loss="-")
-        for step in range(recipe.total_steps):
-            if step < recipe.drill_steps:
-                loss = drill_loss(recipe.drill_batch_size)
-            else:
-                examples = [train[i] for i in next(batches)]
-                logits, target = _assistant_logits(model, examples, prefix_len, pad_id)
-                # Mean over assistant tokens.
-                loss = torch.nn.functional.cross_entropy(logits, target)
-                train_tokens += target.numel()
-                if recipe.drill_mix and recipe.drill_weight:
-                    loss = loss + recipe.drill_weight * drill_loss(recipe.drill_mix)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
-            bar.update(task_id, advance=1, loss=f"{losses[-1]:.3f}")
+        for step in range(recipe.drill_steps):
+            update(drill_loss(recipe.drill_batch_size), _lr_factor(step, recipe))
+            drill_steps_run += 1
+            recent = drill_losses[-window:]
+            if len(recent) == window and sum(recent) / window < recipe.drill_target_loss:
+                bar.update(task_id, advance=recipe.drill_steps - drill_steps_run)
+                break
+        for t in range(recipe.steps):
+            examples = [train[i] for i in next(batches)]
+            logits, target = _assistant_logits(model, examples, prefix_len, pad_id)
+            # Mean over assistant tokens.
+            loss = torch.nn.functional.cross_entropy(logits, target)
+            train_tokens += target.numel()
+            if recipe.drill_mix and recipe.drill_weight:
+                loss = loss + recipe.drill_weight * drill_loss(recipe.drill_mix)
+            update(loss, _lr_factor(drill_steps_run + t, recipe, transcript_step=t))
     train_seconds = time.perf_counter() - start
 
     metrics = evaluate(model, held_out, pad_id=pad_id) if held_out else {}
@@ -551,6 +598,7 @@ def fit(recipe: TinyRecipe, *, progress: bool) -> FitResult:
         tokenizer=tokenizer,
         losses=losses,
         drill_losses=drill_losses,
+        drill_steps_run=drill_steps_run,
         heldout=metrics,
         sample=sample,
         n_train_transcripts=len(train),

@@ -71,6 +71,7 @@ def _train(recipe: TinyRecipe, out_dir: Path, *, progress: bool) -> dict[str, An
         "train_seconds": result.train_seconds,
         "initial_loss": losses[0],
         "final_loss": sum(tail) / len(tail),
+        "drill_steps_run": result.drill_steps_run,
         "losses": losses,
         "drill_losses": result.drill_losses,
         "heldout": result.heldout,
@@ -115,6 +116,9 @@ def bootstrap(
 ) -> Path:
     """Train (or reuse) the tiny agent of ``recipe`` and return its directory.
 
+    Unless ``force``, the agent shipped in the repository (:mod:`agentropy.agent.shipped`) is
+    returned when it was built from ``recipe``: the default recipe needs no build.
+
     The directory (see :func:`agent_path`) holds ``save_pretrained`` output for model and
     tokenizer plus ``agentropy_tiny.json`` (recipe, parameter count, train time, per-step losses
     (``losses``: the step's total, drill loss included; ``drill_losses``: the drills' own), held-out
@@ -127,6 +131,12 @@ def bootstrap(
     than cores avoids OpenMP threads spinning while they wait for each other.
     """
     recipe = recipe if recipe is not None else TinyRecipe()
+    if not force:
+        from agentropy.agent.shipped import shipped_agent_path
+
+        shipped = shipped_agent_path(recipe)  # the repository's own copy of the default agent
+        if shipped is not None:
+            return shipped
     path = agent_path(recipe, home=home)
     if _is_complete(path) and not force:
         return path

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from agentropy.agent.tiny.corpus import _expert_conversations, _world
+from agentropy.agent.tiny.corpus import _CONSONANTS, _VOWELS, _expert_conversations, _world
 from agentropy.env.format import ANSWER_CLOSE, ANSWER_OPEN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from agentropy.env.toolworld import LEVELS
 
@@ -157,6 +157,11 @@ def _tokenizer_json(vocab_size: int, world_seed: int, tasks_per_level: int, seed
     name_re = re.compile(r"\b(?:" + "|".join(map(re.escape, names)) + r")\b")
     texts = [name_re.sub(" ", text) for text in texts]
     texts.append("\n".join(f"{name} {name}" for name in names))  # both "Kalo" and " Kalo"
+    # Every consonant-vowel syllable (world names and renamed ones are made of them), a few
+    # times each, so each becomes one piece in every position ("Ka", " Ka", "lo") however many
+    # merges the transcripts' own words claim: any name, seen or not, is two or three pieces.
+    syllables = [c + v for c in _CONSONANTS for v in _VOWELS]
+    texts.extend(" ".join(f"{s.capitalize()} {s}" for s in syllables) for _ in range(4))
     # Markers become added tokens after training; keep them out of the merge statistics.
     markers = (*SPECIAL_TOKENS, *MARKER_TOKENS)
 

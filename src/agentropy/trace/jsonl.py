@@ -272,7 +272,7 @@ def _json_objects(p: Path) -> Iterator[tuple[_Where, Any]]:
                 if head.lstrip().startswith(b"["):
                     yield from _json_array(p, _decode(head, p, None))
                     return
-                fh = io.BytesIO(head)
+                fh = io.BytesIO(head)  # type: ignore[assignment]  # any binary stream
             lineno = 0
             while raw := _read_line(fh, p, lineno + 1):
                 lineno += 1

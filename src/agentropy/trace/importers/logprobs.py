@@ -33,6 +33,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from agentropy.errors import InputError
 from agentropy.trace.importers.chat import (
     FailureDetector,
@@ -74,7 +76,7 @@ def _assistant_turn(lp: Any, where: str, w: dict[str, Any], vocab_size: int) -> 
     except ValueError as err:
         raise InputError(str(err), field=f"{where}.content", **w) from None
     return Turn(
-        role="assistant", entropy=est.numpy(), logprob=sampled, text="".join(tokens),
+        role="assistant", entropy=est.numpy(), logprob=np.asarray(sampled, dtype=np.float32), text="".join(tokens),
         meta={"tokens": tokens,
               "entropy_bounds": {"lower": lo.tolist(), "upper": hi.tolist()}},
     )  # fmt: skip

@@ -93,7 +93,7 @@ bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
 
 # What CI runs (.ci/run).
-ci: test docs test-verl test-wheel test-min
+ci: test docs test-verl test-wheel
 
 clean:
 	rm -rf $(VENV) $(VERL_VENV) $(MIN_VENV) $(WHEEL_VENV) site dist build .pytest_cache \

@@ -7,6 +7,7 @@ import random
 import string
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -180,6 +181,7 @@ good_line = json.dumps(
     st.integers(1, 8),
     st.text(alphabet=string.printable, max_size=6),
 )
+@pytest.mark.slow
 def test_fuzzed_input_never_tracebacks(tmp_path, pos, cut, junk):
     bad = good_line[:pos] + junk + good_line[pos + cut :]
     p = tmp_path / "f.jsonl"

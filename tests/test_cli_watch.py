@@ -8,6 +8,7 @@ import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from typer.testing import CliRunner
 
 from agentropy.cli import app
@@ -109,6 +110,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
     assert res.exit_code == 2 and "line 2" in res.stderr
 
 
+@pytest.mark.slow
 def test_follows_a_growing_csv_until_stop_after(tmp_path):
     f = tmp_path / "log.csv"
     f.write_text("step,entropy,reward\n" + "".join(f"{i},0.5,0.3\n" for i in range(1, 11)))
@@ -129,6 +131,7 @@ def test_follows_a_growing_csv_until_stop_after(tmp_path):
     assert "step 12" in res.output and "eruption" in res.output and "divergence" in res.output
 
 
+@pytest.mark.slow
 def test_waits_for_a_run_that_has_not_logged_yet(tmp_path):
     d = tmp_path / "later"
 

@@ -49,6 +49,7 @@ def test_arms_share_the_budget_and_differ_in_policy_and_loss() -> None:
         ExperimentConfig(arms=("baseline", "hot"))
 
 
+@pytest.mark.slow
 def test_micro_experiment_produces_every_column(tmp_path: Any) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -19,6 +19,7 @@ def _state(step: int, history: list[dict[str, Any]]) -> Any:
     return SimpleNamespace(global_step=step, log_history=history)
 
 
+@pytest.mark.slow
 def test_trl_callback_stops_on_divergence_and_annotates_the_log(tmp_path: Path) -> None:
     pytest.importorskip("trl")
     from rich.console import Console

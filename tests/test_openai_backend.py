@@ -50,6 +50,7 @@ def served(random_llama, tiny_tokenizer):
     thread.join(timeout=10)
 
 
+@pytest.mark.slow
 def test_chat_completion_returns_topk_logprobs(served):
     client = make_client(served.url)
     resp = client.chat.completions.create(

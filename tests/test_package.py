@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import agentropy
 
 HEAVY = ("torch", "transformers", "pyarrow", "plotly", "scipy", "ruptures", "trl", "verl", "vllm")
@@ -26,6 +28,7 @@ def test_import_agentropy_imports_nothing_heavy():
     assert out == "", f"`import agentropy` pulled in heavy modules: {out}"
 
 
+@pytest.mark.slow
 def test_console_script_version():
     out = subprocess.run(
         [sys.executable, "-m", "agentropy", "--version"], capture_output=True, text=True

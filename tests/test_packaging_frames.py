@@ -87,6 +87,7 @@ def test_pandas_and_polars_frames_match_arrow() -> None:
     assert isinstance(pf, pl.DataFrame) and pf["episode_id"].to_list() == ["e1", "e2"]
 
 
+@pytest.mark.slow
 def test_missing_dataframe_library_names_the_extra() -> None:
     code = (
         "import sys; sys.modules['polars'] = None\n"

@@ -347,6 +347,7 @@ def test_parameters_change_after_one_step(tok: Any, tmp_path: Any) -> None:
     assert row["adv/abs_mean"] > 0 and row["adv/zero_std_groups"] < 1
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_next_step(
     tok: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -458,6 +459,7 @@ def test_train_command_runs_end_to_end(tok: Any, tmp_path: Any) -> None:
     assert bad.exit_code == 2 and "did you mean 'lr'" in bad.output
 
 
+@pytest.mark.slow
 def test_resume_after_traces_outran_the_checkpoint(tok: Any, tmp_path: Any) -> None:
     """A run killed after flushing step 2's episodes but before its checkpoint resumes cleanly:
     step 2 is redone, its (identical) episodes are not stored twice, its metrics row replaced."""

@@ -91,6 +91,7 @@ def test_missing_trl_raises_install_hint(monkeypatch):
         adapter.BreathCallback  # noqa: B018
 
 
+@pytest.mark.slow
 def test_importing_agentropy_and_adapter_does_not_import_trl():
     code = (
         "import sys, agentropy, agentropy.integrations as a; "

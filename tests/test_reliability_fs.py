@@ -28,6 +28,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agentropy.cli import app
+from conftest import tiny_lm  # at import time: tests/verl has a conftest of its own
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 runner = CliRunner()
@@ -126,7 +127,6 @@ def traces(tmp_path_factory: Any) -> Path:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: Any) -> Path:
     from agentropy.agent.tiny import build_tokenizer
-    from conftest import tiny_lm
 
     tok = build_tokenizer()
     path = tmp_path_factory.mktemp("model")

@@ -14,18 +14,9 @@ from agentropy import __version__
 from agentropy.cli import app
 from agentropy.cli.check import summarize
 from agentropy.trace import Episode, ToolCall, Turn, write_jsonl, write_parquet
+from trace_cases import MINIMAL
 
 runner = CliRunner()
-
-MINIMAL = {
-    "episode_id": "e1",
-    "success": True,
-    "turns": [
-        {"role": "assistant", "entropy": [0.2, 0.1, 0.3]},
-        {"role": "tool", "name": "lookup", "status": "error", "content": "upstream failure"},
-        {"role": "assistant", "entropy": [1.4, 1.1, 0.6, 0.2]},
-    ],
-}
 
 
 def episodes() -> list[Episode]:

@@ -29,19 +29,12 @@ from typer.testing import CliRunner
 
 from agentropy.cli import app
 from conftest import tiny_lm  # at import time: tests/verl has a conftest of its own
+from trace_cases import MINIMAL
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 runner = CliRunner()
 
-GOOD = {
-    "episode_id": "e1",
-    "success": True,
-    "turns": [
-        {"role": "assistant", "entropy": [0.2, 0.1, 0.3]},
-        {"role": "tool", "name": "lookup", "status": "error", "content": "upstream failure"},
-        {"role": "assistant", "entropy": [1.4, 1.1, 0.6, 0.2]},
-    ],
-}
+GOOD = MINIMAL  # the DESIGN.md minimal episode
 
 
 def _env(tmp_path: Path) -> dict[str, str]:

@@ -18,7 +18,7 @@ VERL_CONSTRAINTS := requirements/constraints-verl.txt
 MIN_VENV ?= .venv-min
 WHEEL_VENV ?= .venv-wheel
 
-.PHONY: venv demo demo-quick test test-fast test-slow test-verl test-min test-wheel typecheck \
+.PHONY: venv agent demo demo-quick test test-fast test-slow test-verl test-min test-wheel typecheck \
 	docs lint format bench ci clean
 
 venv: $(STAMP)
@@ -31,6 +31,11 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 demo: $(STAMP)
 	$(BIN)/agentropy demo
+
+# Rebuild the shipped default agent (src/agentropy/agent/default/) from its recorded recipe,
+# evaluate it and rewrite its build record. Minutes to an hour on 2 cores; `make demo` never needs it.
+agent: $(STAMP)
+	$(BIN)/agentropy bootstrap --rebuild
 
 demo-quick: $(STAMP)
 	$(BIN)/agentropy demo --quick

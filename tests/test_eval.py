@@ -40,6 +40,42 @@ def test_run_eval_rows_have_every_column_and_share_tasks(random_agent):
         assert greedy["overhead"] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("faults", ["seen", "novel"])
+def test_same_seed_same_tasks_and_faults_for_every_policy(random_agent, tmp_path, faults):
+    """The comparison is paired: every policy meets the same questions and the same planned
+    faults (kind and target), whatever it samples."""
+    from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
+
+    model, tok, _ = random_agent
+    policies = ("greedy", "constant:1.0", "phase")
+    cfg = EvalConfig(policies=policies, levels=(2, 3), episodes=6)
+    run_eval(
+        model,
+        tok,
+        config=cfg,
+        world=ToolWorld(ToolWorldConfig(faults=faults)),
+        runner_config=RunnerConfig(max_turns=2, max_new_tokens=8),
+        out_dir=tmp_path,
+    )
+
+    def plan(policy: str) -> list[tuple]:
+        safe = policy.replace(":", "_")
+        episodes = read_traces(tmp_path / "traces" / f"{safe}.parquet")
+        return sorted(
+            (
+                e.task_id,
+                e.meta["question"],
+                tuple((f["kind"], f["target"]) for f in e.meta["faults"]),
+            )
+            for e in episodes
+        )
+
+    plans = {policy: plan(policy) for policy in policies}
+    assert len(plans["greedy"]) == 2 * 6
+    assert any(faults for _, _, faults in plans["greedy"])  # L3 always plans a fault
+    assert plans["constant:1.0"] == plans["greedy"] == plans["phase"]
+
+
 def test_cli_eval_writes_json_and_traces_and_refuses_to_overwrite(random_agent, tmp_path):
     _, _, path = random_agent
     out = tmp_path / "ev"

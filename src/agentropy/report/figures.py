@@ -13,7 +13,8 @@ What each figure shows (definitions: DESIGN.md, computed by :mod:`agentropy.anal
 - :func:`timeline_figure`: one episode's per-token model entropy (assistant tokens in order,
   coloured by phase), tool calls as vertical lines (red when the call failed), each eruption's
   trigger annotated with its spike ratio and, when it contracted, the contraction point
-  (``tokens_to_contraction`` tokens after the trigger) with the baseline band ``band * B``.
+  (``tokens_to_contraction`` tokens after the trigger) with the baseline band ``band * B``;
+  when the entropies are top-k estimates, a grey band from each token's lower to upper bound.
 - :func:`recovery_figure`: recovery rate by spike-ratio bin, episode level and turn level, with
   bootstrap 95 % intervals as error bars.
 """
@@ -29,6 +30,7 @@ from agentropy.report.examples import Timeline
 from agentropy.trace import FAILED_STATUSES, PHASES
 
 __all__ = [
+    "BOUNDS_NAME",
     "FAIL_COLOR",
     "OK_COLOR",
     "PHASE_COLORS",
@@ -298,6 +300,25 @@ def training_figure(
 # --------------------------------------------------------------------------------------------
 
 
+#: Legend name of the band drawn between the lower and upper top-k entropy bounds.
+BOUNDS_NAME = "top-k entropy bounds"
+
+
+def _bounds_band(episode: Timeline, x: list[int]) -> list[dict[str, Any]]:
+    """Two traces filling between the entropy bounds (upper, then lower filled to it); none when
+    the episode's entropies are exact."""
+    if episode.entropy_lower is None or episode.entropy_upper is None:
+        return []
+    edge = {"type": "scatter", "mode": "lines", "x": x, "line": {"width": 0, "color": "#999999"},
+            "hoverinfo": "skip"}  # fmt: skip
+    return [
+        {**edge, "name": f"{BOUNDS_NAME} (upper)", "y": [_r(v) for v in episode.entropy_upper],
+         "showlegend": False},
+        {**edge, "name": BOUNDS_NAME, "y": [_r(v) for v in episode.entropy_lower],
+         "fill": "tonexty", "fillcolor": "rgba(120,120,120,0.25)", "showlegend": True},
+    ]  # fmt: skip
+
+
 def timeline_figure(
     episode: Timeline,
     *,
@@ -316,7 +337,8 @@ def timeline_figure(
     """
     flat, starts, phase = episode.entropy, episode.turn_start, episode.phase
     x = list(range(int(flat.shape[0])))
-    data: list[dict[str, Any]] = [
+    data: list[dict[str, Any]] = _bounds_band(episode, x)
+    data += [
         {
             "type": "scatter",
             "mode": "lines",
@@ -459,8 +481,9 @@ def timeline_figure(
         )
     outcome = {True: "succeeded", False: "failed", None: "outcome unknown"}[episode.success]
     head = f"{title}: " if title else ""
+    grey = "; grey: top-k entropy bounds" if episode.entropy_lower is not None else ""
     layout = _layout(
-        f"{head}episode {episode.episode_id} ({outcome}; dashed green: contraction band)",
+        f"{head}episode {episode.episode_id} ({outcome}; dashed green: contraction band{grey})",
         xaxis=_axis("assistant token (in order, across turns)"),
         yaxis=_axis("model entropy (nats)", rangemode="tozero"),
         shapes=shapes,

@@ -277,6 +277,10 @@ def test_report_of_a_topk_trace_has_the_note_and_the_band(tmp_path: Path) -> Non
     assert 'id="entropy-bounds-note"' in page and "top-k estimates" in page
     figs = _figures(page)
     _, calm_lo, calm_hi = topk(CALM)
+    _, edge_lo, edge_hi = topk(EDGE)
+    labels = [a.get("text", "") for a in figs["fig-timeline-divergent"]["layout"]["annotations"]]
+    want = f"may flip: S {edge_lo / calm_hi:.1f}-{edge_hi / calm_lo:.1f}x within the bounds"
+    assert any(want in t for t in labels), labels
     for kind in ("productive", "divergent"):  # both examples come from the one episode
         data = figs[f"fig-timeline-{kind}"]["data"]
         upper, lower = data[0], data[1]

@@ -319,6 +319,16 @@ def _bounds_band(episode: Timeline, x: list[int]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def _eruption_label(er: Mapping[str, Any], spike_range: Sequence[Any] | None) -> str:
+    """``eruption S=3.0x (divergent)``, plus the range within the top-k bounds when the verdict
+    may flip there."""
+    text = f"eruption S={float(er['spike_ratio']):.1f}x ({er['kind']})"
+    if spike_range is None or None in spike_range:
+        return text
+    lo, hi = spike_range
+    return f"{text}, may flip: S {float(lo):.1f}-{float(hi):.1f}x within the bounds"
+
+
 def timeline_figure(
     episode: Timeline,
     *,
@@ -328,13 +338,17 @@ def timeline_figure(
     band: float = 1.25,
     title: str = "",
     highlight: int | None = None,
+    uncertain: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """Per-token entropy of one episode with tool calls, failures, eruptions and contractions.
 
     ``eruptions`` / ``frozen`` / ``loops`` are the analyzer's records of this episode;
     ``highlight`` is the ``turn_index`` of the event the example is about (its contraction and
     band are drawn; other eruptions get a short label). None: every eruption in full.
+    ``uncertain``: the summary's ``entropy_bounds.uncertain_triggers`` of this episode; a full
+    eruption label then gives the spike-ratio range within the bounds and says it may flip.
     """
+    ranges = {int(u["turn_index"]): u["spike_ratio"] for u in uncertain}
     flat, starts, phase = episode.entropy, episode.turn_start, episode.phase
     x = list(range(int(flat.shape[0])))
     data: list[dict[str, Any]] = _bounds_band(episode, x)
@@ -415,7 +429,9 @@ def timeline_figure(
                 "y": _r(flat[start]),
                 "ax": 30 if main else 0,
                 "ay": -40 if main else -18,
-                "text": f"eruption S={spike:.1f}x ({er['kind']})" if main else f"S={spike:.1f}x",
+                "text": _eruption_label(er, ranges.get(int(er["turn_index"])))
+                if main
+                else f"S={spike:.1f}x",
                 "arrowcolor": FAIL_COLOR,
                 "arrowwidth": 1.5 if main else 0.8,
                 "font": {"size": 10 if main else 8, "color": FAIL_COLOR},

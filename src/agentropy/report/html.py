@@ -527,6 +527,7 @@ def build_report(
     sections.append(_section("training", "(a) Entropy over training", body))
 
     parts = []
+    uncertain = (summary.get("entropy_bounds") or {}).get("uncertain_triggers") or []
     if summary.get("entropy_bounds"):
         parts.append(
             '<p class="note">Entropies are top-k estimates: the grey band on a chart spans each '
@@ -548,6 +549,7 @@ def build_report(
             band=band,
             title=kind,
             highlight=int(rec["turn_index"]),
+            uncertain=[u for u in uncertain if u["episode_id"] == eid],
         )
         parts.append(f'<div class="chart" id="{fid}"></div>')
     sections.append(_section("timelines", "(b) Episode timelines", "".join(parts)))

@@ -115,3 +115,53 @@ def test_report_renders_in_chromium(tmp_path: Path) -> None:
     assert all(n >= 1 for n in rendered), dict(zip(ids, rendered, strict=True))
     assert all(n >= 1 for n in traces_drawn)
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_topk_report_draws_the_bounds_band_in_chromium(tmp_path: Path) -> None:
+    """An imported OpenAI top_logprobs trace: the note is shown and each example timeline draws
+    the band between the entropy bounds (a filled path under the entropy line)."""
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="the browser test needs the playwright pip package"
+    )
+    from agentropy.report.figures import BOUNDS_NAME
+    from agentropy.report.html import report_from_paths
+    from test_topk_bounds import write_topk_store
+
+    executable = _chromium()
+    out = tmp_path / "topk.html"
+    report_from_paths([write_topk_store(tmp_path)], out)
+    ids = ["fig-timeline-productive", "fig-timeline-divergent"]
+    errors: list[str] = []
+    with sync_api.sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
+        browser = pw.chromium.launch_persistent_context(
+            profile, executable_path=executable, headless=True, args=LAUNCH_ARGS,
+            viewport={"width": 1200, "height": 900},
+        )  # fmt: skip
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+            page.goto(out.resolve().as_uri(), wait_until="load")
+            page.wait_for_function(
+                "ids => ids.every(id => document.querySelector('#' + id + ' svg.main-svg'))",
+                arg=ids,
+                timeout=60_000,
+            )
+            note = page.inner_text("#entropy-bounds-note")
+            bands = page.evaluate(
+                """([ids, name]) => ids.map(id => {
+                    const el = document.getElementById(id);
+                    const drawn = el.data.filter(t => t.name === name && t.fill === 'tonexty');
+                    const fills = [...el.querySelectorAll('path.js-fill')]
+                        .filter(p => (p.getAttribute('d') || '').length > 10);
+                    return [drawn.length, fills.length,
+                            [...el.querySelectorAll('.legendtext')].map(t => t.textContent)];
+                })""",
+                [ids, BOUNDS_NAME],
+            )
+        finally:
+            browser.close()
+    assert errors == []
+    assert "top-k estimates" in note and "could flip" in note
+    for n_traces, n_fills, legend in bands:
+        assert n_traces == 1 and n_fills >= 1
+        assert BOUNDS_NAME in legend

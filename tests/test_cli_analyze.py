@@ -32,6 +32,7 @@ TOP_KEYS = {
     "costs",
     "latency",
     "training",
+    "entropy_bounds",
     "config",
 }
 
@@ -80,6 +81,7 @@ def test_json_keys_and_values(tmp_path):
     write_jsonl(eps, tmp_path / "a.jsonl")
     s = run_json(str(tmp_path / "a.jsonl"))
     assert set(s) == TOP_KEYS
+    assert s["entropy_bounds"] is None  # exact entropies: no bounds to report
     assert s["episodes"] == 40
     assert s["tool_failures"] == 40
     for e in s["eruptions"]:
@@ -128,6 +130,7 @@ def test_rich_output_and_json_file(tmp_path):
     res = runner.invoke(app, ["analyze", str(tmp_path / "a.jsonl"), "--json", str(out)])
     assert res.exit_code == 0, res.output
     assert "eruptions" in res.stdout and "Recovery" in res.stdout
+    assert "top-k" not in res.stdout  # exact entropies: no bounds note
     assert json.loads(out.read_text())["episodes"] == 40
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from agentropy.env.toolworld import ToolWorld
 from agentropy.integrations.openai import OpenAIAgentConfig, make_client, run_episode
-from agentropy.trace import PHASE_CODE
+from agentropy.trace import PHASE_CODE, entropy_bounds_of
 
 uvicorn = pytest.importorskip("uvicorn")
 
@@ -97,8 +97,9 @@ def test_run_episode_records_topk_entropy_with_bounds(served):
     n = first.n_tokens
     assert n > 0
     assert first.temperature.shape == (n,) and first.phase.shape == (n,)
-    lo = np.asarray(first.meta["entropy_lower"])
-    hi = np.asarray(first.meta["entropy_upper"])
+    bounds = entropy_bounds_of(first.meta, n)
+    assert bounds is not None
+    lo, hi = bounds
     assert np.all(lo <= first.entropy + 1e-5) and np.all(first.entropy <= hi + 1e-5)
     assert np.all(hi <= math.log(served.vocab_size) + 1e-4)
     # The first request follows no failure: sampled at the plan temperature.

@@ -7,7 +7,8 @@ is a dependency of agentropy (``pip install 'agentropy[dataframes]'`` installs b
 - :func:`trace_arrow` flattens a :class:`~agentropy.trace.TraceTable` into one of three tables:
   ``tokens`` (one row per assistant token, N rows), ``turns`` (U rows) or ``episodes`` (E rows).
   Codes are decoded (phase and status names, null where unknown), so the columns read as the
-  JSONL fields do.
+  JSONL fields do. When some entropies are top-k estimates, ``tokens`` also has
+  ``entropy_lower`` and ``entropy_upper`` (null where the entropy is exact).
 - :func:`summary_arrow` turns one list-valued part of an analysis summary
   (:func:`agentropy.analysis.summary.analyze_paths`) into a table: ``eruptions``, ``frozen``,
   ``loops``, ``recovery`` (one row per spike-ratio bin), ``costs`` and ``latency`` (one row per
@@ -87,14 +88,20 @@ def trace_arrow(table: TraceTable, part: TracePart = "tokens") -> pa.Table:
     asst = ~table.turn_is_tool.astype(bool)
     turn_of_token = np.repeat(table.turn_index[asst], (table.turn_end - table.turn_start)[asst])
     position = np.arange(table.n_tokens) - np.repeat(table.ep_start, table.ep_end - table.ep_start)
-    return pa.table({
+    cols = {
         "episode_id": [table.episode_id[e] for e in ep_of_token.tolist()],
         "turn_index": turn_of_token.astype(np.int64),
         "position": position.astype(np.int64),
         "entropy": table.entropy,
         "token_id": pa.array(table.token_ids, mask=table.token_ids < 0),
         "phase": _decode(table.phase, list(PHASES)),
-    })  # fmt: skip
+    }
+    # Top-k estimates: their bounds, null where the entropy is exact (columns absent otherwise).
+    for name in ("entropy_lower", "entropy_upper"):
+        arr = getattr(table, name)
+        if arr is not None:
+            cols[name] = pa.array(arr, mask=np.isnan(arr))
+    return pa.table(cols)
 
 
 def summary_arrow(summary: Mapping[str, Any], part: str) -> pa.Table:

@@ -37,12 +37,14 @@ from agentropy.trace import STATUS_CODES, Episode, TraceTable
 
 __all__ = [
     "KINDS",
+    "BoundVerdicts",
     "BreathConfig",
     "Kind",
     "TriggerStats",
     "TriggerTable",
     "analyze_episode",
     "analyze_triggers",
+    "bound_verdicts",
     "eruption_records",
     "frozen_records",
     "trigger_stats",
@@ -113,6 +115,8 @@ def trigger_stats(
     ep_end: np.ndarray,
     trigger_pos: np.ndarray,
     config: BreathConfig = BreathConfig(),
+    *,
+    post_entropy: np.ndarray | None = None,
 ) -> TriggerStats:
     """Baseline, spike ratio and contraction of ``M`` triggers, vectorised.
 
@@ -120,8 +124,13 @@ def trigger_stats(
     sits at global position ``trigger_pos[m]`` (the number of stream tokens before it) inside an
     episode owning tokens ``[ep_start[m], ep_end[m])`` (per-trigger arrays, shape (M,)).
     Contraction is computed for every trigger with a response; callers use it for eruptions.
+    ``post_entropy`` (N,), when given, is read for the post-trigger stream instead of
+    ``entropy`` (the baseline still reads ``entropy``): a trigger's baseline and stream are
+    disjoint tokens, so :func:`bound_verdicts` combines the lower bound on one side with the
+    upper bound on the other to get the extremes of the spike ratio.
     """
     ent = np.asarray(entropy, np.float64)
+    post_src = ent if post_entropy is None else np.asarray(post_entropy, np.float64)
     pos = np.asarray(trigger_pos, np.int64)
     lo = np.asarray(ep_start, np.int64)
     hi = np.asarray(ep_end, np.int64)
@@ -148,7 +157,7 @@ def trigger_stats(
     span = max(config.k, config.horizon)
     pidx = pos[:, None] + np.arange(span)[None, :]  # (M, L)
     pvalid = pidx < hi[:, None]
-    post = np.where(pvalid, ent[np.clip(pidx, 0, max(n_tok - 1, 0))] if n_tok else 0.0, 0.0)
+    post = np.where(pvalid, post_src[np.clip(pidx, 0, max(n_tok - 1, 0))] if n_tok else 0.0, 0.0)
     n_head = np.minimum(n_post, config.k)
     head_sum = post[:, : config.k].sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -191,6 +200,8 @@ class TriggerTable:
     """int8 index into :data:`KINDS` for eruptions, -1 otherwise."""
     frozen: np.ndarray
     """bool frozen response."""
+    repeats: np.ndarray
+    """bool: the episode's next tool turn makes the same call (name + canonical arguments)."""
 
     @property
     def failed(self) -> np.ndarray:
@@ -243,6 +254,89 @@ def analyze_triggers(table: TraceTable, config: BreathConfig = BreathConfig()) -
         eruption=eruption,
         kind=kind,
         frozen=frozen,
+        repeats=next_same,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BoundVerdicts:
+    """The range of each trigger's verdicts when entropies are top-k estimates; shapes (M,).
+
+    Each token's true entropy is only known to lie in ``[lower, upper]`` (DESIGN.md, "Top-k
+    estimate"). A trigger's baseline (tokens before it) and post-trigger stream (tokens after it)
+    are disjoint, and the baseline (a floored median) and every stream mean grow with each
+    token's entropy, so the extremes are exact: the spike ratio is smallest with the stream at
+    its lower bounds and the baseline at its upper bounds (contraction is then easiest), largest
+    the other way round (contraction hardest). A verdict is *certain* when it holds at both
+    extremes and *uncertain* when the extremes disagree; the point estimate's verdict lies
+    between. Bounds are per trigger: two triggers' worst cases may need different values of a
+    shared token, so the counts are an upper bound on how many verdicts could change at once.
+    """
+
+    spike_min: np.ndarray
+    """float64 smallest spike ratio within the bounds (NaN for ``no_response``)."""
+    spike_max: np.ndarray
+    """float64 largest spike ratio within the bounds (NaN for ``no_response``)."""
+    eruption_certain: np.ndarray
+    """bool: an eruption at every entropy within the bounds (``spike_min >= eruption``)."""
+    eruption_possible: np.ndarray
+    """bool: an eruption at some entropy within the bounds (``spike_max >= eruption``)."""
+    contraction_certain: np.ndarray
+    """bool: contracts even with the stream at its upper and the baseline at its lower bounds."""
+    contraction_possible: np.ndarray
+    """bool: contracts with the stream at its lower and the baseline at its upper bounds."""
+    frozen_certain: np.ndarray
+    """bool: a frozen response at every entropy within the bounds."""
+    frozen_possible: np.ndarray
+    """bool: a frozen response at some entropy within the bounds."""
+
+    @property
+    def eruption_uncertain(self) -> np.ndarray:
+        """bool: the eruption verdict flips within the bounds."""
+        return self.eruption_possible & ~self.eruption_certain
+
+    @property
+    def kind_uncertain(self) -> np.ndarray:
+        """bool: the eruption-or-kind verdict (none / productive-or-neutral / divergent) flips:
+        the eruption itself is uncertain, or it may erupt and its contraction is uncertain."""
+        contraction = self.contraction_possible & ~self.contraction_certain
+        return self.eruption_possible & (~self.eruption_certain | contraction)
+
+    @property
+    def frozen_uncertain(self) -> np.ndarray:
+        """bool: the frozen-response verdict flips within the bounds."""
+        return self.frozen_possible & ~self.frozen_certain
+
+
+def bound_verdicts(
+    table: TraceTable, trig: TriggerTable, config: BreathConfig = BreathConfig()
+) -> BoundVerdicts | None:
+    """Verdict ranges of ``trig`` (from :func:`analyze_triggers` on ``table``) over the entropy
+    bounds of ``table`` (:class:`BoundVerdicts`); None when the table has no bounds. Tokens
+    without bounds (exact entropy) count at their value."""
+    if table.entropy_lower is None or table.entropy_upper is None:
+        return None
+    ent = table.entropy
+    lower = np.where(np.isnan(table.entropy_lower), ent, table.entropy_lower)
+    upper = np.where(np.isnan(table.entropy_upper), ent, table.entropy_upper)
+    rows = np.flatnonzero(table.turn_is_tool)
+    args = (table.ep_start[trig.ep], table.ep_end[trig.ep], table.turn_start[rows], config)
+    least = trigger_stats(upper, *args, post_entropy=lower)
+    most = trigger_stats(lower, *args, post_entropy=upper)
+    defined = trig.stats.n_post > 0
+    s_min = np.where(defined, least.spike_ratio, 0.0)
+    s_max = np.where(defined, most.spike_ratio, 0.0)
+    # Frozen needs a failed trigger whose next call repeats it; only the spike ratio can move.
+    base = trig.failed & defined & trig.repeats
+    return BoundVerdicts(
+        spike_min=least.spike_ratio,
+        spike_max=most.spike_ratio,
+        eruption_certain=defined & (s_min >= config.eruption),
+        eruption_possible=defined & (s_max >= config.eruption),
+        contraction_certain=defined & most.contracted,
+        contraction_possible=defined & least.contracted,
+        frozen_certain=base & (s_max < config.frozen),
+        frozen_possible=base & (s_min < config.frozen),
     )
 
 

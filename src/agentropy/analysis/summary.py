@@ -35,6 +35,9 @@ JSON summary keys (stable; ``null`` wherever a value is undefined, never NaN):
   of {start_step, peak_step, end_step, amplitude, subsided, reward_before, reward_after, kind,
   loop_rate, hallucination_rate, fit}, fit: {a, b, r2, n}}``; ``steps`` is 0 and the rest empty
   when no episode carries a ``step``.
+- ``entropy_bounds``: ``null`` unless some token's entropy is a top-k estimate with bounds
+  (imported logprobs); then how wide the bounds are and which verdicts they could flip
+  (:meth:`agentropy.analysis.bounds.BoundsAccumulator.summary` lists its keys).
 - ``config``: the thresholds used.
 """
 
@@ -48,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from agentropy.analysis.bounds import BoundsAccumulator
 from agentropy.analysis.breath import (
     KINDS,
     BreathConfig,
@@ -189,6 +193,7 @@ class Analyzer:
         self._loops: list[dict[str, Any]] = []
         self._ep: dict[str, list[Any]] = {}
         self._fail: dict[str, list[np.ndarray]] = {"spike": [], "has_next": [], "next_ok": []}
+        self._bounds = BoundsAccumulator(config.breath)
 
     # ---------------------------------------------------------------------------------------
     def add_episodes(
@@ -211,6 +216,7 @@ class Analyzer:
         """
         cfg = self.config
         trig = analyze_triggers(table, cfg.breath)
+        self._bounds.add(table, trig)
         loops = find_loops(table, cfg.loops)
         checked, halluc = hallucinated_calls(table, known_tools=cfg.known_tools, config=cfg.loops)
         n_ep = table.n_episodes
@@ -362,6 +368,7 @@ class Analyzer:
         )
         out["latency"] = latency_stats(policy, self._cat("latency_s"))
         out["training"] = self._training()
+        out["entropy_bounds"] = self._bounds.summary()
         out["config"] = {
             "breath": dataclasses.asdict(cfg.breath),
             "loops": dataclasses.asdict(cfg.loops),

@@ -33,6 +33,10 @@ R = TypeVar("R")
 USER_ERROR_EXIT = 2
 #: Exit status of an internal error (a bug: traceback saved to a file).
 INTERNAL_ERROR_EXIT = 1
+#: Exit status when a monitor alert the user named fired: ``watch --fail-on``, and a ``train``
+#: that ``--stop-on`` (the config's ``stop_on``) ended early. Scripts tell it from success (0)
+#: and from errors (1, 2).
+ALERT_EXIT = 3
 #: Set to 1 to let internal errors propagate with their traceback.
 TRACEBACK_ENV = "AGENTROPY_TRACEBACK"
 

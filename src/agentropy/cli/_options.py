@@ -37,6 +37,7 @@ __all__ = [
     "PROGRESS_OPTION",
     "ConfigRef",
     "NanPolicyChoice",
+    "alert_names",
     "field_default",
     "field_help",
     "field_option",
@@ -204,3 +205,21 @@ FORCE_OPTION: Any = typer.Option(
 )
 #: ``--progress/--no-progress`` of the long-running commands.
 PROGRESS_OPTION: Any = typer.Option(True, "--progress/--no-progress", help="Progress bars.")
+
+
+def alert_names(text: str | None, option: str) -> tuple[str, ...]:
+    """The monitor alert names of a comma-separated option value (``train --stop-on``,
+    ``watch --fail-on``), in the order given, without repeats; ``()`` for None or ``""``.
+
+    The names are :data:`agentropy.monitor.ALERT_NAMES`; any other raises ``ValueError`` naming
+    the option and listing the valid names (one line, exit status 2 in a command).
+    """
+    from agentropy.monitor import ALERT_NAMES
+
+    names = tuple(dict.fromkeys(t.strip() for t in (text or "").split(",") if t.strip()))
+    bad = [n for n in names if n not in ALERT_NAMES]
+    if bad:
+        raise ValueError(
+            f"{option}: unknown alert names {bad}; choose from {', '.join(ALERT_NAMES)}"
+        )
+    return names

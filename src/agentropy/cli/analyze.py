@@ -46,6 +46,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from agentropy.analysis.bounds import bounds_note
+
     console = Console()
     kinds = s["eruption_kinds"]
     top = Table(title="agentropy analyze", show_header=False)
@@ -69,6 +71,9 @@ def _print_summary(s: dict[str, Any]) -> None:
     for k, v in rows:
         top.add_row(k, str(v))
     console.print(top)
+    note = bounds_note(s)
+    if note is not None:
+        console.print(note, markup=False, highlight=False)
 
     rec = s["recovery"]
     t = Table(title="Recovery after failures by spike ratio (95% bootstrap CI)")

@@ -9,6 +9,12 @@ them.
 
 A run killed at any point restarts: after its first checkpoint with ``--resume`` (bit-identical
 to an uninterrupted run), before it by running again (it starts over in place and says so).
+
+``--stop-on divergence,collapse`` sets the config's ``stop_on``: the live monitor's alerts of those
+kinds (:data:`agentropy.monitor.ALERT_NAMES`) end training at the step they fire, after a
+checkpoint of that step. A run ended that way still writes ``final/`` and ``summary.json``
+(``stopped_by``: the alert), says so on stderr and exits with status 3 (``ALERT_EXIT``, as
+``watch --fail-on``), so a script tells it from a finished run (0) and from an error (1, 2).
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ from pathlib import Path
 
 import typer
 
-from agentropy.cli._common import guarded
-from agentropy.cli._options import PROGRESS_OPTION, field_option
+from agentropy.cli._common import ALERT_EXIT, guarded
+from agentropy.cli._options import PROGRESS_OPTION, alert_names, field_option
+from agentropy.monitor import ALERT_NAMES
 
 #: The config the options mirror, named so that importing the CLI does not import torch.
 TRAIN_CONFIG = "agentropy.rl.config:TrainConfig"
@@ -46,6 +53,13 @@ def train_command(
         False, "--resume", help="Continue from the newest checkpoint in the run directory."
     ),
     faults: str | None = field_option(TRAIN_CONFIG, "faults", "--faults", default=None),
+    stop_on: str | None = typer.Option(
+        None,
+        "--stop-on",
+        help="Comma-separated monitor alert names that end training at the step they fire, "
+        f"after a checkpoint; the command then exits with status {ALERT_EXIT}. Names: "
+        f"{', '.join(ALERT_NAMES)}. Replaces the config's stop_on ('' clears it).",
+    ),
     progress: bool = PROGRESS_OPTION,
     print_config: bool = typer.Option(
         False, "--print-config", help="Print the resolved config as TOML and exit."
@@ -56,9 +70,8 @@ def train_command(
     Writes metrics.parquet, traces/ (training episodes with step set: run `agentropy
     analyze OUT/traces` for training cycles), checkpoints/, final/ and summary.json.
     """
-    _run(
-        config, set_, out, model, steps, seed, policy, loss, resume, faults, progress, print_config
-    )
+    _run(config, set_, out, model, steps, seed, policy, loss, resume, faults, stop_on, progress,
+         print_config)  # fmt: skip
 
 
 @guarded
@@ -73,10 +86,14 @@ def _run(
     loss: str | None,
     resume: bool,
     faults: str | None,
+    stop_on: str | None,
     progress: bool,
     print_config: bool,
 ) -> None:
     from rich.console import Console
+
+    # Checked before the config (and torch) loads: a typo costs no start-up.
+    stop = None if stop_on is None else alert_names(stop_on, "--stop-on")
 
     from agentropy.rl.config import TrainConfig, apply_overrides
 
@@ -89,6 +106,7 @@ def _run(
         "policy": policy,
         "loss": loss,
         "faults": faults,
+        "stop_on": stop,
     }
     if not progress:
         explicit["progress"] = False
@@ -115,6 +133,14 @@ def _run(
         f"({cfg.resolved_eval_policy}) "
         f"{_pct(before)} -> {_pct(after)}{gain}; level {result.level}; wrote {cfg.out}"
     )
+    alert = result.stopped_by
+    if alert is not None:
+        typer.echo(
+            f"stopped early at step {alert['step']}: {alert['name']} alert on {alert['metric']} "
+            f"(stop_on: {', '.join(cfg.stop_on)}); {alert['suggestion']}",
+            err=True,
+        )
+        raise typer.Exit(code=ALERT_EXIT)
 
 
 def _pct(x: float | None) -> str:

@@ -23,10 +23,12 @@ from typing import Any
 
 import typer
 
-from agentropy.cli._common import guarded
+from agentropy.cli._common import ALERT_EXIT, guarded
+from agentropy.cli._options import alert_names
+from agentropy.monitor import ALERT_NAMES
 
-#: Exit status when an alert named in ``--fail-on`` fired.
-FAIL_EXIT = 3
+#: Exit status when an alert named in ``--fail-on`` fired (the same as ``train --stop-on``).
+FAIL_EXIT = ALERT_EXIT
 
 
 @dataclass
@@ -96,18 +98,6 @@ class RunWatch:
             "tags": self.tags.source_of(self.raw_tags),
             "alerts": [a.to_dict() for a in self.alerts],
         }
-
-
-def _parse_fail_on(text: str | None) -> frozenset[str]:
-    from agentropy.monitor import ALERT_NAMES
-
-    if not text:
-        return frozenset()
-    names = {t.strip() for t in text.split(",") if t.strip()}
-    bad = sorted(names - set(ALERT_NAMES))
-    if bad:
-        raise ValueError(f"--fail-on: unknown alert names {bad}; choose from {list(ALERT_NAMES)}")
-    return frozenset(names)
 
 
 def _parse_tags(items: list[str]) -> dict[str, str]:
@@ -185,8 +175,8 @@ def watch(
     fail_on: str | None = typer.Option(
         None,
         "--fail-on",
-        help="Comma-separated alert names (e.g. divergence,collapse): exit with status 3 if any "
-        "fired.",
+        help="Comma-separated alert names (e.g. divergence,collapse): exit with status "
+        f"{ALERT_EXIT} if any fired. Names: {', '.join(ALERT_NAMES)}.",
     ),
     entropy_tag: str | None = typer.Option(
         None, "--entropy-tag", help="Tag of the per-step entropy (default: verl, TRL, ours)."
@@ -233,7 +223,7 @@ def _run(
     from agentropy.monitor import Monitor
     from agentropy.trace.importers.scalars import TagMap, discover
 
-    fail_on = _parse_fail_on(fail_on_text)
+    fail_on = frozenset(alert_names(fail_on_text, "--fail-on"))
     if not interval > 0:
         raise ValueError(f"--interval must be > 0 seconds, got {interval}")
     tags = TagMap.default(entropy_tag=entropy_tag, reward_tag=reward_tag, extra=_parse_tags(tag))

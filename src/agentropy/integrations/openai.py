@@ -8,7 +8,8 @@ per-token controller (:mod:`agentropy.control.hf`, the vLLM processor) can.
 
 Servers return at most ~20 log-probs per position, so entropy is not exact: each token's entropy
 is the top-k estimate of :func:`agentropy.entropy.topk_entropy_bounds`, and the bounds are kept in
-the turn's ``meta`` (``entropy_lower``, ``entropy_upper``; ``entropy_source = "topk"``). The
+the turn's ``meta[BOUNDS_META_KEY]`` (``{"lower": [...], "upper": [...]}``, the layout every reader
+of bounds uses; ``entropy_source = "topk"``). The
 server's ``logprob`` of the sampled token is recorded in ``meta["model_logprob"]``: most servers
 (vLLM by default, our :mod:`agentropy.integrations.serve`) report it under the model distribution,
 not the sampling distribution, so it is not put in the ``logprob`` field.
@@ -30,7 +31,7 @@ from agentropy.control.phases import label_tokens, resolves_failure
 from agentropy.control.temperature import PhaseTemperatureConfig
 from agentropy.env.format import parse_assistant, render_tool_call
 from agentropy.integrations._extras import require
-from agentropy.trace import Episode, ToolCall, Turn
+from agentropy.trace import BOUNDS_META_KEY, Episode, ToolCall, Turn
 
 __all__ = [
     "OpenAIAgentConfig",
@@ -178,8 +179,7 @@ def run_episode(
                 wall_s=time.perf_counter() - t0,
                 meta={
                     "entropy_source": "topk",
-                    "entropy_lower": lo.tolist(),
-                    "entropy_upper": hi.tolist(),
+                    BOUNDS_META_KEY: {"lower": lo.tolist(), "upper": hi.tolist()},
                     "model_logprob": model_lp.tolist(),
                     "finish_reason": choice.finish_reason,
                 },

@@ -10,8 +10,8 @@ kind, the best record so far and the :class:`Timeline` of its episode, cut from 
 reads a trace file a second time. :func:`choose_examples` is the same choice over a whole summary.
 
 A :class:`Timeline` holds what :func:`agentropy.report.figures.timeline_figure` draws: the
-episode's assistant-token entropy and phases in order, where each turn starts in that stream, and
-each tool turn's name and status.
+episode's assistant-token entropy and phases in order, where each turn starts in that stream,
+each tool turn's name and status, and the entropy bounds when the entropies are top-k estimates.
 """
 
 from __future__ import annotations
@@ -52,6 +52,11 @@ class Timeline:
     stream begins)."""
     tools: list[tuple[int, str | None, str | None]]
     """``(turn_index, name, status)`` of each tool turn, in order (None: unparsed / missing)."""
+    entropy_lower: np.ndarray | None = None
+    """(n,) float64 lower bound of each token's entropy when the episode's entropies are top-k
+    estimates (exact tokens: their entropy), nats; None when none is bounded."""
+    entropy_upper: np.ndarray | None = None
+    """(n,) float64 upper bound, as ``entropy_lower``."""
 
     @classmethod
     def from_table(cls, table: TraceTable, e: int) -> Timeline:
@@ -65,13 +70,21 @@ class Timeline:
             status = TOOL_STATUSES[code] if code >= 0 else None
             tools.append((int(table.turn_index[r]), table.tool_name[r], status))
         s = int(table.success[e])
+        ent = np.asarray(table.entropy[lo:hi], np.float64)
+        bounds: list[np.ndarray | None] = [None, None]
+        for j, arr in enumerate((table.entropy_lower, table.entropy_upper)):
+            part = None if arr is None else arr[lo:hi]
+            if part is not None and not np.isnan(part).all():
+                bounds[j] = np.where(np.isnan(part), ent, part)
         return cls(
             episode_id=table.episode_id[e],
             success=None if s < 0 else bool(s),
-            entropy=np.asarray(table.entropy[lo:hi], np.float64),
+            entropy=ent,
             phase=np.asarray(table.phase[lo:hi], np.int64),
             turn_start=[int(x) - lo for x in table.turn_start[rows]],
             tools=tools,
+            entropy_lower=bounds[0],
+            entropy_upper=bounds[1],
         )
 
     @classmethod

@@ -13,7 +13,8 @@ What each figure shows (definitions: DESIGN.md, computed by :mod:`agentropy.anal
 - :func:`timeline_figure`: one episode's per-token model entropy (assistant tokens in order,
   coloured by phase), tool calls as vertical lines (red when the call failed), each eruption's
   trigger annotated with its spike ratio and, when it contracted, the contraction point
-  (``tokens_to_contraction`` tokens after the trigger) with the baseline band ``band * B``.
+  (``tokens_to_contraction`` tokens after the trigger) with the baseline band ``band * B``;
+  when the entropies are top-k estimates, a grey band from each token's lower to upper bound.
 - :func:`recovery_figure`: recovery rate by spike-ratio bin, episode level and turn level, with
   bootstrap 95 % intervals as error bars.
 """
@@ -29,6 +30,7 @@ from agentropy.report.examples import Timeline
 from agentropy.trace import FAILED_STATUSES, PHASES
 
 __all__ = [
+    "BOUNDS_NAME",
     "FAIL_COLOR",
     "OK_COLOR",
     "PHASE_COLORS",
@@ -298,6 +300,35 @@ def training_figure(
 # --------------------------------------------------------------------------------------------
 
 
+#: Legend name of the band drawn between the lower and upper top-k entropy bounds.
+BOUNDS_NAME = "top-k entropy bounds"
+
+
+def _bounds_band(episode: Timeline, x: list[int]) -> list[dict[str, Any]]:
+    """Two traces filling between the entropy bounds (upper, then lower filled to it); none when
+    the episode's entropies are exact."""
+    if episode.entropy_lower is None or episode.entropy_upper is None:
+        return []
+    edge = {"type": "scatter", "mode": "lines", "x": x, "line": {"width": 0, "color": "#999999"},
+            "hoverinfo": "skip"}  # fmt: skip
+    return [
+        {**edge, "name": f"{BOUNDS_NAME} (upper)", "y": [_r(v) for v in episode.entropy_upper],
+         "showlegend": False},
+        {**edge, "name": BOUNDS_NAME, "y": [_r(v) for v in episode.entropy_lower],
+         "fill": "tonexty", "fillcolor": "rgba(120,120,120,0.25)", "showlegend": True},
+    ]  # fmt: skip
+
+
+def _eruption_label(er: Mapping[str, Any], spike_range: Sequence[Any] | None) -> str:
+    """``eruption S=3.0x (divergent)``, plus the range within the top-k bounds when the verdict
+    may flip there."""
+    text = f"eruption S={float(er['spike_ratio']):.1f}x ({er['kind']})"
+    if spike_range is None or None in spike_range:
+        return text
+    lo, hi = spike_range
+    return f"{text}, may flip: S {float(lo):.1f}-{float(hi):.1f}x within the bounds"
+
+
 def timeline_figure(
     episode: Timeline,
     *,
@@ -307,16 +338,21 @@ def timeline_figure(
     band: float = 1.25,
     title: str = "",
     highlight: int | None = None,
+    uncertain: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """Per-token entropy of one episode with tool calls, failures, eruptions and contractions.
 
     ``eruptions`` / ``frozen`` / ``loops`` are the analyzer's records of this episode;
     ``highlight`` is the ``turn_index`` of the event the example is about (its contraction and
     band are drawn; other eruptions get a short label). None: every eruption in full.
+    ``uncertain``: the summary's ``entropy_bounds.uncertain_triggers`` of this episode; a full
+    eruption label then gives the spike-ratio range within the bounds and says it may flip.
     """
+    ranges = {int(u["turn_index"]): u["spike_ratio"] for u in uncertain}
     flat, starts, phase = episode.entropy, episode.turn_start, episode.phase
     x = list(range(int(flat.shape[0])))
-    data: list[dict[str, Any]] = [
+    data: list[dict[str, Any]] = _bounds_band(episode, x)
+    data += [
         {
             "type": "scatter",
             "mode": "lines",
@@ -393,7 +429,9 @@ def timeline_figure(
                 "y": _r(flat[start]),
                 "ax": 30 if main else 0,
                 "ay": -40 if main else -18,
-                "text": f"eruption S={spike:.1f}x ({er['kind']})" if main else f"S={spike:.1f}x",
+                "text": _eruption_label(er, ranges.get(int(er["turn_index"])))
+                if main
+                else f"S={spike:.1f}x",
                 "arrowcolor": FAIL_COLOR,
                 "arrowwidth": 1.5 if main else 0.8,
                 "font": {"size": 10 if main else 8, "color": FAIL_COLOR},
@@ -459,8 +497,9 @@ def timeline_figure(
         )
     outcome = {True: "succeeded", False: "failed", None: "outcome unknown"}[episode.success]
     head = f"{title}: " if title else ""
+    grey = "; grey: top-k entropy bounds" if episode.entropy_lower is not None else ""
     layout = _layout(
-        f"{head}episode {episode.episode_id} ({outcome}; dashed green: contraction band)",
+        f"{head}episode {episode.episode_id} ({outcome}; dashed green: contraction band{grey})",
         xaxis=_axis("assistant token (in order, across turns)"),
         yaxis=_axis("model entropy (nats)", rangemode="tozero"),
         shapes=shapes,

@@ -4,10 +4,13 @@
 episodes the examples are drawn from, optional eval rows (:data:`agentropy.pipelines.compare.COLUMNS`) and
 optional run metadata into one HTML page:
 
-- ``overview``: counts (episodes, tokens, triggers, failures, eruptions by kind, frozen, loops);
+- ``overview``: counts (episodes, tokens, triggers, failures, eruptions by kind, frozen, loops)
+  and, when entropies are top-k estimates, how wide their bounds are and which verdicts they
+  could flip (:func:`agentropy.analysis.bounds.bounds_note`);
 - ``training`` (a): entropy over training steps per phase, cycles shaded, promotions marked,
   and the live monitor's alerts (:mod:`agentropy.monitor`) on a track above, listed below;
-- ``timelines`` (b): per-token entropy of a productive, a divergent and a frozen example;
+- ``timelines`` (b): per-token entropy of a productive, a divergent and a frozen example (with
+  a band between the entropy bounds when they are top-k estimates);
 - ``recovery`` (c): recovery rate by spike-ratio bin with bootstrap confidence intervals;
 - ``policies`` (d): the sampling-policy comparison (eval rows) and the analyzer's per-policy
   token overhead, recover-phase share and latency spread;
@@ -36,6 +39,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from agentropy.analysis.bounds import bounds_note
 from agentropy.analysis.recovery import REFERENCE_POLICY
 from agentropy.analysis.summary import AnalyzeConfig, Analyzer, Evidence, iter_tables
 from agentropy.report import figures as F
@@ -205,7 +209,9 @@ def _overview(summary: Mapping[str, Any]) -> str:
         ("frozen responses", len(summary.get("frozen") or [])),
         ("loops", len(summary.get("loops") or [])),
     ]
-    return _table(("metric", "value"), rows)
+    note = bounds_note(summary)
+    extra = "" if note is None else f'<p class="note" id="entropy-bounds-note">{_esc(note)}</p>'
+    return _table(("metric", "value"), rows) + extra
 
 
 def _training_text(training: Mapping[str, Any]) -> str:
@@ -521,6 +527,12 @@ def build_report(
     sections.append(_section("training", "(a) Entropy over training", body))
 
     parts = []
+    uncertain = (summary.get("entropy_bounds") or {}).get("uncertain_triggers") or []
+    if summary.get("entropy_bounds"):
+        parts.append(
+            '<p class="note">Entropies are top-k estimates: the grey band on a chart spans each '
+            "token's lower to upper bound (overview: how wide, and which verdicts could flip).</p>"
+        )
     for kind in EXAMPLE_KINDS:
         parts.append(f"<h3>{_esc(_EXAMPLE_TITLES[kind])}</h3>")
         if kind not in examples:
@@ -537,6 +549,7 @@ def build_report(
             band=band,
             title=kind,
             highlight=int(rec["turn_index"]),
+            uncertain=[u for u in uncertain if u["episode_id"] == eid],
         )
         parts.append(f'<div class="chart" id="{fid}"></div>')
     sections.append(_section("timelines", "(b) Episode timelines", "".join(parts)))

@@ -20,6 +20,7 @@ Every reader raises :class:`agentropy.errors.InputError` naming the file, the li
 
 from agentropy.trace.jsonl import episode_from_dict, episode_to_dict, read_jsonl, write_jsonl
 from agentropy.trace.model import (
+    BOUNDS_META_KEY,
     DROPPED_META_KEY,
     FAILED_STATUSES,
     NAN_POLICIES,
@@ -39,6 +40,7 @@ from agentropy.trace.model import (
     ToolStatus,
     Turn,
     canonical_arguments,
+    entropy_bounds_of,
 )
 from agentropy.trace.parquet import DEFAULT_EPISODES_PER_PART, TraceWriter, write_parquet
 from agentropy.trace.parquet_read import (
@@ -53,6 +55,7 @@ from agentropy.trace.table import TraceTable
 from agentropy.trace.validate import validate_episode
 
 __all__ = [
+    "BOUNDS_META_KEY",
     "DEFAULT_EPISODES_PER_PART",
     "DROPPED_META_KEY",
     "FAILED_STATUSES",
@@ -75,6 +78,7 @@ __all__ = [
     "TraceWriter",
     "Turn",
     "canonical_arguments",
+    "entropy_bounds_of",
     "episode_from_dict",
     "episode_to_dict",
     "iter_episodes",

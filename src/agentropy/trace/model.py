@@ -70,6 +70,10 @@ NanPolicy = Literal["raise", "drop"]
 NAN_POLICIES: tuple[str, ...] = get_args(NanPolicy)
 #: ``Episode.meta`` key counting tokens dropped by ``nan_policy="drop"``.
 DROPPED_META_KEY = "dropped_nonfinite"
+#: ``Turn.meta`` key of an assistant turn whose ``entropy`` is an estimate, not exact (top-k
+#: logprobs, DESIGN.md "Top-k estimate"): ``{"lower": [...], "upper": [...]}``, one value per
+#: token, nats, with ``lower <= entropy <= upper``. Read with :func:`entropy_bounds_of`.
+BOUNDS_META_KEY = "entropy_bounds"
 
 
 def _tname(value: Any) -> str:
@@ -244,6 +248,42 @@ def _num(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def entropy_bounds_of(
+    meta: Mapping[str, Any] | None, n: int, *, field: str = "meta"
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The ``(lower, upper)`` entropy bounds of an assistant turn of ``n`` tokens, or None.
+
+    Reads ``meta[BOUNDS_META_KEY]`` (:data:`BOUNDS_META_KEY`); returns two (n,) float64 arrays,
+    nats. Malformed bounds (wrong length, non-numbers, non-finite, ``lower > upper``) raise
+    :class:`InputError` naming ``field``: silently ignoring them would show an exact-looking
+    entropy where the trace says it is uncertain.
+    """
+    raw = meta.get(BOUNDS_META_KEY) if isinstance(meta, Mapping) else None
+    if raw is None:
+        return None
+    where = f"{field}.{BOUNDS_META_KEY}"
+    if not isinstance(raw, Mapping) or not {"lower", "upper"} <= set(raw):
+        raise InputError("must be {'lower': [...], 'upper': [...]}", field=where)
+    out = []
+    for side in ("lower", "upper"):
+        try:
+            arr = np.asarray(raw[side], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InputError("must be a list of numbers", field=f"{where}.{side}") from None
+        if arr.shape != (n,):
+            raise InputError(
+                f"has {arr.size} values, the turn has {n} tokens", field=f"{where}.{side}"
+            )
+        if not np.isfinite(arr).all():
+            raise InputError("must be finite", field=f"{where}.{side}")
+        out.append(arr)
+    lo, hi = out
+    if (lo > hi).any():
+        bad = int(np.flatnonzero(lo > hi)[0])
+        raise InputError(f"lower {lo[bad]} > upper {hi[bad]} at token {bad}", field=where)
+    return lo, hi
+
+
 def _tool_turn_dict(turn: Turn) -> dict[str, Any]:
     """A tool turn as its flat JSON dict (``None`` fields and empty ``meta`` omitted)."""
     d: dict[str, Any] = {"role": "tool"}
@@ -295,6 +335,7 @@ def _episode_header(episode: Episode) -> dict[str, Any]:
 from agentropy.trace import validate as _validate  # noqa: E402
 
 __all__ = [
+    "BOUNDS_META_KEY",
     "DROPPED_META_KEY",
     "FAILED_STATUSES",
     "NAN_POLICIES",
@@ -314,4 +355,5 @@ __all__ = [
     "ToolStatus",
     "Turn",
     "canonical_arguments",
+    "entropy_bounds_of",
 ]

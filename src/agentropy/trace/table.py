@@ -18,7 +18,14 @@ from typing import Any, Literal
 import numpy as np
 
 from agentropy.errors import InputError
-from agentropy.trace.model import STATUS_CODES, Episode, NanPolicy, ToolCall, _cat
+from agentropy.trace.model import (
+    STATUS_CODES,
+    Episode,
+    NanPolicy,
+    ToolCall,
+    _cat,
+    entropy_bounds_of,
+)
 from agentropy.trace.validate import _NAN_HINT, _check_nan_policy
 
 __all__ = [
@@ -159,6 +166,12 @@ class TraceTable:
     """Non-finite entropies dropped under ``nan_policy="drop"``."""
     key_names: list[str] = field(default_factory=list)
     """Call identity strings, indexed by ``tool_key`` codes."""
+    entropy_lower: np.ndarray | None = None
+    """(N,) float64 lower bound of ``entropy`` where it is an estimate (turns with
+    ``meta[BOUNDS_META_KEY]``, e.g. imported top-k logprobs), NaN where it is exact; None when
+    no token of the part has bounds."""
+    entropy_upper: np.ndarray | None = None
+    """(N,) float64 upper bound, as ``entropy_lower``."""
 
     @property
     def n_episodes(self) -> int:
@@ -212,6 +225,9 @@ class TraceTable:
         ent_parts: list[np.ndarray] = []
         tid_parts: list[np.ndarray] = []
         ph_parts: list[np.ndarray] = []
+        lo_parts: list[np.ndarray] = []
+        hi_parts: list[np.ndarray] = []
+        bounded = False
         turn_cols = _TurnColumns()
         pos = 0
         dropped = 0
@@ -242,6 +258,12 @@ class TraceTable:
                 ent = np.asarray(turn.entropy if turn.entropy is not None else [], np.float64)
                 tid = turn.token_ids
                 ph = turn.phase
+                try:
+                    bounds = entropy_bounds_of(turn.meta, ent.shape[0], field=f"turns[{i}].meta")
+                except InputError as err:
+                    raise InputError(
+                        f"{err.message} (episode {ep.episode_id!r})", path=source, field=err.field
+                    ) from None
                 finite = np.isfinite(ent)
                 if not finite.all():
                     if nan_policy == "raise":
@@ -256,8 +278,12 @@ class TraceTable:
                     ent = ent[finite]
                     tid = None if tid is None else np.asarray(tid)[finite]
                     ph = None if ph is None else np.asarray(ph)[finite]
+                    bounds = None if bounds is None else (bounds[0][finite], bounds[1][finite])
                 n = ent.shape[0]
                 ent_parts.append(ent)
+                bounded |= bounds is not None
+                lo_parts.append(np.full(n, np.nan) if bounds is None else bounds[0])
+                hi_parts.append(np.full(n, np.nan) if bounds is None else bounds[1])
                 has_ids = tid is not None and len(tid) == n
                 tid_parts.append(np.asarray(tid, np.int64) if has_ids else np.full(n, -1, np.int64))
                 ph_parts.append(
@@ -284,6 +310,8 @@ class TraceTable:
             token_ids=_cat(tid_parts, np.int64),
             phase=_cat(ph_parts, np.int8),
             n_dropped=dropped,
+            entropy_lower=_cat(lo_parts, np.float64) if bounded else None,
+            entropy_upper=_cat(hi_parts, np.float64) if bounded else None,
             **turn_cols.fields(),
         )
 
@@ -346,12 +374,31 @@ class TraceTable:
         turn_cols = _TurnColumns()
         pos = 0
         k = 0
+        lo_parts: list[np.ndarray] = []
+        hi_parts: list[np.ndarray] = []
+        bounded = False
+        token_index: np.ndarray | None = None
         for e, tl in enumerate(turns):
             ep_start[e] = pos
             for i, td in enumerate(tl):
                 if td.get("role") == "assistant":
                     n = int(actual[k])
+                    try:
+                        bounds = entropy_bounds_of(
+                            td.get("meta"), int(declared[k]), field=f"turns[{i}].meta"
+                        )
+                    except InputError as err:
+                        raise InputError(err.message, path=source, row=e, field=err.field) from None
+                    if bounds is not None and n != int(declared[k]):
+                        # Rows were dropped: keep the bounds of the tokens that remain.
+                        if token_index is None:
+                            token_index = np.asarray(tokens.column("token_index").to_numpy())
+                        keep = token_index[pos : pos + n]
+                        bounds = (bounds[0][keep], bounds[1][keep])
                     k += 1
+                    bounded |= bounds is not None
+                    lo_parts.append(np.full(n, np.nan) if bounds is None else bounds[0])
+                    hi_parts.append(np.full(n, np.nan) if bounds is None else bounds[1])
                     turn_cols.add_assistant(e, i, pos, n, "token_ids" in td.get("arrays", ()))
                     pos += n
                     continue
@@ -382,5 +429,7 @@ class TraceTable:
             token_ids=column("token_id", -1, np.int64),
             phase=column("phase", -1, np.int8),
             n_dropped=int(declared.sum()) - n_rows,
+            entropy_lower=_cat(lo_parts, np.float64) if bounded else None,
+            entropy_upper=_cat(hi_parts, np.float64) if bounded else None,
             **turn_cols.fields(),
         )

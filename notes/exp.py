@@ -21,9 +21,25 @@ T0 = time.time()
 _orig = tiny.sft._lr_factor
 
 
+_LAST = []
+_ce = torch.nn.functional.cross_entropy
+
+
+def _ce_logged(*a, **k):
+    out = _ce(*a, **k)
+    _LAST.append(out.item())
+    return out
+
+
+torch.nn.functional.cross_entropy = _ce_logged
+
+
 def _logged(step, r, **kw):
     if step % 100 == 0:
-        print(f"step {step} t={time.time() - T0:.0f}s {kw}", flush=True)
+        recent = _LAST[-100:]
+        mean = sum(recent) / max(1, len(recent))
+        print(f"step {step} t={time.time() - T0:.0f}s {kw} ce {mean:.3f}", flush=True)
+        _LAST.clear()
     return _orig(step, r, **kw)
 
 

@@ -300,3 +300,20 @@ def test_trigger_stats_empty():
     s = trigger_stats(np.zeros(0), np.zeros(0, int), np.zeros(0, int), np.zeros(0, int))
     assert s.baseline.shape == (0,)
     assert s.tokens_to_contraction.shape == (0,)
+
+
+def test_summary_counts_failed_triggers_whose_baseline_is_the_eps_floor():
+    from agentropy.analysis.summary import analyze_episodes
+
+    episodes = [
+        # Failed trigger after near-deterministic text: baseline floored.
+        Episode("a", turns=[A([0.01] * 5), T("error"), A([0.5] * 4)]),
+        # Failed trigger after varied text: baseline above the floor.
+        Episode("b", turns=[A([0.5] * 5), T("error"), A([1.0] * 4)]),
+        # Successful trigger at the floor: not a failure, not counted.
+        Episode("c", turns=[A([0.0] * 5), T("ok"), A([0.5] * 4)]),
+    ]
+    floor = analyze_episodes(episodes)["baseline_floor"]
+    assert floor == {"eps": 0.05, "failed_triggers": 2, "at_floor": 1, "share": 0.5}
+    none = analyze_episodes([episodes[2]])["baseline_floor"]
+    assert none["failed_triggers"] == 0 and none["share"] is None

@@ -33,6 +33,7 @@ TOP_KEYS = {
     "latency",
     "training",
     "entropy_bounds",
+    "baseline_floor",
     "config",
 }
 

@@ -35,6 +35,10 @@ JSON summary keys (stable; ``null`` wherever a value is undefined, never NaN):
   of {start_step, peak_step, end_step, amplitude, subsided, reward_before, reward_after, kind,
   loop_rate, hallucination_rate, fit}, fit: {a, b, r2, n}}``; ``steps`` is 0 and the rest empty
   when no episode carries a ``step``.
+- ``baseline_floor``: ``{eps, failed_triggers, at_floor, share}``: failed triggers whose
+  baseline sits at the ``eps`` floor (near-deterministic text before the failure). Their spike
+  ratios are inflated, so any response counts as an eruption; a high ``share`` (``null``
+  without failures) says the eruption and contraction counts mean little for this agent.
 - ``entropy_bounds``: ``null`` unless some token's entropy is a top-k estimate with bounds
   (imported logprobs); then how wide the bounds are and which verdicts they could flip
   (:meth:`agentropy.analysis.bounds.BoundsAccumulator.summary` lists its keys).
@@ -194,6 +198,7 @@ class Analyzer:
         self._ep: dict[str, list[Any]] = {}
         self._fail: dict[str, list[np.ndarray]] = {"spike": [], "has_next": [], "next_ok": []}
         self._bounds = BoundsAccumulator(config.breath)
+        self._floor = 0
 
     # ---------------------------------------------------------------------------------------
     def add_episodes(
@@ -227,6 +232,10 @@ class Analyzer:
         c["triggers"] += int(trig.ep.shape[0])
         c["no_response"] += int(trig.no_response.sum())
         c["tool_failures"] += int(trig.failed.sum())
+        # Failed triggers whose baseline is the eps floor: their spike ratios are inflated
+        # (any response reads as an eruption), so a high share makes eruption counts unreliable.
+        at_floor = trig.stats.baseline[trig.failed] <= cfg.breath.eps
+        self._floor += int(at_floor.sum())
         part = {
             "eruptions": eruption_records(table, trig),
             "frozen": frozen_records(table, trig),
@@ -369,6 +378,13 @@ class Analyzer:
         out["latency"] = latency_stats(policy, self._cat("latency_s"))
         out["training"] = self._training()
         out["entropy_bounds"] = self._bounds.summary()
+        failures = out["tool_failures"]
+        out["baseline_floor"] = {
+            "eps": cfg.breath.eps,
+            "failed_triggers": failures,
+            "at_floor": self._floor,
+            "share": self._floor / failures if failures else None,
+        }
         out["config"] = {
             "breath": dataclasses.asdict(cfg.breath),
             "loops": dataclasses.asdict(cfg.loops),

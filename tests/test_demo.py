@@ -12,8 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from agentropy.cli import app
+from agentropy.errors import OutputError
 from agentropy.pipelines.compare import DEFAULT_POLICIES
-from agentropy.pipelines.demo import DemoConfig, _check_out, render_summary, run_demo
+from agentropy.pipelines.demo import DemoConfig, render_summary, run_demo
 
 runner = CliRunner()
 
@@ -38,15 +39,16 @@ def test_cli_bad_option_exits_2(tmp_path: Path) -> None:
     assert res.output.count("\n") == 1 and res.output.startswith("error:")
 
 
-def test_existing_demo_is_refused_or_replaced(tmp_path: Path) -> None:
+def test_existing_demo_is_refused_before_any_work(tmp_path: Path) -> None:
+    """An earlier demo's outputs (any of them) are refused up front, naming them; other files
+    do not count. Replacement with --force: tests/test_reliability_outputs.py."""
     (tmp_path / "eval").mkdir()
     (tmp_path / "report.html").write_text("old")
     (tmp_path / "mine.txt").write_text("keep")
-    with pytest.raises(ValueError, match="--force"):
-        _check_out(tmp_path, force=False)
-    _check_out(tmp_path, force=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
-    _check_out(tmp_path, force=False)  # nothing left to refuse
+    config = DemoConfig(out=str(tmp_path), model=str(tmp_path / "no-model"), progress=False)
+    with pytest.raises(OutputError, match=r"earlier outputs \(eval, report.html\).*--force"):
+        run_demo(config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", "mine.txt", "report.html"]
 
 
 @pytest.mark.slow
@@ -86,7 +88,7 @@ def test_quick_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert "2 steps; held-out success (phase sampling)" in page
     assert len(re.findall(r'<td class="l">L\d</td>', page)) == len(DEFAULT_POLICIES) * 4
     assert any("report:" in str(x) for x in render_summary(record))
-    with pytest.raises(ValueError, match="already holds a demo"):
+    with pytest.raises(OutputError, match="holds earlier outputs"):
         run_demo(config)
 
     # A given model directory instead of the bootstrap, and training skipped: said plainly.

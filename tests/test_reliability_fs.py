@@ -430,17 +430,26 @@ def test_train_killed_then_restarted(tmp_path, model_dir):
 
 
 #: A bootstrap recipe small enough to restart in seconds: what is tested is the crash safety of
-#: ``agentropy bootstrap`` (a temporary folder renamed into place), not the agent it trains. The
-#: child runs the real CLI with ``TinyRecipe.quick`` pointing at it.
+#: ``agentropy bootstrap`` (train in a temporary folder, save there, rename it into place), not
+#: the agent it trains. The child runs the real CLI with ``TinyRecipe.quick`` pointing at it;
+#: with ``PAUSE_AFTER_MODEL_SAVE`` set it pauses between saving the model and the tokenizer, so
+#: that a kill lands mid-save for certain (the save itself lasts milliseconds).
 _MICRO_BOOTSTRAP = """
-import sys
+import os, sys, time
+import transformers
 from agentropy.agent import tiny
 micro = tiny.TinyRecipe(
     levels=(1,), n_tasks_per_level=8, n_eval_tasks_per_level=1, tokenizer_tasks_per_level=8,
     vocab_size=400, hidden_size=32, n_layers=1, n_heads=2, intermediate_size=64,
-    max_length=256, steps=300, batch_size=2, warmup_steps=2, drill_steps=0, drill_mix=0,
+    max_length=768, steps=30, batch_size=2, warmup_steps=2, drill_steps=0, drill_mix=0,
 )
 tiny.TinyRecipe.quick = classmethod(lambda cls: micro)
+if os.environ.get("PAUSE_AFTER_MODEL_SAVE"):
+    save = transformers.PreTrainedModel.save_pretrained
+    def paused(self, *a, **k):
+        save(self, *a, **k)
+        time.sleep(600)
+    transformers.PreTrainedModel.save_pretrained = paused
 sys.argv = ["agentropy", "bootstrap", "--quick", "--no-progress", "--threads", "1"]
 from agentropy.cli import main
 main()
@@ -448,26 +457,36 @@ main()
 
 
 @pytest.mark.slow
-def test_bootstrap_killed_then_rerun(tmp_path):
-    home = tmp_path / "home"
-    agents = home / "agents"
+def test_bootstrap_killed_then_rerun(tmp_path, monkeypatch):
+    agents = tmp_path / "home" / "agents"
 
-    def temporaries() -> list[Path]:
-        return sorted(agents.glob(".tiny-*")) if agents.is_dir() else []
+    def temporaries(pid: int | None = None) -> list[Path]:
+        """Bootstrap temporaries (``.tiny-<hash>-<pid>-<random>``), of process ``pid`` only if
+        given."""
+        found = sorted(agents.glob(".tiny-*")) if agents.is_dir() else []
+        return [p for p in found if pid is None or p.name.split("-")[2] == str(pid)]
 
-    rng = random.Random(0)
     python = ["-c", _MICRO_BOOTSTRAP]
-    # Killed early (data and tokenizer) and later (training), each leaving its temporary folder.
-    for delay in (rng.uniform(0, 0.1), rng.uniform(0.5, 1.5)):
-        proc = _spawn([], tmp_path, python=python)
-        _kill_when(proc, lambda: bool(temporaries()), delay)
-    assert len(temporaries()) == 2 and not [p for p in agents.iterdir() if p.name[0] != "."]
+    # 1. At a random point while it builds data, tokenizer and model, before anything is saved.
+    proc = _spawn([], tmp_path, python=python)
+    _kill_when(proc, lambda: bool(temporaries(proc.pid)), random.Random(0).uniform(0, 0.3))
+    assert temporaries() == temporaries(proc.pid) != []
+    # 2. Restarted (which removes the first run's stranded folder), killed mid-save: the model
+    #    files are written, the tokenizer and record are not, nothing is renamed into place.
+    monkeypatch.setenv("PAUSE_AFTER_MODEL_SAVE", "1")
+    proc = _spawn([], tmp_path, python=python)
+    _kill_when(proc, lambda: any((t / "config.json").exists() for t in temporaries(proc.pid)), 0)
+    monkeypatch.delenv("PAUSE_AFTER_MODEL_SAVE")
+    (partial,) = temporaries()
+    assert (partial / "config.json").exists() and not (partial / "tokenizer.json").exists()
+    assert [p for p in agents.iterdir() if not p.name.startswith(".")] == []
+    # 3. The restart completes; no temporary folder of the killed runs is left.
     res = subprocess.run(
         [sys.executable, *python], env=_env(tmp_path), capture_output=True, text=True
     )
     assert res.returncode == 0, res.stderr
-    (agent,) = agents.iterdir()  # the agent, and no temporary folder of the killed runs
-    assert agent.name.startswith("tiny-") and (agent / "config.json").is_file()
+    (agent,) = agents.iterdir()
+    assert agent.name.startswith("tiny-") and (agent / "tokenizer.json").is_file()
     assert f"agent: {agent}" in res.stdout
 
 

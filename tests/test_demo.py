@@ -52,10 +52,13 @@ def test_existing_demo_is_refused_before_any_work(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_quick_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_quick_demo_end_to_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quick_agent
+) -> None:
     """The quick pipeline with smaller sizes than ``--quick`` (2 training steps, 2 episodes per
-    level and policy) so that it fits a few minutes on a loaded 2-core machine."""
-    monkeypatch.setenv("AGENTROPY_HOME", str(tmp_path / "home"))
+    level and policy) so that it fits a few minutes on a loaded 2-core machine. The quick agent
+    is the session's (conftest: bootstrapping is tested in test_tiny)."""
+    monkeypatch.setenv("AGENTROPY_HOME", str(quick_agent.home))
     config = DemoConfig.preset(
         quick=True,
         out=str(tmp_path / "demo"),
@@ -71,7 +74,6 @@ def test_quick_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     )
     record = run_demo(config)
     out = tmp_path / "demo"
-    assert (tmp_path / "home" / "agents").is_dir()  # the agent was bootstrapped into the tmp home
     assert (out / "train" / "metrics.parquet").exists()
     assert record["training"].startswith("2 steps")
     assert len(record["eval_rows"]) == len(DEFAULT_POLICIES) * 4
@@ -83,6 +85,7 @@ def test_quick_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     saved = json.loads((out / "demo.json").read_text())
     assert saved["claims"] == record["claims"]
     page = (out / "report.html").read_text()
+    assert quick_agent.path.name in page  # the cached quick agent, named in the metadata
     assert "://" not in page
     assert '<div class="chart" id="fig-training"></div>' in page  # training traces carry steps
     assert "2 steps; held-out success (phase sampling)" in page
@@ -92,7 +95,7 @@ def test_quick_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         run_demo(config)
 
     # A given model directory instead of the bootstrap, and training skipped: said plainly.
-    (agent_dir,) = (tmp_path / "home" / "agents").glob("tiny-*")
+    agent_dir = quick_agent.path
     small = dataclasses.replace(
         config, out=str(tmp_path / "d2"), model=str(agent_dir), train=False, levels=(0,)
     )

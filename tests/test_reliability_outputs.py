@@ -106,6 +106,27 @@ def test_output_group_refuses_replaces_and_restores(tmp_path: Path) -> None:
         pass
 
 
+def test_output_group_keep_partial_keeps_a_failed_first_run(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    names = ("run", "summary.json")
+    with pytest.raises(RuntimeError), output_group(out, names, keep_partial=True) as folder:
+        (folder / "run").mkdir()
+        raise RuntimeError("failed after hours")
+    assert (out / "run").is_dir()  # nothing earlier to put back: the finished part stays
+    with pytest.raises(OutputError, match=r"\(run\); pass --force"), output_group(out, names):
+        pass
+    with output_group(out, names, force=True) as folder:  # replaced by a complete run
+        _fill(folder, "v1")
+    with (
+        pytest.raises(RuntimeError),
+        output_group(out, names, force=True, keep_partial=True) as folder,
+    ):
+        (folder / "run").mkdir()
+        raise RuntimeError("failed while replacing")
+    assert (out / "run" / "w.bin").read_text() == "v1"  # the earlier complete run returns
+    assert _hidden(out) == []
+
+
 def test_output_group_failed_move_aside_changes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "out"
     names = ("run", "summary.json")
@@ -301,6 +322,28 @@ def test_experiment_refuses_an_earlier_one_and_force_replaces_it(tmp_path, fake_
     assert res.exit_code == 0, res.output
     assert (out / "baseline" / "seed-0" / "metrics.parquet").read_text() == "2"
     assert _hidden(out) == []
+
+
+def test_failed_experiment_keeps_its_finished_runs(tmp_path, fake_experiment_stages, monkeypatch):
+    """Hours of finished runs survive a failure when there is no earlier experiment to put
+    back; a re-run then refuses them without --force."""
+    import agentropy.rl.trainer as trainer
+
+    fake = trainer.train
+
+    def train(cfg: Any, **k: Any) -> Any:
+        if "rhythm" in cfg.out:
+            raise OSError(errno.ENOSPC, "No space left on device", cfg.out)
+        return fake(cfg, **k)
+
+    monkeypatch.setattr(trainer, "train", train)
+    out = tmp_path / "exp"
+    args = ["experiment", "--arms", "baseline,rhythm", "--seeds", "1", "--out", str(out),
+            "--eval-episodes", "1", "--no-progress"]  # fmt: skip
+    _one_line_error(runner.invoke(app, args), "no space left on device")
+    assert (out / "baseline" / "seed-0" / "metrics.parquet").read_text() == "0"
+    assert not (out / "experiment.json").exists() and _hidden(out) == []
+    _one_line_error(_experiment(out), str(out), "(baseline)", "--force")
 
 
 # ------------------------------------------------------------------------------------------

@@ -261,7 +261,7 @@ def _remove(path: Path) -> None:
 
 @contextlib.contextmanager
 def output_group(
-    folder: str | Path, names: Sequence[str], *, force: bool = False
+    folder: str | Path, names: Sequence[str], *, force: bool = False, keep_partial: bool = False
 ) -> Iterator[Path]:
     """Make room in ``folder`` for outputs that one long run writes together; yields ``folder``.
 
@@ -273,10 +273,14 @@ def output_group(
     hidden ``<folder>/.agentropy-previous-<pid>-*`` folder (no copy); the caller then writes the
     new ones, each atomically. On success the earlier outputs are deleted. On any exception,
     Ctrl-C included, the new outputs are deleted and the earlier ones moved back: a failed run
-    leaves ``folder`` as it found it. A process killed outright leaves the earlier outputs in the
-    hidden folder (and the new ones partly written, which a later run refuses without
-    ``force``); the next ``force`` run deletes such folders of dead processes, as it was asked to.
+    leaves ``folder`` as it found it. ``keep_partial`` (for runs of hours whose finished parts
+    are worth keeping): when there was nothing earlier to put back, a failed run's outputs stay,
+    and a later run refuses them without ``force``, as after a kill. A process killed outright
+    leaves the earlier outputs in the hidden folder (and the new ones partly written); the next
+    ``force`` run deletes such folders of dead processes, as it was asked to.
     """
+    if not names:
+        raise ValueError("output_group needs at least one output name")
     root = Path(folder)
     if root.exists() and not root.is_dir():
         raise OutputError(root, "exists and is not a directory")
@@ -306,9 +310,10 @@ def output_group(
     try:
         yield root
     except BaseException:
-        for name in names:
-            _remove(root / name)
-        _restore(root, aside, moved)
+        if aside is not None or not keep_partial:
+            for name in names:
+                _remove(root / name)
+            _restore(root, aside, moved)
         raise
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)

@@ -104,7 +104,8 @@ class ExperimentConfig:
     """Task seed of the final evaluation (the same tasks and faults for every run)."""
     force: bool = False
     """Replace an earlier experiment's ``experiment.json`` and the folders of the arms run now
-    (kept until this one completes). Without it they are an error, before any work."""
+    (kept aside until this one completes, put back if it fails). Without it they are an error,
+    before any work."""
 
     def __post_init__(self) -> None:
         if not self.arms:
@@ -154,7 +155,7 @@ def run_experiment(
     ``load`` returns a fresh ``(model, tokenizer)`` for each run (default: load
     ``config.train.model``, the embedded agent when None). ``config.out`` must not hold
     ``experiment.json`` or a folder of the arms run, unless ``config.force``
-    (:func:`agentropy.outputs.output_group`).
+    (:func:`agentropy.outputs.output_group`; ``experiment.json`` is written last, atomically).
     """
     if load is None:
         from agentropy.agent.loading import load_model
@@ -164,9 +165,11 @@ def run_experiment(
 
     from agentropy.outputs import output_group
 
-    # Checked before the first model is loaded; a failed or interrupted experiment leaves
-    # ``out`` as it found it (an earlier experiment replaced with ``force`` is put back).
-    with output_group(config.out, [*config.arms, EXPERIMENT_JSON], force=config.force) as out:
+    # Checked before the first model is loaded. A failed or interrupted experiment keeps its
+    # finished runs (hours of training) unless it was replacing an earlier experiment, which is
+    # then put back whole.
+    names = [*config.arms, EXPERIMENT_JSON]
+    with output_group(config.out, names, force=config.force, keep_partial=True) as out:
         return _run(config, out, load, console)
 
 

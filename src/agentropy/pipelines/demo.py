@@ -88,8 +88,9 @@ class DemoConfig:
     progress: bool = True
     """Show progress bars."""
     force: bool = False
-    """Replace the outputs of an earlier demo in ``out`` (only :data:`DEMO_OUTPUTS`; the earlier
-    demo is kept until the new one is complete). Without it an earlier demo is an error."""
+    """Replace an earlier demo in ``out`` (its train/, eval/, report.html and demo.json; other
+    files stay), kept aside until the new one is complete. Without it an earlier demo is an
+    error."""
 
     def __post_init__(self) -> None:
         for name in (

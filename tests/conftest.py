@@ -78,3 +78,23 @@ def tiny_tokenizer() -> Any:
 def random_llama(tiny_tokenizer: Any) -> Any:
     """A random-weight 1-layer Llama over the tiny tokenizer (seeded), in eval mode."""
     return tiny_lm(tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def quick_agent(tmp_path_factory: Any) -> Any:
+    """The quick recipe's agent, bootstrapped once per session for every slow test that needs a
+    trained agent (about a minute on 2 shared cores, so not once per test file).
+
+    ``home`` (an ``AGENTROPY_HOME``), ``path`` (the agent folder) and ``threads`` (torch's
+    thread count before and after the bootstrap, which trains with one thread).
+    """
+    from types import SimpleNamespace
+
+    import torch
+
+    from agentropy.agent import tiny
+
+    home = tmp_path_factory.mktemp("agentropy-home")
+    before = torch.get_num_threads()
+    path = tiny.bootstrap(tiny.TinyRecipe.quick(), home=home, progress=False, num_threads=1)
+    return SimpleNamespace(home=home, path=path, threads=(before, torch.get_num_threads()))

@@ -12,8 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from agentropy.cli import app
+from agentropy.errors import OutputError
 from agentropy.pipelines.compare import DEFAULT_POLICIES
-from agentropy.pipelines.demo import DemoConfig, _check_out, render_summary, run_demo
+from agentropy.pipelines.demo import DemoConfig, render_summary, run_demo
 
 runner = CliRunner()
 
@@ -38,22 +39,26 @@ def test_cli_bad_option_exits_2(tmp_path: Path) -> None:
     assert res.output.count("\n") == 1 and res.output.startswith("error:")
 
 
-def test_existing_demo_is_refused_or_replaced(tmp_path: Path) -> None:
+def test_existing_demo_is_refused_before_any_work(tmp_path: Path) -> None:
+    """An earlier demo's outputs (any of them) are refused up front, naming them; other files
+    do not count. Replacement with --force: tests/test_reliability_outputs.py."""
     (tmp_path / "eval").mkdir()
     (tmp_path / "report.html").write_text("old")
     (tmp_path / "mine.txt").write_text("keep")
-    with pytest.raises(ValueError, match="--force"):
-        _check_out(tmp_path, force=False)
-    _check_out(tmp_path, force=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
-    _check_out(tmp_path, force=False)  # nothing left to refuse
+    config = DemoConfig(out=str(tmp_path), model=str(tmp_path / "no-model"), progress=False)
+    with pytest.raises(OutputError, match=r"earlier outputs \(eval, report.html\).*--force"):
+        run_demo(config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", "mine.txt", "report.html"]
 
 
 @pytest.mark.slow
-def test_quick_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_quick_demo_end_to_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quick_agent
+) -> None:
     """The quick pipeline with smaller sizes than ``--quick`` (2 training steps, 2 episodes per
-    level and policy) so that it fits a few minutes on a loaded 2-core machine."""
-    monkeypatch.setenv("AGENTROPY_HOME", str(tmp_path / "home"))
+    level and policy) so that it fits a few minutes on a loaded 2-core machine. The quick agent
+    is the session's (conftest: bootstrapping is tested in test_tiny)."""
+    monkeypatch.setenv("AGENTROPY_HOME", str(quick_agent.home))
     config = DemoConfig.preset(
         quick=True,
         out=str(tmp_path / "demo"),
@@ -69,7 +74,6 @@ def test_quick_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     )
     record = run_demo(config)
     out = tmp_path / "demo"
-    assert (tmp_path / "home" / "agents").is_dir()  # the agent was bootstrapped into the tmp home
     assert (out / "train" / "metrics.parquet").exists()
     assert record["training"].startswith("2 steps")
     assert len(record["eval_rows"]) == len(DEFAULT_POLICIES) * 4
@@ -81,16 +85,17 @@ def test_quick_demo_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     saved = json.loads((out / "demo.json").read_text())
     assert saved["claims"] == record["claims"]
     page = (out / "report.html").read_text()
+    assert quick_agent.path.name in page  # the cached quick agent, named in the metadata
     assert "://" not in page
     assert '<div class="chart" id="fig-training"></div>' in page  # training traces carry steps
     assert "2 steps; held-out success (phase sampling)" in page
     assert len(re.findall(r'<td class="l">L\d</td>', page)) == len(DEFAULT_POLICIES) * 4
     assert any("report:" in str(x) for x in render_summary(record))
-    with pytest.raises(ValueError, match="already holds a demo"):
+    with pytest.raises(OutputError, match="holds earlier outputs"):
         run_demo(config)
 
     # A given model directory instead of the bootstrap, and training skipped: said plainly.
-    (agent_dir,) = (tmp_path / "home" / "agents").glob("tiny-*")
+    agent_dir = quick_agent.path
     small = dataclasses.replace(
         config, out=str(tmp_path / "d2"), model=str(agent_dir), train=False, levels=(0,)
     )

@@ -19,11 +19,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer.testing
+from typer.main import get_command
 from typer.testing import CliRunner
 
 from agentropy.cli import app
 
-runner = CliRunner()
+#: The click command of the app, built once: typer's ``CliRunner`` rebuilds it from the app on
+#: every ``invoke`` (about 20 ms, more than most cases of the corpus take to run).
+_CLI = get_command(app)
+
+
+class _Runner(CliRunner):
+    """typer's ``CliRunner`` (same isolation, same ``AgentropyGroup.main`` error path) invoking
+    the prebuilt :data:`_CLI`."""
+
+    def invoke(self, app: Any, *args: Any, **kwargs: Any) -> Any:
+        from unittest import mock
+
+        with mock.patch.object(typer.testing, "_get_command", lambda _app: _CLI):
+            return super().invoke(app, *args, **kwargs)
+
+
+runner = _Runner()
 
 GOOD: dict[str, Any] = {
     "episode_id": "e1",
@@ -493,6 +511,46 @@ def test_corpus_size():
     """The corpus the issue asks for: at least 100 cases over JSONL, JSON, gzip and Parquet."""
     n = len(_jsonl_cases()) + len(_json_array_cases()) + len(PARQUET_CASES)
     assert n >= 100, n
+
+
+@pytest.mark.slow
+def test_malformed_input_in_a_real_process(tmp_path):
+    """A few cases of the corpus through ``python -m agentropy``: the exit status and stderr a
+    shell sees, end to end (the corpus runs in-process, through the same error path)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = f"{src}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    d = copy.deepcopy(GOOD)
+    d["turns"][0]["entropy"] = [0.2, -0.5, 0.3]
+    jsonl = _write(tmp_path / "bad.jsonl.gz", [_first().encode(), json.dumps(d).encode()])
+    array = tmp_path / "bad.json"
+    array.write_text(json.dumps([json.loads(_first()), {**GOOD, "level": -1}]))
+    store = _store(tmp_path / "s", n_parts=2)
+    footer, _, _ = _damage("corrupted-footer", store)
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    cases = [
+        (["entropy-check", str(jsonl)], jsonl, "line 2", "entropy"),
+        (["analyze", str(array), "--json", str(tmp_path / "a.json")], array, "row 1", "level"),
+        (["report", str(store), "--out", str(tmp_path / "r.html")], footer, None, None),
+        (["entropy-check", str(fifo)], fifo, None, "FIFO"),
+    ]
+    for args, named, where, word in cases:
+        res = subprocess.run(
+            [sys.executable, "-m", "agentropy", *args],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        err = res.stderr.strip()
+        assert res.returncode == 2, (args, res.returncode, err)
+        assert "Traceback" not in res.stdout + res.stderr, err
+        assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+        assert str(named) in err and (where or "") in err and (word or "") in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["bad.jsonl.gz", "bad.json", "s", "pipe.jsonl"]
+    )
 
 
 # ------------------------------------------------------------------------------------------

@@ -154,16 +154,37 @@ def _train_args(model: Path, out: Path, steps: int = 1, **extra: Any) -> list[st
 # read-only and full file systems
 
 
+def _output_command(command: str, mnt: Path, traces: Path, model: Path) -> tuple[Path, str, str]:
+    """(output path, file an earlier run leaves in it, ``""``: the output itself; command line
+    writing the output, ``--force`` added where the command has it)."""
+    run = mnt / "run"
+    table = {
+        "report": (mnt / "r.html", "", f"report {traces} --out {mnt}/r.html"),
+        "analyze": (mnt / "a.json", "", f"analyze {traces} --json {mnt}/a.json"),
+        "rollout": (mnt / "x.jsonl", "", f"{ROLLOUT} --model {model} --out {mnt}/x.jsonl"),
+        "train": (run, "keep", " ".join(_train_args(model, run))),
+        "demo": (run, "demo.json", f"demo --out {run} --model {model} --no-train --no-progress"),
+        "eval": (run, "eval.json", f"eval --model {model} --levels 1 --episodes 1 --out {run} "
+                 "--no-progress"),
+        "experiment": (run, "experiment.json", f"experiment --arms baseline --seeds 1 "
+                       f"--out {run} --model {model} --no-progress"),
+        "watch": (mnt / "w.json", "", f"watch {run} --once --json {mnt}/w.json"),
+        "score": (mnt / "s.jsonl", "", f"score {traces} --out {mnt}/s.jsonl --model {model} "
+                  "--no-progress"),
+    }  # fmt: skip
+    out, kept, line = table[command]
+    return out, kept, line if command == "train" else f"{line} --force"
+
+
+OUTPUT_COMMANDS = ["report", "analyze", "rollout", "train", "demo", "eval", "experiment",
+                   "watch", "score"]  # fmt: skip
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["report", "analyze", "rollout", "train"])
+@pytest.mark.parametrize("command", OUTPUT_COMMANDS)
 def test_read_only_file_system(command, tmp_path, traces, model_dir):
     mnt = tmp_path / "mnt"
-    target = {
-        "report": f"report {traces} --out {mnt}/r.html",
-        "analyze": f"analyze {traces} --json {mnt}/a.json",
-        "rollout": f"{ROLLOUT} --model {model_dir} --out {mnt}/x.jsonl",
-        "train": " ".join(_train_args(model_dir, mnt / "run")),
-    }[command]
+    _, _, target = _output_command(command, mnt, traces, model_dir)
     t0 = time.monotonic()
     res = _in_tmpfs(
         tmp_path,
@@ -178,30 +199,20 @@ def test_read_only_file_system(command, tmp_path, traces, model_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["report", "analyze", "rollout", "train"])
+@pytest.mark.parametrize("command", OUTPUT_COMMANDS)
 def test_full_file_system_keeps_the_previous_output(command, tmp_path, traces, model_dir):
     mnt = tmp_path / "mnt"
-    out = {
-        "report": mnt / "r.html",
-        "analyze": mnt / "a.json",
-        "rollout": mnt / "x.jsonl",
-        "train": mnt / "run",
-    }[command]
-    target = {
-        "report": f"report {traces} --out {out} --force",
-        "analyze": f"analyze {traces} --json {out} --force",
-        "rollout": f"{ROLLOUT} --model {model_dir} --out {out} --force",
-        "train": " ".join(_train_args(model_dir, out)),
-    }[command]
+    out, kept, target = _output_command(command, mnt, traces, model_dir)
+    kept_file = out / kept if kept else out
     # An earlier output, then fill the disk; the rewrite must fail and leave it intact.
-    previous = f"mkdir -p {out} && echo PREVIOUS > {out}/keep" if command == "train" else (
-        f"echo PREVIOUS > {out}"
-    )  # fmt: skip
+    previous = f"mkdir -p {out} && " if kept else ""
     script = (
-        f"{previous} && (dd if=/dev/zero of={mnt}/filler bs=4k 2>/dev/null || true)\n---\n"
+        f"{previous}echo PREVIOUS > {kept_file} && "
+        f"(dd if=/dev/zero of={mnt}/filler bs=4k 2>/dev/null || true)\n---\n"
         f"$AGENTROPY {target}; echo STATUS=$?; "
         f"echo LEFT=$(ls -A {mnt} | tr '\\n' ' '); "
-        f"echo KEPT=$(cat {out if command != 'train' else out / 'keep'})"
+        f"echo INSIDE=$(ls -A {out} 2>/dev/null | tr '\\n' ' '); "
+        f"echo KEPT=$(cat {kept_file})"
     )
     res = _in_tmpfs(tmp_path, mnt, script, size_kb=512)
     marks = _marker_lines(res)
@@ -210,6 +221,8 @@ def test_full_file_system_keeps_the_previous_output(command, tmp_path, traces, m
     assert marks["KEPT"] == "PREVIOUS"
     # Nothing half-written left behind: only the previous output and the filler.
     assert set(marks["LEFT"].split()) == {out.name, "filler"}, marks["LEFT"]
+    if kept:
+        assert marks["INSIDE"].split() == [kept], marks["INSIDE"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -339,74 +352,142 @@ def test_killed_bootstraps_are_cleaned_up(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------
 # SIGKILL at random points, then restart (slow tier)
+#
+# Each command is killed twice at two distinct stages, chosen by watching what it has written
+# (not by a fixed delay, which on a fast machine would fire after the command had finished, and
+# on a slow one before it had started): once before its first durable output, once after it.
+# The second start is itself the restart after the first kill; a last run in this process must
+# then complete with nothing lost. A kill that lands after the process ended fails the test.
 
 
-def _kill_at_random(args: list[str], tmp_path: Path, lo: float, hi: float, seed: int) -> float:
-    """Start the CLI, SIGKILL it after a random delay in [lo, hi) s; returns the delay."""
-    delay = random.Random(seed).uniform(lo, hi)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agentropy", *args],
+def _spawn(args: list[str], tmp_path: Path, *, python: list[str] | None = None) -> Any:
+    return subprocess.Popen(
+        [sys.executable, *(python or ["-m", "agentropy"]), *args],
         env=_env(tmp_path),
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    try:
-        proc.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    return delay
+
+
+def _kill_when(proc: Any, ready: Any, delay: float, *, timeout: float = 600) -> None:
+    """SIGKILL ``proc`` ``delay`` seconds after ``ready()`` first holds; fails if it exited
+    before (the kill point was missed)."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, "the process ended before the kill point"
+        assert time.monotonic() < deadline, "the kill point never came"
+        time.sleep(0.005)
+    time.sleep(delay)
+    alive = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert alive, "the process ended before it could be killed"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_rollout_killed_then_rerun(seed, tmp_path, model_dir):
+def test_rollout_killed_then_rerun(tmp_path, model_dir):
     from agentropy.trace import read_traces
 
     out = tmp_path / "x.parquet"
-    args = [*ROLLOUT.split(), "--level", "2", "--model", str(model_dir), "--out", str(out)]
-    _kill_at_random(args, tmp_path, 2.0, 25.0, seed)
-    if out.exists():  # whatever survived is readable (complete parts only)
-        try:
-            read_traces(out)
-        except ValueError as err:
-            assert "empty trace store" in str(err)
+    args = [*ROLLOUT.split(), "--level", "2", "--model", str(model_dir), "--out", str(out),
+            "--max-new-tokens", "24"]  # fmt: skip
+    rng = random.Random(0)
+    # 1. While level 1 is generated: the store is open, no part is written yet.
+    proc = _spawn(args, tmp_path)
+    _kill_when(proc, lambda: (out / ".writer.lock").exists(), rng.uniform(0, 0.2))
+    with pytest.raises(ValueError, match="empty trace store"):
+        read_traces(out)
+    # 2. Restarted (--force: afresh), killed once level 1's part is written: the part survives.
+    proc = _spawn([*args, "--force"], tmp_path)
+    _kill_when(proc, lambda: (out / "episodes" / "part-00000.parquet").exists(), 0.0)
+    survived = read_traces(out)
+    assert {e.level for e in survived[:2]} == {1} and len(survived) in (2, 4)
     res = runner.invoke(app, [*args, "--force"])
     assert res.exit_code == 0, res.output
-    assert len(read_traces(out)) == 4
+    assert [e.level for e in read_traces(out)] == [1, 1, 2, 2]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_train_killed_then_restarted(seed, tmp_path, model_dir):
+def test_train_killed_then_restarted(tmp_path, model_dir):
     from agentropy.rl.run import latest_checkpoint, read_metrics
 
     out = tmp_path / "run"
     args = _train_args(model_dir, out, steps=3, checkpoint_every=1)
-    _kill_at_random(args, tmp_path, 3.0, 40.0, seed)
-    resume = ["--resume"] if latest_checkpoint(out) is not None else []
-    res = runner.invoke(app, [*args, *resume])
+    rng = random.Random(0)
+    # 1. Before the first checkpoint: somewhere in step 1.
+    proc = _spawn(args, tmp_path)
+    _kill_when(proc, lambda: (out / "config.toml").exists(), rng.uniform(0, 0.5))
+    assert latest_checkpoint(out) is None
+    # 2. A plain restart starts over in place; killed once step 1 is checkpointed.
+    proc = _spawn(args, tmp_path)
+    _kill_when(proc, lambda: latest_checkpoint(out) is not None, 0.0)
+    # 3. --resume completes the run from the checkpoint, every step once.
+    res = runner.invoke(app, [*args, "--resume"])
     assert res.exit_code == 0, res.output
+    assert "resuming" in res.stderr
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1])
-def test_bootstrap_killed_then_rerun(seed, tmp_path):
-    from agentropy.agent.tiny import TinyRecipe, agent_path
+#: A bootstrap recipe small enough to restart in seconds: what is tested is the crash safety of
+#: ``agentropy bootstrap`` (train in a temporary folder, save there, rename it into place), not
+#: the agent it trains. The child runs the real CLI with ``TinyRecipe.quick`` pointing at it;
+#: with ``PAUSE_AFTER_MODEL_SAVE`` set it pauses between saving the model and the tokenizer, so
+#: that a kill lands mid-save for certain (the save itself lasts milliseconds).
+_MICRO_BOOTSTRAP = """
+import os, sys, time
+import transformers
+from agentropy.agent import tiny
+micro = tiny.TinyRecipe(
+    levels=(1,), n_tasks_per_level=8, n_eval_tasks_per_level=1, tokenizer_tasks_per_level=8,
+    vocab_size=400, hidden_size=32, n_layers=1, n_heads=2, intermediate_size=64,
+    max_length=768, steps=30, batch_size=2, warmup_steps=2, drill_steps=0, drill_mix=0,
+)
+tiny.TinyRecipe.quick = classmethod(lambda cls: micro)
+if os.environ.get("PAUSE_AFTER_MODEL_SAVE"):
+    save = transformers.PreTrainedModel.save_pretrained
+    def paused(self, *a, **k):
+        save(self, *a, **k)
+        time.sleep(600)
+    transformers.PreTrainedModel.save_pretrained = paused
+sys.argv = ["agentropy", "bootstrap", "--quick", "--no-progress", "--threads", "1"]
+from agentropy.cli import main
+main()
+"""
 
-    home = tmp_path / "home"
-    args = ["bootstrap", "--quick", "--no-progress", "--threads", "1"]
-    _kill_at_random(args, tmp_path, 3.0, 30.0, seed)
-    env = _env(tmp_path)
+
+@pytest.mark.slow
+def test_bootstrap_killed_then_rerun(tmp_path, monkeypatch):
+    agents = tmp_path / "home" / "agents"
+
+    def temporaries(pid: int | None = None) -> list[Path]:
+        """Bootstrap temporaries (``.tiny-<hash>-<pid>-<random>``), of process ``pid`` only if
+        given."""
+        found = sorted(agents.glob(".tiny-*")) if agents.is_dir() else []
+        return [p for p in found if pid is None or p.name.split("-")[2] == str(pid)]
+
+    python = ["-c", _MICRO_BOOTSTRAP]
+    # 1. At a random point while it builds data, tokenizer and model, before anything is saved.
+    proc = _spawn([], tmp_path, python=python)
+    _kill_when(proc, lambda: bool(temporaries(proc.pid)), random.Random(0).uniform(0, 0.3))
+    assert temporaries() == temporaries(proc.pid) != []
+    # 2. Restarted (which removes the first run's stranded folder), killed mid-save: the model
+    #    files are written, the tokenizer and record are not, nothing is renamed into place.
+    monkeypatch.setenv("PAUSE_AFTER_MODEL_SAVE", "1")
+    proc = _spawn([], tmp_path, python=python)
+    _kill_when(proc, lambda: any((t / "config.json").exists() for t in temporaries(proc.pid)), 0)
+    monkeypatch.delenv("PAUSE_AFTER_MODEL_SAVE")
+    (partial,) = temporaries()
+    assert (partial / "config.json").exists() and not (partial / "tokenizer.json").exists()
+    assert [p for p in agents.iterdir() if not p.name.startswith(".")] == []
+    # 3. The restart completes; no temporary folder of the killed runs is left.
     res = subprocess.run(
-        [sys.executable, "-m", "agentropy", *args], env=env, capture_output=True, text=True
+        [sys.executable, *python], env=_env(tmp_path), capture_output=True, text=True
     )
     assert res.returncode == 0, res.stderr
-    path = agent_path(TinyRecipe.quick(), home=home)
-    assert (path / "config.json").is_file()
-    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
+    (agent,) = agents.iterdir()
+    assert agent.name.startswith("tiny-") and (agent / "tokenizer.json").is_file()
+    assert f"agent: {agent}" in res.stdout
 
 
 # ------------------------------------------------------------------------------------------

@@ -371,12 +371,10 @@ def _small_recipe() -> tiny.TinyRecipe:
 
 
 @pytest.fixture(scope="module")
-def bootstrapped(tmp_path_factory):
-    home = tmp_path_factory.mktemp("agentropy-home")
-    threads = torch.get_num_threads()
-    path = tiny.bootstrap(_small_recipe(), home=home, progress=False, num_threads=1)
-    assert torch.get_num_threads() == threads  # restored
-    return home, path
+def bootstrapped(quick_agent):
+    """The session's quick agent (conftest), bootstrapped with one torch thread."""
+    assert quick_agent.threads[1] == quick_agent.threads[0]  # restored
+    return quick_agent.home, quick_agent.path
 
 
 @pytest.mark.slow

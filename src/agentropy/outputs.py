@@ -11,6 +11,9 @@ goes through here:
    rename within a file system is atomic), then the directory is fsynced so the rename itself
    survives a power cut. On any failure the temporary is removed and the previous output, if
    any, is left untouched.
+3. :func:`output_group` does both for a run that writes several outputs as one unit (a demo's
+   folder): refused up front unless ``force``; with ``force`` the earlier outputs are kept
+   aside until the new run succeeds and put back if it fails.
 
 Every ``OSError`` becomes an :class:`~agentropy.errors.OutputError` naming the path and the
 reason in plain words.
@@ -19,15 +22,17 @@ reason in plain words.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from agentropy.errors import OutputError
 
 __all__ = [
+    "PREVIOUS_PREFIX",
     "PROBE_BYTES",
     "atomic_dir",
     "atomic_path",
@@ -35,10 +40,16 @@ __all__ = [
     "check_output",
     "fsync_dir",
     "fsync_file",
+    "output_group",
+    "pid_alive",
 ]
 
 #: Bytes the writability probe writes and fsyncs: enough that a full disk refuses it.
 PROBE_BYTES = 64 * 1024
+
+#: Name prefix of the hidden folder in which :func:`output_group` keeps a group's earlier
+#: outputs while a ``--force`` run replaces them (``<prefix><pid>-<random>``).
+PREVIOUS_PREFIX = ".agentropy-previous-"
 
 _FORCE_HINT = "exists; pass --force to replace it"
 
@@ -65,10 +76,20 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+@functools.cache
+def _umask() -> int:
+    # Read once (the only portable way sets it; set back at once).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _tmp_name(target: Path, tag: str) -> Path:
     # Hidden, in the same directory (so the rename is atomic), unique per process and call.
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".{tag}", dir=target.parent)
     os.close(fd)
+    # mkstemp makes it owner-only; the output gets the mode a plain open() would give it.
+    os.chmod(name, 0o666 & ~_umask())
     return Path(name)
 
 
@@ -88,14 +109,29 @@ def check_output(path: str | Path, *, force: bool = False, is_dir: bool = False)
             raise OutputError(p, "is a directory")
         if not p.is_dir() and is_dir and not p.is_symlink():
             raise OutputError(p, "exists and is not a directory")
+    _make_parent(p)
+    _probe(p)
+    return p
+
+
+def _make_parent(p: Path, named: Path | None = None) -> None:
+    """Create ``p``'s missing parent folders; errors (a parent that is a file, a refused
+    ``mkdir``) are an :class:`OutputError` naming ``named`` (default ``p``)."""
+    named = p if named is None else named
     parent = p.parent
     existing = next((a for a in (parent, *parent.parents) if a.exists()), None)
     if existing is not None and not existing.is_dir():
-        raise OutputError(p, f"a parent is not a directory ({existing})")
+        raise OutputError(named, f"a parent is not a directory ({existing})")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise OutputError.from_os(p, err) from None
+        raise OutputError.from_os(named, err) from None
+
+
+def _probe(p: Path, named: Path | None = None) -> None:
+    """Write, fsync and delete :data:`PROBE_BYTES` next to ``p`` (proves the folder takes data);
+    a failure is an :class:`OutputError` naming ``named`` (default ``p``)."""
+    named = p if named is None else named
     probe: Path | None = None
     try:
         probe = _tmp_name(p, "probe")
@@ -104,12 +140,11 @@ def check_output(path: str | Path, *, force: bool = False, is_dir: bool = False)
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as err:
-        raise OutputError.from_os(p, err) from None
+        raise OutputError.from_os(named, err) from None
     finally:
         if probe is not None:
             with contextlib.suppress(OSError):
                 probe.unlink()
-    return p
 
 
 @contextlib.contextmanager
@@ -160,7 +195,7 @@ def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
     aside, the new folder renamed in, and the old one deleted. ``path`` never holds a partial
     folder: a kill leaves the old or the new one there, or, in the instant between the two
     renames, neither (the old one then survives under a hidden ``.<name>.*.old`` name). On
-    failure the temporary is deleted.
+    failure the temporary is deleted and the old folder, if it was moved aside, put back.
     """
     target = Path(path)
     if target.exists() and not force:
@@ -168,9 +203,11 @@ def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        tmp.chmod(0o777 & ~_umask())  # as a plain mkdir would make it
     except OSError as err:
         raise OutputError.from_os(target, err) from None
     old: Path | None = None
+    published = False
     try:
         yield tmp
         for root, _dirs, files in os.walk(tmp):
@@ -185,10 +222,110 @@ def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
             )
             os.replace(target, old / "x")
         os.replace(tmp, target)
+        published = True
         fsync_dir(target.parent)
     except OSError as err:
         raise OutputError.from_os(target, err) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            if not published and (old / "x").exists():
+                try:
+                    os.replace(old / "x", target)  # the new one never arrived: the old returns
+                except OSError:
+                    old = None  # keep it, hidden, rather than delete the only copy
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (this process counts; another user's too)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+@contextlib.contextmanager
+def output_group(
+    folder: str | Path, names: Sequence[str], *, force: bool = False, keep_partial: bool = False
+) -> Iterator[Path]:
+    """Make room in ``folder`` for outputs that one long run writes together; yields ``folder``.
+
+    For commands whose outputs are one unit (``agentropy demo``: ``train/``, ``eval/``,
+    ``report.html``, ``demo.json``; ``agentropy experiment``). ``names`` are the outputs, files
+    or folders, relative to ``folder``. Before the work: existing outputs among ``names`` are
+    refused unless ``force`` (one :class:`OutputError` naming them all), and ``folder`` (created
+    if missing) must take a fsynced write. With ``force`` the earlier outputs are renamed into a
+    hidden ``<folder>/.agentropy-previous-<pid>-*`` folder (no copy); the caller then writes the
+    new ones, each atomically. On success the earlier outputs are deleted. On any exception,
+    Ctrl-C included, the new outputs are deleted and the earlier ones moved back: a failed run
+    leaves ``folder`` as it found it. ``keep_partial`` (for runs of hours whose finished parts
+    are worth keeping): when there was nothing earlier to put back, a failed run's outputs stay,
+    and a later run refuses them without ``force``, as after a kill. A process killed outright
+    leaves the earlier outputs in the hidden folder (and the new ones partly written); the next
+    ``force`` run deletes such folders of dead processes, as it was asked to.
+    """
+    if not names:
+        raise ValueError("output_group needs at least one output name")
+    root = Path(folder)
+    if root.exists() and not root.is_dir():
+        raise OutputError(root, "exists and is not a directory")
+    existing = [n for n in names if (root / n).exists() or (root / n).is_symlink()]
+    if existing and not force:
+        raise OutputError(
+            root, f"holds earlier outputs ({', '.join(existing)}); pass --force to replace them"
+        )
+    _make_parent(root / names[0], named=root)
+    _probe(root / names[0], named=root)
+    if force:
+        for child in root.glob(f"{PREVIOUS_PREFIX}*"):
+            tag = child.name[len(PREVIOUS_PREFIX) :].split("-", 1)[0]
+            if tag.isdigit() and not pid_alive(int(tag)):
+                shutil.rmtree(child, ignore_errors=True)
+    aside: Path | None = None
+    moved: list[str] = []
+    try:
+        if existing:
+            aside = Path(tempfile.mkdtemp(prefix=f"{PREVIOUS_PREFIX}{os.getpid()}-", dir=root))
+            for name in existing:
+                os.replace(root / name, aside / name)
+                moved.append(name)
+    except OSError as err:
+        _restore(root, aside, moved)
+        raise OutputError.from_os(root, err) from None
+    try:
+        yield root
+    except BaseException:
+        if aside is not None or not keep_partial:
+            for name in names:
+                _remove(root / name)
+            _restore(root, aside, moved)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    fsync_dir(root)
+
+
+def _restore(root: Path, aside: Path | None, moved: list[str]) -> None:
+    """Move the outputs :func:`output_group` set aside back into ``root``; drop the aside folder."""
+    if aside is None:
+        return
+    for name in moved:
+        with contextlib.suppress(OSError):
+            os.replace(aside / name, root / name)
+    if not any(aside.iterdir()):
+        aside.rmdir()

@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -188,9 +187,10 @@ def ship(
     recipe = tiny.TinyRecipe()
     if tiny.read_agent_info(built).get("recipe_hash") != recipe.recipe_hash:
         raise ValueError(f"{built} was not built from the default recipe {recipe.recipe_hash}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".default-", dir=out.parent))
-    try:
+    from agentropy.outputs import atomic_dir
+
+    # Assembled aside, fsynced and swapped in (force: rebuilding replaces the shipped agent).
+    with atomic_dir(out, force=True) as tmp:
         for name in (*_MODEL_FILES, tiny.INFO_FILE):
             if (built / name).is_file():
                 shutil.copy2(built / name, tmp / name)
@@ -205,11 +205,6 @@ def ship(
         tmp.chmod(0o755)
         for file in tmp.iterdir():
             file.chmod(0o644)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -10,8 +10,8 @@ import typer
 
 from agentropy.agent.config import RunnerConfig
 from agentropy.cli._common import guarded
-from agentropy.cli._options import PROGRESS_OPTION, field_option
-from agentropy.pipelines.compare import EvalConfig
+from agentropy.cli._options import FORCE_OPTION, PROGRESS_OPTION, field_option
+from agentropy.pipelines.compare import EVAL_JSON, EvalConfig
 
 #: Episodes decoded together: larger than the runner's default, since evaluation only decodes.
 EVAL_BATCH_SIZE = 16
@@ -98,18 +98,18 @@ def eval_command(
         RunnerConfig, "max_new_tokens", "--max-new-tokens", default=None
     ),
     progress: bool = PROGRESS_OPTION,
+    force: bool = FORCE_OPTION,
 ) -> None:
     """Run every policy on the same held-out tasks with the same injected faults.
 
     Prints a table per level (success, recovery after failures, mean spike ratio after
     failures, eruptions by kind, frozen responses, loops, tokens per episode and overhead vs
-    greedy, latency p50/p95/CV) and, with --out, writes eval.json plus the traces.
+    greedy, latency p50/p95/CV) and, with --out, writes eval.json plus the traces (an
+    existing eval.json or trace store needs --force).
     """
     from rich.console import Console
 
-    from agentropy.agent.loading import load_model
-    from agentropy.agent.runner import RunnerConfig
-    from agentropy.pipelines.compare import run_eval
+    from agentropy.pipelines.compare import check_eval_outputs, run_eval
 
     try:
         level_list = tuple(int(x) for x in levels.split(",") if x.strip())
@@ -127,6 +127,9 @@ def eval_command(
     runner_config = RunnerConfig(
         batch_size=batch_size, **{k: v for k, v in given.items() if v is not None}
     )
+    if out is not None:  # before torch and the model load: existing outputs, unwritable disks
+        check_eval_outputs(out, config.policies, force=force)
+    from agentropy.agent.loading import load_model
     from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
 
     world = ToolWorld(ToolWorldConfig(faults=faults))
@@ -139,6 +142,7 @@ def eval_command(
         runner_config=runner_config,
         out_dir=out,
         progress=progress,
+        force=force,
     )
     # Wide enough for every column when output is piped or captured (rich defaults to 80).
     console = Console() if sys.stdout.isatty() else Console(width=160)
@@ -149,7 +153,7 @@ def eval_command(
         "erupt p/n/d = productive/neutral/divergent eruptions"
     )
     if out is not None:
-        console.print(f"wrote {out / 'eval.json'} and {len(config.policies)} trace stores")
+        console.print(f"wrote {out / EVAL_JSON} and {len(config.policies)} trace stores")
 
 
 def register(app: typer.Typer) -> None:

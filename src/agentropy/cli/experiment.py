@@ -41,16 +41,22 @@ def experiment_command(
         "agentropy.rl.config:TrainConfig", "faults", "--faults", default=None
     ),
     progress: bool = PROGRESS_OPTION,
+    force: bool = field_option(EXPERIMENT_CONFIG, "force", "--force"),
 ) -> None:
     """Train every arm on every seed, evaluate on the same held-out tasks, compare.
 
     Prints success, recovery, eruptions by kind, loops and tokens per episode per level, and
     per arm the greedy held-out gain and training cycles, as mean [95% t-interval] over
-    seeds; writes OUT/experiment.json.
+    seeds; writes OUT/experiment.json (an earlier experiment in OUT needs --force).
     """
     from rich.console import Console
 
-    from agentropy.pipelines.experiment import ExperimentConfig, render_tables, run_experiment
+    from agentropy.pipelines.experiment import (
+        EXPERIMENT_JSON,
+        ExperimentConfig,
+        render_tables,
+        run_experiment,
+    )
     from agentropy.rl.config import TrainConfig, apply_overrides
 
     train = TrainConfig.from_toml(config) if config is not None else TrainConfig()
@@ -66,12 +72,13 @@ def experiment_command(
         out=str(out),
         train=train,
         eval_episodes=eval_episodes,
+        force=force,
     )
     console = Console()
     report = run_experiment(exp, console=console if progress else None)
     for table in render_tables(report):
         console.print(table)
-    console.print(f"wrote {out / 'experiment.json'}")
+    console.print(f"wrote {out / EXPERIMENT_JSON}")
 
 
 def register(app: typer.Typer) -> None:

@@ -148,7 +148,6 @@ def _run(
     progress: bool,
     force: bool,
 ) -> None:
-    from agentropy.control.base import ConstantTemperature
     from agentropy.outputs import check_output
 
     if temperature < 0:
@@ -161,6 +160,8 @@ def _run(
     # Before any generation: an existing output needs --force, and the directory must take a
     # write (read-only or full disks fail now, not after the work is done).
     check_output(out, force=force, is_dir=fmt == "parquet")
+    from agentropy.control.base import ConstantTemperature  # imports torch: after the check
+
     if policy is not None:
         from agentropy.control.temperature import schedule_from_name
 

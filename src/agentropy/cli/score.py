@@ -4,7 +4,8 @@ Inputs (one format per file, detected; see :mod:`agentropy.trace.importers.chat`
 messages as JSONL or a JSON array, verl ``rollout_data_dir`` dumps, TRL ``completions_*.parquet``
 logs, and agentropy traces recorded with ``record_inputs`` (re-scored token for token). The
 output is a Parquet trace store (a directory; appended to, so an interrupted run resumes: episodes
-whose id is already in the store are skipped) or a ``.jsonl`` file (rewritten). ``--model`` is any
+whose id is already in the store are skipped; ``--force`` starts it afresh) or a ``.jsonl`` file
+(written atomically; an existing one needs ``--force``). ``--model`` is any
 local Hugging Face causal LM with a chat template (default: the embedded tiny agent).
 Bad input exits with status 2 and one line naming file, line and field.
 """
@@ -90,10 +91,16 @@ def score(
         "the model that produced them (for the entropy upper bound).",
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Replace an existing .jsonl output, or start an existing store afresh (by default "
+        "a .jsonl output is an error and a store is resumed).",
+    ),
 ) -> None:
     """Teacher-forced per-token entropy, log-prob and token ids of existing conversations."""
     _run(inputs, out, model, messages_key, fmt, error_pattern, max_context, max_batch_tokens,
-         vocab_size, progress)  # fmt: skip
+         vocab_size, progress, force)  # fmt: skip
 
 
 @guarded
@@ -108,6 +115,7 @@ def _run(
     max_batch_tokens: int | None,
     vocab_size: int,
     progress: bool,
+    force: bool,
 ) -> None:
     from agentropy.agent.loading import load_model
     from agentropy.agent.score import rescore_episodes, score_conversations
@@ -122,8 +130,12 @@ def _run(
     for p in inputs:
         if not p.exists():
             raise ValueError(f"{p}: no such file or directory")
+    from agentropy.outputs import check_output
+
     to_jsonl = out.suffix in (".jsonl", ".json")
-    done = set() if to_jsonl else _existing_ids(out)
+    # Before any scoring: an existing file needs --force (a store is resumed: writability only).
+    check_output(out, force=force or not to_jsonl, is_dir=not to_jsonl)
+    done = set() if to_jsonl or force else _existing_ids(out)
     from agentropy.trace.importers.chat import sniff_format
     from agentropy.trace.importers.logprobs import read_logprob_episodes
 
@@ -171,10 +183,10 @@ def _run(
     try:
         if to_jsonl:
             scored = list(episodes())
-            written = write_jsonl(scored, out)
+            written = write_jsonl(scored, out, force=force)
             windowed = sum("windowing" in e.meta for e in scored)
         else:
-            with TraceWriter(out, episodes_per_part=64) as w:
+            with TraceWriter(out, episodes_per_part=64, overwrite=force) as w:
                 for ep in episodes():
                     w.write(ep)
                     written += 1

@@ -9,8 +9,9 @@ verl's and TRL's metric names are recognised by default; ``--entropy-tag``, ``--
 
 ``--once`` processes what exists and exits; otherwise the logs are polled every ``--interval``
 seconds until Ctrl-C (or ``--stop-after`` seconds). ``--json OUT`` writes the alerts (rewritten
-as they come, so it survives an interrupted watch). ``--fail-on divergence,collapse`` makes the
-exit status 3 when any such alert fired (for scripts and CI). Bad input: status 2.
+atomically as they come, so it survives an interrupted watch; an existing OUT needs
+``--force``). ``--fail-on divergence,collapse`` makes the exit status 3 when any such alert
+fired (for scripts and CI). Bad input, an unwritable OUT: status 2.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import typer
 
 from agentropy.cli._common import ALERT_EXIT, guarded
-from agentropy.cli._options import alert_names
+from agentropy.cli._options import FORCE_OPTION, alert_names
 from agentropy.monitor import ALERT_NAMES
 
 #: Exit status when an alert named in ``--fail-on`` fired (the same as ``train --stop-on``).
@@ -147,7 +148,12 @@ def _view(runs: list[RunWatch], recent: int = 12) -> Any:
     return Group(t, a) if every else t
 
 
-def _write_json(path: str | None, runs: list[RunWatch], fail_on: frozenset[str]) -> None:
+def _write_json(
+    path: str | None, runs: list[RunWatch], fail_on: frozenset[str], *, force: bool
+) -> None:
+    """Write the alerts document to ``path`` (``-``: stdout), atomically: an interrupted watch
+    leaves the previous complete document. ``force``: replace an existing file (the watch's own
+    earlier writes, or a file the user let ``--force`` replace)."""
     if path is None:
         return
     fired = sorted({a.name for r in runs for a in r.alerts} & fail_on)
@@ -156,12 +162,9 @@ def _write_json(path: str | None, runs: list[RunWatch], fail_on: frozenset[str])
     if path == "-":
         typer.echo(text)
         return
-    try:
-        tmp = Path(path).with_name(Path(path).name + ".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(path)
-    except OSError as err:
-        raise ValueError(f"cannot write {path}: {err.strerror}") from None
+    from agentropy.outputs import atomic_write_text
+
+    atomic_write_text(path, text + "\n", force=force)
 
 
 def watch(
@@ -196,10 +199,11 @@ def watch(
         "--settle",
         help="Seconds a TensorBoard run must be quiet before its newest step counts as complete.",
     ),
+    force: bool = FORCE_OPTION,
 ) -> None:
     """Follow training logs: live per-phase entropy, eruption/divergence/collapse alerts."""
     code = _run(paths, once, json_out, fail_on, entropy_tag, reward_tag, tag, interval,
-                stop_after, settle)  # fmt: skip
+                stop_after, settle, force)  # fmt: skip
     if code:
         raise typer.Exit(code=code)
 
@@ -216,16 +220,22 @@ def _run(
     interval: float,
     stop_after: float,
     settle: float,
+    force: bool,
 ) -> int:
     from rich.console import Console
 
     from agentropy.errors import InputError
     from agentropy.monitor import Monitor
+    from agentropy.outputs import check_output
     from agentropy.trace.importers.scalars import TagMap, discover
 
     fail_on = frozenset(alert_names(fail_on_text, "--fail-on"))
     if not interval > 0:
         raise ValueError(f"--interval must be > 0 seconds, got {interval}")
+    if json_out not in (None, "-"):
+        check_output(json_out, force=force)  # before following: not at the first alert
+    # Once this watch has written --json, rewriting it is replacing its own output.
+    owned = force
     tags = TagMap.default(entropy_tag=entropy_tag, reward_tag=reward_tag, extra=_parse_tags(tag))
     monitor = Monitor()
     console = Console(stderr=json_out == "-")
@@ -250,8 +260,10 @@ def _run(
         fired = []
         for r in runs:
             fired += [(r, a) for a in r.poll(final=final, settle_s=settle)]
-        if fired:
-            _write_json(json_out if json_out != "-" else None, runs, fail_on)
+        nonlocal owned
+        if fired and json_out != "-":
+            _write_json(json_out, runs, fail_on, force=owned)
+            owned = True
         return fired
 
     if once:
@@ -279,7 +291,7 @@ def _run(
         except KeyboardInterrupt:
             pass
         poll(final=True)
-    _write_json(json_out, runs, fail_on)
+    _write_json(json_out, runs, fail_on, force=owned)
     fired = {a.name for r in runs for a in r.alerts} & fail_on
     if fired:
         console.print(f"[bold red]failing: {', '.join(sorted(fired))} fired[/]", highlight=False)

@@ -94,6 +94,7 @@ from agentropy.integrations._trl_core import (
     prepare_tokenizer,
 )
 from agentropy.monitor import ALERT_NAMES, Alert, MonitorConfig, TagMap, Tracker
+from agentropy.outputs import atomic_write_text
 from agentropy.rl.coefs import RhythmConfig, RhythmSchedule, RhythmState
 from agentropy.rl.losses import masked_sum_and_count, ppo_clip_loss, rhythm_term
 from agentropy.trace import PHASES, Episode, Turn
@@ -249,8 +250,10 @@ class MonitorCallback(transformers.TrainerCallback):
             f"{transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-{state.global_step}",
         )
         if os.path.isdir(folder):
-            with open(os.path.join(folder, _MONITOR_FILE), "w") as f:
-                json.dump(self.tracker.state_dict(), f)
+            # Atomic: a kill mid-write never leaves a checkpoint with a truncated monitor file
+            # (force: TRL may save the same step twice; the newest state wins).
+            path = os.path.join(folder, _MONITOR_FILE)
+            atomic_write_text(path, json.dumps(self.tracker.state_dict()), force=True)
 
 
 class BreathGRPOTrainer(trl.GRPOTrainer):
@@ -489,8 +492,7 @@ class RhythmGRPOTrainer(BreathGRPOTrainer):
         if self.args.should_save:
             folder = f"{transformers.trainer_utils.PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             path = os.path.join(self._get_output_dir(trial=trial), folder, _STATE_FILE)
-            with open(path, "w") as f:
-                json.dump(self.rhythm_state.state_dict(), f)
+            atomic_write_text(path, json.dumps(self.rhythm_state.state_dict()), force=True)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)

@@ -35,11 +35,16 @@ from agentropy.trace import Episode
 __all__ = [
     "COLUMNS",
     "DEFAULT_POLICIES",
+    "EVAL_JSON",
     "EvalConfig",
     "add_overheads",
+    "check_eval_outputs",
     "policy_row",
     "run_eval",
 ]
+
+#: The summary :func:`run_eval` writes into its output folder (next to ``traces/``).
+EVAL_JSON = "eval.json"
 
 
 #: Policies compared by default: the reference and the two the claims compare with it.
@@ -171,11 +176,14 @@ def run_eval(
     runner_config: Any = None,
     out_dir: str | Path | None = None,
     progress: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Run every policy on the same tasks per level; return ``{"config", "rows"}``.
 
-    With ``out_dir``, writes ``eval.json`` and one Parquet trace store per policy
-    (``traces/<policy>.parquet``) holding every level's episodes.
+    With ``out_dir``, writes one Parquet trace store per policy (``traces/<policy>.parquet``,
+    every level's episodes) and then ``eval.json``, each atomically (a store appears whole or
+    not at all); they are checked before the first episode (:func:`check_eval_outputs`:
+    existing ones need ``force``).
     """
     import json
 
@@ -186,12 +194,7 @@ def run_eval(
     world = world if world is not None else ToolWorld()
     stores: dict[str, Path] = {}
     if out_dir is not None:
-        for policy in config.policies:
-            safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in policy)
-            stores[policy] = Path(out_dir) / "traces" / f"{safe}.parquet"
-            if stores[policy].exists():
-                # Never mix two evaluations in one store, and never delete an earlier one.
-                raise ValueError(f"{stores[policy]} exists: choose another --out or remove it")
+        stores = check_eval_outputs(out_dir, config.policies, force=force)
     runner_config = runner_config if runner_config is not None else RunnerConfig()
     schedules = {p: schedule_from_name(p) for p in config.policies}  # validate names up front
     rows: list[dict[str, Any]] = []
@@ -227,12 +230,35 @@ def run_eval(
         "rows": rows,
     }
     if out_dir is not None:
+        from agentropy.outputs import atomic_dir, atomic_write_text
         from agentropy.trace import write_parquet
 
         for policy, episodes in by_policy.items():
-            write_parquet(episodes, stores[policy])
+            # Written aside and renamed in: never a store with some of the levels.
+            with atomic_dir(stores[policy], force=force) as tmp:
+                write_parquet(episodes, tmp)
         result["traces"] = {p: str(s) for p, s in stores.items()}
-        from agentropy.outputs import atomic_write_text
-
-        atomic_write_text(Path(out_dir) / "eval.json", json.dumps(result, indent=2), force=True)
+        text = json.dumps(result, indent=2)
+        atomic_write_text(Path(out_dir) / EVAL_JSON, text, force=force)
     return result
+
+
+def check_eval_outputs(
+    out_dir: str | Path, policies: Sequence[str], *, force: bool = False
+) -> dict[str, Path]:
+    """Check, before any episode, that :func:`run_eval` can write into ``out_dir``.
+
+    Returns the trace store of each policy (``traces/<policy>.parquet``, the name made safe for
+    file systems). Raises :class:`~agentropy.errors.OutputError` when ``eval.json`` or a store
+    already exists (unless ``force``: never two evaluations mixed in one store, never an
+    earlier one replaced unasked) or the folder does not take a write.
+    """
+    from agentropy.outputs import check_output
+
+    out = Path(out_dir)
+    check_output(out / EVAL_JSON, force=force)
+    stores = {}
+    for policy in policies:
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in policy)
+        stores[policy] = check_output(out / "traces" / f"{safe}.parquet", force=force, is_dir=True)
+    return stores

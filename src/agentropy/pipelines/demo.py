@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ __all__ = [
 ]
 
 
-#: What a demo run directory holds (``force`` removes exactly these).
+#: What a demo run directory holds (``force`` replaces exactly these; other files stay).
 DEMO_OUTPUTS: tuple[str, ...] = ("train", "eval", "report.html", "demo.json")
 
 
@@ -89,7 +88,9 @@ class DemoConfig:
     progress: bool = True
     """Show progress bars."""
     force: bool = False
-    """Replace the outputs of an earlier demo in ``out`` (only :data:`DEMO_OUTPUTS`)."""
+    """Replace an earlier demo in ``out`` (its train/, eval/, report.html and demo.json; other
+    files stay), kept aside until the new one is complete. Without it an earlier demo is an
+    error."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -130,23 +131,6 @@ class DemoConfig:
         return cls(**base)
 
 
-def _check_out(out: Path, force: bool) -> None:
-    existing = [name for name in DEMO_OUTPUTS if (out / name).exists()]
-    if not existing:
-        return
-    if not force:
-        raise ValueError(
-            f"{out} already holds a demo ({', '.join(existing)}): pass --force to replace it, "
-            "or choose another --out"
-        )
-    for name in existing:
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
-
-
 def _promotions(train_dir: Path) -> list[dict[str, int]]:
     """Steps where the curriculum level went up, from the trainer's ``metrics.parquet``."""
     from agentropy.rl.trainer import read_metrics
@@ -167,19 +151,32 @@ def run_demo(config: DemoConfig = DemoConfig(), *, console: Any = None) -> dict[
     """Run the pipeline (module docstring); returns what ``demo.json`` holds.
 
     ``console``: a rich ``Console`` for notes and progress (default: stderr).
+
+    ``config.out`` is checked before the bootstrap: a folder holding any of
+    :data:`DEMO_OUTPUTS` from an earlier demo is refused unless ``config.force``
+    (:class:`~agentropy.errors.OutputError`, one line), and it must take a write. With
+    ``force`` the earlier demo stays, set aside, until this one has written ``demo.json`` (last,
+    atomically); if this one fails or is interrupted, its partial outputs are deleted and the
+    earlier demo is put back (:func:`agentropy.outputs.output_group`).
     """
-    import torch
     from rich.console import Console
+
+    from agentropy.outputs import output_group
+
+    console = console if console is not None else Console(stderr=True)
+    with output_group(config.out, DEMO_OUTPUTS, force=config.force) as out:
+        return _run(config, out, console)
+
+
+def _run(config: DemoConfig, out: Path, console: Any) -> dict[str, Any]:
+    import torch
 
     from agentropy.agent import tiny
     from agentropy.agent.runner import RunnerConfig
+    from agentropy.outputs import atomic_write_text
     from agentropy.pipelines.compare import EvalConfig, run_eval
     from agentropy.report.html import environment_versions, report_from_paths
 
-    console = console if console is not None else Console(stderr=True)
-    out = Path(config.out)
-    _check_out(out, config.force)
-    out.mkdir(parents=True, exist_ok=True)
     walls: dict[str, float] = {}
     t_all = time.perf_counter()
 
@@ -329,6 +326,7 @@ def run_demo(config: DemoConfig = DemoConfig(), *, console: Any = None) -> dict[
         metadata=metadata,
         seed=config.seed,
         title="agentropy demo",
+        force=False,
     )
     walls["report"] = time.perf_counter() - t0
     walls["total"] = time.perf_counter() - t_all
@@ -345,7 +343,8 @@ def run_demo(config: DemoConfig = DemoConfig(), *, console: Any = None) -> dict[
         "wall_s": walls,
         "versions": environment_versions(),
     }
-    (out / "demo.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    # Last, atomically: a demo folder with demo.json is a complete demo.
+    atomic_write_text(out / "demo.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
 
 

@@ -40,6 +40,7 @@ from agentropy.rl.config import TrainConfig
 __all__ = [
     "ARMS",
     "ARM_METRICS",
+    "EXPERIMENT_JSON",
     "LEVEL_METRICS",
     "ExperimentConfig",
     "render_tables",
@@ -54,6 +55,9 @@ ARMS: dict[str, dict[str, str]] = {
     "vanilla": {"policy": CONSTANT_POLICY, "loss": "vanilla"},
     "target": {"policy": CONSTANT_POLICY, "loss": "target"},
 }
+
+#: The summary :func:`run_experiment` writes into its folder (next to one folder per arm).
+EXPERIMENT_JSON = "experiment.json"
 
 #: Per (arm, level) metrics, averaged over seeds (keys of ``experiment.json``'s ``levels``).
 LEVEL_METRICS: tuple[str, ...] = (
@@ -98,6 +102,10 @@ class ExperimentConfig:
     """Held-out test-split tasks per level in the final evaluation of each run."""
     eval_seed: int = 2000
     """Task seed of the final evaluation (the same tasks and faults for every run)."""
+    force: bool = False
+    """Replace an earlier experiment's ``experiment.json`` and the folders of the arms run now
+    (kept aside until this one completes, put back if it fails). Without it they are an error,
+    before any work."""
 
     def __post_init__(self) -> None:
         if not self.arms:
@@ -145,23 +153,40 @@ def run_experiment(
     """Train and evaluate every (arm, seed); return (and write) ``experiment.json``'s content.
 
     ``load`` returns a fresh ``(model, tokenizer)`` for each run (default: load
-    ``config.train.model``, the embedded agent when None).
+    ``config.train.model``, the embedded agent when None). ``config.out`` must not hold
+    ``experiment.json`` or a folder of the arms run, unless ``config.force``
+    (:func:`agentropy.outputs.output_group`; ``experiment.json`` is written last, atomically).
     """
-    from agentropy.agent.runner import RunnerConfig, rollout
-    from agentropy.analysis.summary import analyze_paths
-    from agentropy.control.temperature import schedule_from_name
-    from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
-    from agentropy.pipelines.compare import policy_row
-    from agentropy.rl.trainer import train
-
     if load is None:
         from agentropy.agent.loading import load_model
 
         def load() -> tuple[Any, Any]:
             return load_model(config.train.model)
 
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from agentropy.outputs import output_group
+
+    # Checked before the first model is loaded. A failed or interrupted experiment keeps its
+    # finished runs (hours of training) unless it was replacing an earlier experiment, which is
+    # then put back whole.
+    names = [*config.arms, EXPERIMENT_JSON]
+    with output_group(config.out, names, force=config.force, keep_partial=True) as out:
+        return _run(config, out, load, console)
+
+
+def _run(
+    config: ExperimentConfig,
+    out: Path,
+    load: Callable[[], tuple[Any, Any]],
+    console: Any,
+) -> dict[str, Any]:
+    from agentropy.agent.runner import RunnerConfig, rollout
+    from agentropy.analysis.summary import analyze_paths
+    from agentropy.control.temperature import schedule_from_name
+    from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
+    from agentropy.outputs import atomic_write_text
+    from agentropy.pipelines.compare import policy_row
+    from agentropy.rl.trainer import train
+
     world = ToolWorld(ToolWorldConfig(seed=config.train.world_seed, faults=config.train.faults))
     tc = config.train
     runner_config = RunnerConfig(
@@ -250,7 +275,7 @@ def run_experiment(
         "arms": arm_table,
         "runs": runs,
     }
-    (out / "experiment.json").write_text(json.dumps(_json_safe(report), indent=2))
+    atomic_write_text(out / EXPERIMENT_JSON, json.dumps(_json_safe(report), indent=2) + "\n")
     return report
 
 

@@ -55,7 +55,7 @@ def run(
     train(cfg)
 
 
-def summarize(dirs: list[str]) -> dict:
+def summarize(dirs: list[str], replay: bool = False) -> dict:
     from agentropy.monitor import Tracker
     from agentropy.monitor.attribution import GROUPS, agreement
     from agentropy.rl.run import read_metrics
@@ -65,7 +65,7 @@ def summarize(dirs: list[str]) -> dict:
         rows = read_metrics(d)
         cfg = (Path(d) / "config.toml").read_text()
         kind = "unstable" if "lr = 0.0003" in cfg else "healthy"
-        if (Path(d) / "summary.json").exists():
+        if (Path(d) / "summary.json").exists() and not replay:
             alerts = json.loads((Path(d) / "summary.json").read_text())["alerts"]
         else:  # a run still going (or cut short): the detector is pure, replay its rows
             tracker = Tracker()
@@ -121,11 +121,15 @@ def main() -> None:
     r.add_argument("--loss", default=None, help="override the loss (unstable: vanilla)")
     s = sub.add_parser("summarize")
     s.add_argument("dirs", nargs="+")
+    s.add_argument(
+        "--replay", action="store_true",
+        help="re-run the current detector over metrics.parquet instead of the run's own alerts",
+    )  # fmt: skip
     args = ap.parse_args()
     if args.cmd == "run":
         run(args.kind, args.seed, args.steps, args.out, args.model, args.loss)
     else:
-        print(json.dumps(summarize(args.dirs), indent=1))
+        print(json.dumps(summarize(args.dirs, replay=args.replay), indent=1))
 
 
 if __name__ == "__main__":

@@ -182,4 +182,14 @@ def episode_lists(draw):
     return out
 
 
-ROUND_TRIP = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: Episode lists are nested and large, so some draws overrun hypothesis's buffer and count as
+#: filtered; on an unlucky seed the health check then failed a correct round trip (CI, session 4).
+ROUND_TRIP = settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.data_too_large,
+    ],
+)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentropy.agent.tiny import sft
 from agentropy.agent.tiny.sft import _FORMAT_VERSION, TinyRecipe
+from agentropy.outputs import pid_alive
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
@@ -180,20 +181,8 @@ def _remove_stranded(path: Path) -> None:
         if not child.is_dir():
             continue
         tag = child.name[len(path.name) + 2 :].split("-", 1)[0]
-        if tag == "old" or (tag.isdigit() and not _alive(int(tag))):
+        if tag == "old" or (tag.isdigit() and not pid_alive(int(tag))):
             shutil.rmtree(child, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 def read_agent_info(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -317,3 +317,22 @@ def test_summary_counts_failed_triggers_whose_baseline_is_the_eps_floor():
     assert floor == {"eps": 0.05, "failed_triggers": 2, "at_floor": 1, "share": 0.5}
     none = analyze_episodes([episodes[2]])["baseline_floor"]
     assert none["failed_triggers"] == 0 and none["share"] is None
+
+
+def test_floor_note_warns_above_the_share_and_shows_in_analyze_and_report(tmp_path) -> None:
+    from agentropy.analysis.summary import FLOOR_WARN_SHARE, analyze_episodes, floor_note
+    from agentropy.report.html import build_report
+
+    flat = Episode("a", turns=[A([0.0] * 5), T("error"), A([1.0] * 4)])
+    varied = Episode("b", turns=[A([0.5] * 5), T("error"), A([1.0] * 4)])
+    # 1 of 5 failed triggers at the floor (20 %): not above the share, no note.
+    quiet = analyze_episodes([flat] + [varied] * 4)
+    assert quiet["baseline_floor"]["share"] == pytest.approx(FLOOR_WARN_SHARE)
+    assert floor_note(quiet) is None
+    assert 'id="floor-note"' not in build_report(summary=quiet, episodes=[flat, varied])
+    # 2 of 5: warned, with the counts, in the terminal summary and the report.
+    loud = analyze_episodes([flat] * 2 + [varied] * 3)
+    note = floor_note(loud)
+    assert note is not None and "2 of 5 failed triggers (40%)" in note
+    assert 'id="floor-note"' in build_report(summary=loud, episodes=[flat, varied])
+    assert floor_note(analyze_episodes([Episode("c", turns=[A([0.0] * 5), T("ok")])])) is None

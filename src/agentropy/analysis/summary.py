@@ -83,13 +83,36 @@ from agentropy.analysis.training import (
 from agentropy.trace import PHASE_CODE, Episode, NanPolicy, TraceTable
 
 __all__ = [
+    "FLOOR_WARN_SHARE",
     "AnalyzeConfig",
     "Analyzer",
     "Evidence",
     "analyze_episodes",
     "analyze_paths",
+    "floor_note",
     "iter_tables",
 ]
+
+FLOOR_WARN_SHARE = 0.2
+"""Above this share of failed triggers with a baseline at the ``eps`` floor, readers of an
+analysis are warned (:func:`floor_note`): such baselines come from near-deterministic text, their
+spike ratios are inflated, and almost any response to the failure counts as an eruption."""
+
+
+def floor_note(summary: dict[str, Any]) -> str | None:
+    """One warning line when more than :data:`FLOOR_WARN_SHARE` of the failed triggers have a
+    baseline at the floor (``summary["baseline_floor"]``); None otherwise or without failures."""
+    b = summary.get("baseline_floor") or {}
+    share = b.get("share")
+    if share is None or share <= FLOOR_WARN_SHARE:
+        return None
+    return (
+        f"Warning: {b['at_floor']} of {b['failed_triggers']} failed triggers ({share:.0%}) have a "
+        f"baseline at the eps floor ({b['eps']:g} nats): the text before those failures is "
+        "near-deterministic, so their spike ratios are inflated and eruption counts, kinds and "
+        f"the recovery-by-spike comparison mean little (more than {FLOOR_WARN_SHARE:.0%} at the "
+        "floor)."
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,7 @@ def _print_summary(s: dict[str, Any]) -> None:
     from rich.table import Table
 
     from agentropy.analysis.bounds import bounds_note
+    from agentropy.analysis.summary import floor_note
 
     console = Console()
     kinds = s["eruption_kinds"]
@@ -71,9 +72,9 @@ def _print_summary(s: dict[str, Any]) -> None:
     for k, v in rows:
         top.add_row(k, str(v))
     console.print(top)
-    note = bounds_note(s)
-    if note is not None:
-        console.print(note, markup=False, highlight=False)
+    for note in (bounds_note(s), floor_note(s)):
+        if note is not None:
+            console.print(note, markup=False, highlight=False)
 
     rec = s["recovery"]
     t = Table(title="Recovery after failures by spike ratio (95% bootstrap CI)")

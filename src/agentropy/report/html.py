@@ -41,7 +41,7 @@ from typing import Any
 
 from agentropy.analysis.bounds import bounds_note
 from agentropy.analysis.recovery import REFERENCE_POLICY
-from agentropy.analysis.summary import AnalyzeConfig, Analyzer, Evidence, iter_tables
+from agentropy.analysis.summary import AnalyzeConfig, Analyzer, Evidence, floor_note, iter_tables
 from agentropy.report import figures as F
 from agentropy.report.claims import (
     ClaimRow,
@@ -209,8 +209,13 @@ def _overview(summary: Mapping[str, Any]) -> str:
         ("frozen responses", len(summary.get("frozen") or [])),
         ("loops", len(summary.get("loops") or [])),
     ]
-    note = bounds_note(summary)
-    extra = "" if note is None else f'<p class="note" id="entropy-bounds-note">{_esc(note)}</p>'
+    extra = ""
+    for note, html_id in (
+        (bounds_note(summary), "entropy-bounds-note"),
+        (floor_note(summary), "floor-note"),
+    ):
+        if note is not None:
+            extra += f'<p class="note" id="{html_id}">{_esc(note)}</p>'
     return _table(("metric", "value"), rows) + extra
 
 

@@ -84,6 +84,7 @@ def main() -> None:
     ap.add_argument("--z", default="0,1,2,2.5,3", help="collapse_z values")
     ap.add_argument("--seeds", type=int, default=20, help="planted collapses per noise level")
     ap.add_argument("--noisy-seeds", type=int, default=50, help="series per noisy-channel cell")
+    ap.add_argument("--first-seed", type=int, default=0, help="first seed of every cell")
     args = ap.parse_args()
     runs = {d: read_metrics(d) for d in args.runs}
     healthy = [d for d in runs if "lr = 0.0003" not in (Path(d) / "config.toml").read_text()]
@@ -102,7 +103,7 @@ def main() -> None:
             for heavy in (False, True):
                 ds = []
                 for noise in NOISES:
-                    for seed in range(args.seeds):
+                    for seed in range(args.first_seed, args.first_seed + args.seeds):
                         rows, onset = planted_series(
                             "collapse", noise=noise, seed=seed, heavy_tails=heavy
                         )
@@ -110,7 +111,7 @@ def main() -> None:
                 print(f"- planted collapse, {'Student-t' if heavy else 'Gaussian'}: {_delays(ds)}")
             for cv in NOISY_CVS:
                 false, ds = 0, []
-                for seed in range(args.noisy_seeds):
+                for seed in range(args.first_seed, args.first_seed + args.noisy_seeds):
                     kw = {"noise": cv, "base": NOISY_BASE, "skewed": True, "seed": seed}
                     rows, _ = planted_series("quiet", **kw)
                     false += sum(a.name == "collapse" for a in _feed(mon, rows))

@@ -66,11 +66,13 @@ def _model_dir(path: Path) -> Path:
 @pytest.mark.slow
 def test_a_run_ended_by_an_alert_exits_3_with_a_checkpoint(tmp_path: Path) -> None:
     # A monitor this sensitive must fire within three steps of any real run: entropy that rises
-    # at all is an eruption (no warm-up margin, one confirming step), entropy that falls after
-    # three steps is a collapse (its floor is above any entropy; the reward cannot count as
-    # rising). Which of the two fires depends on the run; that one of them ends it does not.
+    # at all is an eruption (no warm-up margin, one confirming step), entropy at step 3 below
+    # step 1 is a collapse (a one-value level, its floor above any entropy; the reward cannot
+    # count as rising). Which of the two fires depends on the run; that one of them ends it
+    # does not.
     monitor = MonitorConfig(warmup_rise_rel=0.0, min_rise=0.0, confirm=1, min_history=3,
-                            trend_window=2, collapse_floor=100.0, reward_z=100.0)  # fmt: skip
+                            trend_window=2, collapse_window=1, collapse_floor=100.0,
+                            reward_z=100.0)  # fmt: skip
     cfg = TrainConfig(
         steps=6, tasks_per_step=2, group_size=2, max_turns=2, max_new_tokens=8, max_tokens=16,
         eval_episodes=2, levels=(0, 1), start_level=0, mix_lower=0.0, tensorboard=False,

@@ -135,7 +135,7 @@ def test_collapse_fires_once_and_rearms():
     alerts = feed(rows)
     assert names(alerts) == ["collapse"]
     ev = alerts[0].evidence
-    assert ev["value"] < ev["floor"] and ev["slope_per_step"] < 0
+    assert ev["level_bound"] < ev["floor"] and ev["level"] < ev["level_before"]
     # recovery above collapse_rearm * floor, then a second collapse: a second alert
     rows += [{"entropy": 0.5, "reward": 0.3}] * 12
     h = 0.5

@@ -3,7 +3,8 @@
 - :mod:`agentropy.monitor.detector`: the pure streaming detector (``Monitor.init`` /
   ``Monitor.update`` per step, checkpointable state) and its typed :class:`Alert`\\ s
   (``eruption``, ``subsided`` productive/degenerate/neutral, ``divergence``, ``collapse``,
-  ``nonfinite``).
+  ``nonfinite``); its thresholds, each documented with the measurement behind its default, are
+  :class:`MonitorConfig` (:mod:`agentropy.monitor.config`).
 - :mod:`agentropy.monitor.attribution`: the covariance of sampled tokens' log-prob and advantage
   per phase and the entropy change it predicts (arXiv 2505.22617); imports torch, so it is loaded
   only when used.

@@ -45,10 +45,18 @@ is *quiet* or *erupting*. While quiet it keeps its last ``window`` values.
   flagged then, not ``horizon`` steps later.
   With no evidence metric at all, ``horizon`` steps without subsidence suffice. Once per eruption.
 - ``collapse``: a quiet channel (with a reference level: the median of its first
-  ``min_history`` values) whose value is below ``max(collapse_floor, collapse_fraction *
-  reference)``, whose least-squares slope over the last ``trend_window`` values is negative, and
-  whose reward is not rising significantly over those steps. Fires once, and re-arms when the
-  value climbs above ``collapse_rearm`` times the floor.
+  ``min_history`` values) whose *collapse level* ``C``, the mean of its last
+  ``collapse_window`` values, is below the floor ``F = max(collapse_floor, collapse_fraction *
+  reference)`` by more than its noise, ``C * (1 + collapse_z * rel / sqrt(collapse_window)) <
+  F`` (``rel`` the channel's robust relative noise, :func:`relative_noise`, which a falling
+  level leaves unchanged); whose level is lower than it was ``trend_window`` updates earlier
+  (still falling: the level, not the noisy latest values); and whose reward is not rising
+  significantly over the last ``trend_window`` steps. A phase with ~100 tokens per step has
+  per-step means that scatter far (the shipped agent's answer phase reads 0.01-0.31 nats
+  around 0.12): single steps below the floor are sampling noise, a level that stays below it
+  is a collapse. A drop to a constant is caught like a noisy decay (the level keeps falling
+  until the window holds only collapsed values). Fires once, and re-arms when the level (or,
+  during an eruption, the value) climbs above ``collapse_rearm`` times the floor.
 - ``nonfinite``: any metric that is NaN or infinite (once, until it is finite again); the value
   is then treated as missing.
 
@@ -71,6 +79,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, NamedTuple
 
+from agentropy.monitor.config import MonitorConfig
 from agentropy.trace import PHASES
 
 __all__ = [
@@ -112,115 +121,6 @@ _DEGENERACY: tuple[tuple[str, int], ...] = (
     ("hallucination_rate", 1),
     ("valid_action_rate", -1),
 )
-
-
-# ------------------------------------------------------------------------------------ config
-
-
-@dataclass(frozen=True, slots=True)
-class MonitorConfig:
-    """Thresholds of the detector (module docstring).
-
-    Defaults come from the planted-pattern benchmark (``benchmarks/bench_monitor.py``, 20 seeds
-    x amplitudes +50/100/200% x relative noise 2/5/10%, per pattern): no alert on 180 quiet
-    series with Gaussian noise (6 with Student-t noise), precision 1.0 for eruption,
-    divergence, collapse and productive subsidence, and eruption recall 1.0 except +50% rises
-    at 10% noise (0.58 Gaussian, 0.88 Student-t: the rise is then ~5 noise sd)."""
-
-    window: int = 40
-    """Quiet steps of history per channel for the noise estimate (and evidence history): the
-    MAD of 20 differences underestimated the noise often enough for false eruptions."""
-    level_window: int = 5
-    """Latest quiet steps whose median is the level (short, so a slow descent does not lag)."""
-    min_history: int = 8
-    """Earlier values needed before the noise estimate is trusted (warm-up before)."""
-    rise_sigma: float = 3.0
-    """Eruption: rise above the level, in noise standard deviations (each of the ``confirm``
-    steps). With two confirming steps, 3 gave no false eruption on the quiet and planted series
-    (Gaussian or Student-t noise) while 5 missed a third of +50% eruptions at 10% noise."""
-    rise_rel: float = 0.2
-    """Eruption: rise above the level, as a fraction of the level (a +20% jump at least)."""
-    warmup_rise_rel: float = 0.5
-    """Eruption during warm-up (noise unknown): rise as a fraction of the level."""
-    confirm: int = 2
-    """Consecutive steps above the threshold before an eruption is declared (its onset is the
-    first): one step above is as often a heavy-tailed outlier as an eruption (with 1, Student-t
-    noise gave 138 false eruptions on 180 quiet series)."""
-    min_rise: float = 0.02
-    """Eruption: smallest rise, nats (keeps a collapsed channel's jitter from erupting)."""
-    subsidence: float = 0.75
-    """Fraction of the amplitude the entropy must give back to have subsided (the analyzer's)."""
-    horizon: int = 10
-    """Steps an eruption may last with degrading evidence before ``divergence``."""
-    before_window: int = 5
-    """Steps before the onset whose evidence is the 'before' of an eruption."""
-    after_window: int = 3
-    """Steps after subsidence (and latest steps during an eruption) whose evidence is 'after'."""
-    reward_z: float = 2.0
-    """z of a significant reward change (difference of window means over its noise)."""
-    reward_margin: float = 0.0
-    """Smallest reward change that counts, in reward units (on top of the z-test)."""
-    reward_rel: float = 0.1
-    """Smallest reward change that counts, as a fraction of the pre-eruption reward's magnitude
-    (a statistically clear 2% dip over a long eruption is not a divergence)."""
-    rate_margin: float = 0.05
-    """Rise of the loop / hallucination rate (or fall of the valid-action rate) that counts."""
-    severe_drop: float = 0.5
-    """Share of the pre-eruption reward lost that makes a divergence immediate."""
-    severe_rate: float = 0.3
-    """Worsening of a degeneracy rate (absolute: a loop or hallucination rate up, or the
-    valid-action rate down, by this much) that makes a divergence immediate, as
-    ``severe_drop`` does for reward: a policy whose tool calls stop parsing is broken even
-    when it never earned reward (measured: lr 3e-4 on the embedded agent took the valid-action
-    rate from 0.63 to 0.09 in one step with reward 0 throughout; RESULTS.md, "Monitor"). The
-    planted ``degenerate`` pattern (+0.2 loop rate) stays below it."""
-    collapse_fraction: float = 0.25
-    """Collapse floor as a fraction of the channel's reference (early) level."""
-    collapse_floor: float = 0.05
-    """Collapse floor, nats (the larger of the two applies)."""
-    collapse_rearm: float = 1.5
-    """A fired collapse re-arms once the value exceeds this multiple of the floor."""
-    trend_window: int = 5
-    """Latest values whose least-squares slope says 'still falling' (and reward 'flat')."""
-
-    def __post_init__(self) -> None:
-        for name in ("window", "level_window", "min_history", "horizon", "before_window"):
-            _check_int(self, name, 1)
-        _check_int(self, "after_window", 1)
-        _check_int(self, "confirm", 1)
-        _check_int(self, "trend_window", 2)
-        if self.min_history < 3:
-            raise ValueError(f"MonitorConfig.min_history must be >= 3, got {self.min_history}")
-        for name in ("window", "level_window", "before_window", "trend_window"):
-            if getattr(self, name) > self.window and name != "window":
-                raise ValueError(
-                    f"MonitorConfig.{name} ({getattr(self, name)}) must be <= window "
-                    f"({self.window}); raise window"
-                )
-        for name in ("rise_sigma", "rise_rel", "warmup_rise_rel", "min_rise", "reward_z"):
-            _check_nonneg(self, name)
-        for name in ("reward_margin", "reward_rel", "rate_margin", "collapse_floor", "severe_rate"):
-            _check_nonneg(self, name)
-        for name in ("subsidence", "severe_drop", "collapse_fraction"):
-            v = getattr(self, name)
-            if not 0.0 < v <= 1.0:
-                raise ValueError(f"MonitorConfig.{name} must be in (0, 1], got {v!r}")
-        if not self.collapse_rearm >= 1.0:
-            raise ValueError(
-                f"MonitorConfig.collapse_rearm must be >= 1, got {self.collapse_rearm}"
-            )
-
-
-def _check_int(cfg: MonitorConfig, name: str, lo: int) -> None:
-    v = getattr(cfg, name)
-    if not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
-        raise ValueError(f"MonitorConfig.{name} must be an integer >= {lo} (steps), got {v!r}")
-
-
-def _check_nonneg(cfg: MonitorConfig, name: str) -> None:
-    v = getattr(cfg, name)
-    if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
-        raise ValueError(f"MonitorConfig.{name} must be a finite number >= 0, got {v!r}")
 
 
 # ------------------------------------------------------------------------------------ alerts
@@ -322,6 +222,28 @@ def noise_sigma(values: tuple[float, ...] | list[float]) -> float:
     return mad / 0.6745 / math.sqrt(2.0)
 
 
+def relative_noise(values: tuple[float, ...] | list[float]) -> float:
+    """Robust relative noise of a non-negative series: the noise standard deviation as a share
+    of the level (0 if fewer than 3 values).
+
+    The MAD of the symmetric relative first differences ``(b - a) / ((a + b) / 2)`` (0 when both
+    are 0), / 0.6745 / sqrt 2, as :func:`noise_sigma` does with plain differences: for
+    independent values with relative sd ``c`` it is ``c`` (to first order), whatever the level.
+    So it survives a collapse (the level falls, the relative noise does not), a drift (removed
+    by differencing) and zeros (each difference lies in [-2, 2]).
+    """
+    if len(values) < 3:
+        return 0.0
+    d = [0.0 if a + b == 0 else 2.0 * (b - a) / (a + b) for a, b in itertools.pairwise(values)]
+    med = statistics.median(d)
+    mad = statistics.median(abs(x - med) for x in d)
+    return mad / 0.6745 / math.sqrt(2.0)
+
+
+def _mean_of(values: tuple[float, ...] | list[float]) -> float:
+    return sum(values) / len(values)
+
+
 def _slope(values: list[float]) -> float:
     """Least-squares slope per step of equally spaced values (0 for fewer than 2)."""
     n = len(values)
@@ -352,7 +274,7 @@ _SUGGEST = {
     "neutral": "eruption contracted with no clear change in reward or degeneracy rates.",
     "divergence": "{what} has not contracted since step {onset} while {why}: lower "
     "the learning rate or entropy bonus, or roll back to a checkpoint before step {onset}.",
-    "collapse": "{what} is below its floor and still falling with flat reward: "
+    "collapse": "{what} has stayed below its floor and is not recovering, with flat reward: "
     "raise the entropy target/coefficient or sampling temperature, or use clip-higher.",
     "nonfinite": "non-finite {metric}: look for overflow (exp of log-ratios, fp16 logits) and "
     "skip or roll back this step.",
@@ -449,7 +371,10 @@ class Monitor:
         alerts: list[Alert] = []
         if ch.collapsed and ch.reference is not None:
             floor = max(c.collapse_floor, c.collapse_fraction * ch.reference)
-            if h > c.collapse_rearm * floor:
+            # an erupting channel's values are confirmed (``confirm`` steps above its level)
+            # but kept out of its quiet history: the value itself says whether it came back
+            back = h if ch.erupting else _mean_of((*ch.history, h)[-c.collapse_window :])
+            if back > c.collapse_rearm * floor:
                 ch = ch._replace(collapsed=False)
         if ch.erupting:
             ch = ch._replace(elapsed=ch.elapsed + 1)
@@ -711,11 +636,18 @@ class Monitor:
         if ch.collapsed or ch.reference is None:
             return None
         floor = max(c.collapse_floor, c.collapse_fraction * ch.reference)
-        recent = list(ch.history[-c.trend_window :])
-        if h >= floor or len(recent) < c.trend_window:
+        m, k = c.collapse_window, c.trend_window
+        if len(ch.history) < m + k:
             return None
-        slope = _slope(recent)
-        if slope >= 0:
+        level = _mean_of(ch.history[-m:])
+        if level >= floor:  # the bound is >= the level: skip the noise estimate
+            return None
+        rel = relative_noise(ch.history)
+        bound = level * (1.0 + c.collapse_z * rel / math.sqrt(m))
+        if bound >= floor:
+            return None
+        before = _mean_of(ch.history[-m - k : -k])
+        if level >= before:  # not falling (any more): a recovering or flat channel
             return None
         rewards = [v for s, v in ev.get("reward", []) if s > step - c.trend_window]
         rise = None
@@ -725,8 +657,10 @@ class Monitor:
                 return None
         return Alert(
             "collapse", step, name,
-            {"value": _r(h), "floor": _r(floor), "reference": _r(ch.reference),
-             "slope_per_step": _r(slope), "reward_rise": _r(rise),
+            {"value": _r(h), "level": _r(level), "relative_noise": _r(rel),
+             "level_bound": _r(bound), "floor": _r(floor), "reference": _r(ch.reference),
+             "level_before": _r(before), "collapse_window": m, "trend_window": k,
+             "reward_rise": _r(rise),
              "reward_threshold": _r(max(c.reward_margin, c.reward_z * sigma_r))},
             _SUGGEST["collapse"].format(what=_what(name)),
         )  # fmt: skip

@@ -19,6 +19,12 @@ healthy background, with one planted pattern starting at a random ``onset``:
   reward flat;
 - ``nonfinite``: entropy is NaN at the onset step.
 
+``skewed=True`` draws the entropy from a gamma distribution instead (mean the planted curve, sd
+``noise`` times it): the right-skewed per-step means of a phase with few tokens, mostly
+near-deterministic with a few uncertain ones (the shipped agent's answer phase reads 0.01-0.31
+nats around 0.12, sd/mean 0.56-0.73; its act phase 0.05-0.13, sd/mean 0.2). With ``base`` 0.12
+this is the channel the first collapse rule raised false alarms on (RESULTS.md, "Monitor").
+
 :func:`expected` says which alerts a pattern should raise and by when; :func:`score` matches a
 detector's alerts against it. ``benchmarks/bench_monitor.py`` turns this into precision and
 recall per alert type.
@@ -64,16 +70,22 @@ def planted_series(
     noise: float = 0.05,
     base: float = 0.6,
     heavy_tails: bool = False,
+    skewed: bool = False,
     seed: int = 0,
 ) -> tuple[list[dict[str, float | None]], int]:
     """One synthetic run: per-step metric dicts (step ``i + 1`` is row ``i``) and the onset step.
 
     ``heavy_tails`` draws the entropy noise from a Student t with 3 degrees of freedom scaled to
     the same standard deviation (occasional 4-6 sigma outliers, as real per-step means show when
-    a batch happens to hold unusual tasks) instead of a Gaussian.
+    a batch happens to hold unusual tasks) instead of a Gaussian; ``skewed`` draws each entropy
+    value from a gamma distribution with the same mean and relative sd (module docstring).
     """
     if pattern not in PATTERNS:
         raise ValueError(f"unknown pattern {pattern!r}; expected one of {PATTERNS}")
+    if heavy_tails and skewed:
+        raise ValueError("planted_series: choose heavy_tails or skewed noise, not both")
+    if skewed and not noise > 0:
+        raise ValueError(f"planted_series: skewed noise needs noise > 0, got {noise!r}")
     rng = np.random.default_rng(seed)
     t = np.arange(1, steps + 1, dtype=np.float64)
     onset = int(rng.integers(steps // 4, steps // 2))
@@ -100,8 +112,11 @@ def planted_series(
     elif pattern == "collapse":
         e0 = e[onset - 1]
         e = np.where(after, 0.01 + (e0 - 0.01) * np.exp(-np.maximum(k, 0) / 6.0), e)
-    z = rng.standard_t(3, steps) / math.sqrt(3.0) if heavy_tails else rng.normal(0, 1, steps)
-    ent = np.maximum(e + bump + noise * z * e, 1e-4)
+    if skewed:  # gamma with mean m and sd noise * m: shape 1 / noise^2, scale m * noise^2
+        ent = np.maximum(rng.gamma(1.0 / noise**2, (e + bump) * noise**2), 1e-4)
+    else:
+        z = rng.standard_t(3, steps) / math.sqrt(3.0) if heavy_tails else rng.normal(0, 1, steps)
+        ent = np.maximum(e + bump + noise * z * e, 1e-4)
     reward = reward + rng.normal(0, 0.03, steps)
     loop = np.clip(loop + rng.normal(0, 0.01, steps), 0, 1)
     hall = np.clip(0.03 + rng.normal(0, 0.01, steps), 0, 1)

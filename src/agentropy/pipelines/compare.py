@@ -229,12 +229,13 @@ def fault_class_rows(
         for c in FAULT_CLASSES
     }
     for i, episode in enumerate(episodes):
-        if episode.task_id not in planned:
+        kinds = planned.get(episode.task_id) if episode.task_id is not None else None
+        if kinds is None:
             raise ValueError(
                 f"episode {episode.episode_id!r}: task {episode.task_id!r} has no planned faults "
                 "given; pass every task's fault kinds in `planned`"
             )
-        classes = {FAULT_CLASS[k] for k in planned[episode.task_id] if k in FAULT_CLASS}
+        classes = {FAULT_CLASS[k] for k in kinds if k in FAULT_CLASS}
         fired = {FAULT_CLASS[k] for k in episode.fault_kinds if k in FAULT_CLASS}
         first: dict[str, int] = {}  # class -> turn index of its first failed tool turn
         for t, turn in enumerate(episode.turns):

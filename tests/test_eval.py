@@ -308,3 +308,53 @@ def test_run_eval_fault_classes_share_episodes_across_policies(random_agent):
         for r in rows:
             if r["fault_class"] == c:
                 assert r["fired"] <= r["episodes"] and r["recovered"] <= r["episodes"]
+
+
+def test_recovery_intervention_summary_pairs_arms_by_task(random_agent, tmp_path):
+    """experiments/recovery_intervention.py summarize: the phase-minus-forced-low difference is
+    paired over the same tasks and equals the arms' recovery on them; arms run on different
+    tasks or faults are refused."""
+    import importlib.util
+    from pathlib import Path
+
+    from agentropy.env.faults import FAULT_CLASS
+    from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "recovery_intervention.py"
+    spec = importlib.util.spec_from_file_location("recovery_intervention", path)
+    assert spec is not None and spec.loader is not None
+    ri = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ri)
+    model, tok, _ = random_agent
+    world = ToolWorld(ToolWorldConfig(faults="all"))
+    for arm in (ri.HIGH_ARM, ri.LOW_ARM):
+        run_eval(
+            model,
+            tok,
+            config=EvalConfig(policies=(ri.ARMS[arm],), levels=(3,), episodes=4),
+            world=world,
+            runner_config=RunnerConfig(max_turns=2, max_new_tokens=8),
+            out_dir=tmp_path / arm,
+        )
+    result = ri.summarize(tmp_path)
+    assert (tmp_path / ri.SUMMARY_JSON).exists()
+    tasks = world.tasks(split="test", level=3, n=4, seed=0)
+    faulted = [t for t in tasks if any(f.kind in FAULT_CLASS for f in t.faults)]
+    diff = result["difference"]["by_class"]
+    assert diff["any"]["n"] == len(faulted) > 0
+    for c, d in diff.items():
+        if c == "any":
+            continue
+        row = result["fault_classes"][ri.HIGH_ARM][c]
+        assert d["n"] == row["episodes"]
+        if d["n"]:
+            assert d["rate_a"] == pytest.approx(row["recovery"])
+            assert d["difference"] == pytest.approx(
+                d["rate_a"] - result["fault_classes"][ri.LOW_ARM][c]["recovery"]
+            )
+    ev = tmp_path / ri.LOW_ARM / "eval.json"
+    data = json.loads(ev.read_text())
+    data["config"]["seed"] = 1
+    ev.write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match="same tasks"):
+        ri.summarize(tmp_path)

@@ -18,8 +18,12 @@ samples after a failure:
 Per arm and fault class (seen-ambiguous, seen-informative, novel: ``agentropy.env.faults.
 FAULT_CLASS``) it prints recovery with a 95% bootstrap interval (``eval.json``'s
 ``fault_classes``: the unit is the episode whose task plans a fault of the class), the mean
-spike ratio at the first failure of the class, tokens and wall seconds per episode, and recover-
-phase tokens per episode (if the agent writes no recover text, the arms cannot differ). The
+spike ratio at the first failure of the class, tokens and wall seconds per episode; and per arm a
+check that the intervention took: recover-phase tokens per episode (if the agent writes no
+recover text, the arms cannot differ) with their mean temperature, sampling entropy and model
+entropy. The spike ratio is DESIGN.md's, of *model* entropy (T = 1): a recover temperature
+changes it only through the text it makes the agent write, while the sampling entropy (what
+the agent actually draws from) follows the temperature directly. The
 essay's "+22%" becomes ``phase`` minus ``forced-low`` recovery on the same tasks, in points and
 relative, with a **paired percentile bootstrap** interval over tasks
 (:func:`agentropy.analysis.recovery.paired_difference_ci`: whole task pairs are resampled, so
@@ -122,7 +126,7 @@ def summarize(out: Path, arms: list[str] | None = None) -> dict[str, Any]:
     arms = [a for a in (arms or list(ARMS)) if (out / a / "eval.json").exists()]
     if not arms:
         raise SystemExit(f"no <arm>/eval.json under {out}")
-    configs, classes, per_task, recover_tok, by_bin = {}, {}, {}, {}, {}
+    configs, classes, per_task, recover, by_bin = {}, {}, {}, {}, {}
     for arm in arms:
         data, episodes = _arm_data(out, arm)
         # Everything but the policy (and the reference, which is the arm's own policy) must match.
@@ -138,9 +142,8 @@ def summarize(out: Path, arms: list[str] | None = None) -> dict[str, Any]:
             )
             for e in episodes
         }
-        summary = analyze_episodes(episodes)
-        recover_tok[arm] = summary["costs"]["policies"]
-        by_bin[arm] = summary["recovery"]["by_spike_bin"]
+        recover[arm] = _recover_phase(episodes)
+        by_bin[arm] = analyze_episodes(episodes)["recovery"]["by_spike_bin"]
     if len({json.dumps(c, sort_keys=True) for c in configs.values()}) > 1:
         raise SystemExit(f"arms were not run on the same tasks and faults: {configs}")
 
@@ -158,7 +161,7 @@ def summarize(out: Path, arms: list[str] | None = None) -> dict[str, Any]:
         "config": next(iter(configs.values())),
         "arms": {a: ARMS.get(a) for a in arms},
         "fault_classes": classes,
-        "recover_tokens_per_episode": {a: _recover_per_episode(recover_tok[a]) for a in arms},
+        "recover_phase": recover,
         "difference": {"high": HIGH_ARM, "low": LOW_ARM, "by_class": differences},
         "by_spike_bin": by_bin,
     }
@@ -167,10 +170,30 @@ def summarize(out: Path, arms: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def _recover_per_episode(costs: dict[str, Any]) -> float | None:
-    (entry,) = costs.values()  # one policy per arm
-    share, tok = entry["recover_share"], entry["tokens_per_episode"]
-    return None if share is None or tok is None else share * tok
+def _recover_phase(episodes: list[Any]) -> dict[str, float | None]:
+    """Recover-phase tokens per episode and their mean temperature, sampling entropy and model
+    entropy (nats): the manipulation check of the arms."""
+    import numpy as np
+
+    from agentropy.trace import PHASE_CODE
+
+    code = PHASE_CODE["recover"]
+    cols: dict[str, list[np.ndarray]] = {"temperature": [], "sampling_entropy": [], "entropy": []}
+    for e in episodes:
+        for t in e.assistant_turns:
+            if t.phase is None:
+                continue
+            sel = t.phase == code
+            for k in cols:
+                v = getattr(t, k)
+                if v is not None:
+                    cols[k].append(np.asarray(v, np.float64)[sel])
+    flat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()}
+    n = int(flat["entropy"].size)
+    out: dict[str, float | None] = {"tokens_per_episode": n / len(episodes) if episodes else None}
+    for k, v in flat.items():
+        out[k] = float(v.mean()) if v.size else None
+    return out
 
 
 def _print(result: dict[str, Any], arms: list[str], bins: tuple[str, ...], fcs: tuple) -> None:
@@ -197,7 +220,7 @@ def _print(result: dict[str, Any], arms: list[str], bins: tuple[str, ...], fcs: 
         title_justify="left",
     )
     for col in ("arm", "policy", "fault class", "n (fired)", "recovery [95% CI]", "spike (n)",
-                "tok/ep", "wall s/ep", "recover tok/ep"):  # fmt: skip
+                "tok/ep", "wall s/ep"):  # fmt: skip
         t.add_column(col, justify="left" if col in ("arm", "policy", "fault class") else "right")
     for arm in arms:
         for c in fcs:
@@ -208,8 +231,18 @@ def _print(result: dict[str, Any], arms: list[str], bins: tuple[str, ...], fcs: 
                 arm, result["arms"][arm], c, f"{r['episodes']} ({r['fired']})", rec,
                 f"{num(r['spike_mean'])} ({r['spike_n']})", num(r["tokens_per_episode"], "{:.1f}"),
                 num(r["latency_per_episode"]),
-                num(result["recover_tokens_per_episode"][arm], "{:.1f}"),
             )  # fmt: skip
+    console.print(t)
+
+    t = Table(title="Did the intervention take? Recover-phase tokens per arm", title_justify="left")
+    for col in ("arm", "tokens/ep", "mean T", "sampling H (nats)", "model H (nats)"):
+        t.add_column(col, justify="left" if col == "arm" else "right")
+    for arm in arms:
+        r = result["recover_phase"][arm]
+        t.add_row(
+            arm, num(r["tokens_per_episode"], "{:.1f}"), num(r["temperature"]),
+            num(r["sampling_entropy"]), num(r["entropy"]),
+        )  # fmt: skip
     console.print(t)
 
     diff = result["difference"]

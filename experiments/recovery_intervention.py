@@ -252,12 +252,12 @@ def _print(result: dict[str, Any], arms: list[str], bins: tuple[str, ...], fcs: 
             "(paired percentile bootstrap over tasks, 95%)",
             title_justify="left",
         )
-        for col in ("fault class", "tasks", diff["high"], diff["low"], "difference, points",
-                    "relative"):  # fmt: skip
+        for col in ("fault class", "tasks", diff["high"], diff["low"], "only high/only low",
+                    "difference, points", "relative"):  # fmt: skip
             t.add_column(col, justify="left" if col == "fault class" else "right")
         for c, d in diff["by_class"].items():
             t.add_row(
-                c, str(d["n"]), pct(d["rate_a"]), pct(d["rate_b"]),
+                c, str(d["n"]), pct(d["rate_a"]), pct(d["rate_b"]), f"{d['a_only']}/{d['b_only']}",
                 num(None if d["difference"] is None else 100 * d["difference"], "{:+.0f}")
                 + ci(d["difference_ci"]),
                 num(None if d["relative"] is None else 100 * d["relative"], "{:+.0f}%")

@@ -272,6 +272,7 @@ def test_paired_difference_by_hand():
     b = np.array([1, 1, 1, 0, 0, 1, 0, 0])
     d = paired_difference_ci(a, b, n_boot=2000, seed=1)
     assert (d["n"], d["rate_a"], d["rate_b"]) == (8, 0.75, 0.5)
+    assert (d["a_only"], d["b_only"]) == (2, 0)
     assert d["difference"] == pytest.approx(0.25) and d["relative"] == pytest.approx(0.5)
     lo, hi = d["difference_ci"]
     assert lo <= d["difference"] <= hi and lo < hi

@@ -209,11 +209,13 @@ def paired_difference_ci(
     """Difference of two arms' rates on the same units, with paired percentile bootstrap CIs.
 
     ``a``, ``b``: (n,) 0/1 outcomes, unit ``i`` the same task (same faults) in both arms.
-    Returns ``{"n", "rate_a", "rate_b", "difference", "difference_ci", "relative",
-    "relative_ci"}``: ``difference = rate_a - rate_b`` (a fraction, not points) and ``relative =
-    difference / rate_b`` (None when ``rate_b`` is 0; draws with a zero denominator count as
-    +inf, an infinite bound is None). Rates are None for ``n == 0``; intervals None for
-    ``n < 2``.
+    Returns ``{"n", "a_only", "b_only", "rate_a", "rate_b", "difference", "difference_ci",
+    "relative", "relative_ci"}``: ``difference = rate_a - rate_b`` (a fraction, not points) and
+    ``relative = difference / rate_b`` (None when ``rate_b`` is 0; draws with a zero denominator
+    count as +inf, an infinite bound is None). Rates are None for ``n == 0``; intervals None for
+    ``n < 2``. Only the discordant units (``a_only``: a recovered and b did not; ``b_only``: the
+    reverse) move the difference: with none, every resample gives 0 and the interval has zero
+    width, which at small ``n`` says little, so read it with those two counts.
     """
     a = np.asarray(a)
     b = np.asarray(b)
@@ -224,6 +226,8 @@ def paired_difference_ci(
     n = int(a.shape[0])
     out: dict[str, Any] = {
         "n": n,
+        "a_only": 0,
+        "b_only": 0,
         "rate_a": None,
         "rate_b": None,
         "difference": None,
@@ -237,6 +241,7 @@ def paired_difference_ci(
     # Counts of the outcome pairs (a, b) = (1, 1), (1, 0), (0, 1), (0, 0).
     counts = np.array([(a & b).sum(), (a & ~b).sum(), (~a & b).sum(), (~a & ~b).sum()])
     k_b = int(counts[0] + counts[2])
+    out["a_only"], out["b_only"] = int(counts[1]), int(counts[2])
     out["rate_a"] = float(a.mean())
     out["rate_b"] = k_b / n
     out["difference"] = float(counts[1] - counts[2]) / n

@@ -16,6 +16,7 @@ from agentropy.analysis.recovery import (
     cost_stats,
     latency_stats,
     logistic_fit,
+    paired_difference_ci,
     rate_ci,
     relative_difference_ci,
     spike_bin,
@@ -254,3 +255,56 @@ def test_evidence_is_the_analyzers_records(seed, n, rnd):
     summary = analyzer.summary()
     assert len(ev.failed_spikes) <= summary["tool_failures"]
     assert ev == Evidence.from_episodes(eps)
+    # Every failed trigger, located by (episode row, turn index) across parts, with the spike
+    # ratio the analyzer gave it (None: none); the others are failed_spikes, in order.
+    where = list(zip(ev.failed_trigger_episode, ev.failed_trigger_turn, strict=True))
+    assert where == [
+        (i, t) for i, e in enumerate(eps) for t, turn in enumerate(e.turns) if turn.failed
+    ]
+    assert len(ev.failed_trigger_spike) == summary["tool_failures"]
+    assert [x for x in ev.failed_trigger_spike if x is not None] == ev.failed_spikes
+
+
+def test_paired_difference_by_hand():
+    """Arm a recovers 6 of 8 tasks, arm b 4 of the same 8: +25 points, +50% relative; the
+    paired interval holds the estimate and is ordered."""
+    a = np.array([1, 1, 1, 1, 1, 1, 0, 0])
+    b = np.array([1, 1, 1, 0, 0, 1, 0, 0])
+    d = paired_difference_ci(a, b, n_boot=2000, seed=1)
+    assert (d["n"], d["rate_a"], d["rate_b"]) == (8, 0.75, 0.5)
+    assert (d["a_only"], d["b_only"]) == (2, 0)
+    assert d["difference"] == pytest.approx(0.25) and d["relative"] == pytest.approx(0.5)
+    lo, hi = d["difference_ci"]
+    assert lo <= d["difference"] <= hi and lo < hi
+    # Only the 2 discordant pairs (1, 0) and no (0, 1) move the difference: it is never negative.
+    assert lo >= 0.0
+    rlo, rhi = d["relative_ci"]
+    assert rlo <= d["relative"] <= (np.inf if rhi is None else rhi)
+
+
+def test_paired_difference_edges_and_errors():
+    same = np.array([1, 0, 1, 1, 0])
+    d = paired_difference_ci(same, same)
+    assert d["difference"] == 0.0 and d["difference_ci"] == [0.0, 0.0]
+    assert paired_difference_ci(np.array([], int), np.array([], int))["rate_a"] is None
+    one = paired_difference_ci(np.array([1]), np.array([0]))
+    assert one["difference"] == 1.0 and one["difference_ci"] is None
+    zero_b = paired_difference_ci(np.array([1, 0, 1]), np.array([0, 0, 0]))
+    assert zero_b["relative"] is None and zero_b["relative_ci"] is None
+    with pytest.raises(ValueError, match="one length"):
+        paired_difference_ci(np.array([1, 0]), np.array([1]))
+    with pytest.raises(ValueError, match="0/1"):
+        paired_difference_ci(np.array([0.5, 1.0]), np.array([1, 0]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=2, max_size=60))
+def test_paired_difference_matches_rates_and_brackets_estimate(pairs):
+    a = np.array([p[0] for p in pairs])
+    b = np.array([p[1] for p in pairs])
+    d = paired_difference_ci(a, b, n_boot=400)
+    assert d["difference"] == pytest.approx(a.mean() - b.mean())
+    lo, hi = d["difference_ci"]
+    assert -1.0 <= lo <= hi <= 1.0
+    # The resampled difference is centred on the estimate (its mean), so the interval brackets it.
+    assert lo <= d["difference"] + 1e-12 and d["difference"] - 1e-12 <= hi

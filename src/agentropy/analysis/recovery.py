@@ -27,6 +27,11 @@ Definitions (DESIGN.md "Definitions"):
   rate_lt_1_5`` -- the form of the claim "a 3-4x spike after a failed API call gives a 22 %
   higher recovery rate". Undefined (None) when ``rate_lt_1_5`` is 0 or a bin is empty; bootstrap
   draws with a zero denominator count as +inf, and an infinite bound is reported as None.
+- **Paired difference** of two arms run on the same units (the same tasks and faults, one
+  episode each): ``rate_a - rate_b`` and ``(rate_a - rate_b) / rate_b`` with a *paired*
+  percentile bootstrap over units (resampling whole pairs keeps the pairing, which the
+  stratified bootstrap above would throw away). For 0/1 outcomes a resample of ``n`` pairs is a
+  multinomial draw over the four outcome pairs, drawn directly like :func:`rate_draws`.
 - **Costs**: token overhead of a policy = its mean assistant tokens per episode on the task_ids it
   shares with the reference policy, divided by the reference's on the same tasks (each task
   weighted equally: per-task means first), minus 1. Share of tokens in ``recover`` = recover
@@ -58,6 +63,7 @@ __all__ = [
     "default_reference",
     "latency_stats",
     "logistic_fit",
+    "paired_difference_ci",
     "per_task_mean",
     "percentile_interval",
     "rate_ci",
@@ -189,6 +195,67 @@ def relative_difference_ci(
         safe = np.where(db > 0, db, 1.0)
         draws = np.where(db > 0, (da - db) / safe, np.inf)
         out["ci"] = percentile_interval(draws, confidence)
+    return out
+
+
+def paired_difference_ci(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    confidence: float = CONFIDENCE,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Difference of two arms' rates on the same units, with paired percentile bootstrap CIs.
+
+    ``a``, ``b``: (n,) 0/1 outcomes, unit ``i`` the same task (same faults) in both arms.
+    Returns ``{"n", "a_only", "b_only", "rate_a", "rate_b", "difference", "difference_ci",
+    "relative", "relative_ci"}``: ``difference = rate_a - rate_b`` (a fraction, not points) and
+    ``relative = difference / rate_b`` (None when ``rate_b`` is 0; draws with a zero denominator
+    count as +inf, an infinite bound is None). Rates are None for ``n == 0``; intervals None for
+    ``n < 2``. Only the discordant units (``a_only``: a recovered and b did not; ``b_only``: the
+    reverse) move the difference: with none, every resample gives 0 and the interval has zero
+    width, which at small ``n`` says little, so read it with those two counts.
+    """
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"need two (n,) outcome arrays of one length, got {a.shape}, {b.shape}")
+    if not (np.isin(a, (0, 1)).all() and np.isin(b, (0, 1)).all()):
+        raise ValueError("paired outcomes must be 0/1 (or bool)")
+    n = int(a.shape[0])
+    out: dict[str, Any] = {
+        "n": n,
+        "a_only": 0,
+        "b_only": 0,
+        "rate_a": None,
+        "rate_b": None,
+        "difference": None,
+        "difference_ci": None,
+        "relative": None,
+        "relative_ci": None,
+    }
+    if n == 0:
+        return out
+    a, b = a.astype(bool), b.astype(bool)
+    # Counts of the outcome pairs (a, b) = (1, 1), (1, 0), (0, 1), (0, 0).
+    counts = np.array([(a & b).sum(), (a & ~b).sum(), (~a & b).sum(), (~a & ~b).sum()])
+    k_b = int(counts[0] + counts[2])
+    out["a_only"], out["b_only"] = int(counts[1]), int(counts[2])
+    out["rate_a"] = float(a.mean())
+    out["rate_b"] = k_b / n
+    out["difference"] = float(counts[1] - counts[2]) / n
+    if k_b > 0:
+        out["relative"] = float(counts[1] - counts[2]) / k_b
+    if n >= 2:
+        rng = np.random.default_rng(seed)
+        draws = rng.multinomial(n, counts / n, size=n_boot)  # (n_boot, 4)
+        gain = (draws[:, 1] - draws[:, 2]).astype(np.float64)
+        out["difference_ci"] = percentile_interval(gain / n, confidence)
+        if k_b > 0:
+            base = (draws[:, 0] + draws[:, 2]).astype(np.float64)
+            rel = np.where(base > 0, gain / np.where(base > 0, base, 1.0), np.inf)
+            out["relative_ci"] = percentile_interval(rel, confidence)
     return out
 
 

@@ -186,6 +186,14 @@ class Evidence:
     """Episode wall time (NaN when absent)."""
     failed_calls: list[int] = field(default_factory=list)
     """Tool turns with status ``error`` / ``unexpected`` per episode."""
+    failed_trigger_episode: list[int] = field(default_factory=list)
+    """Every failed trigger (with or without a spike ratio), in trace order: the index of its
+    episode in the per-episode lists above."""
+    failed_trigger_turn: list[int] = field(default_factory=list)
+    """... its index in its episode's ``turns`` (aligned with ``failed_trigger_episode``)."""
+    failed_trigger_spike: list[float | None] = field(default_factory=list)
+    """... its spike ratio, None when it has none (``no_response``). Lets a caller pick the
+    triggers it cares about (e.g. the first failure of a fault class) without a second pass."""
 
     @classmethod
     def from_episodes(
@@ -219,7 +227,13 @@ class Analyzer:
         self._frozen: list[dict[str, Any]] = []
         self._loops: list[dict[str, Any]] = []
         self._ep: dict[str, list[Any]] = {}
-        self._fail: dict[str, list[np.ndarray]] = {"spike": [], "has_next": [], "next_ok": []}
+        self._fail: dict[str, list[np.ndarray]] = {
+            "spike": [],
+            "has_next": [],
+            "next_ok": [],
+            "ep": [],
+            "turn": [],
+        }
         self._bounds = BoundsAccumulator(config.breath)
         self._floor = 0
 
@@ -249,6 +263,7 @@ class Analyzer:
         checked, halluc = hallucinated_calls(table, known_tools=cfg.known_tools, config=cfg.loops)
         n_ep = table.n_episodes
         c = self._counts
+        ep_offset = c["episodes"]  # row of this part's first episode in the per-episode lists
         c["episodes"] += n_ep
         c["tokens"] += table.n_tokens
         c["dropped_nonfinite"] += table.n_dropped
@@ -326,6 +341,8 @@ class Analyzer:
         self._fail["spike"].append(spike[failed])
         self._fail["has_next"].append(has_next)
         self._fail["next_ok"].append(has_next & (trig.status[np.maximum(nxt, 0)] == 0))
+        self._fail["ep"].append(trig.ep[failed] + ep_offset)
+        self._fail["turn"].append(trig.turn_index[failed])
         return part
 
     # ---------------------------------------------------------------------------------------
@@ -338,10 +355,14 @@ class Analyzer:
             return np.zeros(shape)
         return np.concatenate(parts)
 
+    def _cat_failed(self, key: str) -> np.ndarray:
+        parts = self._fail[key]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
     def evidence(self) -> Evidence:
         """The per-episode records and failed-trigger spike ratios as an :class:`Evidence`."""
-        spikes = self._fail["spike"]
-        failed = np.concatenate(spikes) if spikes else np.zeros(0)
+        fail = self._cat_failed
+        failed = fail("spike")
 
         def ints(key: str) -> list[int]:
             return [int(x) for x in self._cat(key)]
@@ -357,6 +378,9 @@ class Analyzer:
             phased_tokens=ints("phased_tokens"),
             latency_s=[float(x) for x in self._cat("latency_s")],
             failed_calls=ints("failed_calls"),
+            failed_trigger_episode=[int(x) for x in fail("ep")],
+            failed_trigger_turn=[int(x) for x in fail("turn")],
+            failed_trigger_spike=[float(x) if np.isfinite(x) else None for x in failed],
         )
 
     def summary(self) -> dict[str, Any]:
@@ -382,8 +406,9 @@ class Analyzer:
         unit = has_failure & known
         rec = recovery_stats(self._cat("first_fail_spike")[unit], success[unit] == 1, **kw)
         rec["unknown_success"] = int((has_failure & ~known).sum())
-        fs = [np.concatenate(v) if v else np.zeros(0) for v in self._fail.values()]
-        f_spike, f_next, f_ok = fs[0], fs[1].astype(bool), fs[2].astype(bool)
+        f_spike = self._cat_failed("spike")
+        f_next = self._cat_failed("has_next").astype(bool)
+        f_ok = self._cat_failed("next_ok").astype(bool)
         turn = recovery_stats(f_spike[f_next], f_ok[f_next], **kw)
         turn["no_next_call"] = int((~f_next).sum())
         rec["turn_level"] = turn

@@ -75,6 +75,34 @@ def render_table(rows: list[dict[str, Any]], level: int) -> Any:
     return table
 
 
+def render_fault_class_table(rows: list[dict[str, Any]], levels: tuple[int, ...]) -> Any:
+    """A rich table of the per fault class rows (``fault_classes`` of eval.json)."""
+    from rich.table import Table
+
+    table = Table(title=f"Per fault class, levels {_join_ints(levels)}", title_justify="left")
+    for col in (
+        "policy",
+        "fault class",
+        "n (fired)",
+        "recovery [95% CI]",
+        "spike at 1st (n)",
+        "tok/ep",
+        "lat/ep s",
+    ):
+        table.add_column(col, justify="left" if col in ("policy", "fault class") else "right")
+    for r in rows:
+        table.add_row(
+            r["policy"],
+            r["fault_class"],
+            f"{r['episodes']} ({r['fired']})",
+            _pct(r["recovery"]) + _ci(r["recovery_ci"]),
+            f"{_num(r['spike_mean'])} ({r['spike_n']})",
+            _num(r["tokens_per_episode"], "{:.1f}"),
+            _num(r["latency_per_episode"]),
+        )
+    return table
+
+
 @guarded
 def eval_command(
     model: Path | None = typer.Option(
@@ -104,8 +132,10 @@ def eval_command(
 
     Prints a table per level (success, recovery after failures, mean spike ratio after
     failures, eruptions by kind, frozen responses, loops, tokens per episode and overhead vs
-    greedy, latency p50/p95/CV) and, with --out, writes eval.json plus the traces (an
-    existing eval.json or trace store needs --force).
+    greedy, latency p50/p95/CV), then one per fault class (seen-ambiguous, seen-informative,
+    novel: recovery of the episodes whose task plans such a fault, the spike ratio at its
+    first failure, tokens and latency per episode) and, with --out, writes eval.json plus the
+    traces (an existing eval.json or trace store needs --force).
     """
     from rich.console import Console
 
@@ -151,6 +181,12 @@ def eval_command(
     console.print(
         f"overhead = tokens per episode / {config.reference}'s on the same tasks; "
         "erupt p/n/d = productive/neutral/divergent eruptions"
+    )
+    console.print(render_fault_class_table(result["fault_classes"], config.levels))
+    console.print(
+        "n = episodes whose task plans a fault of the class (one with two classes counts in "
+        "both), fired = those where it fired; spike at 1st = mean spike ratio at the first "
+        "failure of the class"
     )
     if out is not None:
         console.print(f"wrote {out / EVAL_JSON} and {len(config.policies)} trace stores")

@@ -5,6 +5,12 @@ transcripts (transient, outage, bad_args, unexpected, slow); *novel* faults neve
 A novel fault shows an unfamiliar message, but a move the agent already knows recovers from it
 (switch to ``backup_lookup``, fix the arguments, ``convert``): so recovering from it takes
 exploration, not a new skill. The session logic lives in :mod:`agentropy.env.toolworld`.
+
+Three **fault classes** group the failing kinds by what recovering from them asks of the agent
+(:data:`FAULT_CLASS`): ``seen-ambiguous`` (transient, outage: one message, two possible
+recoveries, so only trying tells), ``seen-informative`` (bad_args, unexpected: the message says
+what to fix) and ``novel`` (quota, schema_v2, legacy_units). ``slow`` is in no class: the call
+succeeds, late, so there is nothing to recover from.
 """
 
 from __future__ import annotations
@@ -14,14 +20,18 @@ from typing import Literal
 __all__ = [
     "AMBIGUOUS_FAULTS",
     "AVAILABILITY_FAULTS",
+    "FAULT_CLASS",
+    "FAULT_CLASSES",
     "FAULT_FAMILIES",
     "FAULT_KINDS",
     "NOVEL_FAULTS",
     "QUOTA",
     "RECOVERY",
     "SEEN_FAULTS",
+    "SILENT_FAULTS",
     "STANDBY",
     "UNAVAILABLE",
+    "FaultClass",
     "FaultFamily",
     "FaultKind",
 ]
@@ -43,6 +53,17 @@ FAULT_FAMILIES: dict[str, tuple[str, ...]] = {
 }
 #: Faults whose error message alone does not reveal the working recovery.
 AMBIGUOUS_FAULTS: frozenset[str] = frozenset({"transient", "outage"})
+#: Faults whose call still succeeds (only late): no failure, so no recovery and no fault class.
+SILENT_FAULTS: frozenset[str] = frozenset({"slow"})
+FaultClass = Literal["seen-ambiguous", "seen-informative", "novel"]
+#: Fault classes in display order (see the module docstring).
+FAULT_CLASSES: tuple[str, ...] = ("seen-ambiguous", "seen-informative", "novel")
+#: Failing fault kind -> its class (``slow`` has none: it does not fail).
+FAULT_CLASS: dict[str, str] = {
+    **{k: "seen-ambiguous" for k in SEEN_FAULTS if k in AMBIGUOUS_FAULTS},
+    **{k: "seen-informative" for k in SEEN_FAULTS if k not in AMBIGUOUS_FAULTS | SILENT_FAULTS},
+    **{k: "novel" for k in NOVEL_FAULTS},
+}
 #: Faults that concern the lookup service's availability (at most one per task).
 AVAILABILITY_FAULTS: frozenset[str] = frozenset({"transient", "outage", "quota"})
 #: Faults that make ``lookup`` fail for the rest of the episode (``backup_lookup`` takes over).

@@ -12,11 +12,24 @@ when it is among the policies, else the first; :func:`~agentropy.analysis.recove
 Each row comes from one analyzer pass over its episodes (:func:`policy_row`); bootstrap 95%
 intervals on success and recovery come from :func:`agentropy.analysis.recovery.rate_ci` and the
 latency columns from :func:`agentropy.analysis.recovery.latency_stats`.
+
+A second table breaks recovery down per **fault class** (``fault_classes`` in ``eval.json``,
+:func:`fault_class_rows`; classes from :data:`agentropy.env.faults.FAULT_CLASS`), one row per
+(policy, class) over all evaluated levels. The unit is the episode whose task *plans* a fault of
+the class (``Task.faults``): the same episodes in every policy's row, whatever the policy did
+(an intention-to-treat denominator; ``fired`` counts the episodes in which such a fault actually
+fired). An episode whose task plans faults of two classes counts in both rows; ``slow`` faults
+belong to no class. Per row: recovery (the episode ends with a correct answer) with its 95%
+interval, the mean spike ratio of the *first failed tool turn caused by a fault of the class*
+(the analyzer's own per-trigger spike ratio, ``Evidence.failed_trigger_spike``; episodes where
+that turn has no spike ratio, or no such fault fired, are left out of the mean, ``spike_n``
+counts the rest), tokens per episode and latency (wall time: generation plus simulated tool
+latency) per episode.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,9 +49,11 @@ __all__ = [
     "COLUMNS",
     "DEFAULT_POLICIES",
     "EVAL_JSON",
+    "FAULT_CLASS_COLUMNS",
     "EvalConfig",
     "add_overheads",
     "check_eval_outputs",
+    "fault_class_rows",
     "policy_row",
     "run_eval",
 ]
@@ -75,6 +90,23 @@ COLUMNS: tuple[str, ...] = (
     "latency_p50",
     "latency_p95",
     "latency_cv",
+)
+
+
+#: Columns of one row of the per fault class table, in display order (the JSON keys of
+#: ``fault_classes``); see the module docstring for the unit of each.
+FAULT_CLASS_COLUMNS: tuple[str, ...] = (
+    "policy",
+    "fault_class",
+    "episodes",
+    "fired",
+    "recovered",
+    "recovery",
+    "recovery_ci",
+    "spike_n",
+    "spike_mean",
+    "tokens_per_episode",
+    "latency_per_episode",
 )
 
 
@@ -159,6 +191,93 @@ def policy_row(episodes: Sequence[Episode], *, level: int, policy: str) -> dict[
     }
 
 
+def fault_class_rows(
+    episodes: Sequence[Episode], planned: Mapping[str, Sequence[str]], *, policy: str
+) -> list[dict[str, Any]]:
+    """One row per fault class (:data:`~agentropy.env.faults.FAULT_CLASSES` order) for one
+    policy's episodes; keys :data:`FAULT_CLASS_COLUMNS` (see the module docstring).
+
+    ``planned`` maps each episode's ``task_id`` to the kinds of its task's planned faults
+    (``[f.kind for f in task.faults]``); an episode whose task is missing there is an error.
+    One analyzer pass; spike ratios are the analyzer's, looked up by (episode, turn index).
+    """
+    from agentropy.analysis.recovery import rate_ci
+    from agentropy.analysis.summary import Analyzer
+    from agentropy.env.faults import FAULT_CLASS, FAULT_CLASSES
+
+    episodes = list(episodes)
+    analyzer = Analyzer()
+    if episodes:
+        analyzer.add_episodes(episodes)
+    ev = analyzer.evidence()
+    spike_at = {
+        (e, t): s
+        for e, t, s in zip(
+            ev.failed_trigger_episode, ev.failed_trigger_turn, ev.failed_trigger_spike, strict=True
+        )
+    }
+    acc: dict[str, dict[str, Any]] = {
+        c: {
+            "episodes": 0,
+            "fired": 0,
+            "known": 0,
+            "recovered": 0,
+            "spikes": [],
+            "tok": [],
+            "lat": [],
+        }
+        for c in FAULT_CLASSES
+    }
+    for i, episode in enumerate(episodes):
+        kinds = planned.get(episode.task_id) if episode.task_id is not None else None
+        if kinds is None:
+            raise ValueError(
+                f"episode {episode.episode_id!r}: task {episode.task_id!r} has no planned faults "
+                "given; pass every task's fault kinds in `planned`"
+            )
+        classes = {FAULT_CLASS[k] for k in kinds if k in FAULT_CLASS}
+        fired = {FAULT_CLASS[k] for k in episode.fault_kinds if k in FAULT_CLASS}
+        first: dict[str, int] = {}  # class -> turn index of its first failed tool turn
+        for t, turn in enumerate(episode.turns):
+            kind = turn.meta.get("fault") if turn.failed else None
+            if kind in FAULT_CLASS:
+                first.setdefault(FAULT_CLASS[kind], t)
+        for c in classes:
+            a = acc[c]
+            a["episodes"] += 1
+            a["fired"] += c in fired
+            if ev.success[i] >= 0:  # unknown success stays out of the rate
+                a["known"] += 1
+                a["recovered"] += ev.success[i]
+            spike = spike_at.get((i, first[c])) if c in first else None
+            if spike is not None:
+                a["spikes"].append(spike)
+            a["tok"].append(ev.tokens[i])
+            a["lat"].append(ev.latency_s[i])
+    rows = []
+    for c in FAULT_CLASSES:
+        a = acc[c]
+        rec = rate_ci(a["recovered"], a["known"])
+        lat = np.asarray(a["lat"], np.float64)
+        lat = lat[~np.isnan(lat)]
+        rows.append(
+            {
+                "policy": policy,
+                "fault_class": c,
+                "episodes": a["episodes"],
+                "fired": a["fired"],
+                "recovered": a["recovered"],
+                "recovery": rec["rate"],
+                "recovery_ci": rec["ci"],
+                "spike_n": len(a["spikes"]),
+                "spike_mean": float(np.mean(a["spikes"])) if a["spikes"] else None,
+                "tokens_per_episode": float(np.mean(a["tok"])) if a["tok"] else None,
+                "latency_per_episode": float(lat.mean()) if lat.size else None,
+            }
+        )
+    return rows
+
+
 def add_overheads(rows: list[dict[str, Any]], reference: str) -> None:
     """Set ``overhead`` = tokens per episode / the reference policy's, per level (in place)."""
     ref = {r["level"]: r["tokens_per_episode"] for r in rows if r["policy"] == reference}
@@ -178,7 +297,8 @@ def run_eval(
     progress: bool = False,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Run every policy on the same tasks per level; return ``{"config", "rows"}``.
+    """Run every policy on the same tasks per level; return ``{"config", "rows",
+    "fault_classes"}`` (rows: :data:`COLUMNS`; fault_classes: :data:`FAULT_CLASS_COLUMNS`).
 
     With ``out_dir``, writes one Parquet trace store per policy (``traces/<policy>.parquet``,
     every level's episodes) and then ``eval.json``, each atomically (a store appears whole or
@@ -199,8 +319,10 @@ def run_eval(
     schedules = {p: schedule_from_name(p) for p in config.policies}  # validate names up front
     rows: list[dict[str, Any]] = []
     by_policy: dict[str, list[Episode]] = {p: [] for p in config.policies}
+    planned: dict[str, list[str]] = {}  # task_id -> kinds of its planned faults
     for level in config.levels:
         tasks = world.tasks(split=config.split, level=level, n=config.episodes, seed=config.seed)
+        planned.update({t.task_id: [f.kind for f in t.faults] for t in tasks})
         for policy, schedule in schedules.items():
             episodes = rollout(
                 model,
@@ -226,8 +348,14 @@ def run_eval(
             "seed": config.seed,
             "split": config.split,
             "reference": config.reference,
+            "faults": world.config.faults,
         },
         "rows": rows,
+        "fault_classes": [
+            row
+            for policy, episodes in by_policy.items()
+            for row in fault_class_rows(episodes, planned, policy=policy)
+        ],
     }
     if out_dir is not None:
         from agentropy.outputs import atomic_dir, atomic_write_text

@@ -273,13 +273,15 @@ def test_vectorised_matches_naive(specs, cfg):
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(st.floats(0.2, 3.0), min_size=1, max_size=80),
-    st.lists(st.floats(0.0, 6.0), min_size=1, max_size=150),
+    # Values under 1e-30 become 0: a float32 subnormal (1.4e-45) halves to 0, which is not exact.
+    st.lists(st.floats(0.0, 6.0).map(lambda x: x if x >= 1e-30 else 0.0), min_size=1, max_size=150),
     st.sampled_from([0.5, 2.0, 4.0, 8.0]),
 )
 def test_scaling_entropy_leaves_ratios_and_kinds_unchanged(before, after, c):
     # Inputs keep the median of `before` >= 0.2 > eps / 0.5, so the eps floor is inactive at every
     # scale tried (c >= 0.5); with a floored baseline scaling would change S, by design. Powers of
-    # two keep float arithmetic exact, so comparisons at thresholds cannot flip.
+    # two keep float arithmetic exact (entropy is stored as float32, so only away from its
+    # subnormals), so comparisons at thresholds cannot flip.
     def ep(scale):
         return Episode(
             "e",

@@ -327,22 +327,27 @@ def _forward_batch(
     rows = torch.tensor([r for r, j in enumerate(jobs) for _ in j.cols], dtype=torch.long)
     cols = torch.tensor([c for j in jobs for c in j.cols], dtype=torch.long)
     tgt = torch.tensor([j.ids[c + 1] if c + 1 < len(j.ids) else -1 for j in jobs for c in j.cols])
+    # Logits of scored positions s:e, (e - s, V), a chunk at a time: from the head on the hidden
+    # states when the model allows it (no (B, T, V) tensor at all), else from the full logits.
     head = _logits_fn(model)
     if head is not None:
         hidden = model.base_model(**kwargs).last_hidden_state  # (B, T, d)
         states = hidden[rows.to(device), cols.to(device)]  # (N, d)
-        full = None
+
+        def chunk_logits(s: int, e: int) -> torch.Tensor:
+            return head(states[s:e])
+
     else:
         full = model(**kwargs).logits  # (B, T, V)
-        states = None
+
+        def chunk_logits(s: int, e: int) -> torch.Tensor:
+            return full[rows[s:e].to(device), cols[s:e].to(device)]
+
     lp_out = torch.empty(len(cols), dtype=torch.float32)
     h_out = torch.empty(len(cols), dtype=torch.float32)
     for s in range(0, len(cols), config.logits_chunk):
         e = min(s + config.logits_chunk, len(cols))
-        if states is not None:
-            logits = head(states[s:e]).float()  # (n, V) fp32
-        else:
-            logits = full[rows[s:e].to(device), cols[s:e].to(device)].float()
+        logits = chunk_logits(s, e).float()  # (n, V) fp32
         lp, h = logprobs_and_entropy(logits, tgt[s:e].to(logits.device))
         lp_out[s:e], h_out[s:e] = lp.cpu(), h.cpu()
     out, k = [], 0

@@ -108,6 +108,8 @@ def ngram_repetition_rates(
     if seg_bits + n * id_bits > _MAX_PACKED_BITS:
         vocab, vals = np.unique(ids, return_inverse=True)
         id_bits = max(int(vocab.shape[0] - 1).bit_length(), 1)
+    # (J,) float64 repeated n-grams per segment; numpy's stubs type a weighted bincount as int.
+    dup_per_seg: np.ndarray
     if seg_bits + n * id_bits <= _MAX_PACKED_BITS:
         key = seg.astype(np.int64)
         for j in range(n):

@@ -42,6 +42,7 @@ Definitions (DESIGN.md "Definitions"):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -340,7 +341,7 @@ def recovery_stats(
     """
     spike = np.asarray(spike, np.float64)
     rec = np.asarray(recovered, bool)
-    kw = {"confidence": confidence, "n_boot": n_boot, "seed": seed}
+    ci = functools.partial(rate_ci, confidence=confidence, n_boot=n_boot, seed=seed)
     has = ~np.isnan(spike)
     bins = spike_bin(np.where(has, spike, 0.0))
     by_bin = {}
@@ -349,19 +350,24 @@ def recovery_stats(
         sel = has & (bins == b)
         k, n = int(rec[sel].sum()), int(sel.sum())
         counts[label] = (k, n)
-        by_bin[label] = rate_ci(k, n, **kw)
+        by_bin[label] = ci(k, n)
     k34, n34 = counts["3-4"]
     k15, n15 = counts["<1.5"]
     return {
-        "overall": rate_ci(int(rec.sum()), int(rec.shape[0]), **kw),
+        "overall": ci(int(rec.sum()), int(rec.shape[0])),
         "by_spike_bin": by_bin,
-        "relative_3_4_vs_lt_1_5": relative_difference_ci(k34, n34, k15, n15, **kw),
+        "relative_3_4_vs_lt_1_5": relative_difference_ci(
+            k34, n34, k15, n15, confidence=confidence, n_boot=n_boot, seed=seed
+        ),
         "logistic": logistic_fit(spike[has], rec[has]),
     }
 
 
 def per_task_mean(
-    policy: Sequence[str], task_id: Sequence[str | None], values: Sequence[float], name: str
+    policy: Sequence[str],
+    task_id: Sequence[str | None],
+    values: Sequence[float] | np.ndarray,
+    name: str,
 ) -> dict[str, float]:
     """``{task_id: mean value}`` over the episodes of policy ``name`` (episodes without a task
     are skipped); per-episode inputs (E,). The unit of the paired token-overhead comparisons."""

@@ -48,6 +48,7 @@ JSON summary keys (stable; ``null`` wherever a value is undefined, never NaN):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -386,7 +387,9 @@ class Analyzer:
     def summary(self) -> dict[str, Any]:
         """The JSON-ready summary (module docstring lists the keys)."""
         cfg = self.config
-        kw = {"confidence": cfg.confidence, "n_boot": cfg.n_boot, "seed": cfg.seed}
+        stats = functools.partial(
+            recovery_stats, confidence=cfg.confidence, n_boot=cfg.n_boot, seed=cfg.seed
+        )
         out: dict[str, Any] = dict(self._counts)
 
         def order(rec: dict[str, Any]) -> tuple[str, int, str]:
@@ -404,12 +407,12 @@ class Analyzer:
         has_failure = self._cat("failed_calls") > 0
         known = success >= 0
         unit = has_failure & known
-        rec = recovery_stats(self._cat("first_fail_spike")[unit], success[unit] == 1, **kw)
+        rec = stats(self._cat("first_fail_spike")[unit], success[unit] == 1)
         rec["unknown_success"] = int((has_failure & ~known).sum())
         f_spike = self._cat_failed("spike")
         f_next = self._cat_failed("has_next").astype(bool)
         f_ok = self._cat_failed("next_ok").astype(bool)
-        turn = recovery_stats(f_spike[f_next], f_ok[f_next], **kw)
+        turn = stats(f_spike[f_next], f_ok[f_next])
         turn["no_next_call"] = int((~f_next).sum())
         rec["turn_level"] = turn
         out["recovery"] = rec

@@ -41,6 +41,22 @@ ALERT_EXIT = 3
 TRACEBACK_ENV = "AGENTROPY_TRACEBACK"
 
 
+def _usage_error_class() -> type[Exception]:
+    """The base class of the installed typer's usage errors (bad option, missing argument).
+
+    ``typer.TyperException`` since typer 0.28; before it, click's ``ClickException`` (typer's
+    vendored copy of click in 0.26-0.27, click itself earlier), a base of ``typer.BadParameter``.
+    Looked up rather than named so the declared typer floor keeps working.
+    """
+    base: type[Exception] | None = getattr(typer, "TyperException", None)
+    if base is None:
+        base = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    return base
+
+
+_USAGE_ERROR = _usage_error_class()
+
+
 def fail(message: str) -> typer.Exit:
     """Print ``error: message`` to stderr and return the exit (status 2) for the caller to raise."""
     first = " ".join(str(message).split())  # one line, whatever the message held
@@ -98,7 +114,7 @@ class AgentropyGroup(TyperGroup):
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
             code = super().main(args, prog_name, complete_var, False, **extra)
-        except typer.TyperException as err:  # typer's (vendored click's) usage errors
+        except _USAGE_ERROR as err:  # typer's (click's) usage errors
             ctx = getattr(err, "ctx", None)
             if type(err).__name__ == "NoArgsIsHelpError" and ctx is not None:
                 typer.echo(ctx.get_help())

@@ -25,11 +25,11 @@ import inspect
 import re
 import textwrap
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import typer
 
-from agentropy.trace import NAN_POLICIES
+from agentropy.trace import NAN_POLICIES, NanPolicy
 
 __all__ = [
     "FORCE_OPTION",
@@ -41,6 +41,7 @@ __all__ = [
     "field_default",
     "field_help",
     "field_option",
+    "nan_policy_of",
 ]
 
 _MISSING: Any = object()
@@ -191,6 +192,13 @@ def field_option(
 # ---------------------------------------------------------------- options shared by commands
 #: CLI choices of :data:`agentropy.trace.NAN_POLICIES` (the one definition; typer validates).
 NanPolicyChoice = StrEnum("NanPolicyChoice", {p: p for p in NAN_POLICIES})  # type: ignore[misc]
+
+
+def nan_policy_of(choice: NanPolicyChoice) -> NanPolicy:
+    """The readers' ``nan_policy`` for a ``--nan-policy`` choice."""
+    # The enum is built from NAN_POLICIES (NanPolicy's values); mypy cannot see a dynamic enum's.
+    return cast(NanPolicy, choice.value)
+
 
 #: ``--nan-policy`` of ``entropy-check``, ``analyze`` and ``report``.
 NAN_POLICY_OPTION: Any = typer.Option(

@@ -24,6 +24,7 @@ from agentropy.cli._options import (
     NAN_POLICY_OPTION,
     NanPolicyChoice,
     field_option,
+    nan_policy_of,
 )
 
 # Options shared by ``analyze`` and ``report`` (one definition each).
@@ -202,7 +203,7 @@ def _run(
     elif tools is not None:
         known = frozenset(t.strip() for t in tools.split(",") if t.strip())
     config = AnalyzeConfig(known_tools=known, reference_policy=reference, seed=seed)
-    summary = analyze_paths(paths, config, nan_policy=nan_policy.value)  # type: ignore[arg-type]
+    summary = analyze_paths(paths, config, nan_policy=nan_policy_of(nan_policy))
     text = json.dumps(summary, indent=2, allow_nan=False)
     if json_out == "-":
         typer.echo(text)

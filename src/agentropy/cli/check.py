@@ -17,8 +17,8 @@ import numpy as np
 import typer
 
 from agentropy.cli._common import guarded
-from agentropy.cli._options import NAN_POLICY_OPTION, NanPolicyChoice
-from agentropy.trace import PHASES, TOOL_STATUSES, Episode, iter_episodes_counted
+from agentropy.cli._options import NAN_POLICY_OPTION, NanPolicyChoice, nan_policy_of
+from agentropy.trace import PHASES, TOOL_STATUSES, Episode, NanPolicy, iter_episodes_counted
 
 
 @dataclass
@@ -86,7 +86,7 @@ def summarize(episodes: Iterable[Episode], *, dropped: int = 0) -> TraceSummary:
     return summary
 
 
-def _summarize_path(path: Path, nan_policy: str) -> TraceSummary:
+def _summarize_path(path: Path, nan_policy: NanPolicy) -> TraceSummary:
     # Streams Parquet stores part by part, so memory stays bounded on large runs.
     summary = TraceSummary()
     for episode, dropped in iter_episodes_counted(path, nan_policy=nan_policy):
@@ -145,11 +145,11 @@ def entropy_check(
     nan_policy: NanPolicyChoice = NAN_POLICY_OPTION,
 ) -> None:
     """Validate trace files and print a summary of what they hold."""
-    _run(files, nan_policy.value)
+    _run(files, nan_policy_of(nan_policy))
 
 
 @guarded
-def _run(files: list[Path], policy: str) -> None:
+def _run(files: list[Path], policy: NanPolicy) -> None:
     for path in files:
         _render(path, _summarize_path(path, policy), policy)
 

@@ -153,7 +153,7 @@ def eval_command(
         split=split,
     )
     # Options left unset keep RunnerConfig's defaults (defined there only).
-    given = {"max_turns": max_turns, "max_new_tokens": max_new_tokens}
+    given: dict[str, Any] = {"max_turns": max_turns, "max_new_tokens": max_new_tokens}
     runner_config = RunnerConfig(
         batch_size=batch_size, **{k: v for k, v in given.items() if v is not None}
     )

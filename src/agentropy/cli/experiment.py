@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -60,7 +61,7 @@ def experiment_command(
     from agentropy.rl.config import TrainConfig, apply_overrides
 
     train = TrainConfig.from_toml(config) if config is not None else TrainConfig()
-    changes: dict[str, object] = {"progress": progress}
+    changes: dict[str, Any] = {"progress": progress}  # TrainConfig fields to replace
     if model is not None:
         changes["model"] = str(model)
     if faults is not None:

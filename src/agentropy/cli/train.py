@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -98,7 +99,7 @@ def _run(
     from agentropy.rl.config import TrainConfig, apply_overrides
 
     cfg = TrainConfig.from_toml(config) if config is not None else TrainConfig()
-    explicit = {
+    explicit: dict[str, Any] = {  # TrainConfig fields given on the command line (None: not)
         "out": None if out is None else str(out),
         "model": None if model is None else str(model),
         "steps": steps,

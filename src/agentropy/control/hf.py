@@ -107,8 +107,16 @@ class TemperatureLogitsProcessor(LogitsProcessor):
         self.temperatures_fn = temperatures_fn
         self.zero_temperature: ZeroTemperature = zero_temperature
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        t = self.temperatures_fn(input_ids) if self.temperatures_fn else self.temperatures
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        t: torch.Tensor | Sequence[float]
+        if self.temperatures_fn is not None:
+            t = self.temperatures_fn(input_ids)
+        elif self.temperatures is not None:
+            t = self.temperatures
+        else:
+            raise ValueError(
+                "set processor.temperatures (or pass temperatures_fn) before generating"
+            )
         return warp_scores(scores, t, zero_temperature=self.zero_temperature)
 
 
@@ -196,10 +204,12 @@ class ScheduledTemperatureProcessor(LogitsProcessor):
                     [[] for _ in range(b)],
                 )
             else:
-                temps, phases, modes, active = (
-                    None if step[0] is None else torch.stack(step, dim=1)
-                    for step in zip(*self._steps, strict=True)
+                temps_s, phases_s, modes_s, active_s = zip(*self._steps, strict=True)
+                temps, phases, active = (
+                    torch.stack(s, dim=1) for s in (temps_s, phases_s, active_s)
                 )  # each (B, steps)
+                # A schedule's state either always or never has a mode.
+                modes = None if modes_s[0] is None else torch.stack(modes_s, dim=1)
                 act = active.tolist()
 
                 def rows(x: torch.Tensor | None) -> list[list]:
@@ -235,7 +245,7 @@ class ScheduledTemperatureProcessor(LogitsProcessor):
             raise ValueError(f"phase_fn returned {phase.shape[0]} phases for {b} rows")
         return phase
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         b, cur = input_ids.shape
         # ConstantTemperature's state is None, so "started" is tracked by _last_len, not state.
         new = (

@@ -386,7 +386,15 @@ class IncrementalDecoder:
         return new_text[len(prefix_text) :]
 
 
-def decode_token_texts(tokenizer: _Decodes, token_ids: Sequence[int] | np.ndarray) -> list[str]:
-    """Per-token texts of ``token_ids`` exactly as the runner computes them online."""
+def decode_token_texts(
+    tokenizer: _Decodes, token_ids: Sequence[int] | np.ndarray | None
+) -> list[str]:
+    """Per-token texts of ``token_ids`` exactly as the runner computes them online.
+
+    ``None`` (a turn's ``token_ids`` when the trace has none) raises ``ValueError``: phases are
+    labelled from token texts, so they need the ids.
+    """
+    if token_ids is None:
+        raise ValueError("the turn has no token_ids: token texts (and phases) need them")
     dec = IncrementalDecoder(tokenizer)
     return [dec.push(int(t)) for t in token_ids]

@@ -46,7 +46,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -175,30 +175,39 @@ class EDTConfig:
 # ------------------------------------------------------------------------------------ states
 
 
-class PhaseState(NamedTuple):
-    """Per-row state of the phase controller. Every field has leading dimension B."""
+#: The array type of a state's fields: ``torch.Tensor`` in what schedules take and return,
+#: ``np.ndarray`` for the NumPy views :meth:`PhaseTemperature.update` computes on.
+_ArrayT = TypeVar("_ArrayT", torch.Tensor, np.ndarray)
 
-    prev_phase: torch.Tensor
+
+class PhaseState(NamedTuple, Generic[_ArrayT]):
+    """Per-row state of the phase controller. Every field has leading dimension B.
+
+    Schedules take and return ``PhaseState[torch.Tensor]``; one step computes on a
+    ``PhaseState[np.ndarray]`` of NumPy views of it (same bits, far less dispatch overhead).
+    """
+
+    prev_phase: _ArrayT
     """(B,) int64 phase code of the row's previous token in the episode; -1 if none."""
-    history: torch.Tensor
+    history: _ArrayT
     """(B, baseline_window) float32 ring buffer of model entropies of the row's last assistant
     tokens (NaN = empty slot)."""
-    n_history: torch.Tensor
+    n_history: _ArrayT
     """(B,) int64 assistant tokens pushed into ``history`` this episode."""
-    baseline: torch.Tensor
+    baseline: _ArrayT
     """(B,) float32 baseline of the latest trigger, nats (NaN before the first trigger)."""
-    recover_window: torch.Tensor
+    recover_window: _ArrayT
     """(B, contraction_window) float32 ring buffer of sampling entropies of the current
     stretch's recover tokens (NaN = empty)."""
-    recover_steps: torch.Tensor
+    recover_steps: _ArrayT
     """(B,) int64 recover tokens sampled in the current stretch (since the latest trigger)."""
-    recover_total: torch.Tensor
+    recover_total: _ArrayT
     """(B,) int64 recover tokens sampled this episode (the budget guard's counter)."""
-    decay_steps: torch.Tensor
+    decay_steps: _ArrayT
     """(B,) int64 consecutive steps the divergence guard has been engaged (0 = released)."""
-    temperature: torch.Tensor
+    temperature: _ArrayT
     """(B,) float32 temperature returned at the row's last active step."""
-    mode: torch.Tensor
+    mode: _ArrayT
     """(B,) int8 guard mode of the row's last active step: 0 normal, 1 forced exhale, 2 budget."""
 
 
@@ -256,7 +265,7 @@ class PhaseTemperature:
         self._decay = torch.tensor(self.config.decay, dtype=torch.float32)
         self._plan = torch.tensor(self.config.plan, dtype=torch.float32)
 
-    def init(self, batch_size: int) -> PhaseState:
+    def init(self, batch_size: int) -> PhaseState[torch.Tensor]:
         """Fresh state for ``batch_size`` rows (each row at the start of an episode)."""
         c, b = self.config, batch_size
         return PhaseState(
@@ -272,7 +281,9 @@ class PhaseTemperature:
             mode=torch.zeros(b, dtype=torch.int8),
         )
 
-    def update(self, state: PhaseState, obs: StepObservation) -> tuple[torch.Tensor, PhaseState]:
+    def update(
+        self, state: PhaseState[torch.Tensor], obs: StepObservation
+    ) -> tuple[torch.Tensor, PhaseState[torch.Tensor]]:
         """Temperatures (B,) float32 for the tokens about to be sampled, and the next state.
 
         Rows with ``obs.reset`` are re-initialised first; inactive rows keep their state and get
@@ -342,7 +353,7 @@ class PhaseTemperature:
 
     def _recover_step(
         self,
-        st: PhaseState,
+        st: PhaseState[np.ndarray],
         obs: StepObservation,
         active: np.ndarray,
         is_rec: np.ndarray,
@@ -541,7 +552,10 @@ def _short(v: float) -> str:
 
 # ------------------------------------------------------------------------------- checkpoints
 
-_STATE_TYPES: dict[str, type] = {"PhaseState": PhaseState, "EDTState": EDTState}
+_STATE_TYPES: dict[str, type[PhaseState[torch.Tensor]] | type[EDTState]] = {
+    "PhaseState": PhaseState,
+    "EDTState": EDTState,
+}
 
 
 def state_dict(state: Any) -> dict[str, Any]:

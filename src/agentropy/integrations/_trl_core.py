@@ -237,7 +237,7 @@ def build_rollout(
     since = -1
     a = 0
     for turn, ph in zip(turns, phases, strict=True):
-        if turn.role == "tool":
+        if ph is None:  # a tool turn (episode_phases labels assistant turns only)
             # A group of tool turns ends in the state of its last member, as in the trainer.
             since = 0 if turn.failed else -1
             continue

@@ -101,7 +101,7 @@ def tool_failed(text: str | None, result: Any) -> bool:
         result.get("status") in FAILED_STATUSES or result.get("failed") is True
     ):
         return True
-    return bool(text) and text.startswith(_VERL_TOOL_ERRORS)
+    return bool(text and text.startswith(_VERL_TOOL_ERRORS))
 
 
 class PhaseRecord:
@@ -228,7 +228,7 @@ def rhythm_coef_update(
                 s = _reduce(metrics[f"{prefix}rhythm/entropy_sum_{p}"])
                 t = _reduce(metrics[f"{prefix}rhythm/tokens_{p}"])
                 break
-        if t is None:
+        if s is None or t is None:  # both set together
             raise KeyError(
                 f"actor metrics have no 'rhythm/tokens_{p}': is the rhythm loss installed "
                 "(install_rhythm_loss) and actor.calculate_entropy=True?"

@@ -78,7 +78,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -103,8 +103,15 @@ trl = require("trl", extra="trl")
 transformers = require("transformers", extra="trl")
 
 if TYPE_CHECKING:
+    # The framework classes themselves for mypy; at run time, from the modules required above.
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
     from agentropy.analysis.breath import BreathConfig
     from agentropy.analysis.loops import LoopConfig
+else:
+    TrainerCallback = transformers.TrainerCallback
+    GRPOTrainer = trl.GRPOTrainer
 
 __all__ = [
     "BREATH_KEYS",
@@ -120,7 +127,7 @@ __all__ = [
 ]
 
 
-class BreathCallback(transformers.TrainerCallback):
+class BreathCallback(TrainerCallback):
     """Accumulates the rollouts of each logging window into breath metrics.
 
     Fed by :class:`BreathGRPOTrainer` / :class:`RhythmGRPOTrainer` (TRL gives callbacks no
@@ -168,7 +175,7 @@ class BreathCallback(transformers.TrainerCallback):
             )
 
 
-class MonitorCallback(transformers.TrainerCallback):
+class MonitorCallback(TrainerCallback):
     """The live training monitor (:mod:`agentropy.monitor`) as a ``TrainerCallback``.
 
     Works with a plain ``trl.GRPOTrainer`` (or any ``Trainer``): it reads TRL's own logged
@@ -256,7 +263,7 @@ class MonitorCallback(transformers.TrainerCallback):
             atomic_write_text(path, json.dumps(self.tracker.state_dict()), force=True)
 
 
-class BreathGRPOTrainer(trl.GRPOTrainer):
+class BreathGRPOTrainer(GRPOTrainer):
     """TRL's ``GRPOTrainer`` (its own loss) with breath metrics in the logs.
 
     Extra keyword arguments: ``markers`` (chat-format span markers, default the ToolWorld
@@ -350,9 +357,14 @@ class BreathGRPOTrainer(trl.GRPOTrainer):
             self._record(inputs, captured[0])
         return loss
 
+    @property
+    def _in_training_mode(self) -> bool:
+        """Whether the model is in training mode (a built trainer always holds a model)."""
+        return self.model is not None and self.model.training
+
     def _record(self, inputs: Mapping[str, Any], entropies: torch.Tensor) -> None:
         """Fill the rows' entropies into their episodes and feed the breath callbacks."""
-        if not self.model.training or "agentropy_rollouts" not in inputs:
+        if not self._in_training_mode or "agentropy_rollouts" not in inputs:
             return
         ent = entropies.detach().float().cpu().numpy()
         episodes = []
@@ -379,7 +391,7 @@ class BreathGRPOTrainer(trl.GRPOTrainer):
             cb.add_episodes(episodes)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self.model.training:
+        if self._in_training_mode:
             for cb in self.breath_callbacks:
                 logs.update(cb.pop_metrics(step=int(self.state.global_step)))
         super().log(logs, start_time)
@@ -445,7 +457,7 @@ class RhythmGRPOTrainer(BreathGRPOTrainer):
         loss = policy_loss + entropy_loss
         metrics.update(ent_metrics)
         metrics["loss/total"] = float(loss.detach())
-        mode = "train" if self.model.training else "eval"
+        mode = "train" if self._in_training_mode else "eval"
         keep = mask != 0
         if mode == "train":
             # Token-mean over the whole optimizer step: rescale this micro-batch's mean by its
@@ -453,7 +465,9 @@ class RhythmGRPOTrainer(BreathGRPOTrainer):
             normalizer = inputs["num_items_in_batch"].clamp(min=1.0)
             normalizer = normalizer / self.accelerator.num_processes
             normalizer = normalizer * self.current_gradient_accumulation_steps
-            normalizer = normalizer / self.args.steps_per_generation
+            # TRL types a trainer's args as transformers' TrainingArguments; they are its GRPOConfig.
+            args = cast("GRPOConfig", self.args)
+            normalizer = normalizer / args.steps_per_generation
             loss = loss * keep.sum() / normalizer
         for key, value in metrics.items():
             if key.startswith(("loss/", "clip/", "kl/", "contraction/")):
@@ -480,9 +494,9 @@ class RhythmGRPOTrainer(BreathGRPOTrainer):
         self._rhythm_window = None
         measured: dict[str, float] = {}
         for code, name in enumerate(PHASES):
-            total, count = float(window[2 * code]), float(window[2 * code + 1])
-            measured[f"tokens/{name}"] = count
-            measured[f"entropy/{name}_mean"] = total / count if count else math.nan
+            summed, tokens = float(window[2 * code]), float(window[2 * code + 1])
+            measured[f"tokens/{name}"] = tokens
+            measured[f"entropy/{name}_mean"] = summed / tokens if tokens else math.nan
         self.rhythm_state = self.rhythm_schedule.update(self.rhythm_state, measured)
         for name, value in zip(PHASES, self.rhythm_state.lambdas, strict=True):
             self._metrics["train"][f"coef/lambda_{name}"].append(value)

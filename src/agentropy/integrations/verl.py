@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -103,6 +103,11 @@ verl_metric = require("verl.utils.metric", extra="verl")
 verl_config = require("verl.utils.config", extra="verl")
 tool_agent_loop = require("verl.experimental.agent_loop.tool_agent_loop", extra="verl")
 agent_loop = require("verl.experimental.agent_loop.agent_loop", extra="verl")
+
+if TYPE_CHECKING:  # the class itself for mypy; at run time, from the module required above
+    from verl.experimental.agent_loop.tool_agent_loop import ToolAgentLoop
+else:
+    ToolAgentLoop = tool_agent_loop.ToolAgentLoop
 
 __all__ = [
     "AGENT_NAME",
@@ -342,7 +347,7 @@ def _record(agent_data: Any) -> PhaseRecord:
 
 
 @agent_loop.register(AGENT_NAME)
-class PhaseToolAgentLoop(tool_agent_loop.ToolAgentLoop):
+class PhaseToolAgentLoop(ToolAgentLoop):
     """verl's tool agent loop with phase temperatures and per-token phase records.
 
     Extra keyword arguments (from an ``agent_loop_config_path`` YAML entry, e.g.

@@ -30,7 +30,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -42,14 +42,25 @@ __all__ = [
     "ARM_METRICS",
     "EXPERIMENT_JSON",
     "LEVEL_METRICS",
+    "ArmSettings",
     "ExperimentConfig",
     "render_tables",
     "run_experiment",
     "t_interval",
 ]
 
+
+class ArmSettings(TypedDict):
+    """What an arm sets in its runs' :class:`~agentropy.rl.config.TrainConfig`."""
+
+    policy: str
+    """Sampling policy name (``TrainConfig.policy``)."""
+    loss: str
+    """Loss name (``TrainConfig.loss``)."""
+
+
 #: Arms by name: the sampling policy and loss each one trains (and is evaluated) with.
-ARMS: dict[str, dict[str, str]] = {
+ARMS: dict[str, ArmSettings] = {
     "baseline": {"policy": CONSTANT_POLICY, "loss": "flat"},
     "rhythm": {"policy": EXPLORE_POLICY, "loss": "rhythm"},
     "vanilla": {"policy": CONSTANT_POLICY, "loss": "vanilla"},

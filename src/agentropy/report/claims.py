@@ -449,8 +449,9 @@ def claim_phase_beats_constant(rows: Sequence[Mapping[str, Any]], cfg: ClaimsCon
         kb = sum(b[lv][0] for lv in levels)
         value = ka / na - kb / nb
         rng = np.random.default_rng(cfg.seed)
-        da = sum(rate_draws(*a[lv], rng, cfg.n_boot) * a[lv][1] for lv in levels) / na
-        db = sum(rate_draws(*b[lv], rng, cfg.n_boot) * b[lv][1] for lv in levels) / nb
+        zero = np.zeros(cfg.n_boot)  # (n_boot,) start of the level-weighted sums of draws
+        da = sum((rate_draws(*a[lv], rng, cfg.n_boot) * a[lv][1] for lv in levels), zero) / na
+        db = sum((rate_draws(*b[lv], rng, cfg.n_boot) * b[lv][1] for lv in levels), zero) / nb
         if na >= 2 and nb >= 2:
             ci = _interval(da - db, cfg.confidence)
     return _row(

@@ -382,7 +382,7 @@ def timeline_figure(
         )
     shapes: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
-    for i, name, status in episode.tools:
+    for i, tool, status in episode.tools:
         failed = status in FAILED_STATUSES
         xpos = starts[i] - 0.5
         shapes.append(
@@ -410,7 +410,7 @@ def timeline_figure(
                 "yanchor": "bottom",
                 "textangle": -30,
                 "showarrow": False,
-                "text": f"{'(unparsed call)' if name is None else name}: {status or '?'}",
+                "text": f"{'(unparsed call)' if tool is None else tool}: {status or '?'}",
                 "font": {"size": 9, "color": FAIL_COLOR if failed else "#333333"},
             }
         )

@@ -38,7 +38,7 @@ from typing import Any
 from agentropy.env.toolworld import LEVELS
 from agentropy.errors import InputError
 from agentropy.monitor.detector import ALERT_NAMES, MonitorConfig
-from agentropy.rl.advantages import ADV_STDS
+from agentropy.rl.advantages import ADV_STDS, AdvStd
 from agentropy.rl.coefs import (
     CoefSchedule,
     FixedCoef,
@@ -47,7 +47,7 @@ from agentropy.rl.coefs import (
     TargetConfig,
     TargetSchedule,
 )
-from agentropy.rl.losses import AGG_MODES, CLIP_HIGH, CLIP_LOW, FLAT_COEF, LOSS_TERMS
+from agentropy.rl.losses import AGG_MODES, CLIP_HIGH, CLIP_LOW, FLAT_COEF, LOSS_TERMS, AggMode
 
 __all__ = ["TrainConfig", "apply_overrides", "parse_override"]
 
@@ -122,7 +122,7 @@ class TrainConfig:
     clip_ratio_c: float | None = None
     """Dual-clip bound (verl's ``clip_ratio_c``, which defaults to 3.0 there): tokens with
     negative advantage lose at most ``-A * clip_ratio_c``. None = off (PPO's plain clip)."""
-    agg_mode: str = "token-mean"
+    agg_mode: AggMode = "token-mean"
     """Loss reduction (:func:`agentropy.rl.losses.aggregate`): token-mean, seq-mean-token-sum,
     seq-mean-token-mean, seq-mean-token-sum-norm (verl's modes)."""
     entropy_token_mean: bool = False
@@ -136,7 +136,7 @@ class TrainConfig:
     40 steps; RESULTS.md). Held-out success is always the answer alone."""
     adv_eps: float = 1e-6
     """Advantage = (r - mean) / (std + adv_eps) within a group; a group with equal rewards gets 0."""
-    adv_std: str = "population"
+    adv_std: AdvStd = "population"
     """Group std of the advantages: ``population`` (ddof = 0) or ``unbiased`` (ddof = 1, what
     verl's GRPO and TRL use)."""
     flat_coef: float = FLAT_COEF
@@ -307,7 +307,7 @@ class TrainConfig:
         return LOSS_TERMS[self.loss]
 
     @property
-    def entropy_agg_mode(self) -> str:
+    def entropy_agg_mode(self) -> AggMode:
         """Reduction of the entropy term: ``token-mean`` if ``entropy_token_mean``, else
         ``agg_mode``."""
         return "token-mean" if self.entropy_token_mean else self.agg_mode
@@ -424,6 +424,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
+    if origin is typing.Literal:  # the value's type here; __post_init__ checks it is one of them
+        return _coerce(value, type(args[0]), key)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, prefix=key + ".")  # type: ignore[arg-type]
     if origin is tuple:

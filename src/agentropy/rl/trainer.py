@@ -228,7 +228,8 @@ def build_batch(episodes: Sequence[Episode], pad_id: int) -> Batch:
             start, end = spans[k]
             k += 1
             n = turn.n_tokens
-            if end - start != n or list(ids[start:end]) != turn.token_ids.tolist():
+            ids_ok = turn.token_ids is not None and list(ids[start:end]) == turn.token_ids.tolist()
+            if end - start != n or not ids_ok:
                 raise ValueError(
                     f"episode {ep.episode_id}: assistant span [{start}, {end}) does not hold "
                     "the turn's sampled tokens"
@@ -703,8 +704,8 @@ def train(
                     out, state, model=model, optimizer=optimizer, rng=rng, policy=schedule.name,
                     keep=config.keep_checkpoints,
                 )  # fmt: skip
-            if tracker.should_stop:
-                console.print(f"step {step}: stopping (stop_on): {_fmt_alert(tracker.stop_reason)}")
+            if (reason := tracker.stop_reason) is not None:  # tracker.should_stop
+                console.print(f"step {step}: stopping (stop_on): {_fmt_alert(reason)}")
                 break
     finally:
         bar.stop()

@@ -33,7 +33,7 @@ import stat
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TextIO
 
 import numpy as np
 
@@ -149,9 +149,9 @@ def episode_from_dict(
     return _episode_from_obj(d, _Where(path, line), nan_policy)[0]
 
 
-def _open_text(path: Path, mode: str = "r", *, gz: bool | None = None) -> io.TextIOBase:
+def _open_text(path: Path, mode: Literal["r", "w"] = "r", *, gz: bool | None = None) -> TextIO:
     if path.suffix == ".gz" if gz is None else gz:
-        return gzip.open(path, mode + "t", encoding="utf-8")  # type: ignore[return-value]
+        return gzip.open(path, "wt" if mode == "w" else "rt", encoding="utf-8")
     return open(path, mode, encoding="utf-8", newline="\n" if "w" in mode else None)
 
 

@@ -131,7 +131,8 @@ class _PendingEpisode:
         all_arrays = _episode_arrays(episode)
         row = _episode_header(episode)
         turns_json = []
-        turn_idx, cols = [], {name: [] for name in TOKEN_ARRAY_FIELDS}
+        turn_idx: list[np.ndarray] = []
+        cols: dict[str, list[np.ndarray]] = {name: [] for name in TOKEN_ARRAY_FIELDS}
         masks: dict[str, list[np.ndarray]] = {name: [] for name in TOKEN_ARRAY_FIELDS}
         n_total = 0
         for i, (turn, arrays) in enumerate(zip(episode.turns, all_arrays, strict=True)):
@@ -144,9 +145,8 @@ class _PendingEpisode:
             turn_idx.append(np.full(n, i, dtype=np.int32))
             for name in TOKEN_ARRAY_FIELDS:
                 arr = arrays.get(name)
-                present = arr is not None
-                cols[name].append(arr if present else np.zeros(n, dtype=_ARRAY_DTYPE[name]))
-                masks[name].append(np.full(n, not present))
+                cols[name].append(np.zeros(n, dtype=_ARRAY_DTYPE[name]) if arr is None else arr)
+                masks[name].append(np.full(n, arr is None))
             n_total += n
         row["turns"] = _dumps(turns_json, episode.episode_id, "turns[].meta")
         row["meta"] = _dumps(row.get("meta", {}), episode.episode_id, "meta")

@@ -403,8 +403,9 @@ class TraceTable:
                     pos += n
                     continue
                 name = td.get("name")
-                args = None if name is None else td.get("arguments", {})
-                key = None if name is None else ToolCall(name, args).key
+                call = None if name is None else ToolCall(name, td.get("arguments", {}))
+                args = None if call is None else call.arguments
+                key = None if call is None else call.key
                 turn_cols.add_tool(e, i, pos, td.get("status"), key, name, args, td.get("content"))
             ep_end[e] = pos
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -549,7 +549,10 @@ def _parse_turn(
         if bad := _token_value_error(name, arr):
             raise w.err(bad[1], f"{f}.{name}[{bad[0]}]")
     arrays, dropped = _apply_nan_policy(arrays, nan_policy, w, f)
-    return Turn(role="assistant", text=text, wall_s=wall_s, meta=meta, **arrays), dropped, None
+    # The keys are TOKEN_ARRAY_FIELDS, each an array field of Turn: mypy cannot match a dict's
+    # keys to parameters, so it would check every array against every parameter.
+    fields = cast("dict[str, Any]", arrays)
+    return Turn(role="assistant", text=text, wall_s=wall_s, meta=meta, **fields), dropped, None
 
 
 def _parse_header(d: Mapping[str, Any], w: _Where) -> dict[str, Any]:

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,7 +100,7 @@ analysis are warned (:func:`floor_note`): such baselines come from near-determin
 spike ratios are inflated, and almost any response to the failure counts as an eruption."""
 
 
-def floor_note(summary: dict[str, Any]) -> str | None:
+def floor_note(summary: Mapping[str, Any]) -> str | None:
     """One warning line when more than :data:`FLOOR_WARN_SHARE` of the failed triggers have a
     baseline at the floor (``summary["baseline_floor"]``); None otherwise or without failures."""
     b = summary.get("baseline_floor") or {}

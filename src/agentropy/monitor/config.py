@@ -62,7 +62,22 @@ class MonitorConfig:
     rate_margin: float = 0.05
     """Rise of the loop / hallucination rate (or fall of the valid-action rate) that counts."""
     severe_drop: float = 0.5
-    """Share of the pre-eruption reward lost that makes a divergence immediate."""
+    """Share of the pre-eruption reward lost that makes a divergence immediate (the reward
+    after the onset without its ``outlier_batches`` lowest values, so at least two batches
+    must show the loss)."""
+    outlier_batches: int = 1
+    """Values of each degradation metric left out of the divergence test, those most in the
+    alarming direction (the lowest rewards, the highest loop or hallucination rates, the
+    lowest valid-action rates among the latest ``after_window`` since the onset): one noisy
+    batch cannot make, or make severe, a divergence. Rewards are success rates over a few
+    dozen rollouts: on a healthy 50-step run of the shipped agent (1 success in 32 rollouts,
+    reward 0.031 against ~0.19 around it; binomial noise) one batch took the two-value mean
+    after an answer-phase onset from 0.21 to 0.094, a 55% loss, and raised a false
+    divergence; left out, the rest lost 24%. The real lr 3e-4 blow-up still diverges 2 steps
+    after its onset (the batch left out there is one of two below half the reward).
+    Overlapping windows that must hold for two consecutive updates were the alternative, but
+    a window mean keeps the outlier for ``after_window`` updates. 0: every value counts
+    (the rule before session 5). Needs fewer than ``after_window``."""
     severe_rate: float = 0.3
     """Worsening of a degeneracy rate (absolute: a loop or hallucination rate up, or the
     valid-action rate down, by this much) that makes a divergence immediate, as
@@ -111,6 +126,12 @@ class MonitorConfig:
         _check_int(self, "confirm", 1)
         _check_int(self, "trend_window", 2)
         _check_int(self, "collapse_window", 1)
+        _check_int(self, "outlier_batches", 0)
+        if self.outlier_batches >= self.after_window:
+            raise ValueError(
+                f"MonitorConfig.outlier_batches ({self.outlier_batches}) must be < after_window "
+                f"({self.after_window}): the divergence test needs a value left"
+            )
         if self.min_history < 3:
             raise ValueError(f"MonitorConfig.min_history must be >= 3, got {self.min_history}")
         for name in ("level_window", "before_window", "trend_window", "collapse_window"):

@@ -121,6 +121,8 @@ _DEGENERACY: tuple[tuple[str, int], ...] = (
     ("hallucination_rate", 1),
     ("valid_action_rate", -1),
 )
+#: Metrics a divergence is judged on and their worse direction (+1: rising is worse).
+_DEGRADATION: tuple[tuple[str, int], ...] = (("reward", -1), *_DEGENERACY)
 
 
 # ------------------------------------------------------------------------------------ alerts
@@ -505,16 +507,29 @@ class Monitor:
         return a - b, thr
 
     def _after(
-        self, ev: dict[str, list[tuple[int, float]]], lo: int, hi: int, last: int | None = None
-    ) -> dict[str, tuple[float, int]]:
+        self,
+        ev: dict[str, list[tuple[int, float]]],
+        lo: int,
+        hi: int,
+        last: int | None = None,
+        trim: int = 0,
+    ) -> tuple[dict[str, tuple[float, int]], dict[str, list[float]]]:
         """Mean and count per evidence metric of its values at steps ``lo..hi`` (the ``last``
-        of them, if given)."""
-        out = {}
+        of them, if given), and the values left out: ``trim`` of each degradation metric's,
+        those most in its worse direction (a metric with no more than ``trim`` values is
+        left out whole: too few to judge yet)."""
+        worse_sign = dict(_DEGRADATION)
+        out, left_out = {}, {}
         for m in EVIDENCE_METRICS:
-            got = _mean([p for p in ev.get(m, []) if lo <= p[0] <= hi][-(last or 0) :])
+            pairs = [p for p in ev.get(m, []) if lo <= p[0] <= hi][-(last or 0) :]
+            if trim and m in worse_sign and pairs:
+                ranked = sorted(pairs, key=lambda p: worse_sign[m] * p[1])  # least bad first
+                left_out[m] = [v for _, v in ranked[len(ranked) - trim :]]
+                pairs = ranked[: max(len(ranked) - trim, 0)]
+            got = _mean(pairs)
             if got is not None:
                 out[m] = got
-        return out
+        return out, left_out
 
     def _worse_rates(
         self, before: dict[str, tuple[float, int]], after: dict[str, tuple[float, int]]
@@ -543,7 +558,7 @@ class Monitor:
         if not force and ch.settled < c.after_window:
             return [], ch
         before = {m: (v, n) for m, v, n in ch.settle_before}
-        after = self._after(ev, end, step)
+        after, _ = self._after(ev, end, step)
         worse = self._worse_rates(before, after)
         delta, thr = self._reward_change(before, after, sigma_r)
         if worse:
@@ -584,7 +599,9 @@ class Monitor:
         onset = ch.onset_step if ch.onset_step is not None else step
         elapsed = ch.elapsed
         before = {m: (v, n) for m, v, n in ch.before}
-        after = self._after(ev, onset, step, last=c.after_window)
+        after, left_out = self._after(
+            ev, onset, step, last=c.after_window, trim=c.outlier_batches
+        )
         worse = self._worse_rates(before, after)
         delta, thr = self._reward_change(before, after, sigma_r)
         fell = delta is not None and thr is not None and -delta > thr
@@ -613,10 +630,13 @@ class Monitor:
             "peak": _r(ch.peak),
             "reward_change": _r(delta),
             "reward_threshold": _r(thr),
+            "outlier_batches": c.outlier_batches,
         }
         for m in EVIDENCE_METRICS:
             evidence[f"{m}_before"] = _r(before[m][0]) if m in before else None
             evidence[f"{m}_after"] = _r(after[m][0]) if m in after else None
+            if m in left_out:
+                evidence[f"{m}_left_out"] = [_r(v) for v in left_out[m]]
         reason = " and ".join(why) or "no reward or rate metric is logged"
         return Alert(
             "divergence", step, name, evidence,

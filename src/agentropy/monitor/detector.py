@@ -40,9 +40,12 @@ is *quiet* or *erupting*. While quiet it keeps its last ``window`` values.
 - ``divergence``: an erupting channel whose evidence is degrading (reward fell significantly over
   the last ``after_window`` steps versus before the onset, or a degeneracy rate worsened) and
   either ``horizon`` steps have passed without subsidence, or the degradation is *severe*
-  (reward lost ``severe_drop`` of its pre-eruption value, or a degeneracy rate worsened by
-  ``severe_rate``): a blow-up that destroys the reward, or the tool calls, in one step is
-  flagged then, not ``horizon`` steps later.
+  (reward lost ``severe_drop`` of its pre-eruption value, judged on the mean of at least
+  ``severe_batches`` rewards since the onset, or a degeneracy rate worsened by
+  ``severe_rate``): a blow-up that destroys the reward, or the tool calls, within a few steps
+  is flagged then, not ``horizon`` steps later. A reward is a success rate over a few dozen
+  rollouts, so one batch far below the rest is binomial noise, not a blow-up: three batches
+  must carry the loss.
   With no evidence metric at all, ``horizon`` steps without subsidence suffice. Once per eruption.
 - ``collapse``: a quiet channel (with a reference level: the median of its first
   ``min_history`` values) whose *collapse level* ``C``, the mean of its last
@@ -121,8 +124,6 @@ _DEGENERACY: tuple[tuple[str, int], ...] = (
     ("hallucination_rate", 1),
     ("valid_action_rate", -1),
 )
-#: Metrics a divergence is judged on and their worse direction (+1: rising is worse).
-_DEGRADATION: tuple[tuple[str, int], ...] = (("reward", -1), *_DEGENERACY)
 
 
 # ------------------------------------------------------------------------------------ alerts
@@ -507,29 +508,16 @@ class Monitor:
         return a - b, thr
 
     def _after(
-        self,
-        ev: dict[str, list[tuple[int, float]]],
-        lo: int,
-        hi: int,
-        last: int | None = None,
-        trim: int = 0,
-    ) -> tuple[dict[str, tuple[float, int]], dict[str, list[float]]]:
+        self, ev: dict[str, list[tuple[int, float]]], lo: int, hi: int, last: int | None = None
+    ) -> dict[str, tuple[float, int]]:
         """Mean and count per evidence metric of its values at steps ``lo..hi`` (the ``last``
-        of them, if given), and the values left out: ``trim`` of each degradation metric's,
-        those most in its worse direction (a metric with no more than ``trim`` values is
-        left out whole: too few to judge yet)."""
-        worse_sign = dict(_DEGRADATION)
-        out, left_out = {}, {}
+        of them, if given)."""
+        out = {}
         for m in EVIDENCE_METRICS:
-            pairs = [p for p in ev.get(m, []) if lo <= p[0] <= hi][-(last or 0) :]
-            if trim and m in worse_sign and pairs:
-                ranked = sorted(pairs, key=lambda p: worse_sign[m] * p[1])  # least bad first
-                left_out[m] = [v for _, v in ranked[len(ranked) - trim :]]
-                pairs = ranked[: max(len(ranked) - trim, 0)]
-            got = _mean(pairs)
+            got = _mean([p for p in ev.get(m, []) if lo <= p[0] <= hi][-(last or 0) :])
             if got is not None:
                 out[m] = got
-        return out, left_out
+        return out
 
     def _worse_rates(
         self, before: dict[str, tuple[float, int]], after: dict[str, tuple[float, int]]
@@ -558,7 +546,7 @@ class Monitor:
         if not force and ch.settled < c.after_window:
             return [], ch
         before = {m: (v, n) for m, v, n in ch.settle_before}
-        after, _ = self._after(ev, end, step)
+        after = self._after(ev, end, step)
         worse = self._worse_rates(before, after)
         delta, thr = self._reward_change(before, after, sigma_r)
         if worse:
@@ -599,14 +587,12 @@ class Monitor:
         onset = ch.onset_step if ch.onset_step is not None else step
         elapsed = ch.elapsed
         before = {m: (v, n) for m, v, n in ch.before}
-        after, left_out = self._after(
-            ev, onset, step, last=c.after_window, trim=c.outlier_batches
-        )
+        after = self._after(ev, onset, step, last=c.after_window)
         worse = self._worse_rates(before, after)
         delta, thr = self._reward_change(before, after, sigma_r)
         fell = delta is not None and thr is not None and -delta > thr
         severe = False
-        if fell and delta is not None:
+        if fell and delta is not None and after["reward"][1] >= c.severe_batches:
             b = before["reward"][0]
             severe = b > 0 and -delta >= c.severe_drop * b
         severe = severe or any(w >= c.severe_rate for _, w in worse)
@@ -630,13 +616,11 @@ class Monitor:
             "peak": _r(ch.peak),
             "reward_change": _r(delta),
             "reward_threshold": _r(thr),
-            "outlier_batches": c.outlier_batches,
+            "reward_batches_after": after["reward"][1] if "reward" in after else None,
         }
         for m in EVIDENCE_METRICS:
             evidence[f"{m}_before"] = _r(before[m][0]) if m in before else None
             evidence[f"{m}_after"] = _r(after[m][0]) if m in after else None
-            if m in left_out:
-                evidence[f"{m}_left_out"] = [_r(v) for v in left_out[m]]
         reason = " and ".join(why) or "no reward or rate metric is logged"
         return Alert(
             "divergence", step, name, evidence,

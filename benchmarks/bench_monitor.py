@@ -191,8 +191,10 @@ def binomial(seeds: int, config: MonitorConfig) -> None:
     """Divergence with success-rate rewards, severe_batches 1 vs the default (docstring, 1c)."""
     print(f"\n### Binomial rewards: success rate of {ROLLOUTS} rollouts around 0.17, {seeds} "
           "seeds per cell\n")  # fmt: skip
-    print("| channel | severe_batches | quiet series with a false divergence | false "
-          "divergences | planted divergences | detected | recall | median delay | max delay |")
+    print(
+        "| channel | severe_batches | quiet series with a false divergence | false "
+        "divergences | planted divergences | detected | recall | median delay | max delay |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, opts in BINOMIAL_CHANNELS:
         for k in sorted({1, config.severe_batches}):

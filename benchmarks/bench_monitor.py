@@ -6,10 +6,18 @@
    true positive when it matches a planted expectation (label and step window); precision per
    alert type = true / all alerts of that type, recall = matched / planted. Collapse recall and
    detection delay (alert step - planted onset) per noise level.
+   Divergence recall and delay per noise level too.
 1b. **Noisy low channels** (``--noisy-seeds``): the planted ``quiet`` and ``collapse`` patterns
    on a channel like the shipped agent's answer and act phases (level 0.12 nats, right-skewed
    gamma noise of relative sd 25% / 50% / 75%; :func:`~agentropy.monitor.synthetic.planted_series`
    with ``skewed=True``): false collapses on the quiet series, collapse recall and delay.
+1c. **Binomial rewards** (``--binomial-seeds``): the reward as a success rate over 32 rollouts
+   around 0.17 (``rollouts=32, reward_scale=0.5``: the shipped agent's GRPO batches, binomial
+   sd 0.07, where one batch with 1 success in 32 raised a false divergence), on the overall
+   channel (5% Gaussian noise) and on noisy low channels that erupt by themselves (gamma noise
+   50% / 75%, like the answer phase): false divergences on quiet series, and recall and delay
+   of planted divergences (+200% entropy, reward down 57%), for ``severe_batches`` 1 (any
+   single reward counts: the first rule) and the default.
 2. **Cost** of one ``Monitor.update`` with all 11 metrics, microseconds (median of 5 runs of
    2000 steps), to set against a training step (seconds).
 3. **Why entropy moved**, simulated: a softmax policy over ``V`` actions in ``S`` states trained
@@ -27,13 +35,14 @@
    detector) to set against the trainer's ~1 s step on a quiet 2-core VM.
 
 Run: ``PYTHONPATH=src python benchmarks/bench_monitor.py [--seeds 20] [--noisy-seeds 50]
-[--runs DIR ...]``.
+[--binomial-seeds 100] [--runs DIR ...]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import statistics
 import time
 
@@ -50,6 +59,14 @@ NOISY_BASE = 0.12
 """Level of the noisy low channel, nats (the shipped agent's answer phase: 0.11-0.13 mean)."""
 NOISY_CVS = (0.25, 0.5, 0.75)
 """Relative sd of the noisy low channel (measured: act phase 0.2, answer phase 0.56-0.73)."""
+ROLLOUTS = 32
+"""Rollouts per step of the binomial-reward series (the trainer's default batch)."""
+BINOMIAL_CHANNELS: tuple[tuple[str, dict], ...] = (
+    ("overall, 5% Gaussian", {"noise": 0.05}),
+    ("low, gamma 50%", {"noise": 0.5, "base": NOISY_BASE, "skewed": True}),
+    ("low, gamma 75%", {"noise": 0.75, "base": NOISY_BASE, "skewed": True}),
+)
+"""Entropy channels of the binomial-reward section: name, :func:`planted_series` options."""
 
 
 def run_series(mon: Monitor, rows: list[dict]) -> list:
@@ -69,6 +86,7 @@ def planted(seeds: int, config: MonitorConfig) -> None:
         n: collections.Counter[str] = collections.Counter()
         cells: dict[tuple[float, float], list[int]] = {}
         collapse_cells: dict[float, list[int]] = {x: [] for x in NOISES}  # delays; -1: missed
+        div_cells: dict[float, list[int]] = {x: [] for x in NOISES}
         quiet_alarms = 0
         for pattern in PATTERNS:
             for amp in AMPLITUDES:
@@ -90,7 +108,9 @@ def planted(seeds: int, config: MonitorConfig) -> None:
                             c[0] += t.get("eruption", 0)
                             c[1] += 1
                         if pattern == "collapse" and amp == AMPLITUDES[0]:
-                            collapse_cells[noise].append(_collapse_delay(alerts, want))
+                            collapse_cells[noise].append(_delay(alerts, want, "collapse"))
+                        if pattern == "divergence":
+                            div_cells[noise].append(_delay(alerts, want, "divergence"))
         noise_name = "Student-t (3 dof)" if heavy else "Gaussian"
         total = len(PATTERNS) * len(AMPLITUDES) * len(NOISES) * seeds
         print(
@@ -113,24 +133,30 @@ def planted(seeds: int, config: MonitorConfig) -> None:
             print(f"| +{amp:.0%} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
         print("\nCollapse by relative noise (the amplitude does not enter the collapse pattern: "
               "its three amplitude cells are the same series, counted once here):\n")  # fmt: skip
-        _collapse_table("noise", collapse_cells)
+        _delay_table("noise", collapse_cells)
+        print("\nDivergence by relative noise (all amplitudes):\n")
+        _delay_table("noise", div_cells)
 
 
-def _collapse_delay(alerts: list, want: list) -> int:
-    """Steps from the planted onset to the matching ``collapse`` alert; -1 if none matched."""
-    w = next(w for w in want if w.label == "collapse")
-    hit = next((a for a in alerts if a.name == "collapse" and w.lo <= a.step <= w.hi), None)
+def _delay(alerts: list, want: list, label: str) -> int:
+    """Steps from the planted onset to the matching ``label`` alert; -1 if none matched."""
+    w = next(w for w in want if w.label == label)
+    hit = next((a for a in alerts if a.name == label and w.lo <= a.step <= w.hi), None)
     return -1 if hit is None else hit.step - w.lo
 
 
-def _collapse_table(column: str, delays: dict[float, list[int]]) -> None:
+def _delay_row(x: str, ds: list[int]) -> str:
+    hit = [d for d in ds if d >= 0]
+    med = f"{statistics.median(hit):.0f}" if hit else "-"
+    top = f"{max(hit)}" if hit else "-"
+    return f"| {x} | {len(ds)} | {len(hit)} | {len(hit) / len(ds):.3f} | {med} | {top} |"
+
+
+def _delay_table(column: str, delays: dict[float, list[int]]) -> None:
     print(f"| {column} | planted | detected | recall | median delay | max delay |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for x, ds in delays.items():
-        hit = [d for d in ds if d >= 0]
-        med = f"{statistics.median(hit):.0f}" if hit else "-"
-        top = f"{max(hit)}" if hit else "-"
-        print(f"| {x:.0%} | {len(ds)} | {len(hit)} | {len(hit) / len(ds):.3f} | {med} | {top} |")
+        print(_delay_row(f"{x:.0%}", ds))
 
 
 def noisy_low(seeds: int, config: MonitorConfig) -> None:
@@ -154,11 +180,38 @@ def noisy_low(seeds: int, config: MonitorConfig) -> None:
                 "collapse", noise=cv, base=NOISY_BASE, skewed=True, seed=seed
             )
             want = expected("collapse", onset, len(rows), horizon=config.horizon)
-            delays[cv].append(_collapse_delay(run_series(mon, rows), want))
+            delays[cv].append(_delay(run_series(mon, rows), want, "collapse"))
         print(f"| {cv:.0%} | {seeds} | {series_hit} | {n_false} | {other} |")
     print("\nCollapse on the noisy low channel (planted decay toward 0.01 nats, time constant 6 "
           "steps; the noiseless curve crosses the 0.05-nat floor ~5 steps after the onset):\n")  # fmt: skip
-    _collapse_table("relative sd", delays)
+    _delay_table("relative sd", delays)
+
+
+def binomial(seeds: int, config: MonitorConfig) -> None:
+    """Divergence with success-rate rewards, severe_batches 1 vs the default (docstring, 1c)."""
+    print(f"\n### Binomial rewards: success rate of {ROLLOUTS} rollouts around 0.17, {seeds} "
+          "seeds per cell\n")  # fmt: skip
+    print(
+        "| channel | severe_batches | quiet series with a false divergence | false "
+        "divergences | planted divergences | detected | recall | median delay | max delay |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, opts in BINOMIAL_CHANNELS:
+        for k in sorted({1, config.severe_batches}):
+            mon = Monitor(dataclasses.replace(config, severe_batches=k))
+            series_hit = n_false = 0
+            delays = []
+            for seed in range(seeds):
+                common = {"rollouts": ROLLOUTS, "reward_scale": 0.5, "seed": seed, **opts}
+                rows, _ = planted_series("quiet", **common)
+                n = sum(a.name == "divergence" for a in run_series(mon, rows))
+                series_hit += n > 0
+                n_false += n
+                rows, onset = planted_series("divergence", amplitude=2.0, **common)
+                want = expected("divergence", onset, len(rows), horizon=config.horizon)
+                delays.append(_delay(run_series(mon, rows), want, "divergence"))
+            print(f"| {name} | {k} | {series_hit} | {n_false} |"
+                  + _delay_row("", delays).removeprefix("|  |"))  # fmt: skip
 
 
 def cost() -> None:
@@ -299,6 +352,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=20, help="series per (pattern, amplitude, noise)")
     ap.add_argument("--noisy-seeds", type=int, default=50, help="series per noisy-channel cell")
+    ap.add_argument("--binomial-seeds", type=int, default=100, help="series per binomial cell")
     ap.add_argument("--runs", nargs="*", default=[], help="agentropy train run directories")
     ap.add_argument("--overhead-only", action="store_true", help="only the overhead sections")
     args = ap.parse_args()
@@ -306,6 +360,7 @@ def main() -> None:
     if not args.overhead_only:
         planted(args.seeds, MonitorConfig())
         noisy_low(args.noisy_seeds, MonitorConfig())
+        binomial(args.binomial_seeds, MonitorConfig())
         cost()
         attribution(args.seeds)
     synthetic_step_cost()

@@ -62,7 +62,25 @@ class MonitorConfig:
     rate_margin: float = 0.05
     """Rise of the loop / hallucination rate (or fall of the valid-action rate) that counts."""
     severe_drop: float = 0.5
-    """Share of the pre-eruption reward lost that makes a divergence immediate."""
+    """Share of the pre-eruption reward lost that makes a divergence immediate (judged on the
+    mean of at least ``severe_batches`` rewards since the onset)."""
+    severe_batches: int = 3
+    """Rewards since the onset (batches, the latest ``after_window`` of them averaged) that the
+    ``severe_drop`` shortcut needs; fewer, and a falling reward waits for more steps or the
+    ``horizon``. A reward is a success rate over a few dozen rollouts (binomial sd ~0.07 at
+    0.2 and 32 rollouts), as large as the severe line itself: on a healthy 50-step run of the
+    shipped agent one batch with 1 success in 32 (0.031 against ~0.19 around it) took the
+    two-value mean after an answer-phase onset 55% below the reward before it and raised a
+    false divergence; over three batches it was 34%. The real lr 3e-4 blow-up still diverges
+    2 steps after its onset (three batches: 61% lost). On planted series with 32-rollout
+    rewards (``benchmarks/bench_monitor.py``, RESULTS.md "Monitor"), 3 cut the false
+    divergences of channels that erupt by themselves from 11 to 3 in 200 quiet series and
+    kept the median delay of planted blow-ups, at the cost of 6 of their 54 detections on
+    those noisy channels (none on a clean one); leaving each window's lowest reward out
+    instead halved the recall there.
+    1: the first rule (any single reward counts). Degeneracy rates keep the immediate
+    ``severe_rate`` test: their batch noise (sd <= 0.06 on healthy runs) is small against it.
+    At most ``after_window`` (the mean never holds more)."""
     severe_rate: float = 0.3
     """Worsening of a degeneracy rate (absolute: a loop or hallucination rate up, or the
     valid-action rate down, by this much) that makes a divergence immediate, as
@@ -111,6 +129,12 @@ class MonitorConfig:
         _check_int(self, "confirm", 1)
         _check_int(self, "trend_window", 2)
         _check_int(self, "collapse_window", 1)
+        _check_int(self, "severe_batches", 1)
+        if self.severe_batches > self.after_window:
+            raise ValueError(
+                f"MonitorConfig.severe_batches ({self.severe_batches}) must be <= after_window "
+                f"({self.after_window}): the reward mean holds at most after_window values"
+            )
         if self.min_history < 3:
             raise ValueError(f"MonitorConfig.min_history must be >= 3, got {self.min_history}")
         for name in ("level_window", "before_window", "trend_window", "collapse_window"):

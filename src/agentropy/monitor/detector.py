@@ -40,9 +40,12 @@ is *quiet* or *erupting*. While quiet it keeps its last ``window`` values.
 - ``divergence``: an erupting channel whose evidence is degrading (reward fell significantly over
   the last ``after_window`` steps versus before the onset, or a degeneracy rate worsened) and
   either ``horizon`` steps have passed without subsidence, or the degradation is *severe*
-  (reward lost ``severe_drop`` of its pre-eruption value, or a degeneracy rate worsened by
-  ``severe_rate``): a blow-up that destroys the reward, or the tool calls, in one step is
-  flagged then, not ``horizon`` steps later.
+  (reward lost ``severe_drop`` of its pre-eruption value, judged on the mean of at least
+  ``severe_batches`` rewards since the onset, or a degeneracy rate worsened by
+  ``severe_rate``): a blow-up that destroys the reward, or the tool calls, within a few steps
+  is flagged then, not ``horizon`` steps later. A reward is a success rate over a few dozen
+  rollouts, so one batch far below the rest is binomial noise, not a blow-up: three batches
+  must carry the loss.
   With no evidence metric at all, ``horizon`` steps without subsidence suffice. Once per eruption.
 - ``collapse``: a quiet channel (with a reference level: the median of its first
   ``min_history`` values) whose *collapse level* ``C``, the mean of its last
@@ -589,7 +592,7 @@ class Monitor:
         delta, thr = self._reward_change(before, after, sigma_r)
         fell = delta is not None and thr is not None and -delta > thr
         severe = False
-        if fell and delta is not None:
+        if fell and delta is not None and after["reward"][1] >= c.severe_batches:
             b = before["reward"][0]
             severe = b > 0 and -delta >= c.severe_drop * b
         severe = severe or any(w >= c.severe_rate for _, w in worse)
@@ -613,6 +616,7 @@ class Monitor:
             "peak": _r(ch.peak),
             "reward_change": _r(delta),
             "reward_threshold": _r(thr),
+            "reward_batches_after": after["reward"][1] if "reward" in after else None,
         }
         for m in EVIDENCE_METRICS:
             evidence[f"{m}_before"] = _r(before[m][0]) if m in before else None

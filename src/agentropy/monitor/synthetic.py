@@ -25,6 +25,12 @@ near-deterministic with a few uncertain ones (the shipped agent's answer phase r
 nats around 0.12, sd/mean 0.56-0.73; its act phase 0.05-0.13, sd/mean 0.2). With ``base`` 0.12
 this is the channel the first collapse rule raised false alarms on (RESULTS.md, "Monitor").
 
+``rollouts=n`` makes the reward a success rate: each step's value is the share of ``n``
+Bernoulli rollouts that succeed with the planted reward curve as probability (binomial noise,
+sd ``sqrt(p (1 - p) / n)``: 0.07 at p 0.2 and 32 rollouts, the shipped agent's GRPO batches,
+where one batch with 1 success in 32 raised a false divergence). ``reward_scale`` multiplies
+the planted reward curve (0.5: a background of ~0.17, the shipped agent's rollout reward).
+
 :func:`expected` says which alerts a pattern should raise and by when; :func:`score` matches a
 detector's alerts against it. ``benchmarks/bench_monitor.py`` turns this into precision and
 recall per alert type.
@@ -71,6 +77,8 @@ def planted_series(
     base: float = 0.6,
     heavy_tails: bool = False,
     skewed: bool = False,
+    rollouts: int | None = None,
+    reward_scale: float = 1.0,
     seed: int = 0,
 ) -> tuple[list[dict[str, float | None]], int]:
     """One synthetic run: per-step metric dicts (step ``i + 1`` is row ``i``) and the onset step.
@@ -79,6 +87,8 @@ def planted_series(
     the same standard deviation (occasional 4-6 sigma outliers, as real per-step means show when
     a batch happens to hold unusual tasks) instead of a Gaussian; ``skewed`` draws each entropy
     value from a gamma distribution with the same mean and relative sd (module docstring).
+    ``rollouts`` draws the reward as a success rate over that many rollouts and
+    ``reward_scale`` scales the reward curve (module docstring).
     """
     if pattern not in PATTERNS:
         raise ValueError(f"unknown pattern {pattern!r}; expected one of {PATTERNS}")
@@ -86,6 +96,10 @@ def planted_series(
         raise ValueError("planted_series: choose heavy_tails or skewed noise, not both")
     if skewed and not noise > 0:
         raise ValueError(f"planted_series: skewed noise needs noise > 0, got {noise!r}")
+    if rollouts is not None and not (isinstance(rollouts, int) and rollouts >= 1):
+        raise ValueError(f"planted_series: rollouts must be an integer >= 1, got {rollouts!r}")
+    if not 0.0 < reward_scale <= 2.0:
+        raise ValueError(f"planted_series: reward_scale must be in (0, 2], got {reward_scale!r}")
     rng = np.random.default_rng(seed)
     t = np.arange(1, steps + 1, dtype=np.float64)
     onset = int(rng.integers(steps // 4, steps // 2))
@@ -117,7 +131,11 @@ def planted_series(
     else:
         z = rng.standard_t(3, steps) / math.sqrt(3.0) if heavy_tails else rng.normal(0, 1, steps)
         ent = np.maximum(e + bump + noise * z * e, 1e-4)
-    reward = reward + rng.normal(0, 0.03, steps)
+    if rollouts is None:
+        reward = reward_scale * reward + rng.normal(0, 0.03, steps)
+    else:
+        p = np.clip(reward_scale * reward, 0.0, 1.0)
+        reward = rng.binomial(rollouts, p).astype(np.float64) / rollouts
     loop = np.clip(loop + rng.normal(0, 0.01, steps), 0, 1)
     hall = np.clip(0.03 + rng.normal(0, 0.01, steps), 0, 1)
     valid = np.clip(0.9 + rng.normal(0, 0.01, steps), 0, 1)

@@ -160,3 +160,13 @@ def test_novel_faults_never_occur_in_expert_transcripts():
         run_expert(
             ToolWorld(ToolWorldConfig(faults="novel")), WORLD.tasks(split="train", level=3, n=1)[0]
         )
+
+
+def test_l0_writes_the_sum_out_before_the_answer():
+    # Short reasoning with the operands next to the result: a tiny model computes "7 + 9 =" from
+    # the tokens just before it instead of attending back into the question.
+    for task in WORLD.tasks(split="train", level=0, n=40, seed=3):
+        run = run_expert(WORLD, task, 7)
+        (reply,) = run.messages[2:]
+        assert f"{task.meta['expression']} = {task.answer}." in reply["content"], reply
+        assert run.success

@@ -11,7 +11,8 @@ entropy rhythm DESIGN.md describes:
 
 - act text (the tool call) is one canonical string, so a warm-started model is confident there;
   plan text is a small grammar (an optional short reasoning sentence, then one of several
-  paraphrases of the action), so plan tokens have genuine entropy too;
+  paraphrases of the action, with word-level alternatives), so plan tokens have genuine entropy
+  too; L0 sums are written out (``7 + 9 = 16``) before the answer;
 - after an ambiguous failure (``error: lookup: service unavailable``, the same text for a
   transient fault and an outage) it picks ``retry`` or ``backup_lookup`` at random (``p_retry``),
   and switches to the other if the first choice fails (a second ``unavailable`` reveals an
@@ -19,7 +20,7 @@ entropy rhythm DESIGN.md describes:
   is genuinely uncertain exactly where recovery is;
 - after informative failures it does the one right thing: fix the arguments from the listed valid
   names (``bad_args``), or ``convert`` a drifted unit (``unexpected``);
-- recovery sentences come from a few paraphrases, so recover-phase text has some entropy too;
+- recovery sentences come from the same kind of grammar, so recover-phase text has entropy too;
 - it plays only worlds whose faults are ``seen`` (:data:`~agentropy.env.faults.SEEN_FAULTS`):
   novel faults never occur in its transcripts.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,92 +49,92 @@ from agentropy.trace import ToolCall
 __all__ = ["ExpertRun", "expert_messages", "run_expert"]
 
 # Every sentence comes from a small grammar: an optional short reasoning sentence, then one of
-# several paraphrases of the action. Plan and recover text thus has genuine variety (the
-# warm-started model's entropy is not pinned at zero outside the recovery choice), while the
-# tool call itself is one canonical string (act tokens stay confident).
+# several paraphrases of the action, each with word-level alternatives (``[a|b|c]`` picks one
+# uniformly), so most plan and recover tokens are genuine choices (the warm-started model's
+# entropy is not pinned at zero outside the recovery choice), while the tool call itself is one
+# canonical string (act tokens stay confident). The words that carry the decision (retry or
+# backup_lookup, the new attribute name, the units) stay in every paraphrase.
 _LOOK = (
-    "I will look up the {attr} of {e}.",
-    "Let me look up the {attr} of {e}.",
-    "I'll look up {e}'s {attr}.",
-    "Looking up the {attr} of {e}.",
-    "I will call lookup for the {attr} of {e}.",
+    "[I will|I'll|Let me|Now I will|So I will] [look up|check|fetch|get|find] the {attr} of {e}.",
+    "[I will|I'll|Let me|So I will] [look up|check|fetch|get] {e}'s {attr} [now|first|here].",
+    "[Looking up|Checking|Fetching|Getting] the {attr} of {e} [now|first|with lookup].",
+    "[I will|I'll|Let me] [call|use|ask] lookup [for|about] the {attr} of {e}.",
 )
 _LOOK_WHY = (
-    "The question asks for the {attr} of {e}.",
-    "I need the {attr} of {e}.",
-    "First I need the {attr} of {e}.",
+    "The [question|task] [asks for|wants|needs] the {attr} of {e}.",
+    "I [need|want|must find] the {attr} of {e}.",
+    "[First|To start|Step one:] I [need|want] the {attr} of {e}.",
 )
 _LOOK_NEXT = (
-    "Now the {attr} of {e}.",
-    "Next I need the {attr} of {e}.",
-    "One more value: the {attr} of {e}.",
+    "[Now|Next] [the|I need the|I want the] {attr} of {e}.",
+    "[Next|Then|After that] I [need|want] the {attr} of {e}.",
+    "[One more|Another|A second] value: the {attr} of {e}.",
 )
 _LOOK_BACKUP = (
-    "I will look up the {attr} of {e} with backup_lookup.",
-    "lookup is down, so I will ask backup_lookup for the {attr} of {e}.",
-    "I'll use backup_lookup for {e}'s {attr}.",
+    "[I will|I'll|Let me] [look up|check|fetch|get] the {attr} of {e} [with|via|using] backup_lookup.",
+    "lookup is [down|out], so [I will|I'll] [ask|use|call] backup_lookup [for|about] the {attr} of {e}.",
+    "[I'll|I will|Let me] [use|call|ask] backup_lookup [for|about] {e}'s {attr}.",
 )
 _GOT = (
     "The {attr} of {e} is {v}.",
-    "{e}'s {attr} is {v}.",
-    "Got {v} for {e}.",
+    "{e}'s {attr} [is|comes back as|was] {v}.",
+    "[Got|I have|That gives] {v} for {e}.",
 )
 _COMPUTE = (
-    "I will compute {expr}.",
-    "Now I compute {expr}.",
-    "Let me calculate {expr}.",
-    "Next, calc {expr}.",
+    "[I will|I'll|Let me|Now I will|Now I] [compute|calculate|work out|evaluate] {expr}.",
+    "[Next|Then|Now], [calc|compute|calculate] {expr}.",
+    "[I will|I'll|Let me] [use|call] calc [for|on] {expr}.",
 )
 _CONVERT_TASK = (
-    "I will convert {v} {base} to {unit}.",
-    "Now I convert {v} {base} into {unit}.",
-    "The question wants {unit}, so I convert {v} {base}.",
+    "[I will|I'll|Let me|Now I] convert {v} {base} [to|into] {unit}.",
+    "The [question|task] [wants|asks for|needs] {unit}, so I [convert|change] {v} {base}.",
+    "[Converting|Changing] {v} {base} [to|into] {unit} [now|next].",
 )
 _ANSWER = (
-    "I have the answer.",
-    "The answer is {v}.",
-    "So the answer is {v}.",
-    "Done.",
-    "That gives {v}.",
+    "[I have|I've got|That is|Here is] the [answer|result].",
+    "[The answer|The result|So the answer|So the result] is {v}.",
+    "[Done|Finished|All set]. [It is|The answer is|That makes] {v}.",
+    "[That gives|This gives|It comes to] {v}.",
 )
 _DIRECT = (
-    "I can answer directly.",
-    "No tool is needed.",
-    "This is simple arithmetic.",
-    "I can do this without tools.",
+    "[I can|Let me] answer [directly|right away|without tools]: {expr} = {v}.",
+    "No tool is [needed|required|necessary]: {expr} = {v}.",
+    "[This is|That is|It is] [simple|easy|plain] arithmetic: {expr} = {v}.",
+    "[I can|I will|Let me] [do|work out|solve] this [without tools|in my head]: {expr} = {v}.",
 )
 _RETRY = (
-    "The lookup failed. I will retry.",
-    "The service may be busy. I will try again.",
-    "That call failed. I will retry it.",
-    "Maybe a blip. Let me retry lookup.",
+    "The lookup [failed|errored|did not work]. [I will|I'll|Let me] [retry|try again].",
+    "The service [may|might|could] be [busy|overloaded]. [I will|I'll|Let me] [try again|retry].",
+    "That call [failed|errored]. [I will|I'll|Let me] [retry it|try it again|repeat it].",
+    "[Maybe|Probably|Perhaps] [a blip|a glitch|just a hiccup]. [Let me|I will|I'll] retry lookup.",
 )
 _SWITCH = (
-    "The service may be down. I will use backup_lookup.",
-    "lookup may be out. I will switch to backup_lookup.",
-    "That call failed. I will try backup_lookup.",
-    "lookup is unavailable, so I'll try the backup.",
+    "The service [may|might|could] be down. [I will|I'll|Let me] [use|try|switch to] backup_lookup.",
+    "lookup [may|might|could] be [out|down]. [I will|I'll|Let me] [switch to|use|try] backup_lookup.",
+    "That call [failed|errored]. [I will|I'll|Let me] [try|use] backup_lookup [instead|now].",
+    "lookup is [unavailable|not answering], so [I'll|I will|let me] [try|use] the backup.",
 )
 _STILL_DOWN = (
-    "lookup is still down. I will use backup_lookup.",
-    "It failed again, so lookup is down. I will use backup_lookup.",
-    "Two failures: lookup is out. Switching to backup_lookup.",
+    "lookup is [still|again] down. [I will|I'll|Let me] [use|switch to] backup_lookup.",
+    "It failed [again|twice], so lookup is [down|out]. [I will|I'll|Let me] use backup_lookup.",
+    "[Two|Repeated] failures: lookup is [out|down]. [Switching|Moving] to backup_lookup.",
 )
 _STANDBY = (
-    "The backup is on standby, so lookup is up. I will retry lookup.",
-    "backup_lookup is not needed. I will retry lookup.",
-    "lookup is serving again. Let me retry it.",
+    "The backup is on standby, so lookup is [up|serving|fine]. [I will|I'll|Let me] retry lookup.",
+    "backup_lookup is not [needed|in use]. [I will|I'll|Let me] [retry|try] lookup [again|once more].",
+    "lookup is [serving|working|up] again. [Let me|I will|I'll] [retry it|try it again].",
 )
 _FIX_ARGS = (
-    "The attribute name is not valid. I will use {new}.",
-    "The names changed. I will use {new}.",
-    "The attribute is now called {new}. I will retry with it.",
+    "The attribute name is not valid. [I will|I'll|Let me] use {new} [instead|now].",
+    "The names [changed|were renamed]. [I will|I'll|Let me] [use|try] {new}.",
+    "The attribute is now called {new}. [I will|I'll|Let me] [retry|try again] with it.",
 )
 _CONVERT = (
-    "The value is in {unit}, not {base}. I will convert it.",
-    "The unit changed to {unit}. I will convert it to {base}.",
-    "That is {unit}; I need {base}. Converting.",
+    "The value is in {unit}, not {base}. [I will|I'll|Let me] convert it.",
+    "The unit [changed|switched] to {unit}. [I will|I'll|Let me] convert it to {base}.",
+    "That is {unit}; I [need|want] {base}. [Converting|Converting it|I will convert].",
 )
+_SLOT = re.compile(r"\[([^\[\]]*)\]")
 _WHY_PROB = 0.5
 """Probability that an action sentence is preceded by a short reasoning sentence."""
 
@@ -176,7 +178,10 @@ class _Expert:
         return result
 
     def pick(self, options: tuple[str, ...], **fmt: Any) -> str:
-        return self.rng.choice(options).format(**fmt)
+        """One paraphrase, each ``[a|b|c]`` slot filled uniformly at random, then formatted."""
+        template = self.rng.choice(options)
+        template = _SLOT.sub(lambda m: self.rng.choice(m.group(1).split("|")), template)
+        return template.format(**fmt)
 
     def lookup(self, entity: str, attr: str, why: str, max_calls: int = 8) -> int:
         """Fetch ``attr`` of ``entity`` in its base unit, recovering from whatever happens.
@@ -250,8 +255,10 @@ class _Expert:
         meta = self.task.meta
         kind = meta["kind"]
         if kind == "arith":
-            out = str(calc_value(meta["expression"]))
-            return self.answer(self.pick(_DIRECT), out)
+            total = str(calc_value(meta["expression"]))
+            # The sum written out before the answer tag: short reasoning, and the two operands
+            # sit right before the result instead of back in the question.
+            return self.answer(self.pick(_DIRECT, expr=meta["expression"], v=total), total)
         values: list[int] = []
         for i, (e, a) in enumerate(meta["lookups"]):
             if i == 0:

@@ -128,7 +128,7 @@ __all__ = [
 
 #: Bumped whenever question text, tool outputs, the system prompt or expert transcripts change,
 #: so anything cached from them (a tokenizer, a warm-started agent) can key on it.
-TOOLWORLD_VERSION = "2"
+TOOLWORLD_VERSION = "3"
 
 Split = Literal["train", "test"]
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -529,7 +529,7 @@ class ToolWorld:
         q = f"What is the {attr} of {ent_a} {word} the {attr} of {ent_b}?"
         ans = calc_value(f"{va} {_CALC_OPS[word]} {vb}")
         first = Fault(self._pick_kind(rng, set()), rng.randrange(2))
-        faults = (first,)
+        faults: tuple[Fault, ...] = (first,)
         if rng.random() < self.config.l3_extra_fault_prob:
             # A second schema or unit fault of the other family would be the same drift again.
             same = next((g for g in (SCHEMA_FAULTS, UNIT_FAULTS) if first.kind in g), {first.kind})

@@ -33,7 +33,7 @@ def _expert_conversations(
     """``(level, messages)``: one expert transcript per task, deterministic in the arguments."""
     from agentropy.env.expert import expert_messages
 
-    conversations = []
+    conversations: list[tuple[int, list[dict[str, Any]]]] = []
     for level in levels:
         tasks = world.tasks(split=split, level=level, n=n, seed=seed)
         rng = random.Random(f"{seed}:{split}:{level}")

@@ -22,14 +22,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from agentropy.agent.tiny.corpus import _CONSONANTS, _VOWELS, _expert_conversations, _world
 from agentropy.env.format import ANSWER_CLOSE, ANSWER_OPEN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from agentropy.env.toolworld import LEVELS
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerFast
+    from transformers import BatchEncoding, PreTrainedTokenizerFast
 
 __all__ = [
     "CHAT_TEMPLATE",
@@ -144,8 +144,9 @@ def _tokenizer_json(vocab_size: int, world_seed: int, tasks_per_level: int, seed
     renderer = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer(models.BPE()), chat_template=CHAT_TEMPLATE
     )
+    # tokenize=False renders a string (the stubs type every return shape of the call).
     texts = [
-        renderer.apply_chat_template(conversation, tools=tools, tokenize=False)
+        str(renderer.apply_chat_template(conversation, tools=tools, tokenize=False))
         for _level, conversation in conversations
     ]
     # Entity names are cut out of the transcripts and listed once each instead. In the
@@ -235,12 +236,16 @@ def assistant_labels(
     ``<|im_end|>``), ``-100`` for everything else (system, user, tool results, turn headers).
     Labels are unshifted, as Hugging Face causal-LM losses expect. Truncated to ``max_length``.
     """
-    encoding = tokenizer.apply_chat_template(
-        list(messages),
-        tools=list(tools) if tools else None,
-        tokenize=True,
-        return_dict=True,
-        return_assistant_tokens_mask=True,
+    # return_dict=True gives a BatchEncoding (the stubs type every return shape of the call).
+    encoding = cast(
+        "BatchEncoding",
+        tokenizer.apply_chat_template(
+            list(messages),
+            tools=list(tools) if tools else None,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+        ),
     )
     ids = list(encoding["input_ids"])
     mask = list(encoding["assistant_masks"])

@@ -118,7 +118,9 @@ def test_follows_a_growing_csv_until_stop_after(tmp_path):
     def grow() -> None:
         time.sleep(0.5)
         with f.open("a") as fh:
-            fh.write("11,1.6,0.0\n12,1.7,0.0\n")
+            # Three collapsed rewards: a severe drop needs `severe_batches` = 3 rewards since the
+            # onset before it calls a divergence (one bad batch of rollouts is noise).
+            fh.write("11,1.6,0.0\n12,1.7,0.0\n13,1.8,0.0\n")
 
     t = threading.Thread(target=grow)
     t.start()

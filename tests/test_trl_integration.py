@@ -246,7 +246,9 @@ def fitted_model(tokenizer):
     ids, labels = assistant_labels(tokenizer, CONVERSATION, tools=TOOLS)
     x, y = torch.tensor([ids]), torch.tensor([labels])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(150):
+    # 250 steps: with the TOOLWORLD_VERSION 3 tokenizer the loss is 0.17 after 150, 0.006 after
+    # 200 and 0.002 after 250 (measured; the fit is a precondition, not what is tested).
+    for _ in range(250):
         loss = model(input_ids=x, labels=y).loss
         opt.zero_grad()
         loss.backward()

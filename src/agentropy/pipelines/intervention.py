@@ -69,8 +69,10 @@ __all__ = [
     "HIGH_ARM",
     "KIND",
     "LOW_ARM",
+    "ROLES",
     "SUMMARY_JSON",
     "InterventionConfig",
+    "load_summary",
     "render_tables",
     "run_intervention",
     "summarize",
@@ -87,6 +89,9 @@ ARMS: dict[str, str] = {
 HIGH_ARM, LOW_ARM = "phase", "forced-low"
 #: The global-constant temperature arm the phase controller is compared with.
 CONSTANT_ARM = "constant"
+#: The arm behind each role the claims compare (written into the summary as ``roles``, so the
+#: claims read the arms from the data instead of importing this module).
+ROLES: dict[str, str] = {"high": HIGH_ARM, "low": LOW_ARM, "constant": CONSTANT_ARM}
 #: ``kind`` of an ``agentropy experiment --config`` file that runs this experiment.
 KIND = "recovery_intervention"
 #: The summary :func:`summarize` writes into the output folder.
@@ -320,6 +325,7 @@ def summarize(
         "config": next(iter(configs.values())),
         "config_file": config_file,
         "arms": {a: ARMS.get(a) for a in arms},
+        "roles": ROLES,
         "fault_classes": classes,
         "recover_phase": recover,
         "difference": {"high": HIGH_ARM, "low": LOW_ARM, "by_class": differences},
@@ -333,6 +339,22 @@ def summarize(
         out / SUMMARY_JSON, json.dumps(_json_safe(result), indent=2) + "\n", force=True
     )
     return result
+
+
+def load_summary(path: str | Path) -> dict[str, Any]:
+    """A summary written by :func:`summarize`, from ``summary.json`` or the folder holding it."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / SUMMARY_JSON
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise InputError("no such file (run the recovery intervention first)", path=p) from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"not valid JSON: {err.msg}", path=p, line=err.lineno) from None
+    if not isinstance(data, dict) or not isinstance(data.get("arms"), dict):
+        raise InputError("not a recovery-intervention summary (no 'arms')", path=p)
+    return data
 
 
 def _json_safe(obj: Any) -> Any:

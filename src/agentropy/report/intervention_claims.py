@@ -30,9 +30,7 @@ Where the summary lacks an arm, a class or any unit, the row is ``not measured``
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,13 +45,6 @@ from agentropy.analysis.recovery import (
     rate_draws,
 )
 from agentropy.analysis.summary import FLOOR_WARN_SHARE
-from agentropy.errors import InputError
-from agentropy.pipelines.intervention import (
-    CONSTANT_ARM,
-    HIGH_ARM,
-    LOW_ARM,
-    SUMMARY_JSON,
-)
 from agentropy.report.claim_rule import ClaimSpec, Judgement, Measurement, judge
 from agentropy.report.claims import format_ci, format_value
 
@@ -62,13 +53,12 @@ __all__ = [
     "SPECS",
     "claims_console_table",
     "intervention_claims",
-    "load_summary",
 ]
 
 #: The config that reproduces every row (``agentropy experiment --config``), from the repo root.
 EXPERIMENT_CONFIG = "experiments/recovery_intervention.toml"
 
-_ARMS_TEXT = f"{HIGH_ARM} (recover T 1.2) vs {LOW_ARM} (recover T 0.1), same tasks and faults"
+_ARMS_TEXT = "high-spike arm (recover T 1.2) vs forced-low arm (recover T 0.1), same tasks"
 
 #: The claims, stated before the data; keyed by id, in the essay's order.
 SPECS: dict[str, ClaimSpec] = {
@@ -91,7 +81,7 @@ SPECS: dict[str, ClaimSpec] = {
         ClaimSpec(
             id="spike_after_failure",
             statement="Entropy spikes 3-4x right after a failed API call.",
-            metric=f"median spike ratio at each task's first failed call, {HIGH_ARM} arm",
+            metric="median spike ratio at each task's first failed call, high-spike arm",
             null=1.0,
             direction="greater",
             min_effect=2.0,
@@ -144,8 +134,8 @@ SPECS: dict[str, ClaimSpec] = {
         ClaimSpec(
             id="phase_temperature",
             statement="Temperature should follow the task phase.",
-            metric=f"success difference, points: {HIGH_ARM} (per-phase temperature) vs "
-            f"{CONSTANT_ARM} (T 1.0 everywhere), same tasks",
+            metric="success difference, points: phase controller (per-phase temperature) vs "
+            "constant T 1.0 everywhere, same tasks",
             null=0.0,
             direction="greater",
             min_effect=0.05,
@@ -157,22 +147,6 @@ SPECS: dict[str, ClaimSpec] = {
         ),
     )
 }
-
-
-def load_summary(path: str | Path) -> dict[str, Any]:
-    """The experiment's summary from ``summary.json`` or the folder holding it."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / SUMMARY_JSON
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise InputError("no such file (run the recovery intervention first)", path=p) from None
-    except json.JSONDecodeError as err:
-        raise InputError(f"not valid JSON: {err.msg}", path=p, line=err.lineno) from None
-    if not isinstance(data, dict) or "arms" not in data:
-        raise InputError("not a recovery-intervention summary (no 'arms')", path=p)
-    return data
 
 
 def _interval(draws: np.ndarray, confidence: float) -> tuple[float | None, float | None]:
@@ -197,11 +171,17 @@ def _tasks(summary: Mapping[str, Any], arm: str) -> dict[str, Any] | None:
     return (summary.get("tasks") or {}).get(arm)
 
 
-def _missing_arms(summary: Mapping[str, Any], arms: Sequence[str]) -> str:
+def _arms(summary: Mapping[str, Any], *roles: str) -> tuple[list[str], str]:
+    """The arms behind ``roles`` (the summary's ``roles``: high, low, constant), and why they
+    cannot be compared (empty when they can)."""
+    mapping = summary.get("roles") or {}
+    if any(r not in mapping for r in roles):
+        return [], "the summary names no arms for the comparison (re-run summarize)"
+    arms = [mapping[r] for r in roles]
     absent = [a for a in arms if _tasks(summary, a) is None]
-    if not absent:
-        return ""
-    return f"arm {', '.join(absent)} not in the summary (run it: arms = [..., {absent[0]!r}])"
+    if absent:
+        return arms, f"arm {', '.join(absent)} was not run (add it to the config's arms)"
+    return arms, ""
 
 
 def _paired_difference(d: Mapping[str, Any] | None, what: str) -> Measurement:
@@ -218,7 +198,7 @@ def _paired_difference(d: Mapping[str, Any] | None, what: str) -> Measurement:
 
 
 def _recovery(summary: Mapping[str, Any]) -> list[tuple[str, Measurement]]:
-    missing = _missing_arms(summary, (HIGH_ARM, LOW_ARM))
+    _, missing = _arms(summary, "high", "low")
     by_class = (summary.get("difference") or {}).get("by_class") or {}
     if missing or not by_class:
         return [("", Measurement(missing=missing or "the summary has no paired difference"))]
@@ -230,17 +210,19 @@ def _recovery(summary: Mapping[str, Any]) -> list[tuple[str, Measurement]]:
 
 
 def _spike(summary: Mapping[str, Any], rng: np.random.Generator, cfg: dict) -> Measurement:
-    tasks = _tasks(summary, HIGH_ARM)
-    if tasks is None:
-        return Measurement(missing=_missing_arms(summary, (HIGH_ARM,)))
+    arms, missing = _arms(summary, "high")
+    if missing:
+        return Measurement(missing=missing)
+    (high,) = arms
+    tasks = _tasks(summary, high) or {}
     x = np.asarray([t["first_spike"] for t in tasks.values() if t["first_spike"] is not None])
     if x.size == 0:
-        return Measurement(missing=f"no failed call with a spike ratio in the {HIGH_ARM} arm")
+        return Measurement(missing=f"no failed call with a spike ratio in the {high} arm")
     ci = None
     if x.size >= 2:
         draws = _paired(lambda idx: np.median(x[idx], axis=1), x.size, rng, cfg["n_boot"])
         ci = _interval(draws, cfg["confidence"])
-    floor = (summary.get("baseline_floor") or {}).get(HIGH_ARM) or {}
+    floor = (summary.get("baseline_floor") or {}).get(high) or {}
     caveat = ""
     if (floor.get("share") or 0.0) > FLOOR_WARN_SHARE:
         caveat = (
@@ -250,17 +232,19 @@ def _spike(summary: Mapping[str, Any], rng: np.random.Generator, cfg: dict) -> M
         )
     return Measurement(
         value=float(np.median(x)), ci=ci, n=int(x.size),
-        detail=f"{x.size} tasks with a failed call", caveat=caveat,
+        detail=f"{high}: {x.size} tasks with a failed call", caveat=caveat,
     )  # fmt: skip
 
 
-def _shared(summary: Mapping[str, Any], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(n,) values of ``key`` of the high and the low arm on tasks where both have one."""
-    hi, lo = _tasks(summary, HIGH_ARM) or {}, _tasks(summary, LOW_ARM) or {}
-    shared = sorted(t for t in set(hi) & set(lo) if None not in (hi[t][key], lo[t][key]))
+def _shared(
+    summary: Mapping[str, Any], arm_a: str, arm_b: str, key: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n,) values of ``key`` of two arms on the tasks where both have one, in task order."""
+    a, b = _tasks(summary, arm_a) or {}, _tasks(summary, arm_b) or {}
+    shared = sorted(t for t in set(a) & set(b) if None not in (a[t][key], b[t][key]))
     return (
-        np.asarray([hi[t][key] for t in shared], np.float64),
-        np.asarray([lo[t][key] for t in shared], np.float64),
+        np.asarray([a[t][key] for t in shared], np.float64),
+        np.asarray([b[t][key] for t in shared], np.float64),
     )
 
 
@@ -275,10 +259,10 @@ def _ratio_measurement(
     caveat: str = "",
 ) -> Measurement:
     """``stat(high) / stat(low)`` over shared tasks; ``stat`` reduces the last axis."""
-    missing = _missing_arms(summary, (HIGH_ARM, LOW_ARM))
+    arms, missing = _arms(summary, "high", "low")
     if missing:
         return Measurement(missing=missing)
-    a, b = _shared(summary, key)
+    a, b = _shared(summary, *arms, key)
     n = int(a.size)
     if n < 2:
         return Measurement(missing=f"{n} shared tasks with {what} in both arms (need 2)")
@@ -290,11 +274,11 @@ def _ratio_measurement(
 
     value = float(ratio(a, b))
     if not np.isfinite(value):
-        return Measurement(missing=f"the {LOW_ARM} arm's {what} is zero: the ratio is undefined")
+        return Measurement(missing=f"the {arms[1]} arm's {what} is zero: the ratio is undefined")
     draws = _paired(lambda idx: ratio(a[idx], b[idx]), n, rng, cfg["n_boot"])
     return Measurement(
         value=value, ci=_interval(draws, cfg["confidence"]), n=n,
-        detail=f"{n} shared tasks", caveat=caveat,
+        detail=f"{arms[0]} / {arms[1]}, {n} shared tasks", caveat=caveat,
     )  # fmt: skip
 
 
@@ -322,19 +306,15 @@ def _eruption_loops(summary: Mapping[str, Any], rng: np.random.Generator, cfg: d
 
 
 def _phase_vs_constant(summary: Mapping[str, Any], cfg: dict) -> Measurement:
-    missing = _missing_arms(summary, (HIGH_ARM, CONSTANT_ARM))
+    arms, missing = _arms(summary, "high", "constant")
     if missing:
         return Measurement(missing=missing)
-    hi, co = _tasks(summary, HIGH_ARM) or {}, _tasks(summary, CONSTANT_ARM) or {}
-    shared = sorted(
-        t for t in set(hi) & set(co) if None not in (hi[t]["success"], co[t]["success"])
-    )
+    a, b = _shared(summary, *arms, "success")
     d = paired_difference_ci(
-        np.asarray([hi[t]["success"] for t in shared], np.int64),
-        np.asarray([co[t]["success"] for t in shared], np.int64),
+        a.astype(np.int64), b.astype(np.int64),
         confidence=cfg["confidence"], n_boot=cfg["n_boot"], seed=cfg["seed"],
     )  # fmt: skip
-    return _paired_difference(d, f"shared task with an outcome in {HIGH_ARM} and {CONSTANT_ARM}")
+    return _paired_difference(d, f"shared task with an outcome in {arms[0]} and {arms[1]}")
 
 
 def intervention_claims(

@@ -426,7 +426,9 @@ def render_tables(result: Mapping[str, Any]) -> list[Any]:
         t.add_column(col, justify="left" if col in ("arm", "policy", "fault class") else "right")
     for arm in arms:
         for c in FAULT_CLASSES:
-            r = result["fault_classes"][arm][c]
+            r = result["fault_classes"][arm].get(c)
+            if r is None:  # an eval.json from before fault classes existed
+                continue
             rci = r["recovery_ci"]
             rec = pct(r["recovery"]) + (f" [{100 * rci[0]:.0f},{100 * rci[1]:.0f}]" if rci else "")
             t.add_row(

@@ -315,3 +315,44 @@ def test_experiment_config_dispatches_by_kind(tmp_path: Path, monkeypatch: Any) 
     cfg.write_text('kind = "nope"\n')
     res = CliRunner().invoke(app, ["experiment", "--config", str(cfg)])
     assert res.exit_code == 2 and "unknown kind 'nope'" in res.output
+
+
+# --------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------
+
+
+def test_report_shows_the_preregistered_claims(tmp_path: Path) -> None:
+    """``agentropy report TRACES --intervention DIR``: one row per judgement with the spec's
+    null, direction, minimum effect, the measurement, verdict, reason and config file."""
+    from typer.testing import CliRunner
+
+    from agentropy.cli import app
+    from test_report import small_traces
+
+    summary = _summary(loops=((0, 0), (0, 0)))  # one row not measured
+    (tmp_path / "ri").mkdir()
+    (tmp_path / "ri" / "summary.json").write_text(json.dumps(summary))
+    traces = tmp_path / "t.jsonl"
+    write_jsonl(small_traces(6), traces)
+    out = tmp_path / "r.html"
+    args = ["report", str(traces), "--out", str(out), "--intervention", str(tmp_path / "ri")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    page = out.read_text()
+    table = page[page.index('<table id="claims-v2-table">') :].split("</table>", 1)[0]
+    rows = table.split("<tr data-claim=")[1:]
+    expected = intervention_claims(summary, seed=0)
+    assert len(rows) == len(expected) == 8
+    for row, j in zip(rows, expected, strict=True):
+        assert row.startswith(f'"{j.spec.id}"')
+        assert f'<td class="{j.verdict.replace(" ", "-")}">{j.verdict}</td>' in row
+        assert "experiments/recovery_intervention.toml" in row
+        assert j.spec.threshold.replace(">", "&gt;") in row
+    assert "no eruptions to compare" in table
+    # Without --intervention the section says how to get the table.
+    res = CliRunner().invoke(app, ["report", str(traces), "--out", str(out), "--force"])
+    assert res.exit_code == 0 and 'id="claims-v2-table"' not in out.read_text()
+    assert "No pre-registered claims given" in out.read_text()
+    bad = CliRunner().invoke(app, [*args, "--force", "--intervention", str(tmp_path / "none")])
+    assert bad.exit_code == 2 and "run the recovery intervention first" in bad.output

@@ -26,19 +26,21 @@ verdict carries the numbers and a one-sentence reason, so a reader can check the
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from agentropy.report.claims import UNITS, format_ci, format_value
-
 __all__ = [
     "DIRECTIONS",
+    "UNITS",
     "VERDICTS",
     "ClaimSpec",
     "Direction",
     "Judgement",
     "Measurement",
     "Verdict",
+    "format_ci",
+    "format_value",
     "judge",
 ]
 
@@ -47,6 +49,32 @@ Verdict = Literal["supported", "refuted", "inconclusive", "not measured"]
 VERDICTS: tuple[str, ...] = ("supported", "refuted", "inconclusive", "not measured")
 Direction = Literal["greater", "less"]
 DIRECTIONS: tuple[str, ...] = ("greater", "less")
+#: Display units: ``x`` (ratio), ``%`` (relative change), ``pp`` (difference of rates,
+#: percentage points), ``num`` (signed plain number).
+UNITS: tuple[str, ...] = ("x", "%", "pp", "num")
+
+
+def format_value(value: float | None, unit: str) -> str:
+    """Display a measurement or CI bound (``x``: ``2.31x``, ``%``: ``+22.0%``, ``pp``: ``+5.0 pp``,
+    ``num``: ``+0.123``)."""
+    if value is None:
+        return "-"
+    if unit == "x":
+        return f"{value:.2f}x"
+    if unit == "%":
+        return f"{100 * value:+.1f}%"
+    if unit == "pp":
+        return f"{100 * value:+.1f} pp"
+    return f"{value:+.3f}"
+
+
+def format_ci(ci: Sequence[float | None] | None, unit: str) -> str:
+    """``[lo, hi]`` with unbounded sides shown as ``-inf`` / ``+inf``."""
+    if ci is None:
+        return "-"
+    lo = "-inf" if ci[0] is None else format_value(ci[0], unit)
+    hi = "+inf" if ci[1] is None else format_value(ci[1], unit)
+    return f"[{lo}, {hi}]"
 
 
 def _finite(x: float, name: str) -> None:

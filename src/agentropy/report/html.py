@@ -110,7 +110,6 @@ td.l { white-space: normal; }
 th { background: #f2f2f2; }
 td.l, th.l { text-align: left; }
 td.supported { background: #e3f4ea; color: #11622f; font-weight: 600; }
-td.not-supported { background: #fbe6e1; color: #8a2b12; font-weight: 600; }
 td.inconclusive { background: #f3f3f3; color: #555; font-weight: 600; }
 td.refuted { background: #fbe6e1; color: #8a2b12; font-weight: 600; }
 td.not-measured { background: #fff; color: #888; font-style: italic; }
@@ -408,14 +407,15 @@ def _claims_html(claims: Sequence[ClaimRow]) -> str:
             f"<td>{_esc(format_value(c.measurement, c.unit))}</td>"
             f"<td>{_esc(format_ci(c.ci, c.unit))}</td>"
             f'<td class="l">{_esc(c.n_detail)}</td>'
-            f'<td class="{css}">{_esc(c.verdict)}</td>'
+            f'<td class="{css}" title="{_esc(c.reason)}">{_esc(c.verdict)}</td>'
             "</tr>"
         )
     intro = (
-        '<p class="note">Verdicts come from one rule, never by hand: <b>supported</b> if the 95% '
-        "bootstrap CI excludes the null on the side the claim predicts, <b>not supported</b> if it "
-        "excludes it on the other side, <b>inconclusive</b> if it contains the null, has no CI, "
-        "or n is below the claim's minimum.</p>"
+        '<p class="note">The same rule as above, on the traces at hand: <b>supported</b> if the '
+        "95% bootstrap CI lies beyond the claim's minimum effect, <b>refuted</b> if it falls short "
+        "of it, <b>inconclusive</b> if it contains it, has no CI or n is below the claim's "
+        "minimum; <b>not measured</b> without a value. Observational: these rows compare "
+        "episodes, not arms set on the same tasks.</p>"
     )
     return f'{intro}<table id="claims-table"><thead><tr>{th}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 

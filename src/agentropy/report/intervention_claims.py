@@ -72,8 +72,8 @@ SPECS: dict[str, ClaimSpec] = {
             null=0.0,
             direction="greater",
             min_effect=0.10,
-            rationale="+22% relative at the 40-50% recovery these agents reach is +9 to +11 "
-            "points; less than 10 points would not justify a hot recover phase.",
+            rationale="the essay's +22% relative, on the 45-50% recovery the greedy agent "
+            "reaches, is +10 to +11 points; less would not justify a hot recover phase.",
             experiment=EXPERIMENT_CONFIG,
             unit="pp",
             min_n=10,

@@ -188,12 +188,14 @@ def _paired_difference(d: Mapping[str, Any] | None, what: str) -> Measurement:
     if not d or not d.get("n"):
         return Measurement(missing=f"no {what}")
     ci = d.get("difference_ci")
+    rel = d.get("relative")  # the essay's "+22%" is relative: shown, not judged
     return Measurement(
         value=d["difference"],
         ci=None if ci is None else (ci[0], ci[1]),
         n=int(d["n"]),
-        detail=f"{d['n']} tasks; {d['rate_a']:.0%} vs {d['rate_b']:.0%}; discordant "
-        f"{d['a_only']} / {d['b_only']}",
+        detail=f"{d['n']} tasks; {d['rate_a']:.0%} vs {d['rate_b']:.0%}"
+        + ("" if rel is None else f" (relative {rel:+.0%})")
+        + f"; discordant {d['a_only']} / {d['b_only']}",
     )
 
 

@@ -174,6 +174,7 @@ def test_preregistered_claims_render_in_chromium(tmp_path: Path) -> None:
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="the browser test needs the playwright pip package"
     )
+    from agentropy.report.claim_rule import format_value
     from agentropy.report.intervention_claims import intervention_claims
     from test_intervention import _summary
     from test_report import small_traces
@@ -209,14 +210,19 @@ def test_preregistered_claims_render_in_chromium(tmp_path: Path) -> None:
         finally:
             browser.close()
     assert errors == [] and visible
-    assert head == ["#", "claim (essay)", "null hypothesis", "direction", "minimum effect",
+    assert head == ["#", "claim (essay) and metric", "null", "direction", "minimum effect",
                     "measured", "95% CI", "n", "verdict", "reason", "reproduce"]  # fmt: skip
     assert len(rows) == len(judgements)
     colours: dict[str, str] = {}
+    previous = None
     for cells, j in zip(rows, judgements, strict=True):
         text = [c[0] for c in cells]
-        assert j.spec.statement in text[1]
-        assert text[2] == j.spec.null_hypothesis and text[3] == j.spec.direction
+        # A claim's statement is shown once; its other scopes say "as above [scope]".
+        first = j.spec.id != previous
+        previous = j.spec.id
+        assert (j.spec.statement in text[1]) if first else text[1].startswith("as above")
+        assert j.scope in text[1]
+        assert text[2] == format_value(j.spec.null, j.spec.unit) and text[3] == j.spec.direction
         assert text[4].startswith(j.spec.threshold)
         assert text[8] == j.verdict and text[9] == j.reason
         assert text[10] == "experiments/recovery_intervention.toml"

@@ -113,7 +113,12 @@ td.supported { background: #e3f4ea; color: #11622f; font-weight: 600; }
 td.inconclusive { background: #f3f3f3; color: #555; font-weight: 600; }
 td.refuted { background: #fbe6e1; color: #8a2b12; font-weight: 600; }
 td.not-measured { background: #fff; color: #888; font-style: italic; }
-td.reason { white-space: normal; min-width: 16rem; font-size: 0.82rem; }
+div.wide { overflow-x: auto; }
+#claims-v2-table { font-size: 0.8rem; }
+#claims-v2-table td.claim { min-width: 15rem; }
+#claims-v2-table td.why, #claims-v2-table td.detail { min-width: 8rem; }
+td.reason { white-space: normal; min-width: 15rem; }
+span.scope { font-weight: 600; }
 code { font-size: 0.8rem; }
 div.chart { width: 100%; min-height: 340px; }
 pre { background: #f6f6f6; padding: 0.6rem; overflow-x: auto; font-size: 0.8rem; }
@@ -427,25 +432,31 @@ def _preregistered_html(rows: Sequence[Judgement] | None) -> str:
             "No pre-registered claims given (run agentropy experiment --config "
             "experiments/recovery_intervention.toml and pass --intervention to the report)."
         )
-    head = ("#", "claim (essay)", "null hypothesis", "direction", "minimum effect",
-            "measured", "95% CI", "n", "verdict", "reason", "reproduce")  # fmt: skip
+    head = ("#", "claim (essay) and metric", "null", "direction", "minimum effect", "measured",
+            "95% CI", "n", "verdict", "reason", "reproduce")  # fmt: skip
     th = "".join(f'<th class="l">{_esc(h)}</th>' for h in head)
     body = []
+    previous = None
     for i, j in enumerate(rows, start=1):
         s, m = j.spec, j.measurement
-        scope = f' <span class="note">[{_esc(j.scope)}]</span>' if j.scope else ""
+        scope = f' <span class="scope">[{_esc(j.scope)}]</span>' if j.scope else ""
         detail = f'<br><span class="note">{_esc(m.detail)}</span>' if m.detail else ""
+        if s.id == previous:  # another scope of the claim above: say it once
+            claim, why = f"as above{scope}", ""
+        else:
+            claim = f'{_esc(s.statement)}{scope}<br><span class="note">{_esc(s.metric)}</span>'
+            why = f'<br><span class="note">{_esc(s.rationale)}</span>'
+        previous = s.id
         body.append(
             f'<tr data-claim="{_esc(s.id)}" data-scope="{_esc(j.scope)}">'
             f'<td class="l">{i}</td>'
-            f'<td class="l">{_esc(s.statement)}{scope}<br><span class="note">{_esc(s.metric)}'
-            "</span></td>"
-            f'<td class="l">{_esc(s.null_hypothesis)}</td>'
+            f'<td class="l claim">{claim}</td>'
+            f'<td title="{_esc(s.null_hypothesis)}">{_esc(format_value(s.null, s.unit))}</td>'
             f'<td class="l">{_esc(s.direction)}</td>'
-            f'<td class="l">{_esc(s.threshold)}<br><span class="note">{_esc(s.rationale)}</span></td>'
+            f'<td class="l why">{_esc(s.threshold)}{why}</td>'
             f"<td>{_esc(format_value(m.value, s.unit))}</td>"
             f"<td>{_esc(format_ci(m.ci, s.unit))}</td>"
-            f'<td class="l">{m.n}{detail}</td>'
+            f'<td class="l detail">{m.n}{detail}</td>'
             f'<td class="{j.verdict.replace(" ", "-")}">{_esc(j.verdict)}</td>'
             f'<td class="l reason">{_esc(j.reason)}</td>'
             f'<td class="l"><code>{_esc(s.experiment)}</code></td>'
@@ -456,11 +467,12 @@ def _preregistered_html(rows: Sequence[Judgement] | None) -> str:
         "effect that counts. <b>supported</b>: the whole 95% CI lies beyond the minimum effect; "
         "<b>refuted</b>: the whole CI falls short of it (a smaller or opposite effect); "
         "<b>inconclusive</b>: the CI contains it, or too few units; <b>not measured</b>: the "
-        "experiment has no data for it. Reproduce a row with <code>agentropy experiment "
+        "experiment has no data for it. The null is the metric's value without an effect (hover "
+        "for the hypothesis in words). Reproduce a row with <code>agentropy experiment "
         "--config FILE</code>.</p>"
     )
     table = f'<table id="claims-v2-table"><thead><tr>{th}</tr></thead><tbody>{"".join(body)}</tbody></table>'
-    return intro + table
+    return f'{intro}<div class="wide">{table}</div>'  # scrolls sideways on a narrow page
 
 
 def environment_versions() -> dict[str, str]:

@@ -16,8 +16,9 @@ the **minimum effect that counts**, and is
 A missing CI bound (an infinite bootstrap quantile, e.g. a ratio whose denominator can be drawn as
 zero) counts as unbounded on that side.
 
-The claims (null value, minimum effect, minimum ``n``; every claim predicts a value above its null; definitions of spike ratio, eruption,
-contraction and loop are DESIGN.md's, computed by :mod:`agentropy.analysis`):
+The claims (null value, minimum effect, minimum ``n``; every claim predicts a value above its
+null; definitions of spike ratio, eruption, contraction and loop are DESIGN.md's, computed by
+:mod:`agentropy.analysis`):
 
 1. ``spike_after_failure`` -- entropy spikes after failed tool calls. Unit: failed (``error`` /
    ``unexpected``) trigger with a spike ratio. Measurement: median spike ratio; CI: bootstrap of
@@ -29,8 +30,8 @@ contraction and loop are DESIGN.md's, computed by :mod:`agentropy.analysis`):
 3. ``exploration_token_cost`` -- exploration costs tokens (essay: up to +150 %). Measurement:
    token overhead of the exploring policy vs the reference on the tasks both ran (per-task mean
    tokens, summed, ratio minus 1; the analyzer's ``costs`` definition); CI: paired bootstrap over
-   shared tasks. Null 0, minimum effect +20 %; min n 10 shared tasks. The exploring policy's share of
-   tokens in the ``recover`` phase is reported alongside.
+   shared tasks. Null 0, minimum effect +20 %; min n 10 shared tasks. The exploring policy's
+   share of tokens in the ``recover`` phase is reported alongside.
 4. ``exploration_latency_variance`` -- exploration makes latency less predictable. Measurement:
    coefficient of variation (sample std / mean) of episode latency of the exploring policy minus
    the reference's; CI: bootstrap within each policy. Null 0, minimum effect +0.10; min n 10

@@ -471,7 +471,10 @@ def _preregistered_html(rows: Sequence[Judgement] | None) -> str:
         "for the hypothesis in words). Reproduce a row with <code>agentropy experiment "
         "--config FILE</code>.</p>"
     )
-    table = f'<table id="claims-v2-table"><thead><tr>{th}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    table = (
+        f'<table id="claims-v2-table"><thead><tr>{th}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
     return f'{intro}<div class="wide">{table}</div>'  # scrolls sideways on a narrow page
 
 

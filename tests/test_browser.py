@@ -165,3 +165,67 @@ def test_topk_report_draws_the_bounds_band_in_chromium(tmp_path: Path) -> None:
     for n_traces, n_fills, legend in bands:
         assert n_traces == 1 and n_fills >= 1
         assert BOUNDS_NAME in legend
+
+
+def test_preregistered_claims_render_in_chromium(tmp_path: Path) -> None:
+    """The pre-registered claims table in a real browser: one row per judgement, each with its
+    null, direction, minimum effect, measurement, verdict (coloured by kind), reason and the
+    config file that reproduces it."""
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="the browser test needs the playwright pip package"
+    )
+    from agentropy.report.claim_rule import format_value
+    from agentropy.report.intervention_claims import intervention_claims
+    from test_intervention import _summary
+    from test_report import small_traces
+
+    executable = _chromium()
+    traces = small_traces()
+    judgements = intervention_claims(_summary(loops=((0, 0), (0, 0))), n_boot=400)
+    out = write_report(
+        tmp_path / "claims.html",
+        summary=analyze_episodes(traces),
+        episodes=traces,
+        preregistered=judgements,
+    )
+    errors: list[str] = []
+    with sync_api.sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
+        browser = pw.chromium.launch_persistent_context(
+            profile, executable_path=executable, headless=True, args=LAUNCH_ARGS,
+            viewport={"width": 1400, "height": 900},
+        )  # fmt: skip
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+            page.goto(out.resolve().as_uri(), wait_until="load")
+            head = page.eval_on_selector_all(
+                "#claims-v2-table thead th", "ths => ths.map(t => t.textContent)"
+            )
+            rows = page.eval_on_selector_all(
+                "#claims-v2-table tbody tr",
+                """trs => trs.map(tr => [...tr.cells].map(td => [td.innerText.trim(),
+                    getComputedStyle(td).backgroundColor]))""",
+            )
+            visible = page.is_visible("#claims-v2-table")
+        finally:
+            browser.close()
+    assert errors == [] and visible
+    assert head == ["#", "claim (essay) and metric", "null", "direction", "minimum effect",
+                    "measured", "95% CI", "n", "verdict", "reason", "reproduce"]  # fmt: skip
+    assert len(rows) == len(judgements)
+    colours: dict[str, str] = {}
+    previous = None
+    for cells, j in zip(rows, judgements, strict=True):
+        text = [c[0] for c in cells]
+        # A claim's statement is shown once; its other scopes say "as above [scope]".
+        first = j.spec.id != previous
+        previous = j.spec.id
+        assert (j.spec.statement in text[1]) if first else text[1].startswith("as above")
+        assert j.scope in text[1]
+        assert text[2] == format_value(j.spec.null, j.spec.unit) and text[3] == j.spec.direction
+        assert text[4].startswith(j.spec.threshold)
+        assert text[8] == j.verdict and text[9] == j.reason
+        assert text[10] == "experiments/recovery_intervention.toml"
+        colours[j.verdict] = cells[8][1]
+    assert {"supported", "not measured"} <= set(colours)
+    assert colours["supported"] != colours["not measured"]

@@ -8,6 +8,7 @@ import pytest
 
 from agentropy.analysis.summary import analyze_episodes
 from agentropy.report.claims import (
+    CLAIM_SPECS,
     ClaimRow,
     ClaimsConfig,
     Evidence,
@@ -21,7 +22,6 @@ from agentropy.report.claims import (
     claims_table,
     format_ci,
     format_value,
-    verdict,
 )
 from agentropy.trace import Episode, ToolCall, Turn
 
@@ -33,28 +33,14 @@ CFG = ClaimsConfig(n_boot=1000)
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("ci", "direction", "n", "expected"),
-    [
-        ((1.2, 2.0), "greater", 50, "supported"),
-        ((0.2, 0.8), "greater", 50, "not supported"),
-        ((0.8, 1.2), "greater", 50, "inconclusive"),
-        ((1.2, 2.0), "greater", 3, "inconclusive"),  # below min n
-        (None, "greater", 50, "inconclusive"),
-        ((0.2, 0.8), "less", 50, "supported"),
-        ((1.2, None), "greater", 50, "supported"),  # None = unbounded above
-        ((None, 0.9), "greater", 50, "not supported"),
-        ((None, None), "greater", 50, "inconclusive"),
-        ((1.0, 2.0), "greater", 50, "inconclusive"),  # touching the null is not excluding it
-    ],
-)
-def test_verdict_rule(ci: tuple | None, direction: str, n: int, expected: str) -> None:
-    assert verdict(ci, null=1.0, direction=direction, n=n, min_n=10) == expected  # type: ignore[arg-type]
-
-
-def test_verdict_rejects_bad_direction() -> None:
-    with pytest.raises(ValueError, match="direction"):
-        verdict((0, 1), null=0, direction="up", n=5, min_n=1)  # type: ignore[arg-type]
+def test_rows_use_the_preregistered_rule() -> None:
+    """A tiny spike with a tight CI excludes the null 1.0 but not the 2x minimum: refuted."""
+    tiny = Evidence(failed_spikes=[1.01 + 0.001 * (i % 5) for i in range(200)])
+    row = claim_spike_after_failure(tiny, CFG)
+    assert row.ci is not None and row.ci[0] > 1.0  # type: ignore[operator]
+    assert row.verdict == "refuted" and "a real effect" in row.reason
+    assert "2.00x" in row.rule and row.to_dict()["reason"] == row.reason
+    assert {s.min_effect > s.null for s in CLAIM_SPECS.values()} == {True}
     with pytest.raises(ValueError, match="verdict"):
         ClaimRow("k", "c", "-", None, None, 0, "", "maybe", "")  # type: ignore[arg-type]
 
@@ -90,7 +76,7 @@ def test_claim1_spike_after_failure() -> None:
     assert row.measurement == pytest.approx(np.median(up.failed_spikes))
     assert row.ci[0] <= row.measurement <= row.ci[1]  # type: ignore[index]
     down = Evidence(failed_spikes=list(0.6 + 0.05 * rng.standard_normal(40)))
-    assert claim_spike_after_failure(down, CFG).verdict == "not supported"
+    assert claim_spike_after_failure(down, CFG).verdict == "refuted"
     few = Evidence(failed_spikes=[3.0, 3.1, 2.9])
     assert claim_spike_after_failure(few, CFG).verdict == "inconclusive"
     assert claim_spike_after_failure(Evidence(), CFG).measurement is None
@@ -101,12 +87,12 @@ def test_claim2_relative_recovery_from_summary() -> None:
         rel = {"value": value, "ci": ci, "n_a": n_a, "n_b": n_b}
         return {"recovery": {"relative_3_4_vs_lt_1_5": rel}}
 
-    assert claim_spike_3_4_recovery(summ(0.3, [0.1, 0.5], 30, 30)).verdict == "supported"
-    assert claim_spike_3_4_recovery(summ(-0.5, [-0.7, -0.2], 30, 30)).verdict == "not supported"
+    assert claim_spike_3_4_recovery(summ(0.3, [0.15, 0.5], 30, 30)).verdict == "supported"
+    assert claim_spike_3_4_recovery(summ(-0.5, [-0.7, -0.2], 30, 30)).verdict == "refuted"
     assert claim_spike_3_4_recovery(summ(0.3, [0.1, 0.5], 3, 30)).verdict == "inconclusive"
-    assert claim_spike_3_4_recovery(summ(0.3, [0.1, None], 30, 30)).verdict == "supported"
+    assert claim_spike_3_4_recovery(summ(0.3, [0.15, None], 30, 30)).verdict == "supported"
     row = claim_spike_3_4_recovery(summ(None, None, 0, 10))
-    assert row.verdict == "inconclusive" and row.note
+    assert row.verdict == "not measured" and row.note and row.reason == row.note
 
 
 def _recovery_episode(i: int, spike: float, recovered: bool) -> Episode:
@@ -148,7 +134,7 @@ def test_claim3_token_cost() -> None:
     )
     assert "25.0% of tokens in recover" in row.note
     fewer = _ev(policy=pol, task_id=tasks, tokens=[20] * n + [10 + i % 2 for i in range(n)])
-    assert claim_exploration_token_cost(fewer, CFG).verdict == "not supported"
+    assert claim_exploration_token_cost(fewer, CFG).verdict == "refuted"
     few = _ev(
         policy=["greedy", "greedy", "phase", "phase"],
         task_id=["t0", "t1", "t0", "t1"],
@@ -165,11 +151,11 @@ def test_claim4_latency_variance() -> None:
     n = 40
     pol = ["greedy"] * n + ["phase"] * n
     steady = list(1.0 + 0.02 * rng.standard_normal(n))
-    wild = list(1.0 + 0.5 * np.abs(rng.standard_normal(n)))
+    wild = list(1.0 + 1.0 * np.abs(rng.standard_normal(n)))
     row = claim_exploration_latency_variance(_ev(policy=pol, latency_s=steady + wild), CFG)
     assert row.verdict == "supported" and row.measurement > 0.1  # type: ignore[operator]
     row = claim_exploration_latency_variance(_ev(policy=pol, latency_s=wild + steady), CFG)
-    assert row.verdict == "not supported"
+    assert row.verdict == "refuted"
     short = _ev(policy=pol[n - 3 : n + 3], latency_s=(steady[:3] + wild[:3]))
     assert claim_exploration_latency_variance(short, CFG).verdict == "inconclusive"
     nolat = _ev(policy=pol, latency_s=[float("nan")] * (2 * n))
@@ -193,7 +179,7 @@ def test_claim5_divergent_eruptions() -> None:
     assert row.measurement == pytest.approx(0.9 - 0.1)
     assert row.verdict == "supported" and row.n == 20
     summary, ev = _eruptions([("divergent", 1)] * 20 + [("productive", 0)] * 20)
-    assert claim_divergent_eruptions_fail(summary, ev, CFG).verdict == "not supported"
+    assert claim_divergent_eruptions_fail(summary, ev, CFG).verdict == "refuted"
     summary, ev = _eruptions([("divergent", 0)] * 3 + [("productive", 1)] * 30)
     assert claim_divergent_eruptions_fail(summary, ev, CFG).verdict == "inconclusive"
     # A loop at or after the trigger counts as a bad outcome even in a successful episode.
@@ -221,23 +207,23 @@ def test_claim6_phase_vs_constant() -> None:
     row = claim_phase_beats_constant(rows, CFG)
     assert row.measurement == pytest.approx(0.4) and row.verdict == "supported"
     rows = _rows({"phase": [0.5, 0.4, 0.3, 0.2], "constant:1.0": [0.9, 0.8, 0.7, 0.6]})
-    assert claim_phase_beats_constant(rows, CFG).verdict == "not supported"
+    assert claim_phase_beats_constant(rows, CFG).verdict == "refuted"
     rows = _rows({"phase": [0.9], "constant:1.0": [0.5]}, n=5)
     assert claim_phase_beats_constant(rows, CFG).verdict == "inconclusive"
     none = claim_phase_beats_constant([], CFG)
-    assert none.verdict == "inconclusive" and none.note == "no eval rows given"
+    assert none.verdict == "not measured" and none.note == "no eval rows given"
 
 
 def test_claim7_level_drop() -> None:
     row = claim_level_drop(_rows({"greedy": [0.9, 0.8, 0.5, 0.2]}), CFG)
     assert row.measurement == pytest.approx(1 - 0.2 / 0.85) and row.verdict == "supported"
     flat = claim_level_drop(_rows({"greedy": [0.8, 0.8, 0.8, 0.8]}), CFG)
-    assert flat.verdict == "not supported"
+    assert flat.verdict == "refuted"
     assert claim_level_drop(_rows({"greedy": [0.8, 0.8, 0.5, 0.2]}, n=6), CFG).verdict == (
         "inconclusive"
     )
     zero = claim_level_drop(_rows({"greedy": [0.0, 0.0, 0.0, 0.0]}), CFG)
-    assert zero.measurement is None and zero.verdict == "inconclusive"
+    assert zero.measurement is None and zero.verdict == "not measured"
 
 
 def test_table_is_deterministic_and_complete() -> None:
@@ -260,8 +246,8 @@ def test_table_is_deterministic_and_complete() -> None:
     assert a[0]["n"] == 30 and a[0]["measurement"] == pytest.approx(3.5, rel=1e-5)
     # Every failed trigger spikes 3.5x: a zero-width CI at 3.5 excludes 1.0.
     assert a[0]["verdict"] == "supported"
-    # No eval rows for the policy claims: inconclusive, never a guess.
-    assert a[2]["verdict"] == "inconclusive" and a[2]["n"] == 0
+    # One policy only: no token overhead to measure, never a guess.
+    assert a[2]["verdict"] == "not measured" and a[2]["n"] == 0
 
 
 def test_formatting() -> None:

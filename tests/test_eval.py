@@ -311,20 +311,15 @@ def test_run_eval_fault_classes_share_episodes_across_policies(random_agent):
 
 
 def test_recovery_intervention_summary_pairs_arms_by_task(random_agent, tmp_path):
-    """experiments/recovery_intervention.py summarize: the phase-minus-forced-low difference is
-    paired over the same tasks and equals the arms' recovery on them; arms run on different
-    tasks or faults are refused."""
-    import importlib.util
-    from pathlib import Path
-
+    """The recovery intervention's summarize (``agentropy.pipelines.intervention``, run by
+    experiments/recovery_intervention.py): the phase-minus-forced-low difference is paired over
+    the same tasks and equals the arms' recovery on them; arms run on different tasks or faults
+    are refused."""
     from agentropy.env.faults import FAULT_CLASS
     from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
+    from agentropy.errors import InputError
+    from agentropy.pipelines import intervention as ri
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "recovery_intervention.py"
-    spec = importlib.util.spec_from_file_location("recovery_intervention", path)
-    assert spec is not None and spec.loader is not None
-    ri = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ri)
     model, tok, _ = random_agent
     world = ToolWorld(ToolWorldConfig(faults="all"))
     for arm in (ri.HIGH_ARM, ri.LOW_ARM):
@@ -356,5 +351,5 @@ def test_recovery_intervention_summary_pairs_arms_by_task(random_agent, tmp_path
     data = json.loads(ev.read_text())
     data["config"]["seed"] = 1
     ev.write_text(json.dumps(data))
-    with pytest.raises(SystemExit, match="same tasks"):
+    with pytest.raises(InputError, match="same tasks"):
         ri.summarize(tmp_path)

@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from agentropy.cli._common import guarded
+from agentropy.cli._experiment_kinds import run_kind_config
 from agentropy.cli._options import PROGRESS_OPTION, field_option
 
 #: The config the options mirror, named so that importing the CLI does not import torch.
@@ -29,7 +30,10 @@ def experiment_command(
     seeds: int = field_option(EXPERIMENT_CONFIG, "seeds", "--seeds"),
     out: Path = field_option(EXPERIMENT_CONFIG, "out", "--out", convert=Path),
     config: Path | None = typer.Option(
-        None, "--config", help="TOML TrainConfig shared by every run (the rollout budget)."
+        None,
+        "--config",
+        help="TOML TrainConfig shared by every run (the rollout budget); a file with a top-level "
+        'kind key (e.g. kind = "recovery_intervention") runs that experiment instead.',
     ),
     set_: list[str] = typer.Option(
         [], "--set", help="Override a shared TrainConfig field: key=value (repeatable)."
@@ -50,6 +54,8 @@ def experiment_command(
     per arm the greedy held-out gain and training cycles, as mean [95% t-interval] over
     seeds; writes OUT/experiment.json (an earlier experiment in OUT needs --force).
     """
+    if config is not None and run_kind_config(config, force=force, progress=progress):
+        return
     from rich.console import Console
 
     from agentropy.pipelines.experiment import (

@@ -3,7 +3,9 @@
 Takes any traces the analyzer reads (JSONL files, including imported logs, and Parquet trace
 stores), streamed part by part: one pass feeds the analyzer and the claims' per-episode evidence,
 a second pass fetches only the few episodes shown as timeline examples. ``--eval eval.json``
-(written by ``agentropy eval --out``) adds the sampling-policy table and the claims that need it.
+(written by ``agentropy eval --out``) adds the sampling-policy table and the claims that need it;
+``--intervention DIR`` (a recovery-intervention run, ``agentropy experiment --config
+experiments/recovery_intervention.toml``) adds the pre-registered claims table.
 Bad input exits with status 2 and a one-line message naming file, line/row and field.
 """
 
@@ -73,6 +75,11 @@ def report(
     promotions: str | None = typer.Option(
         None, "--promotions", help="Curriculum promotion steps to mark, comma-separated."
     ),
+    intervention: Path | None = typer.Option(
+        None,
+        "--intervention",
+        help="Recovery-intervention run folder (or its summary.json): the pre-registered claims.",
+    ),
     nan_policy: NanPolicyChoice = NAN_POLICY_OPTION,
     reference: str | None = REFERENCE_OPTION,
     seed: int = SEED_OPTION,
@@ -80,7 +87,10 @@ def report(
     force: bool = FORCE_OPTION,
 ) -> None:
     """Analyse traces and write one self-contained HTML report (charts, claims table)."""
-    _run(paths, out, eval_json, promotions, nan_policy.value, reference, seed, title, force)
+    _run(
+        paths, out, eval_json, promotions, nan_policy.value, reference, seed, title, force,
+        intervention,
+    )  # fmt: skip
 
 
 @guarded
@@ -94,16 +104,24 @@ def _run(
     seed: int,
     title: str,
     force: bool,
+    intervention: Path | None = None,
 ) -> None:
     from agentropy.outputs import check_output
     from agentropy.report.html import report_from_paths
 
     check_output(out, force=force)  # before the analysis, not after it
     rows = read_eval_rows(eval_json) if eval_json is not None else None
+    preregistered = None
+    if intervention is not None:
+        from agentropy.pipelines.intervention import load_summary
+        from agentropy.report.intervention_claims import intervention_claims
+
+        preregistered = intervention_claims(load_summary(intervention), seed=seed)
     metadata = {
         "command": "agentropy report",
         "inputs": [str(p) for p in paths],
         "eval": None if eval_json is None else str(eval_json),
+        "intervention": None if intervention is None else str(intervention),
         "bootstrap seed": seed,
         "nan policy": nan_policy,
     }
@@ -114,6 +132,7 @@ def _run(
             eval_rows=rows,
             promotions=parse_promotions(promotions),
             metadata=metadata,
+            preregistered=preregistered,
             nan_policy=nan_policy,
             reference=reference,
             seed=seed,

@@ -2,48 +2,53 @@
 
 Every row of the claims table is computed, never written by hand: a measurement, its 95 %
 percentile-bootstrap confidence interval (seeded, so the table is deterministic), the number of
-units ``n`` behind it, and a verdict from one rule shared by all claims (:func:`verdict`):
+units ``n`` behind it, and a verdict from the one pre-registered rule shared with every claims
+table (:func:`agentropy.report.claim_rule.judge`): each claim states its null, its direction and
+the **minimum effect that counts**, and is
 
-- **supported**: the CI excludes the null value on the side the claim predicts;
-- **not supported**: the CI excludes the null value on the other side;
-- **inconclusive**: the CI contains the null, there is no CI, or fewer units than the claim's
-  minimum ``n``.
+- **supported** only if the whole CI lies beyond the minimum effect;
+- **refuted** if the whole CI falls short of it (a smaller or opposite effect; a tiny effect with
+  a tight CI is refuted, not supported);
+- **inconclusive** if the CI contains it, there is no CI, or fewer units than the claim's
+  minimum ``n``;
+- **not measured** when the traces give no value (an empty group, an undefined ratio).
 
 A missing CI bound (an infinite bootstrap quantile, e.g. a ratio whose denominator can be drawn as
 zero) counts as unbounded on that side.
 
-The claims (null value, predicted direction, minimum ``n``; definitions of spike ratio, eruption,
-contraction and loop are DESIGN.md's, computed by :mod:`agentropy.analysis`):
+The claims (null value, minimum effect, minimum ``n``; every claim predicts a value above its
+null; definitions of spike ratio, eruption, contraction and loop are DESIGN.md's, computed by
+:mod:`agentropy.analysis`):
 
 1. ``spike_after_failure`` -- entropy spikes after failed tool calls. Unit: failed (``error`` /
    ``unexpected``) trigger with a spike ratio. Measurement: median spike ratio; CI: bootstrap of
-   the median. Null 1.0 (no spike), claimed ``> 1``; min n 10.
+   the median. Null 1.0 (no spike), minimum effect 2.0 (the eruption threshold); min n 10.
 2. ``spike_3_4_recovery`` -- a 3-4x spike recovers more often than a forced-low (< 1.5x) one
    (essay: +22 %). Measurement: the analyzer's episode-level
    ``recovery.relative_3_4_vs_lt_1_5`` (``(rate_3_4 - rate_lt_1_5) / rate_lt_1_5``, stratified
-   bootstrap). Null 0, claimed ``> 0``; min n 5 episodes in each bin.
+   bootstrap). Null 0, minimum effect +10 %; min n 5 episodes in each bin.
 3. ``exploration_token_cost`` -- exploration costs tokens (essay: up to +150 %). Measurement:
    token overhead of the exploring policy vs the reference on the tasks both ran (per-task mean
    tokens, summed, ratio minus 1; the analyzer's ``costs`` definition); CI: paired bootstrap over
-   shared tasks. Null 0, claimed ``> 0``; min n 10 shared tasks. The exploring policy's share of
-   tokens in the ``recover`` phase is reported alongside.
+   shared tasks. Null 0, minimum effect +20 %; min n 10 shared tasks. The exploring policy's
+   share of tokens in the ``recover`` phase is reported alongside.
 4. ``exploration_latency_variance`` -- exploration makes latency less predictable. Measurement:
    coefficient of variation (sample std / mean) of episode latency of the exploring policy minus
-   the reference's; CI: bootstrap within each policy. Null 0, claimed ``> 0``; min n 10 episodes
-   per policy.
+   the reference's; CI: bootstrap within each policy. Null 0, minimum effect +0.10; min n 10
+   episodes per policy.
 5. ``divergent_eruptions_fail`` -- eruptions that never contract end in loops or failure more
    often. Unit: eruption whose episode outcome is known. Bad outcome: the episode did not
    succeed, or a loop starts at or after the eruption's trigger. Measurement: bad rate of
    divergent eruptions minus bad rate of contracted (productive + neutral) ones; CI: stratified
-   bootstrap. Null 0, claimed ``> 0``; min n 5 per group.
+   bootstrap. Null 0, minimum effect +10 points; min n 5 per group.
 6. ``phase_beats_constant`` -- phase-aware temperature beats a global constant. Measurement:
    success of ``phase`` minus success of ``constant:1.0`` pooled over the levels both ran (eval
-   rows); CI: bootstrap stratified by level and policy. Null 0, claimed ``> 0``; min n 20 episodes
-   per policy.
+   rows); CI: bootstrap stratified by level and policy. Null 0, minimum effect +5 points; min n 20
+   episodes per policy.
 7. ``level_drop`` -- success falls from L0/L1 to L3 by more than 30 % (the essay's GAIA
    motivation). Measurement: relative drop ``1 - success(L3) / success(L0 + L1)`` of the reference
-   policy (eval rows); CI: stratified bootstrap. Null 0.30, claimed ``> 0.30``; min n 20 episodes at
-   L0 + L1 and at L3.
+   policy (eval rows); CI: stratified bootstrap. Null 0 (no drop), minimum effect 0.30 (the claim);
+   min n 20 episodes at L0 + L1 and at L3.
 
 Per-episode inputs that the analyzer summary does not carry (failed-trigger spike ratios, episode
 outcomes, per-episode tokens and latency) come from the same analyzer pass:
@@ -55,7 +60,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -72,13 +77,23 @@ from agentropy.analysis.recovery import (
     rate_draws,
 )
 from agentropy.analysis.summary import Evidence
+from agentropy.report.claim_rule import (
+    UNITS,
+    VERDICTS,
+    ClaimSpec,
+    Measurement,
+    Verdict,
+    format_ci,
+    format_value,
+    judge,
+)
 
 __all__ = [
+    "CLAIM_SPECS",
     "UNITS",
     "VERDICTS",
     "ClaimRow",
     "ClaimsConfig",
-    "Direction",
     "Verdict",
     "claim_divergent_eruptions_fail",
     "claim_exploration_latency_variance",
@@ -90,40 +105,7 @@ __all__ = [
     "claims_table",
     "format_ci",
     "format_value",
-    "verdict",
 ]
-
-
-Verdict = Literal["supported", "not supported", "inconclusive"]
-VERDICTS: tuple[str, ...] = ("supported", "not supported", "inconclusive")
-Direction = Literal["greater", "less"]
-UNITS: tuple[str, ...] = ("x", "%", "pp", "num")
-
-
-def verdict(
-    ci: Sequence[float | None] | None,
-    *,
-    null: float,
-    direction: Direction,
-    n: int,
-    min_n: int,
-) -> Verdict:
-    """The verdict rule shared by every claim (module docstring).
-
-    ``ci`` is ``[lo, hi]`` (a None bound is unbounded on its side) or None; ``direction`` is the
-    side of ``null`` the claim predicts.
-    """
-    if direction not in ("greater", "less"):
-        raise ValueError(f"direction must be 'greater' or 'less', got {direction!r}")
-    if ci is None or n < min_n:
-        return "inconclusive"
-    lo = -np.inf if ci[0] is None else float(ci[0])
-    hi = np.inf if ci[1] is None else float(ci[1])
-    if lo > null:
-        return "supported" if direction == "greater" else "not supported"
-    if hi < null:
-        return "supported" if direction == "less" else "not supported"
-    return "inconclusive"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,14 +127,16 @@ class ClaimRow:
     n_detail: str
     """Units per group, e.g. ``divergent 12, contracted 30``."""
     verdict: Verdict
-    """From :func:`verdict`, never by hand."""
+    """From :func:`agentropy.report.claim_rule.judge`, never by hand."""
     rule: str
-    """Null, direction and minimum n, in words."""
+    """Null, minimum effect and minimum n, in words."""
     unit: str = "x"
     """How to display the measurement: ``x`` (ratio), ``%`` (relative change), ``pp``
     (difference of rates, percentage points) or ``num`` (signed plain number)."""
     note: str = ""
-    """Extra context (e.g. the recover-phase token share), or why the row is inconclusive."""
+    """Extra context (e.g. the recover-phase token share), or why the row is not measured."""
+    reason: str = ""
+    """Why the rule gave this verdict, with the numbers."""
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -174,6 +158,7 @@ class ClaimRow:
             "rule": self.rule,
             "unit": self.unit,
             "note": self.note,
+            "reason": self.reason,
         }
 
 
@@ -223,22 +208,38 @@ class ClaimsConfig:
         check_bootstrap(self.confidence, self.n_boot)
 
 
-def _rule(null: float, direction: Direction, min_n: str) -> str:
-    side = ">" if direction == "greater" else "<"
-    return f"supported if the CI lies {side} {null:g}; min n {min_n}"
+#: Per claim key: the essay's figure, the null value, the minimum effect that counts, the
+#: minimum n and what it counts, the display unit and why the minimum effect is where it is.
+#: Every claim predicts a measurement above its null (``direction="greater"``).
+_CLAIMS: dict[str, tuple[str, float, float, int, str, str, str]] = {
+    "spike_after_failure": ("spike after failure", 1.0, 2.0, 10, "failed triggers", "x",
+                            "2x is DESIGN.md's eruption threshold"),
+    "spike_3_4_recovery": ("+22%", 0.0, 0.10, 5, "episodes per bin", "%",
+                           "under +10% relative the spike would not be worth having"),
+    "exploration_token_cost": ("up to +150%", 0.0, 0.20, 10, "shared tasks", "%",
+                               "an overhead under +20% would not be worth the warning"),
+    "exploration_latency_variance": ("higher variance", 0.0, 0.10, 10, "episodes per policy",
+                                     "num", "+0.10 CV is a quarter more spread at CV 0.4"),
+    "divergent_eruptions_fail": ("-", 0.0, 0.10, 5, "eruptions per group", "pp",
+                                 "10 points is the least that makes a divergence guard pay"),
+    "phase_beats_constant": ("phase > constant", 0.0, 0.05, 20, "episodes per policy", "pp",
+                             "under 5 points one temperature does as well"),
+    "level_drop": ("GAIA: 30.3% (L1) -> 0% (L3)", 0.0, 0.30, 20, "episodes at L0+L1 and at L3",
+                   "%", "the claim itself: a drop of more than 30%"),
+}  # fmt: skip
 
 
-#: Per claim key: the essay's figure, the null value, the minimum n and what it counts, and the
-#: display unit. Every claim predicts a measurement above its null (``direction="greater"``).
-_CLAIMS: dict[str, tuple[str, float, int, str, str]] = {
-    "spike_after_failure": ("spike after failure", 1.0, 10, "failed triggers", "x"),
-    "spike_3_4_recovery": ("+22%", 0.0, 5, "episodes per bin", "%"),
-    "exploration_token_cost": ("up to +150%", 0.0, 10, "shared tasks", "%"),
-    "exploration_latency_variance": ("higher variance", 0.0, 10, "episodes per policy", "num"),
-    "divergent_eruptions_fail": ("-", 0.0, 5, "eruptions per group", "pp"),
-    "phase_beats_constant": ("phase > constant", 0.0, 20, "episodes per policy", "pp"),
-    "level_drop": ("GAIA: 30.3% (L1) -> 0% (L3)", 0.30, 20, "episodes at L0+L1 and at L3", "%"),
-}
+def _spec(key: str) -> ClaimSpec:
+    essay, null, min_effect, min_n, _, unit, why = _CLAIMS[key]
+    return ClaimSpec(
+        id=key, statement=f"essay: {essay}", metric=key, null=null, direction="greater",
+        min_effect=min_effect, rationale=why, experiment="(the traces and eval rows given)",
+        unit=unit, min_n=min_n,
+    )  # fmt: skip
+
+
+#: The pre-registered spec of each claim of this table (the rows phrase the hypothesis).
+CLAIM_SPECS: dict[str, ClaimSpec] = {k: _spec(k) for k in _CLAIMS}
 
 
 def _row(
@@ -251,8 +252,15 @@ def _row(
     n_detail: str,
     note: str = "",
 ) -> ClaimRow:
-    """The row of claim ``key``: essay figure, unit and verdict rule from :data:`_CLAIMS`."""
-    essay, null, min_n, per, unit = _CLAIMS[key]
+    """The row of claim ``key``: essay figure, unit and verdict from :data:`CLAIM_SPECS`."""
+    essay, _, _, min_n, per, unit, _ = _CLAIMS[key]
+    spec = CLAIM_SPECS[key]
+    finite = measurement is not None and np.isfinite(measurement)
+    m = Measurement(
+        value=float(measurement) if finite else None,  # type: ignore[arg-type]
+        ci=ci, n=n, missing="" if finite else (note or "no value on these traces"),
+    )  # fmt: skip
+    j = judge(spec, m)
     return ClaimRow(
         key=key,
         claim=claim,
@@ -261,10 +269,12 @@ def _row(
         ci=ci,
         n=n,
         n_detail=n_detail,
-        verdict=verdict(ci, null=null, direction="greater", n=n, min_n=min_n),
-        rule=_rule(null, "greater", f"{min_n} {per}"),
+        verdict=j.verdict,
+        rule=f"null {format_value(spec.null, unit)}; supported if the CI lies beyond "
+        f"{spec.threshold}; min n {min_n} {per}",
         unit=unit,
         note=note,
+        reason=j.reason,
     )
 
 
@@ -516,26 +526,3 @@ def claims_table(
         claim_phase_beats_constant(rows, config),
         claim_level_drop(rows, config),
     ]
-
-
-def format_value(value: float | None, unit: str) -> str:
-    """Display a measurement or CI bound (``x``: ``2.31x``, ``%``: ``+22.0%``, ``pp``: ``+5.0 pp``,
-    ``num``: ``+0.123``)."""
-    if value is None:
-        return "-"
-    if unit == "x":
-        return f"{value:.2f}x"
-    if unit == "%":
-        return f"{100 * value:+.1f}%"
-    if unit == "pp":
-        return f"{100 * value:+.1f} pp"
-    return f"{value:+.3f}"
-
-
-def format_ci(ci: Sequence[float | None] | None, unit: str) -> str:
-    """``[lo, hi]`` with unbounded sides shown as ``-inf`` / ``+inf``."""
-    if ci is None:
-        return "-"
-    lo = "-inf" if ci[0] is None else format_value(ci[0], unit)
-    hi = "+inf" if ci[1] is None else format_value(ci[1], unit)
-    return f"[{lo}, {hi}]"

@@ -14,7 +14,10 @@ optional run metadata into one HTML page:
 - ``recovery`` (c): recovery rate by spike-ratio bin with bootstrap confidence intervals;
 - ``policies`` (d): the sampling-policy comparison (eval rows) and the analyzer's per-policy
   token overhead, recover-phase share and latency spread;
-- ``claims`` (e): the essay's claims with measurement, CI, n and a rule-based verdict
+- ``claims`` (e): the pre-registered claims of the recovery intervention, each with its null,
+  direction, minimum effect, measurement, CI, verdict, reason and the config file that
+  reproduces it (:mod:`agentropy.report.intervention_claims`, when given), then the essay's
+  claims tested on the traces at hand, with a rule-based verdict
   (:mod:`agentropy.report.claims`);
 - ``metadata`` (f): versions (agentropy, torch, transformers, python, plotly), seeds and the
   configuration passed in.
@@ -43,6 +46,7 @@ from agentropy.analysis.bounds import bounds_note
 from agentropy.analysis.recovery import REFERENCE_POLICY
 from agentropy.analysis.summary import AnalyzeConfig, Analyzer, Evidence, floor_note, iter_tables
 from agentropy.report import figures as F
+from agentropy.report.claim_rule import Judgement
 from agentropy.report.claims import (
     ClaimRow,
     ClaimsConfig,
@@ -106,8 +110,16 @@ td.l { white-space: normal; }
 th { background: #f2f2f2; }
 td.l, th.l { text-align: left; }
 td.supported { background: #e3f4ea; color: #11622f; font-weight: 600; }
-td.not-supported { background: #fbe6e1; color: #8a2b12; font-weight: 600; }
 td.inconclusive { background: #f3f3f3; color: #555; font-weight: 600; }
+td.refuted { background: #fbe6e1; color: #8a2b12; font-weight: 600; }
+td.not-measured { background: #fff; color: #888; font-style: italic; }
+div.wide { overflow-x: auto; }
+#claims-v2-table { font-size: 0.8rem; }
+#claims-v2-table td.claim { min-width: 15rem; }
+#claims-v2-table td.why, #claims-v2-table td.detail { min-width: 8rem; }
+td.reason { white-space: normal; min-width: 15rem; }
+span.scope { font-weight: 600; }
+code { font-size: 0.8rem; }
 div.chart { width: 100%; min-height: 340px; }
 pre { background: #f6f6f6; padding: 0.6rem; overflow-x: auto; font-size: 0.8rem; }
 """
@@ -400,16 +412,70 @@ def _claims_html(claims: Sequence[ClaimRow]) -> str:
             f"<td>{_esc(format_value(c.measurement, c.unit))}</td>"
             f"<td>{_esc(format_ci(c.ci, c.unit))}</td>"
             f'<td class="l">{_esc(c.n_detail)}</td>'
-            f'<td class="{css}">{_esc(c.verdict)}</td>'
+            f'<td class="{css}" title="{_esc(c.reason)}">{_esc(c.verdict)}</td>'
             "</tr>"
         )
     intro = (
-        '<p class="note">Verdicts come from one rule, never by hand: <b>supported</b> if the 95% '
-        "bootstrap CI excludes the null on the side the claim predicts, <b>not supported</b> if it "
-        "excludes it on the other side, <b>inconclusive</b> if it contains the null, has no CI, "
-        "or n is below the claim's minimum.</p>"
+        '<p class="note">The same rule as above, on the traces at hand: <b>supported</b> if the '
+        "95% bootstrap CI lies beyond the claim's minimum effect, <b>refuted</b> if it falls short "
+        "of it, <b>inconclusive</b> if it contains it, has no CI or n is below the claim's "
+        "minimum; <b>not measured</b> without a value. Observational: these rows compare "
+        "episodes, not arms set on the same tasks.</p>"
     )
     return f'{intro}<table id="claims-table"><thead><tr>{th}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def _preregistered_html(rows: Sequence[Judgement] | None) -> str:
+    """The pre-registered claims: one row per judgement, with everything the rule used."""
+    if not rows:
+        return _nodata(
+            "No pre-registered claims given (run agentropy experiment --config "
+            "experiments/recovery_intervention.toml and pass --intervention to the report)."
+        )
+    head = ("#", "claim (essay) and metric", "null", "direction", "minimum effect", "measured",
+            "95% CI", "n", "verdict", "reason", "reproduce")  # fmt: skip
+    th = "".join(f'<th class="l">{_esc(h)}</th>' for h in head)
+    body = []
+    previous = None
+    for i, j in enumerate(rows, start=1):
+        s, m = j.spec, j.measurement
+        scope = f' <span class="scope">[{_esc(j.scope)}]</span>' if j.scope else ""
+        detail = f'<br><span class="note">{_esc(m.detail)}</span>' if m.detail else ""
+        if s.id == previous:  # another scope of the claim above: say it once
+            claim, why = f"as above{scope}", ""
+        else:
+            claim = f'{_esc(s.statement)}{scope}<br><span class="note">{_esc(s.metric)}</span>'
+            why = f'<br><span class="note">{_esc(s.rationale)}</span>'
+        previous = s.id
+        body.append(
+            f'<tr data-claim="{_esc(s.id)}" data-scope="{_esc(j.scope)}">'
+            f'<td class="l">{i}</td>'
+            f'<td class="l claim">{claim}</td>'
+            f'<td title="{_esc(s.null_hypothesis)}">{_esc(format_value(s.null, s.unit))}</td>'
+            f'<td class="l">{_esc(s.direction)}</td>'
+            f'<td class="l why">{_esc(s.threshold)}{why}</td>'
+            f"<td>{_esc(format_value(m.value, s.unit))}</td>"
+            f"<td>{_esc(format_ci(m.ci, s.unit))}</td>"
+            f'<td class="l detail">{m.n}{detail}</td>'
+            f'<td class="{j.verdict.replace(" ", "-")}">{_esc(j.verdict)}</td>'
+            f'<td class="l reason">{_esc(j.reason)}</td>'
+            f'<td class="l"><code>{_esc(s.experiment)}</code></td>'
+            "</tr>"
+        )
+    intro = (
+        '<p class="note">Stated before the data: each claim\'s null, direction and the minimum '
+        "effect that counts. <b>supported</b>: the whole 95% CI lies beyond the minimum effect; "
+        "<b>refuted</b>: the whole CI falls short of it (a smaller or opposite effect); "
+        "<b>inconclusive</b>: the CI contains it, or too few units; <b>not measured</b>: the "
+        "experiment has no data for it. The null is the metric's value without an effect (hover "
+        "for the hypothesis in words). Reproduce a row with <code>agentropy experiment "
+        "--config FILE</code>.</p>"
+    )
+    table = (
+        f'<table id="claims-v2-table"><thead><tr>{th}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+    return f'{intro}<div class="wide">{table}</div>'  # scrolls sideways on a narrow page
 
 
 def environment_versions() -> dict[str, str]:
@@ -468,6 +534,7 @@ def build_report(
     examples: Mapping[str, tuple[Mapping[str, Any], Timeline]] | None = None,
     claims: Sequence[ClaimRow] | None = None,
     claims_config: ClaimsConfig = ClaimsConfig(),
+    preregistered: Sequence[Judgement] | None = None,
     alerts: Sequence[Mapping[str, Any]] | None = None,
     title: str = "agentropy report",
 ) -> str:
@@ -489,6 +556,9 @@ def build_report(
       (:class:`~agentropy.report.examples.ExamplePicker`); replaces the choice among ``episodes``.
     - ``claims``: the precomputed claims table (replaces computing it from ``evidence`` with
       ``claims_config``).
+    - ``preregistered``: judgements of the pre-registered claims
+      (:func:`agentropy.report.intervention_claims.intervention_claims`), shown first in the
+      claims section.
     - ``alerts``: the live monitor's alerts (:meth:`agentropy.monitor.Alert.to_dict`, e.g. a
       trainer's ``summary.json["alerts"]``), drawn on a track above the training chart; None =
       replay the monitor (:func:`agentropy.monitor.replay`, default thresholds) over the
@@ -583,7 +653,13 @@ def build_report(
         parts.append(_cost_table(summary))
     sections.append(_section("policies", "(d) Sampling policies: cost and latency", "".join(parts)))
 
-    sections.append(_section("claims", "(e) Claims of the essay, tested", _claims_html(claims)))
+    claims_body = (
+        "<h3>Pre-registered claims (recovery intervention)</h3>"
+        + _preregistered_html(preregistered)
+        + "<h3>Claims on these traces (observational)</h3>"
+        + _claims_html(claims)
+    )
+    sections.append(_section("claims", "(e) Claims of the essay, tested", claims_body))
     sections.append(
         _section(
             "metadata",
@@ -653,6 +729,7 @@ def report_from_paths(
     promotions: Sequence[Any] | None = None,
     alerts: Sequence[Mapping[str, Any]] | None = None,
     metadata: dict[str, Any] | None = None,
+    preregistered: Sequence[Judgement] | None = None,
     nan_policy: str = "raise",
     reference: str | None = None,
     seed: int = 0,
@@ -685,6 +762,7 @@ def report_from_paths(
         promotions=promotions,
         alerts=alerts,
         metadata=metadata,
+        preregistered=preregistered,
         title=title,
         force=force,
     )

@@ -48,7 +48,7 @@ def test_defaults_are_valid_and_documented() -> None:
         ({"kl_cov_ratio": 1.5}, "kl_cov_ratio must be in [0, 1]"),
         ({"clip_cov_lb": 5.0, "clip_cov_ub": 1.0}, "clip_cov_lb must be below clip_cov_ub"),
         ({"kl_cov_coef": -1.0}, "kl_cov_coef must be"),
-        ({"top_entropy_quantile": 0.0}, "top_entropy_quantile must be in .0, 1.; the paper uses 0.2"),
+        ({"top_entropy_quantile": 0.0}, "top_entropy_quantile must be in .0, 1. .the paper uses 0.2"),
         ({"top_entropy_quantile": 1.2}, "top_entropy_quantile must be in"),
         ({"policy": "hot"}, "unknown policy"),
         ({"eval_policy": "constant:-1"}, "temperature"),

@@ -48,7 +48,10 @@ def test_defaults_are_valid_and_documented() -> None:
         ({"kl_cov_ratio": 1.5}, "kl_cov_ratio must be in [0, 1]"),
         ({"clip_cov_lb": 5.0, "clip_cov_ub": 1.0}, "clip_cov_lb must be below clip_cov_ub"),
         ({"kl_cov_coef": -1.0}, "kl_cov_coef must be"),
-        ({"top_entropy_quantile": 0.0}, "top_entropy_quantile must be in .0, 1. .the paper uses 0.2"),
+        (
+            {"top_entropy_quantile": 0.0},
+            "top_entropy_quantile must be in .0, 1. .the paper uses 0.2",
+        ),
         ({"top_entropy_quantile": 1.2}, "top_entropy_quantile must be in"),
         ({"policy": "hot"}, "unknown policy"),
         ({"eval_policy": "constant:-1"}, "temperature"),
@@ -190,6 +193,10 @@ def test_cli_print_config_applies_file_options_then_set(tmp_path: Any) -> None:
     assert (cfg.steps, cfg.loss, cfg.policy, cfg.rhythm.horizon) == (11, "target", "phase", 12)
     bad = CliRunner().invoke(app, ["train", "--loss", "nope", "--print-config"])
     assert bad.exit_code == 2 and "error:" in bad.output and "choose one of" in bad.output
+    peer = CliRunner().invoke(app, ["train", "--loss", "clip_cov", "--set",
+                                    "clip_cov_ratio=0.01", "--print-config"])  # fmt: skip
+    assert peer.exit_code == 0, peer.output
+    assert 'loss = "clip_cov"' in peer.output and "clip_cov_ratio = 0.01" in peer.output
 
 
 def test_peer_losses_pick_their_policy_term_and_its_settings() -> None:

@@ -65,7 +65,7 @@ from agentropy.rl.policy_terms import (
     TOP_ENTROPY_QUANTILE,
 )
 
-__all__ = ["TrainConfig", "apply_overrides", "parse_override"]
+__all__ = ["TrainConfig", "apply_overrides", "build_config", "parse_override"]
 
 
 @dataclass(frozen=True)
@@ -476,6 +476,14 @@ def _toml_value(v: Any) -> str:
 def _suggest(key: str, known: Sequence[str]) -> str:
     close = difflib.get_close_matches(key, known, n=1)
     return f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+
+
+def build_config(cls: type, data: Mapping[str, Any]) -> Any:
+    """Any config dataclass (e.g. :class:`TrainConfig`, or one that nests it) from a TOML-shaped
+    mapping, with the same strict rules: values coerced to the field types without silent
+    truncation, nested dataclasses from tables, unknown keys an error that suggests the closest
+    known key (ValueError)."""
+    return _build(cls, data, prefix="")
 
 
 def _build(cls: type, data: Mapping[str, Any], *, prefix: str) -> Any:

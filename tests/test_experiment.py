@@ -57,6 +57,10 @@ def test_arms_share_the_budget_and_differ_in_policy_and_loss() -> None:
         ("constant:1.0", "clip_cov"), ("constant:1.0", "kl_cov"), ("constant:1.0", "top_entropy")
     ]  # fmt: skip
     assert {r.steps * r.episodes_per_step for r in runs} == {3 * 2 * 4}
+    with pytest.raises(ValueError, match="threads"):
+        ExperimentConfig(jobs=2)  # threads = 0 would oversubscribe the cores
+    with pytest.raises(ValueError, match="pass no `load`"):
+        run_experiment(ExperimentConfig(jobs=2, train=TrainConfig(threads=1)), load=lambda: None)
 
 
 def test_objectives_config_file_loads_and_errors_name_the_file(tmp_path: Any) -> None:
@@ -198,11 +202,21 @@ def test_experiment_command(tmp_path: Any) -> None:
     res = CliRunner().invoke(app, [
         "experiment", "--config", str(cfg), "--seeds", "1", "--out", str(tmp_path / "exp2"),
         "--model", str(tmp_path / "m"), "--eval-episodes", "2", "--no-progress",
-        "--set", "kl_cov_ratio=0.5",
+        "--set", "kl_cov_ratio=0.5", "--set", "threads=1", "--jobs", "2",
     ])  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert "novel own" in res.output
+    assert "novel" in res.output  # the objectives table (narrow terminal: headers wrap)
     report = json.loads((tmp_path / "exp2" / "experiment.json").read_text())
     assert [r["arm"] for r in report["runs"]] == ["vanilla", "kl_cov"]
     assert report["config"]["train"]["kl_cov_ratio"] == 0.5
-    assert report["config"]["train"]["steps"] == 1
+    assert report["config"]["train"]["steps"] == 1 and report["config"]["jobs"] == 2
+    # Two worker processes give the runs a sequential experiment gives (runs are pure).
+    res = CliRunner().invoke(app, [
+        "experiment", "--config", str(cfg), "--seeds", "1", "--out", str(tmp_path / "exp3"),
+        "--model", str(tmp_path / "m"), "--eval-episodes", "2", "--no-progress",
+        "--set", "kl_cov_ratio=0.5", "--set", "threads=1",
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    serial = json.loads((tmp_path / "exp3" / "experiment.json").read_text())
+    for a, b in zip(report["runs"], serial["runs"], strict=True):
+        assert a["levels"] == b["levels"] and a["trajectory"] == b["trajectory"]

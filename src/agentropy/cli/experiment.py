@@ -48,6 +48,7 @@ def experiment_command(
     faults: str | None = field_option(
         "agentropy.rl.config:TrainConfig", "faults", "--faults", default=None
     ),
+    jobs: int | None = field_option(EXPERIMENT_CONFIG, "jobs", "--jobs", default=None),
     progress: bool = PROGRESS_OPTION,
     force: bool = field_option(EXPERIMENT_CONFIG, "force", "--force"),
 ) -> None:
@@ -80,6 +81,7 @@ def experiment_command(
         "seeds": seeds,
         "out": None if out is None else str(out),
         "eval_episodes": eval_episodes,
+        "jobs": jobs,
     }
     changes = {k: v for k, v in explicit.items() if v is not None}
     exp = dataclasses.replace(exp, train=train, force=force or exp.force, **changes)

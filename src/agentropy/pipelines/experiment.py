@@ -42,6 +42,7 @@ with one seed. Writes ``experiment.json`` and prints rich tables.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -156,6 +157,10 @@ class ExperimentConfig:
     """Held-out test-split tasks per level in the final evaluation of each run."""
     eval_seed: int = 2000
     """Task seed of the final evaluation (the same tasks and faults for every run)."""
+    jobs: int = 1
+    """(arm, seed) runs trained at once, each in its own worker process (``spawn``); give each
+    run ``train.threads = 1`` so that ``jobs`` runs share the cores without oversubscription.
+    Results do not depend on it: every run is a pure function of its config and seed."""
     force: bool = False
     """Replace an earlier experiment's ``experiment.json`` and the folders of the arms run now
     (kept aside until this one completes, put back if it fails). Without it they are an error,
@@ -173,6 +178,13 @@ class ExperimentConfig:
             raise ValueError(f"seeds must be an integer >= 1, got {self.seeds!r}")
         if self.eval_episodes < 1:
             raise ValueError(f"eval_episodes must be >= 1, got {self.eval_episodes}")
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
+            raise ValueError(f"jobs must be an integer >= 1, got {self.jobs!r}")
+        if self.jobs > 1 and self.train.threads == 0:
+            raise ValueError(
+                f"jobs = {self.jobs} needs train.threads set (e.g. 1: one torch thread per "
+                "run), or each worker would use every core"
+            )
 
     @classmethod
     def from_toml(cls, path: str | Path) -> ExperimentConfig:
@@ -230,16 +242,16 @@ def run_experiment(
     """Train and evaluate every (arm, seed); return (and write) ``experiment.json``'s content.
 
     ``load`` returns a fresh ``(model, tokenizer)`` for each run (default: load
-    ``config.train.model``, the embedded agent when None). ``config.out`` must not hold
+    ``config.train.model``, the embedded agent when None; the only choice with ``jobs > 1``,
+    where each (arm, seed) run trains in a worker process). ``config.out`` must not hold
     ``experiment.json`` or a folder of the arms run, unless ``config.force``
     (:func:`agentropy.outputs.output_group`; ``experiment.json`` is written last, atomically).
     """
     if load is None:
-        from agentropy.agent.loading import load_model
-
-        def load() -> tuple[Any, Any]:
-            return load_model(config.train.model)
-
+        load = functools.partial(_load_model, config.train.model)
+    elif config.jobs > 1:
+        # Worker processes rebuild everything from picklable inputs; a closure is not one.
+        raise ValueError("jobs > 1 loads config.train.model in each worker; pass no `load`")
     from agentropy.outputs import output_group
 
     # Checked before the first model is loaded. A failed or interrupted experiment keeps its
@@ -250,95 +262,141 @@ def run_experiment(
         return _run(config, out, load, console)
 
 
+def _load_model(model: str | None) -> tuple[Any, Any]:
+    from agentropy.agent.loading import load_model
+
+    return load_model(model)  # type: ignore[no-any-return]
+
+
+def _evaluate(
+    config: ExperimentConfig, model: Any, tokenizer: Any, policy: str, arm: str
+) -> dict[str, Any]:
+    """On the fixed held-out tasks, faults and sampling seed: policy_row per level, mean
+    success over levels, novel-fault recovery, per-phase entropy, tokens per episode."""
+    from agentropy.agent.runner import RunnerConfig, rollout
+    from agentropy.control.temperature import schedule_from_name
+    from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
+    from agentropy.pipelines.compare import fault_class_rows, policy_row
+    from agentropy.rl.trainer import rollout_entropy
+
+    tc = config.train
+    world = ToolWorld(ToolWorldConfig(seed=tc.world_seed, faults=tc.faults))
+    runner_config = RunnerConfig(
+        max_turns=tc.max_turns, max_new_tokens=tc.max_new_tokens, max_tokens=tc.max_tokens,
+        batch_size=tc.rollout_batch_size,
+    )  # fmt: skip
+    rows, episodes, planned = [], [], {}
+    for level in tc.levels:
+        tasks = world.tasks(
+            split="test", level=level, n=config.eval_episodes, seed=config.eval_seed
+        )
+        planned.update({t.task_id: [f.kind for f in t.faults] for t in tasks})
+        level_eps = rollout(
+            model, tokenizer, world, tasks, schedule=schedule_from_name(policy),
+            config=runner_config, seed=config.eval_seed, policy_name=policy,
+        )  # fmt: skip
+        for e in level_eps:
+            e.episode_id = f"L{level}-{e.episode_id}"  # unique across levels
+        episodes += level_eps
+        rows.append(policy_row(level_eps, level=level, policy=arm))
+    classes = {r["fault_class"]: r for r in fault_class_rows(episodes, planned, policy=arm)}
+    entropy = rollout_entropy(episodes)
+    return {
+        "levels": rows,
+        "success": float(np.mean([row["success"] for row in rows])),
+        "novel_recovery": classes["novel"]["recovery"],
+        "tokens_per_episode": float(np.mean([row["tokens_per_episode"] for row in rows])),
+        **{f"entropy_{p}": entropy.get(f"rollout/entropy_{p}") for p in PHASES},
+    }
+
+
+def _train_run(
+    config: ExperimentConfig, arm: str, seed: int, load: Callable[[], tuple[Any, Any]]
+) -> dict[str, Any]:
+    """Train one (arm, seed) run from a fresh model, then evaluate it with its own policy and
+    greedily; the run's record without the starting model's numbers. Top-level and fed only
+    picklable arguments, so that it can run in a worker process."""
+    from agentropy.analysis.summary import analyze_paths
+    from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
+    from agentropy.rl.trainer import read_metrics, train
+
+    run_cfg = config.run_config(arm, seed)
+    world = ToolWorld(ToolWorldConfig(seed=run_cfg.world_seed, faults=run_cfg.faults))
+    model, tokenizer = load()
+    result = train(run_cfg, model=model, tokenizer=tokenizer, world=world)
+    own = _evaluate(config, model, tokenizer, run_cfg.policy, arm)
+    greedy = _evaluate(config, model, tokenizer, "greedy", arm)
+    training = analyze_paths(Path(run_cfg.out) / "traces")["training"]
+    kinds = [c.get("kind") for c in training["cycles"]]
+    steps = read_metrics(run_cfg.out)
+    return {
+        "arm": arm,
+        "seed": seed,
+        "out": run_cfg.out,
+        "levels": own["levels"],
+        "success_after": own["success"],
+        "greedy_after": greedy["success"],
+        "training_cycles": len(kinds),
+        "cycles_productive": kinds.count("productive"),
+        "cycles_divergent": kinds.count("divergent"),
+        "train_wall_s": result.wall_s,
+        "novel_recovery_after": own["novel_recovery"],
+        "novel_recovery_greedy_after": greedy["novel_recovery"],
+        "tokens_per_episode": own["tokens_per_episode"],
+        **{f"entropy_{p}": own[f"entropy_{p}"] for p in PHASES},
+        "trajectory": {k: [row.get(k) for row in steps] for k in TRAJECTORY_KEYS},
+    }
+
+
 def _run(
     config: ExperimentConfig,
     out: Path,
     load: Callable[[], tuple[Any, Any]],
     console: Any,
 ) -> dict[str, Any]:
-    from agentropy.agent.runner import RunnerConfig, rollout
-    from agentropy.analysis.summary import analyze_paths
-    from agentropy.control.temperature import schedule_from_name
-    from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
     from agentropy.outputs import atomic_write_text
-    from agentropy.pipelines.compare import fault_class_rows, policy_row
-    from agentropy.rl.trainer import read_metrics, rollout_entropy, train
 
-    world = ToolWorld(ToolWorldConfig(seed=config.train.world_seed, faults=config.train.faults))
     tc = config.train
-    runner_config = RunnerConfig(
-        max_turns=tc.max_turns, max_new_tokens=tc.max_new_tokens, max_tokens=tc.max_tokens,
-        batch_size=tc.rollout_batch_size,
-    )  # fmt: skip
 
-    def evaluate(model: Any, tokenizer: Any, policy: str, arm: str) -> dict[str, Any]:
-        """On the fixed held-out tasks, faults and sampling seed: policy_row per level, mean
-        success over levels, novel-fault recovery, per-phase entropy, tokens per episode."""
-        rows, episodes, planned = [], [], {}
-        for level in tc.levels:
-            tasks = world.tasks(
-                split="test", level=level, n=config.eval_episodes, seed=config.eval_seed
-            )
-            planned.update({t.task_id: [f.kind for f in t.faults] for t in tasks})
-            level_eps = rollout(
-                model, tokenizer, world, tasks, schedule=schedule_from_name(policy),
-                config=runner_config, seed=config.eval_seed, policy_name=policy,
-            )  # fmt: skip
-            for e in level_eps:
-                e.episode_id = f"L{level}-{e.episode_id}"  # unique across levels
-            episodes += level_eps
-            rows.append(policy_row(level_eps, level=level, policy=arm))
-        classes = {r["fault_class"]: r for r in fault_class_rows(episodes, planned, policy=arm)}
-        entropy = rollout_entropy(episodes)
-        return {
-            "levels": rows,
-            "success": float(np.mean([row["success"] for row in rows])),
-            "novel_recovery": classes["novel"]["recovery"],
-            "tokens_per_episode": float(np.mean([row["tokens_per_episode"] for row in rows])),
-            **{f"entropy_{p}": entropy.get(f"rollout/entropy_{p}") for p in PHASES},
-        }
+    def note(text: str) -> None:
+        if console is not None:
+            console.print(text)
 
     # The starting model under every policy the runs are evaluated with (deterministic: once).
     model, tokenizer = load()
-    start = {p: evaluate(model, tokenizer, p, "start")
+    start = {p: _evaluate(config, model, tokenizer, p, "start")
              for p in dict.fromkeys([ARMS[a]["policy"] for a in config.arms] + ["greedy"])}  # fmt: skip
+    del model, tokenizer
+    jobs = [(arm, seed) for arm in config.arms for seed in range(config.seeds)]
+    trained: list[dict[str, Any]] = []
+    if config.jobs == 1:
+        for arm, seed in jobs:
+            note(f"[bold]{arm}[/] seed {seed}: training {config.run_config(arm, seed).out}")
+            trained.append(_train_run(config, arm, seed, load))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: a forked child would inherit torch's thread pools and locks mid-state.
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=config.jobs, mp_context=ctx) as pool:
+            futures = [pool.submit(_train_run, config, arm, seed, load) for arm, seed in jobs]
+            note(f"training {len(jobs)} runs in {config.jobs} worker processes")
+            for (arm, seed), future in zip(jobs, futures, strict=True):
+                trained.append(future.result())  # in submission order: deterministic report
+                note(f"[bold]{arm}[/] seed {seed}: done ({trained[-1]['train_wall_s']:.0f} s)")
     runs: list[dict[str, Any]] = []
-    for arm in config.arms:
-        for seed in range(config.seeds):
-            run_cfg = config.run_config(arm, seed)
-            if console is not None:
-                console.print(f"[bold]{arm}[/] seed {seed}: training {run_cfg.out}")
-            model, tokenizer = load()
-            result = train(run_cfg, model=model, tokenizer=tokenizer, world=world)
-            own = evaluate(model, tokenizer, run_cfg.policy, arm)
-            greedy = evaluate(model, tokenizer, "greedy", arm)
-            training = analyze_paths(Path(run_cfg.out) / "traces")["training"]
-            kinds = [c.get("kind") for c in training["cycles"]]
-            before, after = start[run_cfg.policy], own
-            steps = read_metrics(run_cfg.out)
-            runs.append({
-                "arm": arm,
-                "seed": seed,
-                "out": run_cfg.out,
-                "levels": own["levels"],
-                "success_before": before["success"],
-                "success_after": after["success"],
-                "success_gain": after["success"] - before["success"],
-                "greedy_before": start["greedy"]["success"],
-                "greedy_after": greedy["success"],
-                "greedy_gain": greedy["success"] - start["greedy"]["success"],
-                "training_cycles": len(kinds),
-                "cycles_productive": kinds.count("productive"),
-                "cycles_divergent": kinds.count("divergent"),
-                "train_wall_s": result.wall_s,
-                "novel_recovery_before": before["novel_recovery"],
-                "novel_recovery_after": own["novel_recovery"],
-                "novel_recovery_greedy_before": start["greedy"]["novel_recovery"],
-                "novel_recovery_greedy_after": greedy["novel_recovery"],
-                "tokens_per_episode": own["tokens_per_episode"],
-                **{f"entropy_{p}": own[f"entropy_{p}"] for p in PHASES},
-                "trajectory": {k: [row.get(k) for row in steps] for k in TRAJECTORY_KEYS},
-            })  # fmt: skip
+    for r in trained:
+        before, greedy = start[ARMS[r["arm"]]["policy"]], start["greedy"]
+        runs.append({
+            **r,
+            "success_before": before["success"],
+            "success_gain": r["success_after"] - before["success"],
+            "greedy_before": greedy["success"],
+            "greedy_gain": r["greedy_after"] - greedy["success"],
+            "novel_recovery_before": before["novel_recovery"],
+            "novel_recovery_greedy_before": greedy["novel_recovery"],
+        })  # fmt: skip
 
     level_table = []
     for arm in config.arms:
@@ -369,6 +427,7 @@ def _run(
             "eval_seed": config.eval_seed,
             "train": config.train.to_dict(),
             "rollouts_per_run": config.train.steps * config.train.episodes_per_step,
+            "jobs": config.jobs,
             "interval": "Student-t 95% over seeds",
         },
         "levels": level_table,

@@ -29,8 +29,8 @@ bounds, dual-clip and aggregation mode:
   on every token (verl's and the paper's KL-Cov use the unclipped surrogate ``-A r``), so that
   the arms of an experiment differ only in their entropy mechanism; with one PPO epoch over one
   minibatch the ratio is 1 and the two agree. With our minibatches of a few hundred tokens the
-  default ratios select one token per minibatch; verl computes them per micro-batch, where
-  2e-4 of ~16k tokens is a handful: the same order.
+  default ratios select one token per minibatch (verl applies them per micro-batch of
+  long reasoning responses, i.e. to a few tokens each): raise the ratios to strengthen them.
 
 - ``top_entropy`` (Wang et al. 2025, "Beyond the 80/20 Rule: High-Entropy Minority Tokens Drive
   Effective Reinforcement Learning for LLM Reasoning", arXiv 2506.01939): only the tokens whose

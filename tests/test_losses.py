@@ -200,7 +200,8 @@ def test_aggregate_rejects_bad_mode_and_shape():
 
 
 def test_registry_lookup_and_unknown_name():
-    assert set(L.available_losses()) == {"vanilla", "flat", "target", "rhythm"}
+    assert set(L.available_losses()) == {"vanilla", "flat", "target", "rhythm", "clip_cov", "kl_cov",
+                                         "top_entropy"}  # fmt: skip
     assert set(L.available_entropy_terms()) == {"none", "flat", "target", "rhythm"}
     assert L.get_entropy_term("vanilla") is L.no_entropy_term
     assert L.get_entropy_term("none") is L.no_entropy_term

@@ -293,6 +293,7 @@ def fake_experiment_stages(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(compare, "policy_row", policy_row)
     monkeypatch.setattr(summary, "analyze_paths", lambda *a, **k: {"training": {"cycles": []}})
     monkeypatch.setattr(trainer, "train", train)
+    monkeypatch.setattr(trainer, "read_metrics", lambda out: [])  # the fake metrics file
     return trained
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import tomllib
 from typing import Any
 
 import pytest
@@ -42,7 +43,16 @@ def test_defaults_are_valid_and_documented() -> None:
     [
         ({"group_size": 1}, "group_size must be >= 2"),
         ({"steps": 0}, "steps must be an integer >= 1"),
-        ({"loss": "entropy"}, "choose one of flat, rhythm, target, vanilla"),
+        ({"loss": "entropy"}, "choose one of clip_cov, flat, kl_cov, rhythm, target, top_entropy"),
+        ({"clip_cov_ratio": -0.1}, "clip_cov_ratio must be in [0, 1]"),
+        ({"kl_cov_ratio": 1.5}, "kl_cov_ratio must be in [0, 1]"),
+        ({"clip_cov_lb": 5.0, "clip_cov_ub": 1.0}, "clip_cov_lb must be below clip_cov_ub"),
+        ({"kl_cov_coef": -1.0}, "kl_cov_coef must be"),
+        (
+            {"top_entropy_quantile": 0.0},
+            "top_entropy_quantile must be in .0, 1. .the paper uses 0.2",
+        ),
+        ({"top_entropy_quantile": 1.2}, "top_entropy_quantile must be in"),
         ({"policy": "hot"}, "unknown policy"),
         ({"eval_policy": "constant:-1"}, "temperature"),
         ({"levels": (0, 4)}, "levels must be"),
@@ -112,6 +122,7 @@ def test_loss_name_picks_the_entropy_term_and_its_schedule() -> None:
     assert isinstance(TrainConfig(loss="rhythm").entropy_schedule(), RhythmSchedule)
     cfg = TrainConfig(agg_mode="seq-mean-token-sum")
     assert cfg.entropy_agg_mode == "seq-mean-token-sum"
+    assert cfg.policy_term == "ppo"
     assert dataclasses.replace(cfg, entropy_token_mean=True).entropy_agg_mode == "token-mean"
 
 
@@ -182,3 +193,35 @@ def test_cli_print_config_applies_file_options_then_set(tmp_path: Any) -> None:
     assert (cfg.steps, cfg.loss, cfg.policy, cfg.rhythm.horizon) == (11, "target", "phase", 12)
     bad = CliRunner().invoke(app, ["train", "--loss", "nope", "--print-config"])
     assert bad.exit_code == 2 and "error:" in bad.output and "choose one of" in bad.output
+    peer = CliRunner().invoke(app, ["train", "--loss", "clip_cov", "--set",
+                                    "clip_cov_ratio=0.01", "--print-config"])  # fmt: skip
+    assert peer.exit_code == 0, peer.output
+    assert 'loss = "clip_cov"' in peer.output and "clip_cov_ratio = 0.01" in peer.output
+
+
+def test_peer_losses_pick_their_policy_term_and_its_settings() -> None:
+    from agentropy.rl.policy_terms import get_policy_term
+
+    shared = {"clip_low": 0.1, "clip_high": 0.3, "clip_ratio_c": 3.0, "agg_mode": "token-mean"}
+    base = {"clip_low": 0.1, "clip_high": 0.3, "clip_ratio_c": 3.0}
+    cases = {
+        "vanilla": ("ppo", {}),
+        "clip_cov": ("clip_cov", {"ratio": 0.01, "lb": 0.5, "ub": 4.0}),
+        "kl_cov": ("kl_cov", {"ratio": 0.02, "coef": 0.5}),
+        "top_entropy": ("top_entropy", {"quantile": 0.3}),
+    }
+    for loss, (term, own) in cases.items():
+        cfg = TrainConfig(
+            loss=loss, **base, clip_cov_ratio=0.01, clip_cov_lb=0.5, clip_cov_ub=4.0,
+            kl_cov_ratio=0.02, kl_cov_coef=0.5, top_entropy_quantile=0.3,
+        )  # fmt: skip
+        assert cfg.policy_term == term and cfg.entropy_term == "none"
+        assert cfg.policy_term_kwargs() == {**shared, **own}
+        assert get_policy_term(loss) is get_policy_term(term)
+    # Defaults are the frameworks' / papers' (one definition, in agentropy.rl.policy_terms).
+    d = TrainConfig()
+    assert (d.clip_cov_ratio, d.clip_cov_lb, d.clip_cov_ub) == (2e-4, 1.0, 5.0)
+    assert (d.kl_cov_ratio, d.kl_cov_coef, d.top_entropy_quantile) == (2e-4, 1.0, 0.2)
+    # The new fields round-trip through TOML like every other.
+    cfg = TrainConfig(loss="top_entropy", top_entropy_quantile=0.25, clip_cov_lb=0.5)
+    assert TrainConfig.from_dict(tomllib.loads(cfg.to_toml())) == cfg

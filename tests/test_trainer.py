@@ -347,6 +347,31 @@ def test_parameters_change_after_one_step(tok: Any, tmp_path: Any) -> None:
     assert row["adv/abs_mean"] > 0 and row["adv/zero_std_groups"] < 1
 
 
+@pytest.mark.parametrize(
+    ("loss", "settings"),
+    [("clip_cov", {"clip_cov_ratio": 0.2, "clip_cov_lb": -10.0, "clip_cov_ub": 10.0}),
+     ("kl_cov", {"kl_cov_ratio": 0.2}), ("top_entropy", {"top_entropy_quantile": 0.5})],
+)  # fmt: skip
+def test_peer_losses_train_through_the_same_loop(
+    tok: Any, tmp_path: Any, loss: str, settings: dict[str, float]
+) -> None:
+    model = tiny_model(tok, script="answer")
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    cfg = _config(tmp_path, steps=1, tasks_per_step=4, group_size=4, minibatch_size=16,
+                  levels=(0,), loss=loss, **settings)  # fmt: skip
+    train(cfg, model=model, tokenizer=tok)
+    row = read_metrics(cfg.out)[0]
+    assert row["optim/updates"] == 1 and row["onpolicy/logprob_mae"] < 1e-5
+    # The mechanism touched a share of the tokens near its setting (>= 1 token per minibatch).
+    share = {"clip_cov": (0.0, 0.2), "kl_cov": (0.19, 0.2), "top_entropy": (0.5, 0.6)}[loss]
+    n = row["tokens/total"]
+    assert share[0] - 1 / n <= row["select/frac"] <= share[1] + 1 / n
+    assert "loss/entropy_bonus" not in row  # the peers carry no entropy bonus
+    if row["adv/abs_mean"] > 0:
+        after = model.state_dict()
+        assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
 @pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_next_step(
     tok: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch

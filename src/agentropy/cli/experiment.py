@@ -19,39 +19,46 @@ EXPERIMENT_CONFIG = "agentropy.pipelines.experiment:ExperimentConfig"
 
 @guarded
 def experiment_command(
-    arms: str = field_option(
-        EXPERIMENT_CONFIG,
-        "arms",
-        "--arms",
-        convert=",".join,
-        help="Comma-separated arms: baseline (constant:1.0 + flat), rhythm (phase + rhythm), "
-        "vanilla, target.",
-    ),
-    seeds: int = field_option(EXPERIMENT_CONFIG, "seeds", "--seeds"),
-    out: Path = field_option(EXPERIMENT_CONFIG, "out", "--out", convert=Path),
     config: Path | None = typer.Option(
         None,
         "--config",
-        help="TOML TrainConfig shared by every run (the rollout budget); a file with a top-level "
+        help="Experiment TOML: arms, seeds, out, eval_episodes, eval_seed at the top level, the "
+        "shared TrainConfig in a [train] table (e.g. experiments/objectives.toml). Options "
+        "given on the command line override it; --set overrides [train]. A file with a top-level "
         'kind key (e.g. kind = "recovery_intervention") runs that experiment instead.',
     ),
+    arms: str | None = field_option(
+        EXPERIMENT_CONFIG,
+        "arms",
+        "--arms",
+        default=None,
+        help="Comma-separated arms [default: baseline,rhythm]: baseline (constant:1.0 + flat), "
+        "rhythm (phase + rhythm), vanilla, target, and the peers clip_cov, kl_cov, top_entropy "
+        "(constant:1.0 + the peer's policy term).",
+    ),
+    seeds: int | None = field_option(EXPERIMENT_CONFIG, "seeds", "--seeds", default=None),
+    out: Path | None = field_option(EXPERIMENT_CONFIG, "out", "--out", default=None),
     set_: list[str] = typer.Option(
         [], "--set", help="Override a shared TrainConfig field: key=value (repeatable)."
     ),
     model: Path | None = typer.Option(
         None, "--model", help="Starting model directory (default: the embedded agent)."
     ),
-    eval_episodes: int = field_option(EXPERIMENT_CONFIG, "eval_episodes", "--eval-episodes"),
+    eval_episodes: int | None = field_option(
+        EXPERIMENT_CONFIG, "eval_episodes", "--eval-episodes", default=None
+    ),
     faults: str | None = field_option(
         "agentropy.rl.config:TrainConfig", "faults", "--faults", default=None
     ),
+    jobs: int | None = field_option(EXPERIMENT_CONFIG, "jobs", "--jobs", default=None),
     progress: bool = PROGRESS_OPTION,
     force: bool = field_option(EXPERIMENT_CONFIG, "force", "--force"),
 ) -> None:
     """Train every arm on every seed, evaluate on the same held-out tasks, compare.
 
-    Prints success, recovery, eruptions by kind, loops and tokens per episode per level, and
-    per arm the greedy held-out gain and training cycles, as mean [95% t-interval] over
+    Prints success, recovery, eruptions by kind, loops and tokens per episode per level; per
+    arm the greedy held-out gain and training cycles; and per arm novel-fault recovery (own
+    policy and greedy), tokens per episode and per-phase entropy, as mean [95% t-interval] over
     seeds; writes OUT/experiment.json (an earlier experiment in OUT needs --force).
     """
     if config is not None and run_kind_config(config, force=force, progress=progress):
@@ -64,28 +71,29 @@ def experiment_command(
         render_tables,
         run_experiment,
     )
-    from agentropy.rl.config import TrainConfig, apply_overrides
+    from agentropy.rl.config import apply_overrides
 
-    train = TrainConfig.from_toml(config) if config is not None else TrainConfig()
-    changes: dict[str, Any] = {"progress": progress}  # TrainConfig fields to replace
+    exp = ExperimentConfig.from_toml(config) if config is not None else ExperimentConfig()
+    train_changes: dict[str, Any] = {"progress": progress}  # TrainConfig fields to replace
     if model is not None:
-        changes["model"] = str(model)
+        train_changes["model"] = str(model)
     if faults is not None:
-        changes["faults"] = faults
-    train = apply_overrides(dataclasses.replace(train, **changes), set_)
-    exp = ExperimentConfig(
-        arms=tuple(a.strip() for a in arms.split(",") if a.strip()),
-        seeds=seeds,
-        out=str(out),
-        train=train,
-        eval_episodes=eval_episodes,
-        force=force,
-    )
+        train_changes["faults"] = faults
+    train = apply_overrides(dataclasses.replace(exp.train, **train_changes), set_)
+    explicit: dict[str, Any] = {  # ExperimentConfig fields given on the command line (None: not)
+        "arms": None if arms is None else tuple(a.strip() for a in arms.split(",") if a.strip()),
+        "seeds": seeds,
+        "out": None if out is None else str(out),
+        "eval_episodes": eval_episodes,
+        "jobs": jobs,
+    }
+    changes = {k: v for k, v in explicit.items() if v is not None}
+    exp = dataclasses.replace(exp, train=train, force=force or exp.force, **changes)
     console = Console()
     report = run_experiment(exp, console=console if progress else None)
     for table in render_tables(report):
         console.print(table)
-    console.print(f"wrote {out / EXPERIMENT_JSON}")
+    console.print(f"wrote {Path(exp.out) / EXPERIMENT_JSON}")
 
 
 def register(app: typer.Typer) -> None:

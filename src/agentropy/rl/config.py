@@ -47,9 +47,25 @@ from agentropy.rl.coefs import (
     TargetConfig,
     TargetSchedule,
 )
-from agentropy.rl.losses import AGG_MODES, CLIP_HIGH, CLIP_LOW, FLAT_COEF, LOSS_TERMS, AggMode
+from agentropy.rl.losses import (
+    AGG_MODES,
+    CLIP_HIGH,
+    CLIP_LOW,
+    FLAT_COEF,
+    LOSS_POLICY_TERMS,
+    LOSS_TERMS,
+    AggMode,
+)
+from agentropy.rl.policy_terms import (
+    CLIP_COV_LB,
+    CLIP_COV_RATIO,
+    CLIP_COV_UB,
+    KL_COV_COEF,
+    KL_COV_RATIO,
+    TOP_ENTROPY_QUANTILE,
+)
 
-__all__ = ["TrainConfig", "apply_overrides", "parse_override"]
+__all__ = ["TrainConfig", "apply_overrides", "build_config", "parse_override"]
 
 
 @dataclass(frozen=True)
@@ -94,9 +110,11 @@ class TrainConfig:
 
     # ---------------------------------------------------------------- optimisation
     loss: str = "flat"
-    """Loss by name: the PPO term plus the entropy term of
-    :data:`agentropy.rl.losses.LOSS_TERMS` (vanilla = none, flat, target, rhythm). Entropy
-    terms use the model entropy at T = 1 (see the trainer's docstring)."""
+    """Loss by name (:data:`agentropy.rl.losses.LOSSES`): PPO plus an entropy term (vanilla =
+    none, flat, target, rhythm), or a published peer that modifies the PPO term per token
+    (clip_cov, kl_cov: arXiv 2505.22617; top_entropy: arXiv 2506.01939;
+    :mod:`agentropy.rl.policy_terms`). Entropy terms and masks use the model entropy at T = 1
+    (see the trainer's docstring)."""
     lr: float = 2e-5
     """AdamW learning rate (constant). Measured on the embedded agent (RESULTS.md): 3e-4
     collapsed it within two steps (sampled success to 0, entropy up, every group then
@@ -141,6 +159,22 @@ class TrainConfig:
     verl's GRPO and TRL use)."""
     flat_coef: float = FLAT_COEF
     """Entropy coefficient of the ``flat`` loss (> 0 bonus, < 0 penalty)."""
+    clip_cov_ratio: float = CLIP_COV_RATIO
+    """``clip_cov`` loss: share of tokens whose policy gradient is detached, at least one per
+    minibatch (verl's default 2e-4; 0 = plain PPO)."""
+    clip_cov_lb: float = CLIP_COV_LB
+    """``clip_cov`` loss: lower bound of the covariance band of candidate tokens (verl: 1)."""
+    clip_cov_ub: float = CLIP_COV_UB
+    """``clip_cov`` loss: upper bound of the covariance band of candidate tokens (verl: 5)."""
+    kl_cov_ratio: float = KL_COV_RATIO
+    """``kl_cov`` loss: share of tokens, by largest covariance, that get the KL penalty, at
+    least one per minibatch (verl's default 2e-4; 0 = plain PPO)."""
+    kl_cov_coef: float = KL_COV_COEF
+    """``kl_cov`` loss: coefficient of ``|log pi - log pi_old|`` on the selected tokens (verl's
+    ``ppo_kl_coef``, 1)."""
+    top_entropy_quantile: float = TOP_ENTROPY_QUANTILE
+    """``top_entropy`` loss: share of tokens, by highest entropy in the minibatch, that keep
+    their policy gradient (the paper's 0.2; 1 = plain PPO, TRL's default)."""
     target: TargetConfig = field(default_factory=TargetConfig)
     """Adaptive coefficient of the ``target`` loss (Skywork-OR1)."""
     rhythm: RhythmConfig = field(default_factory=RhythmConfig)
@@ -263,6 +297,26 @@ class TrainConfig:
                 f"partial_credit must be in [0, 1) (a wrong answer must score below a right "
                 f"one), got {self.partial_credit}"
             )
+        for name in ("clip_cov_ratio", "kl_cov_ratio"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+                raise ValueError(
+                    f"{name} must be in [0, 1] (a share of tokens; verl uses 2e-4), got {v}"
+                )
+        if not (math.isfinite(self.clip_cov_lb) and math.isfinite(self.clip_cov_ub)) or not (
+            self.clip_cov_lb < self.clip_cov_ub
+        ):
+            raise ValueError(
+                f"clip_cov_lb must be below clip_cov_ub, both finite (verl: 1 and 5), got "
+                f"{self.clip_cov_lb} and {self.clip_cov_ub}"
+            )
+        if not (math.isfinite(self.kl_cov_coef) and self.kl_cov_coef >= 0.0):
+            raise ValueError(f"kl_cov_coef must be a finite number >= 0, got {self.kl_cov_coef}")
+        if not (math.isfinite(self.top_entropy_quantile) and 0.0 < self.top_entropy_quantile <= 1):
+            raise ValueError(
+                f"top_entropy_quantile must be in (0, 1] (the paper uses 0.2; 1 trains on every "
+                f"token), got {self.top_entropy_quantile}"
+            )
         if not math.isfinite(self.flat_coef):
             raise ValueError(f"flat_coef must be finite, got {self.flat_coef}")
         if not self.levels or any(lv not in LEVELS for lv in self.levels):
@@ -305,6 +359,29 @@ class TrainConfig:
     def entropy_term(self) -> str:
         """Name of the entropy term of ``loss`` (:data:`agentropy.rl.losses.LOSS_TERMS`)."""
         return LOSS_TERMS[self.loss]
+
+    @property
+    def policy_term(self) -> str:
+        """Name of the policy term of ``loss`` (:data:`agentropy.rl.losses.LOSSES`)."""
+        return LOSS_POLICY_TERMS[self.loss]
+
+    def policy_term_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the policy term (:mod:`agentropy.rl.policy_terms`): the PPO clip
+        settings every term shares, plus the peer's own."""
+        own: dict[str, dict[str, Any]] = {
+            "ppo": {},
+            "clip_cov": {"ratio": self.clip_cov_ratio, "lb": self.clip_cov_lb,
+                         "ub": self.clip_cov_ub},
+            "kl_cov": {"ratio": self.kl_cov_ratio, "coef": self.kl_cov_coef},
+            "top_entropy": {"quantile": self.top_entropy_quantile},
+        }  # fmt: skip
+        return {
+            "clip_low": self.clip_low,
+            "clip_high": self.clip_high,
+            "clip_ratio_c": self.clip_ratio_c,
+            "agg_mode": self.agg_mode,
+            **own[self.policy_term],
+        }
 
     @property
     def entropy_agg_mode(self) -> AggMode:
@@ -399,6 +476,14 @@ def _toml_value(v: Any) -> str:
 def _suggest(key: str, known: Sequence[str]) -> str:
     close = difflib.get_close_matches(key, known, n=1)
     return f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+
+
+def build_config(cls: type, data: Mapping[str, Any]) -> Any:
+    """Any config dataclass (e.g. :class:`TrainConfig`, or one that nests it) from a TOML-shaped
+    mapping, with the same strict rules: values coerced to the field types without silent
+    truncation, nested dataclasses from tables, unknown keys an error that suggests the closest
+    known key (ValueError)."""
+    return _build(cls, data, prefix="")
 
 
 def _build(cls: type, data: Mapping[str, Any], *, prefix: str) -> Any:

@@ -21,8 +21,12 @@ verl's ``core_algos`` policy loss and its actor's entropy term, and of cleanrl's
   - ``rhythm`` (this project): per-phase signed coefficients plus a contraction term on
     ``recover`` tokens that stay above a band past a horizon after a trigger.
 
-- The loss names users pick (``TrainConfig.loss``, ``--loss``) map to entropy terms through
-  :data:`LOSS_TERMS` (``vanilla`` is PPO with the ``none`` term).
+- The loss names users pick (``TrainConfig.loss``, ``--loss``) map to a policy term and an
+  entropy term through :data:`LOSSES` (``vanilla`` is ``ppo`` with the ``none`` term). Besides
+  ``ppo``, the policy terms of :mod:`agentropy.rl.policy_terms` are the published token-level
+  variants of the PPO term used as peers: Clip-Cov and KL-Cov (arXiv 2505.22617) and
+  high-entropy-minority training (arXiv 2506.01939, TRL's ``top_entropy_quantile``); they share
+  the per-token surrogate :func:`ppo_token_losses` and reduce through :func:`aggregate`.
 
 Everything reduces through the one masked reduction :func:`aggregate`, so losses and metrics
 cover the same tokens (DESIGN.md, "Training" and "Rules that prevent known bugs"). The
@@ -46,7 +50,7 @@ Metrics are dicts of namespaced Python floats (``loss/pg``, ``clip/frac``, ``kl/
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal, get_args
+from typing import Literal, NamedTuple, get_args
 
 import torch
 
@@ -58,9 +62,12 @@ __all__ = [
     "CLIP_LOW",
     "FLAT_COEF",
     "LOG_RATIO_CLAMP",
+    "LOSSES",
+    "LOSS_POLICY_TERMS",
     "LOSS_TERMS",
     "AggMode",
     "EntropyTerm",
+    "PPOTokens",
     "aggregate",
     "available_entropy_terms",
     "available_losses",
@@ -70,6 +77,8 @@ __all__ = [
     "masked_sum_and_count",
     "no_entropy_term",
     "ppo_clip_loss",
+    "ppo_metrics",
+    "ppo_token_losses",
     "register_entropy_term",
     "rhythm_term",
     "target_term",
@@ -208,7 +217,25 @@ def _check_like(ref: torch.Tensor, **others: torch.Tensor | None) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def ppo_clip_loss(
+class PPOTokens(NamedTuple):
+    """Per-token pieces of the PPO surrogate (:func:`ppo_token_losses`); all (B, T), zero (or
+    False) off the mask."""
+
+    loss: torch.Tensor
+    """Per-token clipped (and dual-clipped) surrogate loss, differentiable in ``logprob``."""
+    log_ratio: torch.Tensor
+    """``clamp(logprob - old_logprob)``, differentiable."""
+    clipped: torch.Tensor
+    """bool: the clipped branch is the active (pessimistic) one."""
+    dual: torch.Tensor | None
+    """bool: the dual-clip bound is active (None without dual-clip)."""
+    adv: torch.Tensor
+    """fp32 per-token advantages (broadcast from (B,) when per sequence)."""
+    keep: torch.Tensor
+    """bool mask of the tokens that carry loss."""
+
+
+def ppo_token_losses(
     logprob: torch.Tensor,
     old_logprob: torch.Tensor,
     advantages: torch.Tensor,
@@ -218,17 +245,12 @@ def ppo_clip_loss(
     clip_high: float = CLIP_HIGH,
     clip_ratio_c: float | None = None,
     log_ratio_clamp: float = LOG_RATIO_CLAMP,
-    agg_mode: AggMode = "token-mean",
-) -> tuple[torch.Tensor, Metrics]:
-    """PPO clipped surrogate (clip-higher, optional dual-clip), aggregated; ``(loss, metrics)``.
+) -> PPOTokens:
+    """The per-token PPO surrogate before aggregation (inputs as in :func:`ppo_clip_loss`).
 
-    Per token, with ``r = exp(clamp(logprob - old_logprob, +-log_ratio_clamp))``:
-    ``l = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))``; with dual-clip
-    (``clip_ratio_c = c > 1``, verl's semantics) tokens with ``A < 0`` take ``min(l, -A c)``, so
-    a huge ratio on a negative-advantage token cannot blow up the loss. ``loss = aggregate(l,
-    mask, agg_mode)``. Metrics: ``loss/pg``, ``clip/frac`` (``frac_high`` / ``frac_low``),
-    ``clip/frac_dual`` (dual-clip only), ``kl/approx`` (k3 estimate of KL(old || new)),
-    ``ratio/max``.
+    Shared by :func:`ppo_clip_loss` and the token-level variants of
+    :mod:`agentropy.rl.policy_terms` (Clip-Cov, KL-Cov, top-entropy), which mask or add to
+    ``loss`` per token and then reduce with the same :func:`aggregate`.
     """
     _check_like(logprob, old_logprob=old_logprob, mask=mask)
     shape = tuple(logprob.shape)
@@ -257,13 +279,19 @@ def ppo_clip_loss(
     dual = None
     if clip_ratio_c is not None:
         bound = -adv * clip_ratio_c
-        dual = (adv < 0) & (per_token > bound)
+        dual = (adv < 0) & (per_token > bound) & keep
         per_token = torch.where(adv < 0, torch.minimum(per_token, bound), per_token)
-    loss = aggregate(per_token, keep, agg_mode)
+    is_clipped = (clipped.detach() > unclipped.detach()) & keep
+    return PPOTokens(per_token, log_ratio, is_clipped, dual, adv, keep)
 
+
+def ppo_metrics(terms: PPOTokens, loss: torch.Tensor) -> Metrics:
+    """``loss/pg``, ``clip/frac`` (``_high`` / ``_low``), ``clip/frac_dual``, ``kl/approx``,
+    ``ratio/max`` of one aggregated PPO loss (see :func:`ppo_clip_loss`)."""
+    keep = terms.keep
     with torch.no_grad():
-        is_clipped = (clipped > unclipped).float()
-        lr = log_ratio.detach()
+        is_clipped = terms.clipped.float()
+        lr = terms.log_ratio.detach()
         metrics = {
             "loss/pg": float(loss.detach()),
             "clip/frac": float(aggregate(is_clipped, keep)),
@@ -271,11 +299,41 @@ def ppo_clip_loss(
             "clip/frac_low": float(aggregate(is_clipped * (lr < 0), keep)),
             # k3 estimator of KL(old || new): (r - 1) - log r >= 0, low variance (Schulman).
             "kl/approx": float(aggregate(torch.expm1(lr) - lr, keep)),
-            "ratio/max": float(_where(keep, ratio.detach()).max()) if keep.any() else 1.0,
+            "ratio/max": float(_where(keep, torch.exp(lr)).max()) if keep.any() else 1.0,
         }
-        if dual is not None:
-            metrics["clip/frac_dual"] = float(aggregate(dual.float(), keep))
-    return loss, metrics
+        if terms.dual is not None:
+            metrics["clip/frac_dual"] = float(aggregate(terms.dual.float(), keep))
+    return metrics
+
+
+def ppo_clip_loss(
+    logprob: torch.Tensor,
+    old_logprob: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_low: float = CLIP_LOW,
+    clip_high: float = CLIP_HIGH,
+    clip_ratio_c: float | None = None,
+    log_ratio_clamp: float = LOG_RATIO_CLAMP,
+    agg_mode: AggMode = "token-mean",
+) -> tuple[torch.Tensor, Metrics]:
+    """PPO clipped surrogate (clip-higher, optional dual-clip), aggregated; ``(loss, metrics)``.
+
+    Per token, with ``r = exp(clamp(logprob - old_logprob, +-log_ratio_clamp))``:
+    ``l = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))``; with dual-clip
+    (``clip_ratio_c = c > 1``, verl's semantics) tokens with ``A < 0`` take ``min(l, -A c)``, so
+    a huge ratio on a negative-advantage token cannot blow up the loss. ``loss = aggregate(l,
+    mask, agg_mode)``. Metrics: ``loss/pg``, ``clip/frac`` (``frac_high`` / ``frac_low``),
+    ``clip/frac_dual`` (dual-clip only), ``kl/approx`` (k3 estimate of KL(old || new)),
+    ``ratio/max``.
+    """
+    terms = ppo_token_losses(
+        logprob, old_logprob, advantages, mask, clip_low=clip_low, clip_high=clip_high,
+        clip_ratio_c=clip_ratio_c, log_ratio_clamp=log_ratio_clamp,
+    )  # fmt: skip
+    loss = aggregate(terms.loss, terms.keep, agg_mode)
+    return loss, ppo_metrics(terms, loss)
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,13 +342,23 @@ def ppo_clip_loss(
 
 _TERMS: dict[str, EntropyTerm] = {}
 
-#: Loss names (``TrainConfig.loss``, ``--loss``) -> the entropy term added to the PPO term.
-LOSS_TERMS: dict[str, str] = {
-    "vanilla": "none",
-    "flat": "flat",
-    "target": "target",
-    "rhythm": "rhythm",
+#: Loss names (``TrainConfig.loss``, ``--loss``) -> ``(policy term, entropy term)``. Policy
+#: terms are registered in :mod:`agentropy.rl.policy_terms` (``ppo`` and the published
+#: token-level variants of it); entropy terms below. The peers (Clip-Cov, KL-Cov, top-entropy)
+#: are published as PPO modifications without an entropy bonus, so they pair with ``none``.
+LOSSES: dict[str, tuple[str, str]] = {
+    "vanilla": ("ppo", "none"),
+    "flat": ("ppo", "flat"),
+    "target": ("ppo", "target"),
+    "rhythm": ("ppo", "rhythm"),
+    "clip_cov": ("clip_cov", "none"),
+    "kl_cov": ("kl_cov", "none"),
+    "top_entropy": ("top_entropy", "none"),
 }
+#: Loss name -> its entropy term (a view of :data:`LOSSES`).
+LOSS_TERMS: dict[str, str] = {name: term for name, (_, term) in LOSSES.items()}
+#: Loss name -> its policy term (a view of :data:`LOSSES`).
+LOSS_POLICY_TERMS: dict[str, str] = {name: term for name, (term, _) in LOSSES.items()}
 
 
 def register_entropy_term(name: str) -> Callable[[EntropyTerm], EntropyTerm]:
@@ -326,7 +394,7 @@ def available_entropy_terms() -> tuple[str, ...]:
 
 def available_losses() -> tuple[str, ...]:
     """Loss names accepted by the trainer and the CLI, sorted."""
-    return tuple(sorted(LOSS_TERMS))
+    return tuple(sorted(LOSSES))
 
 
 def entropy_metrics(

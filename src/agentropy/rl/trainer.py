@@ -4,9 +4,11 @@
 curriculum, roll each out ``G`` times through :func:`agentropy.agent.runner.rollout` with the
 chosen sampling policy, normalise rewards within each task's group, run PPO epochs over
 minibatches, adapt the entropy coefficients, evaluate on held-out tasks now and then, log,
-checkpoint. The objective is one line, ``loss = policy_loss + entropy_loss``
-(:func:`agentropy.rl.losses.ppo_clip_loss` plus the entropy term named by ``config.loss``, with
-coefficients from its pure schedule in :mod:`agentropy.rl.coefs`). The run's plumbing (run
+checkpoint. The objective is one line, ``loss = policy_loss + entropy_loss``: the policy term
+and the entropy term named by ``config.loss`` (:data:`agentropy.rl.losses.LOSSES`; the policy
+term is :func:`agentropy.rl.losses.ppo_clip_loss` or a published token-level variant of it from
+:mod:`agentropy.rl.policy_terms`, the entropy term's coefficients come from its pure schedule in
+:mod:`agentropy.rl.coefs`). The run's plumbing (run
 directory, resume, checkpoints, trace and metric sinks) is in :mod:`agentropy.rl.run`; the small
 pure helpers here (batch construction, the forward pass, promotion) are what the tests poke at.
 
@@ -32,7 +34,9 @@ How it departs from textbook GRPO (DeepSeekMath), and why:
    stays collapsed) and would count the same lever twice. The model entropy is also what the
    runner records as ``entropy`` and what the analyzer's eruptions and training cycles are
    computed from, so loss targets, metrics and analysis share one unit.
-4. **Loss**: PPO clipped ratio with DAPO clip-higher (dual-clip optional), token-mean
+4. **Loss**: PPO clipped ratio with DAPO clip-higher (dual-clip optional; the peers
+   ``clip_cov``, ``kl_cov`` and ``top_entropy`` mask or add to it per token, with Clip-Cov's
+   random draw from torch's global generator, which checkpoints save), token-mean
    aggregation through the one :func:`agentropy.rl.losses.aggregate` (the entropy term follows
    ``agg_mode`` unless ``entropy_token_mean``); no KL-to-reference term (DAPO, Dr. GRPO drop it).
    ``old_logprob`` is the log-prob recorded at sampling time (the behaviour policy exactly).
@@ -103,7 +107,8 @@ from agentropy.monitor.rates import episode_rates
 from agentropy.outputs import atomic_dir, atomic_write_text
 from agentropy.rl.advantages import group_advantages
 from agentropy.rl.config import TrainConfig
-from agentropy.rl.losses import get_entropy_term, ppo_clip_loss
+from agentropy.rl.losses import get_entropy_term
+from agentropy.rl.policy_terms import get_policy_term
 from agentropy.rl.run import (
     LoopState,
     MetricAccumulator,
@@ -498,6 +503,8 @@ def train(
         batch_size=config.rollout_batch_size,
         record_inputs=True,
     )
+    policy_term = get_policy_term(config.policy_term)  # ppo, or a peer's variant of it
+    policy_kwargs = config.policy_term_kwargs()
     entropy_term = get_entropy_term(config.entropy_term)
     coefs = config.entropy_schedule()
     state = LoopState(level_index=config.levels.index(config.start_level), coef_state=coefs.init())
@@ -621,10 +628,9 @@ def train(
                             metrics["onpolicy/logprob_mae"] = float(diff[mask].mean())
                             metrics["onpolicy/logprob_max"] = float(diff[mask].max())
                             metrics["onpolicy/entropy_mae"] = float(ediff[mask].mean())
-                    policy_loss, pg_m = ppo_clip_loss(
-                        logprob, old_logprob, mb_adv, mask,
-                        clip_low=config.clip_low, clip_high=config.clip_high,
-                        clip_ratio_c=config.clip_ratio_c, agg_mode=config.agg_mode,
+                    policy_loss, pg_m = policy_term(
+                        logprob=logprob, old_logprob=old_logprob, advantages=mb_adv, mask=mask,
+                        entropy=entropy.detach(), **policy_kwargs,
                     )  # fmt: skip
                     entropy_loss, ent_m = entropy_term(
                         entropy=entropy, mask=mask, phase=batch.phase.to(device),

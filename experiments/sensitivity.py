@@ -510,9 +510,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     described = {"testbed": f"Testbed traces: {source}; {len(episodes)} episodes."}
     training: dict[str, Any] | None = None
     if args.qwen:
-        import torch
-
-        torch.set_num_threads(1)
         t1 = time.perf_counter()
         model = build_qwen3(tokenizer, seed=args.seed)
         n_params = sum(p.numel() for p in model.parameters())

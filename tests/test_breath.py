@@ -452,3 +452,19 @@ def test_baseline_never_below_floor(before, stat, tokens, eps):
     if stat == "mean" and tokens == "all" and before:
         window = np.asarray(before[-cfg.window :], np.float32)
         assert b <= max(float(window.max()), eps) + 1e-12
+
+
+def test_baseline_options_travel_with_the_summary_config():
+    from agentropy.analysis.summary import AnalyzeConfig, Analyzer
+    from agentropy.report.html import _breath_config
+
+    cfg = BreathConfig(baseline_stat="mean", baseline_tokens="text")
+    plan = PHASE_CODE["plan"]
+    ep = Episode("e", turns=[A([0.5] * 8, [plan] * 8), T("error"), A([2.0] * 8)], success=True)
+    analyzer = Analyzer(AnalyzeConfig(breath=cfg))
+    analyzer.add_episodes([ep])
+    summary = analyzer.summary()
+    assert summary["config"]["breath"]["baseline_stat"] == "mean"
+    assert summary["config"]["breath"]["baseline_tokens"] == "text"
+    # The report rebuilds the analyzer's thresholds from the summary.
+    assert _breath_config(summary["config"]["breath"]) == cfg

@@ -525,10 +525,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 TextColumn("loss {task.fields[loss]}"), disable=not progress,
             ) as bar:  # fmt: skip
                 task = bar.add_task("sft", total=args.qwen_steps, loss="-")
+                done = [0]
+
+                def step(loss: float) -> None:
+                    bar.update(task, advance=1, loss=f"{loss:.3f}")
+                    done[0] += 1
+                    # A bar drawn to a log file shows nothing until it ends: print a line too.
+                    if progress and not bar.console.is_terminal and done[0] % 50 == 0:
+                        print(f"qwen3 sft step {done[0]}/{args.qwen_steps} loss {loss:.3f}",
+                              flush=True)  # fmt: skip
+
                 training = finetune(
-                    model, tokenizer, steps=args.qwen_steps, seed=args.seed,
-                    progress=lambda loss: bar.update(task, advance=1, loss=f"{loss:.3f}"),
-                )  # fmt: skip
+                    model, tokenizer, steps=args.qwen_steps, seed=args.seed, progress=step
+                )
             name = f"qwen3-sft{args.qwen_steps}"
             datasets[name] = TraceTable.from_episodes(rescore(model, tokenizer, episodes))
             last = training["losses"][-20:]

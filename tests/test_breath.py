@@ -15,11 +15,12 @@ from agentropy.analysis.breath import (
     trigger_stats,
 )
 from agentropy.errors import InputError
-from agentropy.trace import Episode, ToolCall, TraceTable, Turn
+from agentropy.trace import PHASE_CODE, Episode, ToolCall, TraceTable, Turn
 
 
-def A(values) -> Turn:
-    return Turn(role="assistant", entropy=np.asarray(values, np.float32))
+def A(values, phase=None) -> Turn:
+    ph = None if phase is None else np.asarray(phase, np.int8)
+    return Turn(role="assistant", entropy=np.asarray(values, np.float32), phase=ph)
 
 
 def T(status: str, name: str = "lookup", **args) -> Turn:
@@ -201,9 +202,49 @@ def test_config_validation():
         BreathConfig(eps=0.0)
     with pytest.raises(ValueError, match="window"):
         BreathConfig(window=0)
+    with pytest.raises(ValueError, match="baseline_stat must be one of median, mean"):
+        BreathConfig(baseline_stat="max")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="baseline_tokens must be one of all, text"):
+        BreathConfig(baseline_tokens="plan")  # type: ignore[arg-type]
+
+
+def test_mean_baseline_and_text_baseline_skip_the_call_span():
+    # 40 plan tokens at 1.0, then a 24-token tool call at 0.0 right before the failure.
+    plan, act = PHASE_CODE["plan"], PHASE_CODE["act"]
+    before = A([1.0] * 40 + [0.0] * 24, [plan] * 40 + [act] * 24)
+    ep = Episode("e", turns=[before, T("error"), A([2.0] * 16)], success=True)
+    table = TraceTable.from_episodes([ep])
+
+    def baseline(**kw):
+        return float(analyze_triggers(table, BreathConfig(**kw)).stats.baseline[0])
+
+    # Median of the last 64 (40 ones, 24 zeros) is 1.0; with W = 32 (8 ones, 24 zeros) it is
+    # the floor, while the mean is 8 / 32 = 0.25 and the text baseline skips the call: 1.0.
+    assert baseline() == 1.0
+    assert baseline(window=32) == BreathConfig().eps
+    assert baseline(window=32, baseline_stat="mean") == 0.25
+    assert baseline(window=32, baseline_tokens="text") == 1.0
+    assert baseline(window=32, baseline_tokens="text", baseline_stat="mean") == 1.0
+    # Without phases every token counts as text: the text baseline is the all-token one.
+    bare = TraceTable.from_episodes([Episode("e", turns=[A([1.0] * 8 + [0.0] * 24), T("error")])])
+    for stat in ("median", "mean"):
+        a = analyze_triggers(bare, BreathConfig(baseline_stat=stat)).stats.baseline
+        t = analyze_triggers(bare, BreathConfig(baseline_stat=stat, baseline_tokens="text"))
+        np.testing.assert_array_equal(a, t.stats.baseline)
+    # Only span tokens before the trigger: no text -> eps, like an empty window.
+    only_act = Episode("e", turns=[A([1.0] * 8, [act] * 8), T("error"), A([1.0])])
+    stats = analyze_triggers(
+        TraceTable.from_episodes([only_act]), BreathConfig(baseline_tokens="text")
+    ).stats
+    assert stats.baseline[0] == BreathConfig().eps
 
 
 # --- naive reference: one trigger at a time, straight from the definitions ---------------------
+
+
+def phases(turn: Turn) -> list[str | None]:
+    names = turn.phase_names
+    return [None] * len(turn.entropy) if names is None else names
 
 
 def naive(episode: Episode, cfg: BreathConfig) -> list[tuple]:
@@ -211,11 +252,18 @@ def naive(episode: Episode, cfg: BreathConfig) -> list[tuple]:
     for i, turn in enumerate(episode.turns):
         if turn.role != "tool":
             continue
-        before = [x for t in episode.turns[:i] if t.role == "assistant" for x in t.entropy.tolist()]
+        before = [
+            x
+            for t in episode.turns[:i]
+            if t.role == "assistant"
+            for x, ph in zip(t.entropy.tolist(), phases(t), strict=True)
+            if cfg.baseline_tokens == "all" or ph not in ("act", "answer")
+        ]
         post = [
             x for t in episode.turns[i + 1 :] if t.role == "assistant" for x in t.entropy.tolist()
         ]
-        b = max(float(np.median(before[-cfg.window :])), cfg.eps) if before else cfg.eps
+        stat = np.median if cfg.baseline_stat == "median" else np.mean
+        b = max(float(stat(before[-cfg.window :])), cfg.eps) if before else cfg.eps
         if not post:
             out.append((b, None, None))
             continue
@@ -245,14 +293,29 @@ episode_strategy = st.lists(
 
 
 def build(spec) -> Episode:
-    turns = [T(x) if isinstance(x, str) else A(x) for x in spec]
+    # Phases cycle through every code (a deterministic function of the values), so the text
+    # baseline has spans to skip; the all-token definitions ignore them.
+    turns = [
+        T(x)
+        if isinstance(x, str)
+        else A(x, [int(4 * v + j) % len(PHASE_CODE) for j, v in enumerate(x)])
+        for x in spec
+    ]
     return Episode("e", turns=turns, success=True)
 
 
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(episode_strategy, min_size=1, max_size=4),
-    st.sampled_from([BreathConfig(), BreathConfig(window=5, k=3, contraction_window=2, horizon=9)]),
+    st.sampled_from(
+        [
+            BreathConfig(),
+            BreathConfig(window=5, k=3, contraction_window=2, horizon=9),
+            BreathConfig(window=5, k=3, contraction_window=2, horizon=9, baseline_stat="mean"),
+            BreathConfig(window=5, baseline_tokens="text"),
+            BreathConfig(window=3, baseline_tokens="text", baseline_stat="mean"),
+        ]
+    ),
 )
 def test_vectorised_matches_naive(specs, cfg):
     episodes = [build(s) for s in specs]
@@ -338,3 +401,70 @@ def test_floor_note_warns_above_the_share_and_shows_in_analyze_and_report(tmp_pa
     assert note is not None and "2 of 5 failed triggers (40%)" in note
     assert 'id="floor-note"' in build_report(summary=loud, episodes=[flat, varied])
     assert floor_note(analyze_episodes([Episode("c", turns=[A([0.0] * 5), T("ok")])])) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.floats(0.0, 4.0),
+    st.integers(1, 100),
+    st.integers(1, 80),
+    st.sampled_from(["all", "text"]),
+    st.sampled_from([0.01, 0.05, 0.5]),
+)
+def test_mean_and_median_agree_on_constant_input_and_respect_the_floor(
+    value, n_before, window, tokens, eps
+):
+    ep = Episode(
+        "e",
+        turns=[A([value] * n_before, [PHASE_CODE["plan"]] * n_before), T("error"), A([1.0] * 4)],
+    )
+    table = TraceTable.from_episodes([ep])
+    got = {
+        stat: float(
+            analyze_triggers(
+                table,
+                BreathConfig(window=window, eps=eps, baseline_stat=stat, baseline_tokens=tokens),
+            ).stats.baseline[0]
+        )
+        for stat in ("median", "mean")
+    }
+    value32 = float(np.float32(value))  # entropy is stored as float32
+    assert got["median"] == got["mean"] == max(value32, eps)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(0.0, 4.0), min_size=0, max_size=80),
+    st.sampled_from(["median", "mean"]),
+    st.sampled_from(["all", "text"]),
+    st.sampled_from([0.01, 0.05, 0.5]),
+)
+def test_baseline_never_below_floor(before, stat, tokens, eps):
+    n = len(before)
+    ep = Episode(
+        "e",
+        turns=[A(before, [j % len(PHASE_CODE) for j in range(n)]), T("error"), A([1.0])],
+    )
+    cfg = BreathConfig(eps=eps, baseline_stat=stat, baseline_tokens=tokens)
+    b = analyze_triggers(TraceTable.from_episodes([ep]), cfg).stats.baseline[0]
+    assert b >= eps
+    # The mean lies between the smallest and largest token of the window.
+    if stat == "mean" and tokens == "all" and before:
+        window = np.asarray(before[-cfg.window :], np.float32)
+        assert b <= max(float(window.max()), eps) + 1e-12
+
+
+def test_baseline_options_travel_with_the_summary_config():
+    from agentropy.analysis.summary import AnalyzeConfig, Analyzer
+    from agentropy.report.html import _breath_config
+
+    cfg = BreathConfig(baseline_stat="mean", baseline_tokens="text")
+    plan = PHASE_CODE["plan"]
+    ep = Episode("e", turns=[A([0.5] * 8, [plan] * 8), T("error"), A([2.0] * 8)], success=True)
+    analyzer = Analyzer(AnalyzeConfig(breath=cfg))
+    analyzer.add_episodes([ep])
+    summary = analyzer.summary()
+    assert summary["config"]["breath"]["baseline_stat"] == "mean"
+    assert summary["config"]["breath"]["baseline_tokens"] == "text"
+    # The report rebuilds the analyzer's thresholds from the summary.
+    assert _breath_config(summary["config"]["breath"]) == cfg

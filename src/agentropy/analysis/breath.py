@@ -8,6 +8,9 @@ of :class:`BreathConfig`:
   means no spike ratio and a ``no_response`` trigger.
 - **Baseline** ``B``: median model entropy of the last ``window`` (W = 64) assistant tokens before
   the trigger anywhere in the episode (all of them if fewer), floored at ``eps``; ``eps`` if none.
+  Two options change it (the defaults are DESIGN.md's): ``baseline_stat = "mean"`` averages the
+  same tokens instead, and ``baseline_tokens = "text"`` draws the W tokens from free text only
+  (see :data:`BaselineTokens` for why).
 - **Spike ratio** ``S = mean(P[0:k]) / B`` (fewer than ``k`` tokens if ``P`` is shorter).
 - **Eruption**: ``S >= eruption``.
 - **Contraction**: the smallest ``n`` with ``cw <= n <= min(horizon, len(P))`` such that
@@ -28,15 +31,19 @@ tokens. Per-trigger work is a fixed-width gather: ``(n_triggers, W)`` for baseli
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from agentropy.trace import STATUS_CODES, Episode, TraceTable
+from agentropy.trace import PHASE_CODE, STATUS_CODES, Episode, TraceTable
 
 __all__ = [
+    "BASELINE_STATS",
+    "BASELINE_TOKENS",
     "KINDS",
+    "BaselineStat",
+    "BaselineTokens",
     "BoundVerdicts",
     "BreathConfig",
     "Kind",
@@ -44,6 +51,7 @@ __all__ = [
     "TriggerTable",
     "analyze_episode",
     "analyze_triggers",
+    "baseline_mask",
     "bound_verdicts",
     "eruption_records",
     "frozen_records",
@@ -55,6 +63,25 @@ Kind = Literal["productive", "neutral", "divergent"]
 #: Eruption kind codes in :class:`TriggerTable` (``-1``: not an eruption).
 KINDS: tuple[str, ...] = ("productive", "neutral", "divergent")
 
+BaselineStat = Literal["median", "mean"]
+"""Statistic of the baseline window: ``median`` (DESIGN.md; robust to a few high-entropy tokens,
+but it sits at the floor as soon as more than half the window is near-deterministic) or
+``mean`` (every token counts, so a short uncertain stretch lifts it off the floor)."""
+BASELINE_STATS: tuple[str, ...] = get_args(BaselineStat)
+
+BaselineTokens = Literal["all", "text"]
+"""Which assistant tokens the baseline window draws from. ``all`` (DESIGN.md): the last W
+assistant tokens. ``text``: the last W *free-text* tokens (phase ``plan`` or ``recover``, or an
+unknown phase), looking back past tool-call and answer spans. Why: a tool call is a span of
+near-deterministic tokens (the call syntax and arguments copied from the prompt) emitted right
+before its result, so with ``all`` the window before a failure is dominated by the call itself
+and the baseline sits at the ``eps`` floor; the spike ratio then compares the response with the
+floor, not with how uncertain the agent's own prose was before the failure. Tokens of unknown
+phase count as text, so traces without phases (imported logs) get the ``all`` baseline."""
+BASELINE_TOKENS: tuple[str, ...] = get_args(BaselineTokens)
+#: Phase codes excluded from a ``text`` baseline: the tool-call and final-answer spans.
+_SPAN_PHASES = (PHASE_CODE["act"], PHASE_CODE["answer"])
+
 
 @dataclass(frozen=True, slots=True)
 class BreathConfig:
@@ -62,6 +89,11 @@ class BreathConfig:
 
     window: int = 64
     """W: number of assistant tokens before a trigger whose median entropy is the baseline."""
+    baseline_stat: BaselineStat = "median"
+    """Statistic of the baseline window: median (DESIGN.md) or mean."""
+    baseline_tokens: BaselineTokens = "all"
+    """Tokens of the baseline window: all assistant tokens (DESIGN.md) or free text only (plan,
+    recover, unknown phase), which skips the near-deterministic tool-call span before a failure."""
     eps: float = 0.05
     """Floor of the baseline, nats (keeps spike ratios finite after near-deterministic text)."""
     k: int = 16
@@ -86,6 +118,15 @@ class BreathConfig:
             value = getattr(self, name)
             if not np.isfinite(value) or value <= 0:
                 raise ValueError(f"BreathConfig.{name} must be a finite number > 0, got {value!r}")
+        for name, allowed in (
+            ("baseline_stat", BASELINE_STATS),
+            ("baseline_tokens", BASELINE_TOKENS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"BreathConfig.{name} must be one of {', '.join(allowed)}, "
+                    f"got {getattr(self, name)!r}"
+                )
         if self.horizon < self.contraction_window:
             raise ValueError(
                 f"BreathConfig.horizon ({self.horizon}) must be >= contraction_window "
@@ -117,6 +158,7 @@ def trigger_stats(
     config: BreathConfig = BreathConfig(),
     *,
     post_entropy: np.ndarray | None = None,
+    baseline_from: np.ndarray | None = None,
 ) -> TriggerStats:
     """Baseline, spike ratio and contraction of ``M`` triggers, vectorised.
 
@@ -128,6 +170,9 @@ def trigger_stats(
     ``entropy`` (the baseline still reads ``entropy``): a trigger's baseline and stream are
     disjoint tokens, so :func:`bound_verdicts` combines the lower bound on one side with the
     upper bound on the other to get the extremes of the spike ratio.
+    ``baseline_from`` (N,) bool, when given, restricts the baseline window to the tokens it marks
+    (the last ``window`` marked tokens of the episode before the trigger; :func:`baseline_mask`);
+    ``config.baseline_stat`` picks median or mean.
     """
     ent = np.asarray(entropy, np.float64)
     post_src = ent if post_entropy is None else np.asarray(post_entropy, np.float64)
@@ -137,20 +182,34 @@ def trigger_stats(
     m = pos.shape[0]
     n_tok = ent.shape[0]
 
-    # Baseline: median of the last W tokens before the trigger within the episode. Out-of-window
-    # slots are +inf so that a row sort puts the c valid values first; the median is then read at
-    # the middle index(es) of those c values (mean of the two middles for even c, like np.median).
+    # Baseline: the last W eligible tokens before the trigger within the episode. With a mask the
+    # eligible tokens are compacted into their own stream, where a trigger sits at the number of
+    # eligible tokens before it, so one gather serves both cases.
+    base_src, b_pos, b_lo = ent, pos, lo
+    if baseline_from is not None:
+        keep = np.flatnonzero(np.asarray(baseline_from, bool))  # (N',) sorted token positions
+        base_src = ent[keep]
+        b_pos = np.searchsorted(keep, pos)
+        b_lo = np.searchsorted(keep, lo)
     w = config.window
-    idx = pos[:, None] - w + np.arange(w)[None, :]  # (M, W)
-    valid = idx >= np.maximum(lo, pos - w)[:, None]
-    vals = np.where(valid, ent[np.clip(idx, 0, max(n_tok - 1, 0))] if n_tok else 0.0, np.inf)
-    vals.sort(axis=1)
+    n_base = base_src.shape[0]
+    idx = b_pos[:, None] - w + np.arange(w)[None, :]  # (M, W)
+    valid = idx >= np.maximum(b_lo, b_pos - w)[:, None]
+    gathered = base_src[np.clip(idx, 0, max(n_base - 1, 0))] if n_base else np.zeros(idx.shape)
     count = valid.sum(axis=1)
-    rows = np.arange(m)
     has = count > 0
     c = np.maximum(count, 1)
-    median = 0.5 * (vals[rows, (c - 1) // 2] + vals[rows, c // 2])
-    baseline = np.where(has, np.maximum(np.where(has, median, 0.0), config.eps), config.eps)
+    if config.baseline_stat == "mean":
+        stat = np.where(valid, gathered, 0.0).sum(axis=1) / c
+    else:
+        # Out-of-window slots are +inf so that a row sort puts the c valid values first; the
+        # median is read at the middle index(es) of those c values (mean of the two middles for
+        # even c, like np.median).
+        vals = np.where(valid, gathered, np.inf)
+        vals.sort(axis=1)
+        rows = np.arange(m)
+        stat = 0.5 * (vals[rows, (c - 1) // 2] + vals[rows, c // 2])
+    baseline = np.where(has, np.maximum(np.where(has, stat, 0.0), config.eps), config.eps)
 
     # Post-trigger stream, gathered to a fixed width L and zero-filled past the episode's end.
     n_post = hi - pos
@@ -212,12 +271,27 @@ class TriggerTable:
         return self.stats.n_post == 0
 
 
+def baseline_mask(table: TraceTable, config: BreathConfig = BreathConfig()) -> np.ndarray | None:
+    """(N,) bool: the tokens of ``table`` a baseline may draw from under ``config`` (None: all).
+
+    ``baseline_tokens = "text"`` keeps every token whose phase is not ``act`` or ``answer``
+    (:data:`BaselineTokens`)."""
+    if config.baseline_tokens == "all":
+        return None
+    return ~np.isin(table.phase, _SPAN_PHASES)
+
+
 def analyze_triggers(table: TraceTable, config: BreathConfig = BreathConfig()) -> TriggerTable:
     """Spike ratios, eruptions, contractions, kinds and frozen responses of every tool turn."""
     rows = np.flatnonzero(table.turn_is_tool)
     ep = table.turn_ep[rows]
     stats = trigger_stats(
-        table.entropy, table.ep_start[ep], table.ep_end[ep], table.turn_start[rows], config
+        table.entropy,
+        table.ep_start[ep],
+        table.ep_end[ep],
+        table.turn_start[rows],
+        config,
+        baseline_from=baseline_mask(table, config),
     )
     status = table.tool_status[rows]
     key = table.tool_key[rows]
@@ -264,7 +338,7 @@ class BoundVerdicts:
 
     Each token's true entropy is only known to lie in ``[lower, upper]`` (DESIGN.md, "Top-k
     estimate"). A trigger's baseline (tokens before it) and post-trigger stream (tokens after it)
-    are disjoint, and the baseline (a floored median) and every stream mean grow with each
+    are disjoint, and the baseline (a floored median or mean) and every stream mean grow with each
     token's entropy, so the extremes are exact: the spike ratio is smallest with the stream at
     its lower bounds and the baseline at its upper bounds (contraction is then easiest), largest
     the other way round (contraction hardest). A verdict is *certain* when it holds at both
@@ -321,8 +395,9 @@ def bound_verdicts(
     upper = np.where(np.isnan(table.entropy_upper), ent, table.entropy_upper)
     rows = np.flatnonzero(table.turn_is_tool)
     args = (table.ep_start[trig.ep], table.ep_end[trig.ep], table.turn_start[rows], config)
-    least = trigger_stats(upper, *args, post_entropy=lower)
-    most = trigger_stats(lower, *args, post_entropy=upper)
+    mask = baseline_mask(table, config)
+    least = trigger_stats(upper, *args, post_entropy=lower, baseline_from=mask)
+    most = trigger_stats(lower, *args, post_entropy=upper, baseline_from=mask)
     defined = trig.stats.n_post > 0
     s_min = np.where(defined, least.spike_ratio, 0.0)
     s_max = np.where(defined, most.spike_ratio, 0.0)

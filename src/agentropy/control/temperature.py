@@ -46,12 +46,20 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple
 
 import numpy as np
 import torch
 
-from agentropy.control.base import ConstantTemperature, StepObservation, TemperatureSchedule
+from agentropy.control.base import (
+    ArrayT,
+    ConstantTemperature,
+    StepObservation,
+    TemperatureSchedule,
+    obs_arrays,
+    state_arrays,
+    state_tensors,
+)
 from agentropy.trace import PHASE_CODE, PHASES
 
 __all__ = [
@@ -175,53 +183,48 @@ class EDTConfig:
 # ------------------------------------------------------------------------------------ states
 
 
-#: The array type of a state's fields: ``torch.Tensor`` in what schedules take and return,
-#: ``np.ndarray`` for the NumPy views :meth:`PhaseTemperature.update` computes on.
-_ArrayT = TypeVar("_ArrayT", torch.Tensor, np.ndarray)
-
-
-class PhaseState(NamedTuple, Generic[_ArrayT]):
+class PhaseState(NamedTuple, Generic[ArrayT]):
     """Per-row state of the phase controller. Every field has leading dimension B.
 
-    Schedules take and return ``PhaseState[torch.Tensor]``; one step computes on a
-    ``PhaseState[np.ndarray]`` of NumPy views of it (same bits, far less dispatch overhead).
+    ``update`` takes and returns ``PhaseState[torch.Tensor]``, ``update_arrays`` the same
+    fields as NumPy arrays (same dtypes, same bits).
     """
 
-    prev_phase: _ArrayT
+    prev_phase: ArrayT
     """(B,) int64 phase code of the row's previous token in the episode; -1 if none."""
-    history: _ArrayT
+    history: ArrayT
     """(B, baseline_window) float32 ring buffer of model entropies of the row's last assistant
     tokens (NaN = empty slot)."""
-    n_history: _ArrayT
+    n_history: ArrayT
     """(B,) int64 assistant tokens pushed into ``history`` this episode."""
-    baseline: _ArrayT
+    baseline: ArrayT
     """(B,) float32 baseline of the latest trigger, nats (NaN before the first trigger)."""
-    recover_window: _ArrayT
+    recover_window: ArrayT
     """(B, contraction_window) float32 ring buffer of sampling entropies of the current
     stretch's recover tokens (NaN = empty)."""
-    recover_steps: _ArrayT
+    recover_steps: ArrayT
     """(B,) int64 recover tokens sampled in the current stretch (since the latest trigger)."""
-    recover_total: _ArrayT
+    recover_total: ArrayT
     """(B,) int64 recover tokens sampled this episode (the budget guard's counter)."""
-    decay_steps: _ArrayT
+    decay_steps: ArrayT
     """(B,) int64 consecutive steps the divergence guard has been engaged (0 = released)."""
-    temperature: _ArrayT
+    temperature: ArrayT
     """(B,) float32 temperature returned at the row's last active step."""
-    mode: _ArrayT
+    mode: ArrayT
     """(B,) int8 guard mode of the row's last active step: 0 normal, 1 forced exhale, 2 budget."""
 
 
-class EDTState(NamedTuple):
+class EDTState(NamedTuple, Generic[ArrayT]):
     """EDT is memoryless; the state only carries the last temperature per row."""
 
-    temperature: torch.Tensor
+    temperature: ArrayT
     """(B,) float32 temperature returned at the row's last active step."""
 
 
 # ---------------------------------------------------------------------------------- schedules
 
 
-def _check_obs(obs: StepObservation, batch_size: int) -> None:
+def _check_obs(obs: StepObservation[Any], batch_size: int) -> None:
     if obs.phase.shape != (batch_size,):
         raise ValueError(
             f"observation has {tuple(obs.phase.shape)} rows but the state has ({batch_size},); "
@@ -229,25 +232,25 @@ def _check_obs(obs: StepObservation, batch_size: int) -> None:
         )
 
 
-def _validate_active(obs: StepObservation, active: torch.Tensor, *, phase: bool = True) -> None:
-    # One host sync per step (cheap on CPU) turns silent garbage into an error; masks, not
-    # boolean indexing, because this runs once per generated token.
+def _validate_active(obs: StepObservation[np.ndarray], *, phase: bool = True) -> None:
+    """Raise, naming the rows, if an active row has an invalid phase code or model entropy
+    (called only when the step's cheap range check failed)."""
+    active = obs.active.astype(bool)
     e = obs.entropy
-    bad = active & ~((e >= 0) & (e < math.inf))  # NaN fails both comparisons
+    with np.errstate(invalid="ignore"):
+        bad = active & ~((e >= 0) & (e < math.inf))  # NaN fails both comparisons
     if phase:
         bad_phase = active & ((obs.phase < 0) | (obs.phase >= len(PHASES)))
-        bad = bad | bad_phase
-    if not bool(bad.any()):
-        return
-    if phase and bool(bad_phase.any()):
+        if bad_phase.any():
+            raise ValueError(
+                f"phase codes of active rows must be in [0, {len(PHASES)}) "
+                f"(agentropy.trace.PHASES), got {sorted(set(obs.phase[bad_phase].tolist()))}"
+            )
+    if bad.any():
         raise ValueError(
-            f"phase codes of active rows must be in [0, {len(PHASES)}) (agentropy.trace.PHASES), "
-            f"got {sorted(set(obs.phase[bad_phase].tolist()))}"
+            f"model entropy of active rows must be finite and >= 0 nats, got {e[bad].tolist()} "
+            f"in rows {np.flatnonzero(bad).tolist()}"
         )
-    raise ValueError(
-        f"model entropy of active rows must be finite and >= 0 nats, got {e[bad].tolist()} "
-        f"in rows {bad.nonzero().flatten().tolist()}"
-    )
 
 
 class PhaseTemperature:
@@ -263,7 +266,6 @@ class PhaseTemperature:
         self._table = self.config.phase_temperatures()
         self._table_np = self._table.numpy()
         self._decay = torch.tensor(self.config.decay, dtype=torch.float32)
-        self._plan = torch.tensor(self.config.plan, dtype=torch.float32)
 
     def init(self, batch_size: int) -> PhaseState[torch.Tensor]:
         """Fresh state for ``batch_size`` rows (each row at the start of an episode)."""
@@ -282,117 +284,141 @@ class PhaseTemperature:
         )
 
     def update(
-        self, state: PhaseState[torch.Tensor], obs: StepObservation
+        self, state: PhaseState[torch.Tensor], obs: StepObservation[torch.Tensor]
     ) -> tuple[torch.Tensor, PhaseState[torch.Tensor]]:
         """Temperatures (B,) float32 for the tokens about to be sampled, and the next state.
 
         Rows with ``obs.reset`` are re-initialised first; inactive rows keep their state and get
-        back their last temperature (the runner does not sample them).
+        back their last temperature (the runner does not sample them). This is
+        :meth:`update_arrays` on NumPy views of the (CPU) state and observation.
+        """
+        _check_obs(obs, state.prev_phase.shape[0])
+        _, new = self.update_arrays(state_arrays(state), obs_arrays(obs))
+        out = state_tensors(new)
+        return out.temperature, out
 
-        The step runs on NumPy views of the (CPU) state and observation: it is a few dozen
-        operations on (B,) arrays once per generated token, where each torch call costs several
-        µs of dispatch and each NumPy call well under one, and that fixed cost is the whole of the
-        controller's overhead. The inputs are never written to; the new state is fresh arrays
-        wrapped with ``torch.from_numpy``. The two operations whose NumPy and torch kernels may
-        round differently (``pow`` and ``nanmean``, only on rows past the horizon) stay in torch,
-        so the result is the same bits as a pure torch step.
+    def update_arrays(
+        self, state: PhaseState[np.ndarray], obs: StepObservation[np.ndarray]
+    ) -> tuple[np.ndarray, PhaseState[np.ndarray]]:
+        """:meth:`update` on NumPy arrays: ``(temperatures (B,) float32, next state)``.
+
+        A step is a few dozen operations on (B,) arrays once per generated token; each NumPy
+        call costs about a µs (a torch call several), and that fixed cost is the whole of the
+        controller's overhead. So the common step (every row active, no reset) takes the fewest
+        calls: no masking, and work that cannot change the result is skipped (the recover
+        bookkeeping when no row is in recover, the median when no row triggers, the window mean
+        when no row is past the horizon). The inputs are never written to; the new state is
+        fresh arrays or unchanged input arrays. The two operations whose NumPy and torch kernels
+        may round differently (``pow`` and ``nanmean``, only on rows past the horizon) run in
+        torch, so the result is the same bits as a pure torch step.
         """
         c = self.config
         b = state.prev_phase.shape[0]
         _check_obs(obs, b)
-        st = PhaseState(*(_np(x) for x in state))
-        reset = _np(obs.reset).astype(bool, copy=False)
-        if reset.any():
-            fresh = self.init(b)
-            st = PhaseState(
-                *(_np_where_rows(reset, _np(f), x) for f, x in zip(fresh, st, strict=True))
-            )
-        active = _np(obs.active).astype(bool, copy=False)
-        phase = _np(obs.phase).astype(np.int64, copy=False)
-        entropy = _np(obs.entropy).astype(np.float32, copy=False)
+        st = state
+        if obs.reset.any():
+            rows = obs.reset.astype(bool, copy=False)
+            fresh = state_arrays(self.init(b))
+            st = PhaseState(*(_np_where_rows(rows, f, x) for f, x in zip(fresh, st, strict=True)))
+        active = obs.active.astype(bool, copy=False)
+        phase = obs.phase.astype(np.int64, copy=False)
+        entropy = obs.entropy.astype(np.float32, copy=False)
         all_active = bool(active.all())
         if all_active:
-            lo, hi = phase.min(initial=0), phase.max(initial=0)
             e = entropy
-        else:
+        else:  # inactive rows may hold anything: mask them to valid values
             phase = np.where(active, phase, 0)
-            lo, hi = phase.min(initial=0), phase.max(initial=0)
-            e = np.where(active, entropy, 0.0)
+            e = np.where(active, entropy, np.float32(0))
         if not (
-            lo >= 0
-            and hi < len(PHASES)
-            and e.min(initial=0.0) >= 0
+            phase.min(initial=0) >= 0
+            and phase.max(initial=0) < len(PHASES)
+            and e.min(initial=0.0) >= 0  # NaN fails here
             and e.max(initial=0.0) < math.inf
         ):
-            _validate_active(obs, obs.active.to(torch.bool))  # raises, naming the rows
-        is_rec = active & (phase == _RECOVER)
+            _validate_active(obs)  # raises, naming the rows
+        is_rec = phase == _RECOVER  # inactive rows were masked to plan
         temps = self._table_np[phase]
 
-        fields: dict[str, np.ndarray] = {}
         if is_rec.any():
             temps, fields = self._recover_step(st, obs, active, is_rec, temps)
-        else:  # no guard can act; the guard counter releases
-            fields["decay_steps"] = np.where(active, 0, st.decay_steps)
-            fields["mode"] = np.where(active, MODE_NORMAL, st.mode).astype(np.int8)
+        elif all_active:  # no guard can act; the guard counter releases
+            fields = {
+                "decay_steps": np.zeros(b, dtype=np.int64),
+                "mode": np.full(b, MODE_NORMAL, dtype=np.int8),
+            }
+        else:
+            fields = {
+                "decay_steps": np.where(active, 0, st.decay_steps),
+                "mode": np.where(active, np.int8(MODE_NORMAL), st.mode),
+            }
 
         # Model entropy of this step joins the baseline history after the trigger used it.
         history = st.history.copy()
-        rows = np.flatnonzero(active)
-        history[rows, st.n_history[rows] % c.baseline_window] = entropy[rows]
-        temps = temps if all_active else np.where(active, temps, st.temperature)
+        if all_active:
+            history[np.arange(b), st.n_history % c.baseline_window] = entropy
+            prev_phase = phase.copy()  # the caller may reuse its phase buffer
+        else:
+            rows = np.flatnonzero(active)
+            history[rows, st.n_history[rows] % c.baseline_window] = entropy[rows]
+            temps = np.where(active, temps, st.temperature)
+            prev_phase = np.where(active, phase, st.prev_phase)
         new = st._replace(
-            # A copy even when every row is active: the caller may reuse its phase buffer.
-            prev_phase=phase.copy() if all_active else np.where(active, phase, st.prev_phase),
+            prev_phase=prev_phase,
             history=history,
             n_history=st.n_history + active,
             temperature=temps.astype(np.float32, copy=False),
             **fields,
         )
-        out = PhaseState(*(torch.from_numpy(np.ascontiguousarray(x)) for x in new))
-        return out.temperature, out
+        return new.temperature, new
 
     def _recover_step(
         self,
         st: PhaseState[np.ndarray],
-        obs: StepObservation,
+        obs: StepObservation[np.ndarray],
         active: np.ndarray,
         is_rec: np.ndarray,
         temps: np.ndarray,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Triggers, baselines and both guards, for a step where some active row is in recover
-        (``st`` holds NumPy arrays). Work is skipped when it cannot change the result (a median
-        only for trigger rows, the window mean only when some row is past the horizon)."""
+        (``is_rec`` is False on inactive rows). Work is skipped when it cannot change the result
+        (a median only for trigger rows, the window mean only when some row is past the
+        horizon)."""
         c = self.config
         trigger = is_rec & (st.prev_phase != _RECOVER)
-        cont = is_rec & ~trigger  # continuing a stretch: the previous token was a recover token
+        cont = is_rec ^ trigger  # continuing a stretch: the previous token was a recover token
 
         # Baseline frozen at the trigger, from the tokens *before* it (DESIGN.md "Baseline").
-        baseline = st.baseline
+        # A trigger clears the recover window and the stretch's step counter.
+        baseline, steps, window = st.baseline, st.recover_steps, st.recover_window
         if trigger.any():
             idx = np.flatnonzero(trigger)
             baseline = baseline.copy()
             baseline[idx] = _nan_median(st.history[idx], st.n_history[idx], c.eps)
-
-        # Recover window: a trigger clears it; a continuing step appends the sampling entropy of
-        # the previous token, which is the stretch's most recent recover token.
-        steps = np.where(trigger, 0, st.recover_steps)
-        window = np.where(trigger[:, None], np.float32(math.nan), st.recover_window)
+            steps = np.where(trigger, 0, steps)
+            window = np.where(trigger[:, None], np.float32(math.nan), window)
+        # A continuing step appends the sampling entropy of the previous token, which is the
+        # stretch's most recent recover token.
         rows = np.flatnonzero(cont)
         if rows.size:
-            prev = _np(obs.prev_sampling_entropy).astype(np.float32, copy=False)
-            window[rows, np.maximum(steps[rows] - 1, 0) % c.contraction_window] = prev[rows]
+            window = window.copy() if window is st.recover_window else window
+            prev = obs.prev_sampling_entropy[rows].astype(np.float32, copy=False)
+            window[rows, np.maximum(steps[rows] - 1, 0) % c.contraction_window] = prev
 
         over_budget = is_rec & (st.recover_total >= c.recover_budget)
-        engaged = cont & ~over_budget & (steps >= c.horizon)
-        if engaged.any():
+        engaged = cont & (steps >= c.horizon) & ~over_budget
+        any_engaged = bool(engaged.any())
+        if any_engaged:
             mean = torch.nanmean(torch.from_numpy(window), dim=1)  # NaN when empty: then False
             thr = c.contraction_factor * torch.from_numpy(baseline)
             engaged = engaged & (mean > thr).numpy()
-        decay_steps = np.where(active, (st.decay_steps + 1) * engaged, st.decay_steps)
-        if engaged.any():
+            any_engaged = bool(engaged.any())
+        if any_engaged:
+            decay_steps = np.where(active, (st.decay_steps + 1) * engaged, st.decay_steps)
             d = torch.from_numpy(decay_steps.astype(np.float32))
             t_guarded = (c.plan + (c.recover - c.plan) * torch.pow(self._decay, d)).numpy()
             temps = np.where(engaged, t_guarded, temps)
+        else:  # released wherever a row is active
+            decay_steps = np.where(active, 0, st.decay_steps)
         if over_budget.any():
             temps = np.where(over_budget, np.float32(c.plan), temps)
         # engaged and over_budget are disjoint: 0 normal, 1 forced exhale, 2 budget.
@@ -405,11 +431,6 @@ class PhaseTemperature:
             "decay_steps": decay_steps,
             "mode": np.where(active, mode, st.mode),
         }
-
-
-def _np(x: torch.Tensor) -> np.ndarray:
-    """A NumPy view of a CPU tensor (a copy from other devices)."""
-    return x.detach().cpu().numpy()
 
 
 def _np_where_rows(rows: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -447,24 +468,53 @@ class EDTTemperature:
     def __init__(self, config: EDTConfig | None = None) -> None:
         self.config = config if config is not None else EDTConfig()
         self.name = _config_name("edt", self.config, EDTConfig())
+        self._n = torch.tensor(self.config.n, dtype=torch.float64)
 
-    def init(self, batch_size: int) -> EDTState:
+    def init(self, batch_size: int) -> EDTState[torch.Tensor]:
         return EDTState(temperature=torch.full((batch_size,), self.config.t0, dtype=torch.float32))
 
-    def update(self, state: EDTState, obs: StepObservation) -> tuple[torch.Tensor, EDTState]:
-        c = self.config
+    def update(
+        self, state: EDTState[torch.Tensor], obs: StepObservation[torch.Tensor]
+    ) -> tuple[torch.Tensor, EDTState[torch.Tensor]]:
+        """Temperatures (B,) float32 and the next state; inactive rows keep their last T
+        (:meth:`update_arrays` on NumPy views)."""
         _check_obs(obs, state.temperature.shape[0])
-        active = obs.active.to(torch.bool)
-        _validate_active(obs, active, phase=False)
-        h = obs.entropy.to(torch.float64)
-        # theta / 0 = inf and n ** inf = 0: the H = 0 case needs no branch; the floor does the rest.
-        with torch.no_grad():
-            t = c.t0 * torch.pow(torch.tensor(c.n, dtype=torch.float64), c.theta / h)
-        t = t.clamp_min(c.min_temperature).to(torch.float32)
-        fresh = torch.full_like(state.temperature, c.t0)
-        prev = torch.where(obs.reset.to(torch.bool), fresh, state.temperature)
-        temps = torch.where(active, t, prev)
-        return temps, EDTState(temperature=temps)
+        _, new = self.update_arrays(state_arrays(state), obs_arrays(obs))
+        out = state_tensors(new)
+        return out.temperature, out
+
+    def update_arrays(
+        self, state: EDTState[np.ndarray], obs: StepObservation[np.ndarray]
+    ) -> tuple[np.ndarray, EDTState[np.ndarray]]:
+        """:meth:`update` on NumPy arrays.
+
+        The float64 operations torch runs for ``t0 * n ** (theta / h)`` (``theta / h`` is
+        ``h.reciprocal() * theta`` in torch), in NumPy except for ``pow``, whose NumPy and torch
+        kernels may round differently: the same bits as the torch formula, a quarter of its
+        dispatch cost."""
+        c = self.config
+        b = state.temperature.shape[0]
+        _check_obs(obs, b)
+        active = obs.active.astype(bool, copy=False)
+        all_active = bool(active.all())
+        e = obs.entropy if all_active else np.where(active, obs.entropy, 0)
+        lo = e.min(initial=1.0)
+        if not (lo >= 0 and e.max(initial=0.0) < math.inf):  # NaN fails
+            _validate_active(obs, phase=False)
+        h = obs.entropy.astype(np.float64)
+        if lo > 0 and all_active:
+            x = np.reciprocal(h) * c.theta
+        else:  # theta / 0 = inf and n ** inf = 0: H = 0 needs no branch; the floor does the rest
+            with np.errstate(divide="ignore"):
+                x = np.reciprocal(h) * c.theta
+        p = torch.pow(self._n, torch.from_numpy(x)).numpy()
+        t = np.maximum(p * c.t0, c.min_temperature).astype(np.float32)
+        if not all_active:
+            prev = state.temperature
+            if obs.reset.any():
+                prev = np.where(obs.reset.astype(bool, copy=False), np.float32(c.t0), prev)
+            t = np.where(active, t, prev)
+        return t, EDTState(temperature=t)
 
 
 # ------------------------------------------------------------------------------------ by name

@@ -226,3 +226,44 @@ def test_processor_equals_a_full_observation_replay(model):
                 temps_ref[r].append(float(temps[r]))
     assert proc.temperatures == temps_ref
     assert modes >= {1, 2}  # both guards acted
+    assert all(  # the processor's (NumPy) state, read as tensors, is the replay's
+        a.dtype == b.dtype and torch.equal(a.nan_to_num(-7.0), b.nan_to_num(-7.0))
+        for a, b in zip(proc.state, state, strict=True)
+    )
+
+
+class _HalfEntropy:
+    """A schedule with only the protocol's required members (no ``update_arrays``, no
+    ``reads_sampling_entropy``): T = 0.5 + model entropy / 10; records what it was given."""
+
+    name = "half-entropy"
+
+    def __init__(self):
+        self.seen: list[StepObservation] = []
+
+    def init(self, batch_size):
+        return None
+
+    def update(self, state, obs):
+        self.seen.append(obs)
+        return 0.5 + obs.entropy / 10, state
+
+
+def test_a_schedule_without_the_optional_members_gets_every_observation(model):
+    from agentropy.entropy import token_entropy
+
+    sched = _HalfEntropy()
+    proc = ScheduledTemperatureProcessor(sched)
+    out = _generate(model, [proc], n=4)
+    assert len(sched.seen) == 4
+    for i, (obs, scores, logits) in enumerate(zip(sched.seen, out.scores, out.logits, strict=True)):
+        assert isinstance(obs.entropy, torch.Tensor)
+        assert torch.equal(obs.entropy, token_entropy(logits))
+        assert torch.equal(scores, logits.float() / (0.5 + obs.entropy / 10)[:, None])
+        assert obs.reset.tolist() == [i == 0] * 4
+        # Sampling entropy of every row's previous token (the schedule did not say which).
+        if i:
+            assert torch.equal(obs.prev_sampling_entropy, token_entropy(out.scores[i - 1]))
+        else:
+            assert obs.prev_sampling_entropy.isnan().all()
+    assert proc.state is None

@@ -168,6 +168,31 @@ def test_state_round_trip_json_and_torch_save_then_continue_identically(name):
     assert states_equal(a, b)
 
 
+@pytest.mark.parametrize("name", ["phase", "edt", "constant:0.7"])
+def test_update_arrays_equals_update_and_never_writes_its_inputs(name):
+    """``update_arrays`` (NumPy, what the processor steps) gives the same bits as ``update``
+    (tensors), and leaves the state and observation it was given untouched."""
+    import numpy as np
+
+    from agentropy.control.base import obs_arrays, state_arrays
+
+    sched = PhaseTemperature(_cfg()) if name == "phase" else schedule_from_name(name)
+    seq = _mixed_sequence(seed=4)
+    state = sched.init(3)
+    arrays = state_arrays(sched.init(3))
+    for o in seq:
+        t, state = sched.update(state, o)
+        o_np = obs_arrays(StepObservation(*(f.clone() for f in o)))
+        before = [np.copy(x) for x in (*(arrays or ()), *o_np)]
+        t_np, new = sched.update_arrays(arrays, o_np)
+        after = [*(arrays or ()), *o_np]
+        assert all(np.array_equal(x, y, equal_nan=True) for x, y in zip(before, after, strict=True))
+        assert t_np.dtype == np.float32 and np.array_equal(t_np, t.numpy())
+        arrays = new
+    if state is not None:
+        assert states_equal(state, type(arrays)(*map(torch.from_numpy, arrays)))
+
+
 def test_constant_state_round_trips():
     assert load_state(json.loads(json.dumps(state_dict(None)))) is None
 

@@ -117,3 +117,26 @@ def state_arrays(state: Any) -> Any:
 def state_tensors(state: Any) -> Any:
     """A NumPy state of ``update_arrays`` as tensors sharing its memory (None stays None)."""
     return None if state is None else type(state)(*map(torch.from_numpy, state))
+
+
+# NumPy's ``ndarray.any()``/``.max()`` go through a Python wrapper and the generic reduction
+# (~2.5 µs on a (32,) array here); ``count_nonzero`` and ``argmax`` are direct C calls (~0.5 µs).
+# The controller runs a dozen of them per generated token.
+
+
+def _any(mask: np.ndarray) -> bool:
+    """``mask.any()`` for a bool array, faster on small arrays."""
+    return np.count_nonzero(mask) > 0
+
+
+def _all(mask: np.ndarray) -> bool:
+    """``mask.all()`` for a bool array, faster on small arrays."""
+    return np.count_nonzero(mask) == mask.size
+
+
+def _extremes(x: np.ndarray, lo: float, hi: float) -> tuple[Any, Any]:
+    """``(x.min(), x.max())`` of a 1-D array (NaN if any is NaN, like ``min``/``max``);
+    ``(lo, hi)`` if it is empty."""
+    if not x.size:
+        return lo, hi
+    return x[x.argmin()], x[x.argmax()]

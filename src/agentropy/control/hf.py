@@ -30,6 +30,8 @@ from transformers import LogitsProcessor
 from agentropy.control.base import (
     StepObservation,
     TemperatureSchedule,
+    _any,
+    _extremes,
     as_array,
     state_arrays,
     state_tensors,
@@ -294,7 +296,7 @@ class ScheduledTemperatureProcessor(LogitsProcessor):
             last = as_array(input_ids[:, -1])
             for e in self._eos:
                 self._done = self._done | (last == e)
-            if self._done.any():
+            if _any(self._done):
                 active = ~self._done
         phase = self._phases(input_ids)
         entropy = as_array(step_entropy(scores)) if self._reads_model else self._nan  # T = 1
@@ -313,7 +315,8 @@ class ScheduledTemperatureProcessor(LogitsProcessor):
             )
             temps = as_array(torch.as_tensor(t, dtype=torch.float32).reshape(-1))
         temps = temps.astype(np.float32, copy=False)
-        if temps.shape == (b,) and temps.min() > 0 and temps.max() < math.inf:  # NaN fails
+        t_lo, t_hi = _extremes(temps, 0.0, 0.0)
+        if temps.shape == (b,) and t_lo > 0 and t_hi < math.inf:  # NaN fails
             # Every row samples (the usual step): warp_scores' division without its checks.
             out = _divide(scores, torch.from_numpy(temps).to(scores.device))
         else:
@@ -353,7 +356,7 @@ class ScheduledTemperatureProcessor(LogitsProcessor):
                 need = need | (phase == code)
             if active is not self._ones:
                 need = need & active
-        idx = np.flatnonzero(need)
+        idx = need.nonzero()[0]
         if idx.size == need.shape[0]:
             return as_array(step_entropy(out))
         if not idx.size:

@@ -56,6 +56,9 @@ from agentropy.control.base import (
     ConstantTemperature,
     StepObservation,
     TemperatureSchedule,
+    _all,
+    _any,
+    _extremes,
     obs_arrays,
     state_arrays,
     state_tensors,
@@ -316,41 +319,31 @@ class PhaseTemperature:
         b = state.prev_phase.shape[0]
         _check_obs(obs, b)
         st = state
-        if obs.reset.any():
+        if _any(obs.reset):
             rows = obs.reset.astype(bool, copy=False)
             fresh = state_arrays(self.init(b))
             st = PhaseState(*(_np_where_rows(rows, f, x) for f, x in zip(fresh, st, strict=True)))
         active = obs.active.astype(bool, copy=False)
         phase = obs.phase.astype(np.int64, copy=False)
         entropy = obs.entropy.astype(np.float32, copy=False)
-        all_active = bool(active.all())
+        all_active = _all(active)
         if all_active:
             e = entropy
         else:  # inactive rows may hold anything: mask them to valid values
             phase = np.where(active, phase, 0)
             e = np.where(active, entropy, np.float32(0))
-        if not (
-            phase.min(initial=0) >= 0
-            and phase.max(initial=0) < len(PHASES)
-            and e.min(initial=0.0) >= 0  # NaN fails here
-            and e.max(initial=0.0) < math.inf
-        ):
+        # Negative codes are huge as unsigned: one reduction checks both ends.
+        _, top = _extremes(phase.view(np.uint64), 0, 0)
+        e_lo, e_hi = _extremes(e, 0.0, 0.0)
+        if not (top < len(PHASES) and e_lo >= 0 and e_hi < math.inf):  # NaN fails
             _validate_active(obs)  # raises, naming the rows
         is_rec = phase == _RECOVER  # inactive rows were masked to plan
         temps = self._table_np[phase]
 
-        if is_rec.any():
-            temps, fields = self._recover_step(st, obs, active, is_rec, temps)
-        elif all_active:  # no guard can act; the guard counter releases
-            fields = {
-                "decay_steps": np.zeros(b, dtype=np.int64),
-                "mode": np.full(b, MODE_NORMAL, dtype=np.int8),
-            }
-        else:
-            fields = {
-                "decay_steps": np.where(active, 0, st.decay_steps),
-                "mode": np.where(active, np.int8(MODE_NORMAL), st.mode),
-            }
+        if _any(is_rec):
+            temps, fields = self._recover_step(st, obs, active, all_active, is_rec, temps)
+        else:  # no guard can act; the guard counter releases
+            fields = _released(st, active, all_active)
 
         # Model entropy of this step joins the baseline history after the trigger used it.
         history = st.history.copy()
@@ -358,7 +351,7 @@ class PhaseTemperature:
             history[np.arange(b), st.n_history % c.baseline_window] = entropy
             prev_phase = phase.copy()  # the caller may reuse its phase buffer
         else:
-            rows = np.flatnonzero(active)
+            rows = active.nonzero()[0]
             history[rows, st.n_history[rows] % c.baseline_window] = entropy[rows]
             temps = np.where(active, temps, st.temperature)
             prev_phase = np.where(active, phase, st.prev_phase)
@@ -376,61 +369,87 @@ class PhaseTemperature:
         st: PhaseState[np.ndarray],
         obs: StepObservation[np.ndarray],
         active: np.ndarray,
+        all_active: bool,
         is_rec: np.ndarray,
         temps: np.ndarray,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Triggers, baselines and both guards, for a step where some active row is in recover
         (``is_rec`` is False on inactive rows). Work is skipped when it cannot change the result
-        (a median only for trigger rows, the window mean only when some row is past the
-        horizon)."""
+        (a median only for trigger rows, the budget and the window mean only when some row may
+        be past them)."""
         c = self.config
-        trigger = is_rec & (st.prev_phase != _RECOVER)
-        cont = is_rec ^ trigger  # continuing a stretch: the previous token was a recover token
+        cont = is_rec & (st.prev_phase == _RECOVER)  # the previous token was a recover token
+        trigger = is_rec ^ cont
 
         # Baseline frozen at the trigger, from the tokens *before* it (DESIGN.md "Baseline").
         # A trigger clears the recover window and the stretch's step counter.
         baseline, steps, window = st.baseline, st.recover_steps, st.recover_window
-        if trigger.any():
-            idx = np.flatnonzero(trigger)
+        if _any(trigger):
+            idx = trigger.nonzero()[0]
             baseline = baseline.copy()
             baseline[idx] = _nan_median(st.history[idx], st.n_history[idx], c.eps)
             steps = np.where(trigger, 0, steps)
             window = np.where(trigger[:, None], np.float32(math.nan), window)
-        # A continuing step appends the sampling entropy of the previous token, which is the
-        # stretch's most recent recover token.
-        rows = np.flatnonzero(cont)
-        if rows.size:
-            window = window.copy() if window is st.recover_window else window
-            prev = obs.prev_sampling_entropy[rows].astype(np.float32, copy=False)
-            window[rows, np.maximum(steps[rows] - 1, 0) % c.contraction_window] = prev
+        # A continuing step appends the sampling entropy of the previous token (the stretch's
+        # most recent recover token) at its ring slot: one masked write over the (B, window)
+        # buffer instead of a gather and a scatter.
+        slot = np.maximum(steps - 1, 0) % c.contraction_window
+        write = cont[:, None] & (slot[:, None] == np.arange(c.contraction_window))
+        prev = obs.prev_sampling_entropy.astype(np.float32, copy=False)
+        window = np.where(write, prev[:, None], window)
 
-        over_budget = is_rec & (st.recover_total >= c.recover_budget)
-        engaged = cont & (steps >= c.horizon) & ~over_budget
-        any_engaged = bool(engaged.any())
-        if any_engaged:
-            mean = torch.nanmean(torch.from_numpy(window), dim=1)  # NaN when empty: then False
-            thr = c.contraction_factor * torch.from_numpy(baseline)
-            engaged = engaged & (mean > thr).numpy()
-            any_engaged = bool(engaged.any())
-        if any_engaged:
+        fields = {"baseline": baseline, "recover_window": window}
+        fields["recover_steps"] = steps + is_rec
+        fields["recover_total"] = st.recover_total + is_rec
+        over_budget = None
+        if _extremes(st.recover_total, 0, 0)[1] >= c.recover_budget:
+            over_budget = is_rec & (st.recover_total >= c.recover_budget)
+            if _any(over_budget):
+                temps = np.where(over_budget, np.float32(c.plan), temps)
+            else:
+                over_budget = None
+        engaged = None
+        if _extremes(steps, 0, 0)[1] >= c.horizon:
+            engaged = cont & (steps >= c.horizon)
+            if over_budget is not None:
+                engaged &= ~over_budget
+            if _any(engaged):
+                mean = torch.nanmean(torch.from_numpy(window), dim=1)  # NaN when empty: False
+                thr = c.contraction_factor * torch.from_numpy(baseline)
+                engaged &= (mean > thr).numpy()
+            if not _any(engaged):
+                engaged = None
+        if engaged is None and over_budget is None:
+            fields.update(_released(st, active, all_active))
+            return temps, fields
+        if engaged is not None:
             decay_steps = np.where(active, (st.decay_steps + 1) * engaged, st.decay_steps)
             d = torch.from_numpy(decay_steps.astype(np.float32))
             t_guarded = (c.plan + (c.recover - c.plan) * torch.pow(self._decay, d)).numpy()
+            # The guarded temperature applies where the budget guard does not (disjoint).
             temps = np.where(engaged, t_guarded, temps)
-        else:  # released wherever a row is active
+        else:
             decay_steps = np.where(active, 0, st.decay_steps)
-        if over_budget.any():
-            temps = np.where(over_budget, np.float32(c.plan), temps)
-        # engaged and over_budget are disjoint: 0 normal, 1 forced exhale, 2 budget.
-        mode = (engaged * MODE_FORCED_EXHALE + over_budget * MODE_BUDGET).astype(np.int8)
-        return temps, {
-            "baseline": baseline,
-            "recover_window": window,
-            "recover_steps": steps + is_rec,
-            "recover_total": st.recover_total + is_rec,
-            "decay_steps": decay_steps,
-            "mode": np.where(active, mode, st.mode),
-        }
+        mode = np.zeros(st.mode.shape, dtype=np.int8)
+        if engaged is not None:
+            mode[engaged] = MODE_FORCED_EXHALE
+        if over_budget is not None:
+            mode[over_budget] = MODE_BUDGET
+        fields["decay_steps"] = decay_steps
+        fields["mode"] = mode if all_active else np.where(active, mode, st.mode)
+        return temps, fields
+
+
+def _released(st: PhaseState[np.ndarray], active: np.ndarray, all_active: bool) -> dict:
+    """``decay_steps`` and ``mode`` of a step where no guard acts: released (0, normal) on
+    active rows, unchanged elsewhere."""
+    if all_active:
+        b = active.shape[0]
+        return {"decay_steps": np.zeros(b, dtype=np.int64), "mode": np.zeros(b, dtype=np.int8)}
+    return {
+        "decay_steps": np.where(active, 0, st.decay_steps),
+        "mode": np.where(active, np.int8(MODE_NORMAL), st.mode),
+    }
 
 
 def _np_where_rows(rows: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -447,16 +466,15 @@ def _nan_median(history: np.ndarray, n_pushed: np.ndarray, eps: float) -> np.nda
     w)`` for ``w >= 0.5``, else ``start + w * (end - start)``), so the middle pair is averaged
     like numpy's median and the bits are torch's."""
     n = np.minimum(n_pushed, history.shape[1])
-    ranks = (n - 1).astype(np.float32) * np.float32(0.5)
-    below = np.maximum(np.trunc(ranks), 0).astype(np.int64)[:, None]
-    above = np.maximum(np.ceil(ranks), 0).astype(np.int64)[:, None]
     ordered = np.sort(history, axis=1)
-    lo = np.take_along_axis(ordered, below, 1)[:, 0]
-    hi = np.take_along_axis(ordered, above, 1)[:, 0]
-    w = ranks - np.trunc(ranks)
-    diff = hi - lo
-    med = np.where(w < 0.5, lo + w * diff, hi - diff * (np.float32(1) - w))
-    return np.maximum(np.where(n == 0, np.float32(eps), med), np.float32(eps))
+    rows = np.arange(n.shape[0])
+    # Rank 0.5 (n - 1): for odd n an integer (w = 0, torch gives start + 0 * diff = start, and
+    # here end = start, so end - 0 * 0.5 is the same bits), for even n a half (w = 0.5: end -
+    # diff * 0.5). For n = 0 both neighbours are NaN slots (index -1 and 0 of an empty row)
+    # and fmax turns the NaN into eps.
+    lo = ordered[rows, (n - 1) >> 1]
+    hi = ordered[rows, n >> 1]
+    return np.fmax(hi - (hi - lo) * np.float32(0.5), np.float32(eps))
 
 
 class EDTTemperature:
@@ -496,10 +514,10 @@ class EDTTemperature:
         b = state.temperature.shape[0]
         _check_obs(obs, b)
         active = obs.active.astype(bool, copy=False)
-        all_active = bool(active.all())
+        all_active = _all(active)
         e = obs.entropy if all_active else np.where(active, obs.entropy, 0)
-        lo = e.min(initial=1.0)
-        if not (lo >= 0 and e.max(initial=0.0) < math.inf):  # NaN fails
+        lo, hi = _extremes(e, 1.0, 0.0)
+        if not (lo >= 0 and hi < math.inf):  # NaN fails
             _validate_active(obs, phase=False)
         h = obs.entropy.astype(np.float64)
         if lo > 0 and all_active:
@@ -511,7 +529,7 @@ class EDTTemperature:
         t = np.maximum(p * c.t0, c.min_temperature).astype(np.float32)
         if not all_active:
             prev = state.temperature
-            if obs.reset.any():
+            if _any(obs.reset):
                 prev = np.where(obs.reset.astype(bool, copy=False), np.float32(c.t0), prev)
             t = np.where(active, t, prev)
         return t, EDTState(temperature=t)

@@ -60,7 +60,12 @@ class TemperatureSchedule(Protocol):
     # Optional attribute ``reads_sampling_entropy: tuple[int, ...]``: the phase codes of the
     # previous token for which ``update`` reads ``obs.prev_sampling_entropy``. Callers may leave
     # the other rows NaN and skip computing them (a full pass over the vocabulary per row); a
-    # schedule without the attribute gets it for every row.
+    # schedule without the attribute gets it for every row. Optional, finer:
+    # ``sampling_entropy_rows(state, phase) -> (B,) bool`` (NumPy state after the step that
+    # sampled the tokens, and their phases): the rows whose sampling entropy a later step reads.
+    # Optional ``reads_model_entropy: bool`` (True if absent): False lets callers skip the model
+    # entropy (NaN in its place). Optional ``update_arrays(state, obs) -> (temperatures,
+    # state)``: ``update`` on NumPy arrays (see the module docstring).
 
     def init(self, batch_size: int) -> Any:
         """Initial state for ``batch_size`` rows."""

@@ -182,6 +182,8 @@ class ScheduledTemperatureProcessor(LogitsProcessor):
         self._reads = None if reads is None else tuple(int(r) for r in reads)
         self._reads_model = bool(getattr(schedule, "reads_model_entropy", True))
         self._arrays = hasattr(schedule, "update_arrays")
+        # Finer than reads_sampling_entropy: which rows' sampling entropy a later step can read.
+        self._rows_fn = getattr(schedule, "sampling_entropy_rows", None) if self._arrays else None
         self._state: Any = None  # NumPy arrays if self._arrays, else the schedule's tensors
         self._last_len = -1
         self._prompt_len = 0
@@ -344,9 +346,14 @@ class ScheduledTemperatureProcessor(LogitsProcessor):
         self, out: torch.Tensor, phase: np.ndarray, active: np.ndarray
     ) -> np.ndarray:
         """(B,) sampling entropy of this step's tokens (``out`` is already scaled; 0 if greedy),
-        computed only for the rows whose next observation the schedule reads (its
-        ``reads_sampling_entropy`` phases; all rows if it does not say); NaN elsewhere."""
-        if self._reads is None:
+        computed only for the rows a later step of the schedule can read (its
+        ``sampling_entropy_rows``, else its ``reads_sampling_entropy`` phases, else all rows);
+        NaN elsewhere."""
+        if self._rows_fn is not None:
+            need = self._rows_fn(self._state, phase)
+            if active is not self._ones:
+                need = need & active
+        elif self._reads is None:
             need = active
         elif not self._reads:
             return self._nan

@@ -204,7 +204,8 @@ class PhaseState(NamedTuple, Generic[ArrayT]):
     """(B,) float32 baseline of the latest trigger, nats (NaN before the first trigger)."""
     recover_window: ArrayT
     """(B, contraction_window) float32 ring buffer of sampling entropies of the current
-    stretch's recover tokens (NaN = empty)."""
+    stretch's recover tokens (NaN = empty, or never read: see
+    :meth:`PhaseTemperature.sampling_entropy_rows`)."""
     recover_steps: ArrayT
     """(B,) int64 recover tokens sampled in the current stretch (since the latest trigger)."""
     recover_total: ArrayT
@@ -363,6 +364,24 @@ class PhaseTemperature:
             **fields,
         )
         return new.temperature, new
+
+    def sampling_entropy_rows(self, state: PhaseState[np.ndarray], phase: np.ndarray) -> np.ndarray:
+        """(B,) bool: the rows whose sampling entropy of the token just sampled (phase code
+        ``phase``, ``state`` the state its step returned) a later step can read.
+
+        Only the divergence guard reads sampling entropy: the mean of the last
+        ``contraction_window`` recover tokens of a stretch, once ``horizon`` of them were
+        sampled. So the token numbered ``k`` in its stretch (``state.recover_steps``) is read only
+        if ``k >= horizon - contraction_window + 1``; the slot of an earlier one is overwritten
+        before any read. A caller may pass NaN for the other rows and skip computing them
+        (with the defaults, the first 24 tokens of every recover stretch): the temperatures are
+        the same, and only ``recover_window`` slots that are never read differ.
+        """
+        need = phase == _RECOVER
+        first = self.config.horizon - self.config.contraction_window + 1
+        if first > 1:
+            need &= state.recover_steps >= first
+        return need
 
     def _recover_step(
         self,

@@ -38,21 +38,24 @@ import time
 import torch
 from transformers import LogitsProcessor
 
-from agentropy.control.base import StepObservation
+from agentropy.control.base import StepObservation, obs_arrays, state_arrays
 from agentropy.control.hf import ScheduledTemperatureProcessor
 from agentropy.control.temperature import PhaseTemperature, schedule_from_name
 from agentropy.trace import PHASE_CODE
 
 
 class Timed(LogitsProcessor):
-    """Wraps a processor and accumulates the wall time spent inside it."""
+    """Wraps a processor and accumulates the wall time and the CPU time of this thread spent
+    inside it (CPU time does not count the time the process waits for a core, so its share is
+    the one a loaded machine does not distort)."""
 
     def __init__(self, inner: LogitsProcessor) -> None:
-        self.inner, self.seconds = inner, 0.0
+        self.inner, self.seconds, self.cpu_seconds = inner, 0.0, 0.0
 
     def __call__(self, input_ids, scores):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         out = self.inner(input_ids, scores)
+        self.cpu_seconds += time.thread_time() - c0
         self.seconds += time.perf_counter() - t0
         return out
 
@@ -170,7 +173,7 @@ def main() -> None:
 
     def run(make, temperature):
         procs = [Timed(p) for p in make()]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         with torch.no_grad():
             model.generate(
                 ids,
@@ -183,18 +186,20 @@ def main() -> None:
                 max_new_tokens=args.tokens,
                 min_new_tokens=args.tokens,
             )
-        total = time.perf_counter() - t0
-        return total, sum(p.seconds for p in procs)
+        total, cpu = time.perf_counter() - t0, time.thread_time() - c0
+        return total, sum(p.seconds for p in procs), sum(p.cpu_seconds for p in procs) / cpu
 
     for make, temp in variants.values():  # warm-up
         run(make, temp)
     times: dict[str, list[float]] = {k: [] for k in variants}
     inside: dict[str, list[float]] = {k: [] for k in variants}
+    inside_cpu: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(args.rounds):
         for name, (make, temp) in variants.items():
-            total, in_proc = run(make, temp)
+            total, in_proc, cpu_share = run(make, temp)
             times[name].append(total)
             inside[name].append(in_proc / total)
+            inside_cpu[name].append(cpu_share)
 
     # The controller alone: one update per token for the whole batch.
     sched = PhaseTemperature()
@@ -210,10 +215,16 @@ def main() -> None:
         for i in range(args.tokens)
     ]
     state = sched.init(b)
-    t0 = time.perf_counter()
+    t0 = time.thread_time()
     for o in obs:
         _, state = sched.update(state, o)
-    update_us = (time.perf_counter() - t0) / len(obs) * 1e6
+    update_us = (time.thread_time() - t0) / len(obs) * 1e6
+    obs_np = [obs_arrays(o) for o in obs]
+    state = state_arrays(sched.init(b))
+    t0 = time.thread_time()
+    for o in obs_np:
+        _, state = sched.update_arrays(state, o)
+    arrays_us = (time.thread_time() - t0) / len(obs) * 1e6
 
     ref_name = "constant 0.7 (generate's temperature)"
     ref = statistics.median(times[ref_name])
@@ -230,18 +241,22 @@ def main() -> None:
     print(f"{args.rounds} interleaved rounds (median; min in the overhead column too).\n")
     print(
         "| sampling | s / generate | ms / step | tokens / s | overhead vs constant "
-        "(median / min) | time inside our processor |"
+        "(median / min) | time inside our processor | CPU time inside our processor |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, ts in times.items():
         med, best = statistics.median(ts), min(ts)
         share = statistics.median(inside[name]) * 100
+        cpu_share = statistics.median(inside_cpu[name]) * 100
         print(
             f"| {name} | {med:.3f} | {med / args.tokens * 1e3:.2f} | {n_tok / med:,.0f} | "
             f"{(med / ref - 1) * 100:+.1f}% / {(best / ref_min - 1) * 100:+.1f}% | "
-            f"{share:.1f}% |"
+            f"{share:.1f}% | {cpu_share:.1f}% |"
         )
-    print(f"\n`PhaseTemperature.update` alone, batch {b}: {update_us:.0f} µs per step.")
+    print(
+        f"\nThe phase controller alone, batch {b}, CPU µs per step: `update` (tensors) "
+        f"{update_us:.0f}, `update_arrays` (NumPy, what the processor calls) {arrays_us:.0f}."
+    )
     print(f"Load average (1, 5, 15 min) at the end: {os.getloadavg()}; command: `{_command()}`")
 
 

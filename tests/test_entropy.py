@@ -16,6 +16,7 @@ from agentropy.entropy import (
     EntropyBounds,
     apply_temperature,
     logprobs_and_entropy,
+    step_entropy,
     token_entropy,
     token_entropy_report,
     topk_entropy_bounds,
@@ -369,6 +370,27 @@ def test_nan_and_pos_inf_raise_naming_the_first_position(value, chunk):
     mask[1, 0] = False  # the first bad position is masked: the error names the next one
     with pytest.raises(ValueError, match=re.escape("logits[1, 2, 1]")):
         token_entropy(x, mask=mask, chunk_size=chunk)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_step_entropy_has_the_bits_of_token_entropy(dtype):
+    """The per-step fast path equals token_entropy bit for bit (finite rows, rows with -inf,
+    peaked rows), and like it raises on NaN / +inf, naming the position."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(32, 1007, generator=g) * 4).to(dtype)
+    x[3, :500] = NEG_INF
+    x[5] = 0.0
+    x[7, 9] = 80.0  # one-hot in practice: entropy ~0, clamped at 0
+    assert torch.equal(step_entropy(x), token_entropy(x))
+    assert torch.equal(step_entropy(x[:, 450:550]), token_entropy(x[:, 450:550]))  # a view
+    finite = x.clone()
+    finite[3] = 0.0
+    assert torch.equal(step_entropy(finite), token_entropy(finite))
+    for value in (float("nan"), float("inf")):
+        bad = finite.clone()
+        bad[4, 2] = value
+        with pytest.raises(ValueError, match=re.escape("logits[4, 2]")):
+            step_entropy(bad)
 
 
 def test_all_neg_inf_row_raises():

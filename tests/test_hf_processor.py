@@ -186,20 +186,28 @@ def test_rows_that_emitted_eos_stop_recording_and_new_generate_resets(model):
     assert [len(t) for t in proc.temperatures] == [3, 3]  # a new generate starts afresh
 
 
-def test_processor_equals_a_full_observation_replay(model):
+@pytest.mark.parametrize(
+    ("name", "recover_share", "n"),
+    [
+        ("phase:horizon=2,recover_budget=12,contraction_factor=0.5", 0.5, 40),
+        # horizon - window + 1 = 6: the first 5 tokens of a stretch get no sampling entropy.
+        ("phase:horizon=8,contraction_window=3,recover_budget=50,contraction_factor=0.5", 0.9, 60),
+    ],
+)
+def test_processor_equals_a_full_observation_replay(model, name, recover_share, n):
     """Same temperatures (so the same tokens for a seed) as stepping the schedule by hand with
     every observation computed for every row: the processor's shortcuts (sampling entropy only
-    where the schedule reads it, incremental eos, lazy records) change no result."""
+    where the schedule can read it, incremental eos, lazy records) change no result."""
     from agentropy.entropy import token_entropy
 
     g = torch.Generator().manual_seed(3)
     table = torch.randint(0, 4, (VOCAB,), generator=g)
-    table[table == 1] = 2  # many recover stretches: triggers, windows, guards
-    name = "phase:horizon=2,recover_budget=12,contraction_factor=0.5"
+    # Many recover stretches: triggers, windows, guards.
+    table[torch.rand(VOCAB, generator=g) < recover_share] = 2
     proc = ScheduledTemperatureProcessor(
         schedule_from_name(name), lambda ids: table[ids[:, -1]], eos_token_id=7
     )
-    out = _generate(model, [proc], n=40, eos_token_id=7)
+    out = _generate(model, [proc], n=n, eos_token_id=7)
     sched = schedule_from_name(name)
     seqs, b = out.sequences, out.sequences.shape[0]
     p0 = seqs.shape[1] - len(out.logits)
@@ -226,3 +234,47 @@ def test_processor_equals_a_full_observation_replay(model):
                 temps_ref[r].append(float(temps[r]))
     assert proc.temperatures == temps_ref
     assert modes >= {1, 2}  # both guards acted
+    for key, a, b in zip(state._fields, proc.state, state, strict=True):
+        # The processor's (NumPy) state, read as tensors, is the replay's, except in window
+        # slots that are never read (NaN there: their sampling entropy was skipped).
+        assert a.dtype == b.dtype
+        if key == "recover_window":
+            a = torch.where(a.isnan(), b, a)
+        assert torch.equal(a.nan_to_num(-7.0), b.nan_to_num(-7.0)), key
+
+
+class _HalfEntropy:
+    """A schedule with only the protocol's required members (no ``update_arrays``, no
+    ``reads_sampling_entropy``): T = 0.5 + model entropy / 10; records what it was given."""
+
+    name = "half-entropy"
+
+    def __init__(self):
+        self.seen: list[StepObservation] = []
+
+    def init(self, batch_size):
+        return None
+
+    def update(self, state, obs):
+        self.seen.append(obs)
+        return 0.5 + obs.entropy / 10, state
+
+
+def test_a_schedule_without_the_optional_members_gets_every_observation(model):
+    from agentropy.entropy import token_entropy
+
+    sched = _HalfEntropy()
+    proc = ScheduledTemperatureProcessor(sched)
+    out = _generate(model, [proc], n=4)
+    assert len(sched.seen) == 4
+    for i, (obs, scores, logits) in enumerate(zip(sched.seen, out.scores, out.logits, strict=True)):
+        assert isinstance(obs.entropy, torch.Tensor)
+        assert torch.equal(obs.entropy, token_entropy(logits))
+        assert torch.equal(scores, logits.float() / (0.5 + obs.entropy / 10)[:, None])
+        assert obs.reset.tolist() == [i == 0] * 4
+        # Sampling entropy of every row's previous token (the schedule did not say which).
+        if i:
+            assert torch.equal(obs.prev_sampling_entropy, token_entropy(out.scores[i - 1]))
+        else:
+            assert obs.prev_sampling_entropy.isnan().all()
+    assert proc.state is None

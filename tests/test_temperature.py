@@ -19,6 +19,7 @@ from agentropy.control.temperature import (
     MODE_NORMAL,
     EDTConfig,
     EDTTemperature,
+    PhaseState,
     PhaseTemperature,
     PhaseTemperatureConfig,
     load_state,
@@ -166,6 +167,82 @@ def test_state_round_trip_json_and_torch_save_then_continue_identically(name):
         tb, b = sched.update(b, o)
         assert torch.equal(ta, tb)
     assert states_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["phase", "edt", "constant:0.7"])
+def test_update_arrays_equals_update_and_never_writes_its_inputs(name):
+    """``update_arrays`` (NumPy, what the processor steps) gives the same bits as ``update``
+    (tensors), and leaves the state and observation it was given untouched."""
+    import numpy as np
+
+    from agentropy.control.base import obs_arrays, state_arrays
+
+    sched = PhaseTemperature(_cfg()) if name == "phase" else schedule_from_name(name)
+    seq = _mixed_sequence(seed=4)
+    state = sched.init(3)
+    arrays = state_arrays(sched.init(3))
+    for o in seq:
+        t, state = sched.update(state, o)
+        o_np = obs_arrays(StepObservation(*(f.clone() for f in o)))
+        before = [np.copy(x) for x in (*(arrays or ()), *o_np)]
+        t_np, new = sched.update_arrays(arrays, o_np)
+        after = [*(arrays or ()), *o_np]
+        assert all(np.array_equal(x, y, equal_nan=True) for x, y in zip(before, after, strict=True))
+        assert t_np.dtype == np.float32 and np.array_equal(t_np, t.numpy())
+        arrays = new
+    if state is not None:
+        assert states_equal(state, type(arrays)(*map(torch.from_numpy, arrays)))
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        PhaseTemperatureConfig(horizon=6, contraction_window=2, recover_budget=40),
+        PhaseTemperatureConfig(horizon=9, contraction_window=4, contraction_factor=0.5),
+        PhaseTemperatureConfig(horizon=1, contraction_window=3, baseline_window=4),
+    ],
+)
+def test_sampling_entropy_left_nan_where_never_read_changes_no_temperature(cfg):
+    """Feeding NaN as the previous sampling entropy wherever ``sampling_entropy_rows`` said it
+    is never read gives the same temperatures and modes, step for step, as feeding every value;
+    only never-read window slots differ."""
+    import numpy as np
+
+    from agentropy.control.base import obs_arrays, state_arrays
+
+    sched = PhaseTemperature(cfg)
+    g = torch.Generator().manual_seed(5)
+    b, n = 4, 300
+    # Long recover stretches (so the guard engages), a few resets and inactive steps.
+    phases = torch.where(
+        torch.rand(n, b, generator=g) < 0.93, R, torch.randint(0, 4, (n, b), generator=g)
+    )
+    full, skip = state_arrays(sched.init(b)), state_arrays(sched.init(b))
+    needed = np.ones(b, dtype=bool)
+    modes, skipped = set(), 0
+    for i in range(n):
+        o = obs_arrays(
+            StepObservation(
+                phase=phases[i],
+                entropy=torch.rand(b, generator=g) * 2,
+                prev_sampling_entropy=torch.rand(b, generator=g) * 3,
+                active=torch.rand(b, generator=g) > 0.1,
+                reset=torch.rand(b, generator=g) > 0.99,
+            )
+        )
+        t_full, full = sched.update_arrays(full, o)
+        prev = np.where(needed, o.prev_sampling_entropy, np.float32(NAN))
+        t_skip, skip = sched.update_arrays(skip, o._replace(prev_sampling_entropy=prev))
+        assert np.array_equal(t_full, t_skip) and np.array_equal(full.mode, skip.mode), i
+        rows = sched.sampling_entropy_rows(skip, o.phase)
+        needed = np.where(o.active, rows, needed)
+        skipped += int(np.count_nonzero(o.active & (o.phase == R) & ~rows))
+        modes |= set(skip.mode.tolist())
+    assert MODE_FORCED_EXHALE in modes
+    assert (skipped > 100) if cfg.horizon > cfg.contraction_window else (skipped == 0)
+    for name in PhaseState._fields:
+        if name != "recover_window":
+            assert np.array_equal(getattr(full, name), getattr(skip, name), equal_nan=True)
 
 
 def test_constant_state_round_trips():

@@ -23,10 +23,19 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from transformers import LogitsProcessor
 
-from agentropy.control.base import StepObservation, TemperatureSchedule
+from agentropy.control.base import (
+    StepObservation,
+    TemperatureSchedule,
+    _any,
+    _extremes,
+    as_array,
+    state_arrays,
+    state_tensors,
+)
 from agentropy.entropy import _divide, apply_temperature, step_entropy
 from agentropy.trace import PHASE_CODE
 
@@ -124,13 +133,19 @@ class ScheduledTemperatureProcessor(LogitsProcessor):
     """A schedule, its state and a phase callback wrapped as one ``LogitsProcessor``.
 
     Each call is one decoding step: it reads each row's phase from ``phase_fn(input_ids)``
-    (default: every row ``plan``), computes the step's model entropy (T = 1) from the raw scores,
-    calls ``schedule.update`` and divides the scores by the returned temperatures.
-    A call whose ``input_ids`` is not the previous call's plus one token starts a new generation: the state is re-initialised (``reset`` True for every row) and the records are
-    cleared. With ``eos_token_id`` set, rows that have generated it are inactive (their state and
-    records stop). Records, one list per row, one entry per generated token:
-    ``temperatures`` (T used), ``phases`` (phase code), ``modes`` (the phase controller's guard
-    mode; absent for other schedules).
+    (default: every row ``plan``), computes the step's model entropy (T = 1) from the raw scores
+    (unless the schedule declares ``reads_model_entropy = False``), steps the schedule and
+    divides the scores by the returned temperatures. A call whose ``input_ids`` is not the
+    previous call's plus one token starts a new generation: the state is re-initialised
+    (``reset`` True for every row) and the records are cleared. With ``eos_token_id`` set, rows
+    that have generated it are inactive (their state and records stop). Records, one list per
+    row, one entry per generated token: ``temperatures`` (T used), ``phases`` (phase code),
+    ``modes`` (the phase controller's guard mode; absent for other schedules).
+
+    The processor runs once per generated token, so its fixed cost per call is what matters
+    (BENCHMARKS.md, issue 18): a schedule with ``update_arrays`` is stepped on NumPy arrays (the
+    state stays NumPy between steps; :attr:`state` converts on read), the records are columns
+    of preallocated arrays, sampling entropy is computed only for the rows the schedule reads.
 
     Example::
 
@@ -161,23 +176,38 @@ class ScheduledTemperatureProcessor(LogitsProcessor):
             if isinstance(eos_token_id, int)
             else eos_token_id
         )
-        self._eos = torch.tensor(list(eos), dtype=torch.int64)
+        self._eos = [int(e) for e in eos]
         self.zero_temperature: ZeroTemperature = zero_temperature
         reads = getattr(schedule, "reads_sampling_entropy", None)
-        self._reads = None if reads is None else torch.tensor(list(reads), dtype=torch.int64)
-        self.state: Any = None
+        self._reads = None if reads is None else tuple(int(r) for r in reads)
+        self._reads_model = bool(getattr(schedule, "reads_model_entropy", True))
+        self._arrays = hasattr(schedule, "update_arrays")
+        # Finer than reads_sampling_entropy: which rows' sampling entropy a later step can read.
+        self._rows_fn = getattr(schedule, "sampling_entropy_rows", None) if self._arrays else None
+        self._state: Any = None  # NumPy arrays if self._arrays, else the schedule's tensors
         self._last_len = -1
         self._prompt_len = 0
         self._b = 0
-        self._prev_sampling_entropy: torch.Tensor | None = None
         self._last_ids: torch.Tensor | None = None
-        self._done: torch.Tensor | None = None
-        # One (temperatures, phases, modes or None, active) tuple of (B,) tensors per step; the
-        # per-row lists are built when first read (a Python loop over rows per step was a third
-        # of the processor's cost).
-        self._steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]]
-        self._steps = []
+        # Per generation: constant (B,) arrays (schedules never write their inputs), the
+        # sampling entropy of the previous step, finished rows.
+        self._ones = self._zeros = self._nan = self._plan = np.zeros(0)
+        self._prev_h = self._done = np.zeros(0)
+        # Records: (B, capacity) columns, the first _n filled; the per-row lists are built when
+        # first read (a Python loop over rows per step was a third of the processor's cost).
+        self._n = 0
+        self._rec: dict[str, np.ndarray] = {}
+        self._has_mode = False
         self._records: tuple[list[list[float]], list[list[int]], list[list[int]]] | None = None
+
+    @property
+    def state(self) -> Any:
+        """The schedule's state after the last step (tensors; None before the first call)."""
+        return state_tensors(self._state) if self._arrays else self._state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self._state = state_arrays(value) if self._arrays else value
 
     @property
     def temperatures(self) -> list[list[float]]:
@@ -196,51 +226,56 @@ class ScheduledTemperatureProcessor(LogitsProcessor):
 
     def _built(self) -> tuple[list[list[float]], list[list[int]], list[list[int]]]:
         if self._records is None:
-            b = self._b
-            if not self._steps:
-                self._records = (
-                    [[] for _ in range(b)],
-                    [[] for _ in range(b)],
-                    [[] for _ in range(b)],
-                )
-            else:
-                temps_s, phases_s, modes_s, active_s = zip(*self._steps, strict=True)
-                temps, phases, active = (
-                    torch.stack(s, dim=1) for s in (temps_s, phases_s, active_s)
-                )  # each (B, steps)
-                # A schedule's state either always or never has a mode.
-                modes = None if modes_s[0] is None else torch.stack(modes_s, dim=1)
-                act = active.tolist()
+            b, n = self._b, self._n
+            act = self._rec["active"][:, :n].tolist() if n else [[] for _ in range(b)]
 
-                def rows(x: torch.Tensor | None) -> list[list]:
-                    if x is None:
-                        return [[] for _ in range(b)]
-                    return [
-                        [v for v, a in zip(r, ar, strict=True) if a]
-                        for r, ar in zip(x.tolist(), act, strict=True)
-                    ]
+            def rows(key: str) -> list[list]:
+                if not n or (key == "mode" and not self._has_mode):
+                    return [[] for _ in range(b)]
+                return [
+                    [v for v, a in zip(r, ar, strict=True) if a]
+                    for r, ar in zip(self._rec[key][:, :n].tolist(), act, strict=True)
+                ]
 
-                self._records = (rows(temps), rows(phases), rows(modes))
+            self._records = (rows("temperature"), rows("phase"), rows("mode"))
         return self._records
 
     def reset(self) -> None:
         """Forget state and records (the next call starts a new generation)."""
-        self.state = None
+        self._state = None
         self._last_len, self._last_ids = -1, None
 
-    def _phases(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def _start(self, b: int, cur: int) -> None:
+        """A new generation of ``b`` rows whose prompts are ``cur`` tokens long."""
+        self._state = self.schedule.init(b)
+        if self._arrays:
+            self._state = state_arrays(self._state)
+        self._prompt_len, self._b = cur, b
+        self._ones, self._zeros = np.ones(b, dtype=bool), np.zeros(b, dtype=bool)
+        self._nan = np.full(b, math.nan, dtype=np.float32)
+        self._plan = np.full(b, PHASE_CODE["plan"], dtype=np.int64)
+        self._prev_h, self._done = self._nan, self._zeros
+        self._has_mode = hasattr(self._state, "mode")
+        cap = 64
+        self._n, self._records = 0, None
+        self._rec = {
+            "temperature": np.zeros((b, cap), dtype=np.float32),
+            "phase": np.zeros((b, cap), dtype=np.int64),
+            "mode": np.zeros((b, cap), dtype=np.int8),
+            "active": np.zeros((b, cap), dtype=bool),
+        }
+
+    def _phases(self, input_ids: torch.Tensor) -> np.ndarray:
         b = input_ids.shape[0]
         if self.phase_fn is None:
-            return torch.full((b,), PHASE_CODE["plan"], dtype=torch.int64)
+            return self._plan
         raw = self.phase_fn(input_ids)
-        if not isinstance(raw, torch.Tensor):
-            raw = [PHASE_CODE[p] if isinstance(p, str) else int(p) for p in raw]
-        # A copy: the records keep it, and a callback may reuse its buffer.
-        phase = (
-            torch.tensor(raw, dtype=torch.int64)
-            if not isinstance(raw, torch.Tensor)
-            else (raw.to(device="cpu", dtype=torch.int64, copy=True).reshape(-1))
-        )
+        if isinstance(raw, torch.Tensor):
+            phase = as_array(raw).reshape(-1).astype(np.int64, copy=False)
+        else:
+            phase = np.array(
+                [PHASE_CODE[p] if isinstance(p, str) else int(p) for p in raw], dtype=np.int64
+            )
         if phase.shape[0] != b:
             raise ValueError(f"phase_fn returned {phase.shape[0]} phases for {b} rows")
         return phase
@@ -255,46 +290,84 @@ class ScheduledTemperatureProcessor(LogitsProcessor):
             or not torch.equal(input_ids[:, :-1], self._last_ids)
         )
         if new:
-            self.state = self.schedule.init(b)
-            self._prompt_len, self._b = cur, b
-            self._steps, self._records = [], None
-            self._prev_sampling_entropy = torch.full((b,), math.nan)
-            self._done = torch.zeros(b, dtype=torch.bool)
+            self._start(b, cur)
         self._last_len, self._last_ids = cur, input_ids
-        assert self._done is not None and self._prev_sampling_entropy is not None
-        if self._eos.numel() and cur > self._prompt_len:
+        active = self._ones
+        if self._eos and cur > self._prompt_len:
             # Incremental: only the newest column can add a finished row.
-            last = input_ids[:, -1].cpu()
-            self._done = self._done | torch.isin(last, self._eos)
-            active = ~self._done
-        else:
-            active = torch.ones(b, dtype=torch.bool)
+            last = as_array(input_ids[:, -1])
+            for e in self._eos:
+                self._done = self._done | (last == e)
+            if _any(self._done):
+                active = ~self._done
         phase = self._phases(input_ids)
+        entropy = as_array(step_entropy(scores)) if self._reads_model else self._nan  # T = 1
         obs = StepObservation(
             phase=phase,
-            entropy=step_entropy(scores).cpu(),  # model entropy, T = 1
-            prev_sampling_entropy=self._prev_sampling_entropy,
+            entropy=entropy,
+            prev_sampling_entropy=self._prev_h,
             active=active,
-            reset=torch.full((b,), new, dtype=torch.bool),
+            reset=self._ones if new else self._zeros,
         )
-        temps, self.state = self.schedule.update(self.state, obs)
-        out = warp_scores(scores, temps, zero_temperature=self.zero_temperature)
-        self._prev_sampling_entropy = self._sampling_entropy(out, phase, active)
-        self._steps.append((temps, phase, getattr(self.state, "mode", None), active))
-        self._records = None
+        if self._arrays:
+            temps, self._state = self.schedule.update_arrays(self._state, obs)
+        else:
+            t, self._state = self.schedule.update(
+                self._state, StepObservation(*map(torch.from_numpy, obs))
+            )
+            temps = as_array(torch.as_tensor(t, dtype=torch.float32).reshape(-1))
+        temps = temps.astype(np.float32, copy=False)
+        t_lo, t_hi = _extremes(temps, 0.0, 0.0)
+        if temps.shape == (b,) and t_lo > 0 and t_hi < math.inf:  # NaN fails
+            # Every row samples (the usual step): warp_scores' division without its checks.
+            out = _divide(scores, torch.from_numpy(temps).to(scores.device))
+        else:
+            out = warp_scores(
+                scores, torch.from_numpy(temps), zero_temperature=self.zero_temperature
+            )
+        self._prev_h = self._sampling_entropy(out, phase, active)
+        self._record(temps, phase, active)
         return out
 
+    def _record(self, temps: np.ndarray, phase: np.ndarray, active: np.ndarray) -> None:
+        rec, n = self._rec, self._n
+        if n == rec["active"].shape[1]:  # full: double the capacity
+            rec = self._rec = {
+                k: np.concatenate([v, np.zeros_like(v)], axis=1) for k, v in rec.items()
+            }
+        rec["temperature"][:, n] = temps
+        rec["phase"][:, n] = phase
+        rec["active"][:, n] = active
+        if self._has_mode:
+            rec["mode"][:, n] = self._state.mode
+        self._n, self._records = n + 1, None
+
     def _sampling_entropy(
-        self, out: torch.Tensor, phase: torch.Tensor, active: torch.Tensor
-    ) -> torch.Tensor:
+        self, out: torch.Tensor, phase: np.ndarray, active: np.ndarray
+    ) -> np.ndarray:
         """(B,) sampling entropy of this step's tokens (``out`` is already scaled; 0 if greedy),
-        computed only for the rows whose next observation the schedule reads (its
-        ``reads_sampling_entropy`` phases; all rows if it does not say); NaN elsewhere."""
-        need = active if self._reads is None else active & torch.isin(phase, self._reads)
-        h = torch.full(phase.shape, math.nan)
-        if bool(need.all()):
-            return step_entropy(out).cpu()
-        if bool(need.any()):
-            idx = need.nonzero().squeeze(1)
-            h[idx] = step_entropy(out[idx.to(out.device)]).cpu()
+        computed only for the rows a later step of the schedule can read (its
+        ``sampling_entropy_rows``, else its ``reads_sampling_entropy`` phases, else all rows);
+        NaN elsewhere."""
+        if self._rows_fn is not None:
+            need = self._rows_fn(self._state, phase)
+            if active is not self._ones:
+                need = need & active
+        elif self._reads is None:
+            need = active
+        elif not self._reads:
+            return self._nan
+        else:
+            need = phase == self._reads[0]
+            for code in self._reads[1:]:
+                need = need | (phase == code)
+            if active is not self._ones:
+                need = need & active
+        idx = need.nonzero()[0]
+        if idx.size == need.shape[0]:
+            return as_array(step_entropy(out))
+        if not idx.size:
+            return self._nan
+        h = self._nan.copy()
+        h[idx] = as_array(step_entropy(out[torch.from_numpy(idx).to(out.device)]))
         return h

@@ -46,12 +46,23 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple
 
 import numpy as np
 import torch
 
-from agentropy.control.base import ConstantTemperature, StepObservation, TemperatureSchedule
+from agentropy.control.base import (
+    ArrayT,
+    ConstantTemperature,
+    StepObservation,
+    TemperatureSchedule,
+    _all,
+    _any,
+    _extremes,
+    obs_arrays,
+    state_arrays,
+    state_tensors,
+)
 from agentropy.trace import PHASE_CODE, PHASES
 
 __all__ = [
@@ -175,53 +186,49 @@ class EDTConfig:
 # ------------------------------------------------------------------------------------ states
 
 
-#: The array type of a state's fields: ``torch.Tensor`` in what schedules take and return,
-#: ``np.ndarray`` for the NumPy views :meth:`PhaseTemperature.update` computes on.
-_ArrayT = TypeVar("_ArrayT", torch.Tensor, np.ndarray)
-
-
-class PhaseState(NamedTuple, Generic[_ArrayT]):
+class PhaseState(NamedTuple, Generic[ArrayT]):
     """Per-row state of the phase controller. Every field has leading dimension B.
 
-    Schedules take and return ``PhaseState[torch.Tensor]``; one step computes on a
-    ``PhaseState[np.ndarray]`` of NumPy views of it (same bits, far less dispatch overhead).
+    ``update`` takes and returns ``PhaseState[torch.Tensor]``, ``update_arrays`` the same
+    fields as NumPy arrays (same dtypes, same bits).
     """
 
-    prev_phase: _ArrayT
+    prev_phase: ArrayT
     """(B,) int64 phase code of the row's previous token in the episode; -1 if none."""
-    history: _ArrayT
+    history: ArrayT
     """(B, baseline_window) float32 ring buffer of model entropies of the row's last assistant
     tokens (NaN = empty slot)."""
-    n_history: _ArrayT
+    n_history: ArrayT
     """(B,) int64 assistant tokens pushed into ``history`` this episode."""
-    baseline: _ArrayT
+    baseline: ArrayT
     """(B,) float32 baseline of the latest trigger, nats (NaN before the first trigger)."""
-    recover_window: _ArrayT
+    recover_window: ArrayT
     """(B, contraction_window) float32 ring buffer of sampling entropies of the current
-    stretch's recover tokens (NaN = empty)."""
-    recover_steps: _ArrayT
+    stretch's recover tokens (NaN = empty, or never read: see
+    :meth:`PhaseTemperature.sampling_entropy_rows`)."""
+    recover_steps: ArrayT
     """(B,) int64 recover tokens sampled in the current stretch (since the latest trigger)."""
-    recover_total: _ArrayT
+    recover_total: ArrayT
     """(B,) int64 recover tokens sampled this episode (the budget guard's counter)."""
-    decay_steps: _ArrayT
+    decay_steps: ArrayT
     """(B,) int64 consecutive steps the divergence guard has been engaged (0 = released)."""
-    temperature: _ArrayT
+    temperature: ArrayT
     """(B,) float32 temperature returned at the row's last active step."""
-    mode: _ArrayT
+    mode: ArrayT
     """(B,) int8 guard mode of the row's last active step: 0 normal, 1 forced exhale, 2 budget."""
 
 
-class EDTState(NamedTuple):
+class EDTState(NamedTuple, Generic[ArrayT]):
     """EDT is memoryless; the state only carries the last temperature per row."""
 
-    temperature: torch.Tensor
+    temperature: ArrayT
     """(B,) float32 temperature returned at the row's last active step."""
 
 
 # ---------------------------------------------------------------------------------- schedules
 
 
-def _check_obs(obs: StepObservation, batch_size: int) -> None:
+def _check_obs(obs: StepObservation[Any], batch_size: int) -> None:
     if obs.phase.shape != (batch_size,):
         raise ValueError(
             f"observation has {tuple(obs.phase.shape)} rows but the state has ({batch_size},); "
@@ -229,25 +236,25 @@ def _check_obs(obs: StepObservation, batch_size: int) -> None:
         )
 
 
-def _validate_active(obs: StepObservation, active: torch.Tensor, *, phase: bool = True) -> None:
-    # One host sync per step (cheap on CPU) turns silent garbage into an error; masks, not
-    # boolean indexing, because this runs once per generated token.
+def _validate_active(obs: StepObservation[np.ndarray], *, phase: bool = True) -> None:
+    """Raise, naming the rows, if an active row has an invalid phase code or model entropy
+    (called only when the step's cheap range check failed)."""
+    active = obs.active.astype(bool)
     e = obs.entropy
-    bad = active & ~((e >= 0) & (e < math.inf))  # NaN fails both comparisons
+    with np.errstate(invalid="ignore"):
+        bad = active & ~((e >= 0) & (e < math.inf))  # NaN fails both comparisons
     if phase:
         bad_phase = active & ((obs.phase < 0) | (obs.phase >= len(PHASES)))
-        bad = bad | bad_phase
-    if not bool(bad.any()):
-        return
-    if phase and bool(bad_phase.any()):
+        if bad_phase.any():
+            raise ValueError(
+                f"phase codes of active rows must be in [0, {len(PHASES)}) "
+                f"(agentropy.trace.PHASES), got {sorted(set(obs.phase[bad_phase].tolist()))}"
+            )
+    if bad.any():
         raise ValueError(
-            f"phase codes of active rows must be in [0, {len(PHASES)}) (agentropy.trace.PHASES), "
-            f"got {sorted(set(obs.phase[bad_phase].tolist()))}"
+            f"model entropy of active rows must be finite and >= 0 nats, got {e[bad].tolist()} "
+            f"in rows {np.flatnonzero(bad).tolist()}"
         )
-    raise ValueError(
-        f"model entropy of active rows must be finite and >= 0 nats, got {e[bad].tolist()} "
-        f"in rows {bad.nonzero().flatten().tolist()}"
-    )
 
 
 class PhaseTemperature:
@@ -263,7 +270,6 @@ class PhaseTemperature:
         self._table = self.config.phase_temperatures()
         self._table_np = self._table.numpy()
         self._decay = torch.tensor(self.config.decay, dtype=torch.float32)
-        self._plan = torch.tensor(self.config.plan, dtype=torch.float32)
 
     def init(self, batch_size: int) -> PhaseState[torch.Tensor]:
         """Fresh state for ``batch_size`` rows (each row at the start of an episode)."""
@@ -282,134 +288,187 @@ class PhaseTemperature:
         )
 
     def update(
-        self, state: PhaseState[torch.Tensor], obs: StepObservation
+        self, state: PhaseState[torch.Tensor], obs: StepObservation[torch.Tensor]
     ) -> tuple[torch.Tensor, PhaseState[torch.Tensor]]:
         """Temperatures (B,) float32 for the tokens about to be sampled, and the next state.
 
         Rows with ``obs.reset`` are re-initialised first; inactive rows keep their state and get
-        back their last temperature (the runner does not sample them).
+        back their last temperature (the runner does not sample them). This is
+        :meth:`update_arrays` on NumPy views of the (CPU) state and observation.
+        """
+        _check_obs(obs, state.prev_phase.shape[0])
+        _, new = self.update_arrays(state_arrays(state), obs_arrays(obs))
+        out = state_tensors(new)
+        return out.temperature, out
 
-        The step runs on NumPy views of the (CPU) state and observation: it is a few dozen
-        operations on (B,) arrays once per generated token, where each torch call costs several
-        µs of dispatch and each NumPy call well under one, and that fixed cost is the whole of the
-        controller's overhead. The inputs are never written to; the new state is fresh arrays
-        wrapped with ``torch.from_numpy``. The two operations whose NumPy and torch kernels may
-        round differently (``pow`` and ``nanmean``, only on rows past the horizon) stay in torch,
-        so the result is the same bits as a pure torch step.
+    def update_arrays(
+        self, state: PhaseState[np.ndarray], obs: StepObservation[np.ndarray]
+    ) -> tuple[np.ndarray, PhaseState[np.ndarray]]:
+        """:meth:`update` on NumPy arrays: ``(temperatures (B,) float32, next state)``.
+
+        A step is a few dozen operations on (B,) arrays once per generated token; each NumPy
+        call costs about a µs (a torch call several), and that fixed cost is the whole of the
+        controller's overhead. So the common step (every row active, no reset) takes the fewest
+        calls: no masking, and work that cannot change the result is skipped (the recover
+        bookkeeping when no row is in recover, the median when no row triggers, the window mean
+        when no row is past the horizon). The inputs are never written to; the new state is
+        fresh arrays or unchanged input arrays. The two operations whose NumPy and torch kernels
+        may round differently (``pow`` and ``nanmean``, only on rows past the horizon) run in
+        torch, so the result is the same bits as a pure torch step.
         """
         c = self.config
         b = state.prev_phase.shape[0]
         _check_obs(obs, b)
-        st = PhaseState(*(_np(x) for x in state))
-        reset = _np(obs.reset).astype(bool, copy=False)
-        if reset.any():
-            fresh = self.init(b)
-            st = PhaseState(
-                *(_np_where_rows(reset, _np(f), x) for f, x in zip(fresh, st, strict=True))
-            )
-        active = _np(obs.active).astype(bool, copy=False)
-        phase = _np(obs.phase).astype(np.int64, copy=False)
-        entropy = _np(obs.entropy).astype(np.float32, copy=False)
-        all_active = bool(active.all())
+        st = state
+        if _any(obs.reset):
+            rows = obs.reset.astype(bool, copy=False)
+            fresh = state_arrays(self.init(b))
+            st = PhaseState(*(_np_where_rows(rows, f, x) for f, x in zip(fresh, st, strict=True)))
+        active = obs.active.astype(bool, copy=False)
+        phase = obs.phase.astype(np.int64, copy=False)
+        entropy = obs.entropy.astype(np.float32, copy=False)
+        all_active = _all(active)
         if all_active:
-            lo, hi = phase.min(initial=0), phase.max(initial=0)
             e = entropy
-        else:
+        else:  # inactive rows may hold anything: mask them to valid values
             phase = np.where(active, phase, 0)
-            lo, hi = phase.min(initial=0), phase.max(initial=0)
-            e = np.where(active, entropy, 0.0)
-        if not (
-            lo >= 0
-            and hi < len(PHASES)
-            and e.min(initial=0.0) >= 0
-            and e.max(initial=0.0) < math.inf
-        ):
-            _validate_active(obs, obs.active.to(torch.bool))  # raises, naming the rows
-        is_rec = active & (phase == _RECOVER)
+            e = np.where(active, entropy, np.float32(0))
+        # Negative codes are huge as unsigned: one reduction checks both ends.
+        _, top = _extremes(phase.view(np.uint64), 0, 0)
+        e_lo, e_hi = _extremes(e, 0.0, 0.0)
+        if not (top < len(PHASES) and e_lo >= 0 and e_hi < math.inf):  # NaN fails
+            _validate_active(obs)  # raises, naming the rows
+        is_rec = phase == _RECOVER  # inactive rows were masked to plan
         temps = self._table_np[phase]
 
-        fields: dict[str, np.ndarray] = {}
-        if is_rec.any():
-            temps, fields = self._recover_step(st, obs, active, is_rec, temps)
+        if _any(is_rec):
+            temps, fields = self._recover_step(st, obs, active, all_active, is_rec, temps)
         else:  # no guard can act; the guard counter releases
-            fields["decay_steps"] = np.where(active, 0, st.decay_steps)
-            fields["mode"] = np.where(active, MODE_NORMAL, st.mode).astype(np.int8)
+            fields = _released(st, active, all_active)
 
         # Model entropy of this step joins the baseline history after the trigger used it.
         history = st.history.copy()
-        rows = np.flatnonzero(active)
-        history[rows, st.n_history[rows] % c.baseline_window] = entropy[rows]
-        temps = temps if all_active else np.where(active, temps, st.temperature)
+        if all_active:
+            history[np.arange(b), st.n_history % c.baseline_window] = entropy
+            prev_phase = phase.copy()  # the caller may reuse its phase buffer
+        else:
+            rows = active.nonzero()[0]
+            history[rows, st.n_history[rows] % c.baseline_window] = entropy[rows]
+            temps = np.where(active, temps, st.temperature)
+            prev_phase = np.where(active, phase, st.prev_phase)
         new = st._replace(
-            # A copy even when every row is active: the caller may reuse its phase buffer.
-            prev_phase=phase.copy() if all_active else np.where(active, phase, st.prev_phase),
+            prev_phase=prev_phase,
             history=history,
             n_history=st.n_history + active,
             temperature=temps.astype(np.float32, copy=False),
             **fields,
         )
-        out = PhaseState(*(torch.from_numpy(np.ascontiguousarray(x)) for x in new))
-        return out.temperature, out
+        return new.temperature, new
+
+    def sampling_entropy_rows(self, state: PhaseState[np.ndarray], phase: np.ndarray) -> np.ndarray:
+        """(B,) bool: the rows whose sampling entropy of the token just sampled (phase code
+        ``phase``, ``state`` the state its step returned) a later step can read.
+
+        Only the divergence guard reads sampling entropy: the mean of the last
+        ``contraction_window`` recover tokens of a stretch, once ``horizon`` of them were
+        sampled. So the token numbered ``k`` in its stretch (``state.recover_steps``) is read only
+        if ``k >= horizon - contraction_window + 1``; the slot of an earlier one is overwritten
+        before any read. A caller may pass NaN for the other rows and skip computing them
+        (with the defaults, the first 24 tokens of every recover stretch): the temperatures are
+        the same, and only ``recover_window`` slots that are never read differ.
+        """
+        need = phase == _RECOVER
+        first = self.config.horizon - self.config.contraction_window + 1
+        if first > 1:
+            need &= state.recover_steps >= first
+        return need
 
     def _recover_step(
         self,
         st: PhaseState[np.ndarray],
-        obs: StepObservation,
+        obs: StepObservation[np.ndarray],
         active: np.ndarray,
+        all_active: bool,
         is_rec: np.ndarray,
         temps: np.ndarray,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Triggers, baselines and both guards, for a step where some active row is in recover
-        (``st`` holds NumPy arrays). Work is skipped when it cannot change the result (a median
-        only for trigger rows, the window mean only when some row is past the horizon)."""
+        (``is_rec`` is False on inactive rows). Work is skipped when it cannot change the result
+        (a median only for trigger rows, the budget and the window mean only when some row may
+        be past them)."""
         c = self.config
-        trigger = is_rec & (st.prev_phase != _RECOVER)
-        cont = is_rec & ~trigger  # continuing a stretch: the previous token was a recover token
+        cont = is_rec & (st.prev_phase == _RECOVER)  # the previous token was a recover token
+        trigger = is_rec ^ cont
 
         # Baseline frozen at the trigger, from the tokens *before* it (DESIGN.md "Baseline").
-        baseline = st.baseline
-        if trigger.any():
-            idx = np.flatnonzero(trigger)
+        # A trigger clears the recover window and the stretch's step counter.
+        baseline, steps, window = st.baseline, st.recover_steps, st.recover_window
+        if _any(trigger):
+            idx = trigger.nonzero()[0]
             baseline = baseline.copy()
             baseline[idx] = _nan_median(st.history[idx], st.n_history[idx], c.eps)
+            steps = np.where(trigger, 0, steps)
+            window = np.where(trigger[:, None], np.float32(math.nan), window)
+        # A continuing step appends the sampling entropy of the previous token (the stretch's
+        # most recent recover token) at its ring slot: one masked write over the (B, window)
+        # buffer instead of a gather and a scatter.
+        slot = np.maximum(steps - 1, 0) % c.contraction_window
+        write = cont[:, None] & (slot[:, None] == np.arange(c.contraction_window))
+        prev = obs.prev_sampling_entropy.astype(np.float32, copy=False)
+        window = np.where(write, prev[:, None], window)
 
-        # Recover window: a trigger clears it; a continuing step appends the sampling entropy of
-        # the previous token, which is the stretch's most recent recover token.
-        steps = np.where(trigger, 0, st.recover_steps)
-        window = np.where(trigger[:, None], np.float32(math.nan), st.recover_window)
-        rows = np.flatnonzero(cont)
-        if rows.size:
-            prev = _np(obs.prev_sampling_entropy).astype(np.float32, copy=False)
-            window[rows, np.maximum(steps[rows] - 1, 0) % c.contraction_window] = prev[rows]
-
-        over_budget = is_rec & (st.recover_total >= c.recover_budget)
-        engaged = cont & ~over_budget & (steps >= c.horizon)
-        if engaged.any():
-            mean = torch.nanmean(torch.from_numpy(window), dim=1)  # NaN when empty: then False
-            thr = c.contraction_factor * torch.from_numpy(baseline)
-            engaged = engaged & (mean > thr).numpy()
-        decay_steps = np.where(active, (st.decay_steps + 1) * engaged, st.decay_steps)
-        if engaged.any():
+        fields = {"baseline": baseline, "recover_window": window}
+        fields["recover_steps"] = steps + is_rec
+        fields["recover_total"] = st.recover_total + is_rec
+        over_budget = None
+        if _extremes(st.recover_total, 0, 0)[1] >= c.recover_budget:
+            over_budget = is_rec & (st.recover_total >= c.recover_budget)
+            if _any(over_budget):
+                temps = np.where(over_budget, np.float32(c.plan), temps)
+            else:
+                over_budget = None
+        engaged = None
+        if _extremes(steps, 0, 0)[1] >= c.horizon:
+            engaged = cont & (steps >= c.horizon)
+            if over_budget is not None:
+                engaged &= ~over_budget
+            if _any(engaged):
+                mean = torch.nanmean(torch.from_numpy(window), dim=1)  # NaN when empty: False
+                thr = c.contraction_factor * torch.from_numpy(baseline)
+                engaged &= (mean > thr).numpy()
+            if not _any(engaged):
+                engaged = None
+        if engaged is None and over_budget is None:
+            fields.update(_released(st, active, all_active))
+            return temps, fields
+        if engaged is not None:
+            decay_steps = np.where(active, (st.decay_steps + 1) * engaged, st.decay_steps)
             d = torch.from_numpy(decay_steps.astype(np.float32))
             t_guarded = (c.plan + (c.recover - c.plan) * torch.pow(self._decay, d)).numpy()
+            # The guarded temperature applies where the budget guard does not (disjoint).
             temps = np.where(engaged, t_guarded, temps)
-        if over_budget.any():
-            temps = np.where(over_budget, np.float32(c.plan), temps)
-        # engaged and over_budget are disjoint: 0 normal, 1 forced exhale, 2 budget.
-        mode = (engaged * MODE_FORCED_EXHALE + over_budget * MODE_BUDGET).astype(np.int8)
-        return temps, {
-            "baseline": baseline,
-            "recover_window": window,
-            "recover_steps": steps + is_rec,
-            "recover_total": st.recover_total + is_rec,
-            "decay_steps": decay_steps,
-            "mode": np.where(active, mode, st.mode),
-        }
+        else:
+            decay_steps = np.where(active, 0, st.decay_steps)
+        mode = np.zeros(st.mode.shape, dtype=np.int8)
+        if engaged is not None:
+            mode[engaged] = MODE_FORCED_EXHALE
+        if over_budget is not None:
+            mode[over_budget] = MODE_BUDGET
+        fields["decay_steps"] = decay_steps
+        fields["mode"] = mode if all_active else np.where(active, mode, st.mode)
+        return temps, fields
 
 
-def _np(x: torch.Tensor) -> np.ndarray:
-    """A NumPy view of a CPU tensor (a copy from other devices)."""
-    return x.detach().cpu().numpy()
+def _released(st: PhaseState[np.ndarray], active: np.ndarray, all_active: bool) -> dict:
+    """``decay_steps`` and ``mode`` of a step where no guard acts: released (0, normal) on
+    active rows, unchanged elsewhere."""
+    if all_active:
+        b = active.shape[0]
+        return {"decay_steps": np.zeros(b, dtype=np.int64), "mode": np.zeros(b, dtype=np.int8)}
+    return {
+        "decay_steps": np.where(active, 0, st.decay_steps),
+        "mode": np.where(active, np.int8(MODE_NORMAL), st.mode),
+    }
 
 
 def _np_where_rows(rows: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -426,16 +485,15 @@ def _nan_median(history: np.ndarray, n_pushed: np.ndarray, eps: float) -> np.nda
     w)`` for ``w >= 0.5``, else ``start + w * (end - start)``), so the middle pair is averaged
     like numpy's median and the bits are torch's."""
     n = np.minimum(n_pushed, history.shape[1])
-    ranks = (n - 1).astype(np.float32) * np.float32(0.5)
-    below = np.maximum(np.trunc(ranks), 0).astype(np.int64)[:, None]
-    above = np.maximum(np.ceil(ranks), 0).astype(np.int64)[:, None]
     ordered = np.sort(history, axis=1)
-    lo = np.take_along_axis(ordered, below, 1)[:, 0]
-    hi = np.take_along_axis(ordered, above, 1)[:, 0]
-    w = ranks - np.trunc(ranks)
-    diff = hi - lo
-    med = np.where(w < 0.5, lo + w * diff, hi - diff * (np.float32(1) - w))
-    return np.maximum(np.where(n == 0, np.float32(eps), med), np.float32(eps))
+    rows = np.arange(n.shape[0])
+    # Rank 0.5 (n - 1): for odd n an integer (w = 0, torch gives start + 0 * diff = start, and
+    # here end = start, so end - 0 * 0.5 is the same bits), for even n a half (w = 0.5: end -
+    # diff * 0.5). For n = 0 both neighbours are NaN slots (index -1 and 0 of an empty row)
+    # and fmax turns the NaN into eps.
+    lo = ordered[rows, (n - 1) >> 1]
+    hi = ordered[rows, n >> 1]
+    return np.fmax(hi - (hi - lo) * np.float32(0.5), np.float32(eps))
 
 
 class EDTTemperature:
@@ -447,24 +505,53 @@ class EDTTemperature:
     def __init__(self, config: EDTConfig | None = None) -> None:
         self.config = config if config is not None else EDTConfig()
         self.name = _config_name("edt", self.config, EDTConfig())
+        self._n = torch.tensor(self.config.n, dtype=torch.float64)
 
-    def init(self, batch_size: int) -> EDTState:
+    def init(self, batch_size: int) -> EDTState[torch.Tensor]:
         return EDTState(temperature=torch.full((batch_size,), self.config.t0, dtype=torch.float32))
 
-    def update(self, state: EDTState, obs: StepObservation) -> tuple[torch.Tensor, EDTState]:
-        c = self.config
+    def update(
+        self, state: EDTState[torch.Tensor], obs: StepObservation[torch.Tensor]
+    ) -> tuple[torch.Tensor, EDTState[torch.Tensor]]:
+        """Temperatures (B,) float32 and the next state; inactive rows keep their last T
+        (:meth:`update_arrays` on NumPy views)."""
         _check_obs(obs, state.temperature.shape[0])
-        active = obs.active.to(torch.bool)
-        _validate_active(obs, active, phase=False)
-        h = obs.entropy.to(torch.float64)
-        # theta / 0 = inf and n ** inf = 0: the H = 0 case needs no branch; the floor does the rest.
-        with torch.no_grad():
-            t = c.t0 * torch.pow(torch.tensor(c.n, dtype=torch.float64), c.theta / h)
-        t = t.clamp_min(c.min_temperature).to(torch.float32)
-        fresh = torch.full_like(state.temperature, c.t0)
-        prev = torch.where(obs.reset.to(torch.bool), fresh, state.temperature)
-        temps = torch.where(active, t, prev)
-        return temps, EDTState(temperature=temps)
+        _, new = self.update_arrays(state_arrays(state), obs_arrays(obs))
+        out = state_tensors(new)
+        return out.temperature, out
+
+    def update_arrays(
+        self, state: EDTState[np.ndarray], obs: StepObservation[np.ndarray]
+    ) -> tuple[np.ndarray, EDTState[np.ndarray]]:
+        """:meth:`update` on NumPy arrays.
+
+        The float64 operations torch runs for ``t0 * n ** (theta / h)`` (``theta / h`` is
+        ``h.reciprocal() * theta`` in torch), in NumPy except for ``pow``, whose NumPy and torch
+        kernels may round differently: the same bits as the torch formula, a quarter of its
+        dispatch cost."""
+        c = self.config
+        b = state.temperature.shape[0]
+        _check_obs(obs, b)
+        active = obs.active.astype(bool, copy=False)
+        all_active = _all(active)
+        e = obs.entropy if all_active else np.where(active, obs.entropy, 0)
+        lo, hi = _extremes(e, 1.0, 0.0)
+        if not (lo >= 0 and hi < math.inf):  # NaN fails
+            _validate_active(obs, phase=False)
+        h = obs.entropy.astype(np.float64)
+        if lo > 0 and all_active:
+            x = np.reciprocal(h) * c.theta
+        else:  # theta / 0 = inf and n ** inf = 0: H = 0 needs no branch; the floor does the rest
+            with np.errstate(divide="ignore"):
+                x = np.reciprocal(h) * c.theta
+        p = torch.pow(self._n, torch.from_numpy(x)).numpy()
+        t = np.maximum(p * c.t0, c.min_temperature).astype(np.float32)
+        if not all_active:
+            prev = state.temperature
+            if _any(obs.reset):
+                prev = np.where(obs.reset.astype(bool, copy=False), np.float32(c.t0), prev)
+            t = np.where(active, t, prev)
+        return t, EDTState(temperature=t)
 
 
 # ------------------------------------------------------------------------------------ by name

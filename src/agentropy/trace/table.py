@@ -19,6 +19,7 @@ import numpy as np
 
 from agentropy.errors import InputError
 from agentropy.trace.model import (
+    BOUNDS_META_KEY,
     STATUS_CODES,
     Episode,
     NanPolicy,
@@ -33,8 +34,17 @@ __all__ = [
 ]
 
 
+#: Argument value types whose Python equality matches their canonical JSON (floats are not:
+#: ``-0.0 == 0.0``; ``1 == 1.0 == True`` is told apart by keeping the type in the cache key).
+_CACHEABLE_ARG = frozenset({str, int, bool, type(None)})
+
+
 class _TurnColumns:
-    """The per-turn columns of a :class:`TraceTable`, appended turn by turn by its builders."""
+    """The per-turn columns of a :class:`TraceTable`, appended turn by turn by its builders.
+
+    Builders call :meth:`add_assistant` / :meth:`add_tool` once per turn (tens of thousands of
+    times per part), so each is a handful of list appends and nothing else.
+    """
 
     def __init__(self) -> None:
         self.ep: list[int] = []
@@ -49,10 +59,23 @@ class _TurnColumns:
         self.arguments: list[Any] = []
         self.content: list[str | None] = []
         self.key_codes: dict[str, int] = {}
+        # (name, (argument name, type, value), ...) -> identity code, for calls whose arguments
+        # are flat scalars: spares a canonical JSON dump per call (most calls repeat).
+        self._call_codes: dict[tuple[Any, ...], int] = {}
 
     def add_assistant(self, e: int, i: int, start: int, n: int, has_ids: bool) -> None:
         """Turn ``i`` of episode ``e``: an assistant turn owning tokens ``[start, start + n)``."""
-        self._add(e, i, False, start, start + n, has_ids, -1, -1, None, None, None)
+        self.ep.append(e)
+        self.index.append(i)
+        self.is_tool.append(False)
+        self.start.append(start)
+        self.end.append(start + n)
+        self.has_ids.append(has_ids)
+        self.status.append(-1)
+        self.key.append(-1)
+        self.name.append(None)
+        self.arguments.append(None)
+        self.content.append(None)
 
     def add_tool(
         self,
@@ -68,18 +91,43 @@ class _TurnColumns:
         """Turn ``i`` of episode ``e``: a tool turn at token position ``pos`` (``call_key``:
         name + canonical arguments, None for an unparseable call)."""
         key = -1 if call_key is None else self.key_codes.setdefault(call_key, len(self.key_codes))
-        code = STATUS_CODES.get(status or "", -1)
-        self._add(e, i, True, pos, pos, False, code, key, name, arguments, content)
+        self._add_tool(e, i, pos, status, key, name, arguments, content)
 
-    def _add(
+    def add_call(
         self,
         e: int,
         i: int,
-        is_tool: bool,
-        start: int,
-        end: int,
-        has_ids: bool,
-        status: int,
+        pos: int,
+        status: str | None,
+        name: str | None,
+        arguments: Any,
+        content: str | None,
+    ) -> None:
+        """:meth:`add_tool` for a call given as ``name`` and ``arguments`` (a dict, already
+        validated; None name: no parsed call); the identity key is :attr:`ToolCall.key`."""
+        if name is None:
+            self._add_tool(e, i, pos, status, -1, None, None, content)
+            return
+        sig: tuple[Any, ...] | None = (name,)
+        for k, v in arguments.items():
+            if v.__class__ not in _CACHEABLE_ARG:
+                sig = None
+                break
+            sig += ((k, v.__class__, v),)  # type: ignore[operator]
+        code = None if sig is None else self._call_codes.get(sig)
+        if code is None:
+            call_key = ToolCall(name, arguments).key
+            code = self.key_codes.setdefault(call_key, len(self.key_codes))
+            if sig is not None:
+                self._call_codes[sig] = code
+        self._add_tool(e, i, pos, status, code, name, arguments, content)
+
+    def _add_tool(
+        self,
+        e: int,
+        i: int,
+        pos: int,
+        status: str | None,
         key: int,
         name: str | None,
         arguments: Any,
@@ -87,11 +135,11 @@ class _TurnColumns:
     ) -> None:
         self.ep.append(e)
         self.index.append(i)
-        self.is_tool.append(is_tool)
-        self.start.append(start)
-        self.end.append(end)
-        self.has_ids.append(has_ids)
-        self.status.append(status)
+        self.is_tool.append(True)
+        self.start.append(pos)
+        self.end.append(pos)
+        self.has_ids.append(False)
+        self.status.append(STATUS_CODES.get(status or "", -1))
         self.key.append(key)
         self.name.append(name)
         self.arguments.append(arguments)
@@ -343,19 +391,52 @@ class TraceTable:
             questions.append(q if isinstance(q, str) else None)
         turns = [json.loads(t) for t in episodes.column("turns").to_pylist()]
 
-        # Declared assistant-turn runs, in token-row order.
+        # One pass over the turns: the turn columns at their declared token counts, and the
+        # declared assistant-turn runs (episode, turn, n_tokens) in token-row order.
+        turn_cols = _TurnColumns()
+        add_assistant, add_call = turn_cols.add_assistant, turn_cols.add_call
         run_ep, run_turn, run_len = [], [], []
+        bounded_turns: list[tuple[int, int, int, Any]] = []  # (run, episode, turn, meta)
+        ep_start = np.zeros(n_ep, np.int64)
+        ep_end = np.zeros(n_ep, np.int64)
+        pos = 0
         for e, tl in enumerate(turns):
+            ep_start[e] = pos
             for i, td in enumerate(tl):
-                if td.get("role") == "assistant":
+                if td["role"] == "assistant":
+                    n = td["n_tokens"]
+                    meta = td.get("meta")
+                    if meta is not None and meta.get(BOUNDS_META_KEY) is not None:
+                        bounded_turns.append((len(run_len), e, i, meta))
                     run_ep.append(e)
                     run_turn.append(i)
-                    run_len.append(int(td.get("n_tokens", 0)))
+                    run_len.append(n)
+                    add_assistant(e, i, pos, n, "token_ids" in td["arrays"])
+                    pos += n
+                else:
+                    args = td.get("arguments")
+                    add_call(
+                        e,
+                        i,
+                        pos,
+                        td.get("status"),
+                        td.get("name"),
+                        {} if args is None else args,
+                        td.get("content"),
+                    )
+            ep_end[e] = pos
         declared = np.asarray(run_len, np.int64)
         actual = declared
         n_rows = tokens.num_rows
-        if n_rows != int(declared.sum()):
-            # Rows were dropped: count the rows each (episode, turn) run really has.
+        if n_rows != pos:
+            if "episode_id" not in tokens.column_names:
+                raise InputError(
+                    f"tokens part has {n_rows} rows but the episodes' turns declare {pos} "
+                    "tokens (store corrupted)",
+                    path=source,
+                )
+            # Rows were dropped: count the rows each (episode, turn) run really has, and move
+            # the turns' token offsets to match.
             enc = pc.dictionary_encode(tokens.column("episode_id")).combine_chunks()
             row_of = {eid: r for r, eid in enumerate(ids)}
             lut = np.array([row_of[v] for v in enc.dictionary.to_pylist()], np.int64)
@@ -368,46 +449,32 @@ class TraceTable:
             at = np.clip(np.searchsorted(uniq, want), 0, max(len(uniq) - 1, 0))
             found = (uniq[at] == want) if len(uniq) else np.zeros(len(want), bool)
             actual = np.where(found, counts[at] if len(uniq) else 0, 0).astype(np.int64)
+            _shift_turns(turn_cols, declared - actual, ep_start, ep_end)
 
-        ep_start = np.zeros(n_ep, np.int64)
-        ep_end = np.zeros(n_ep, np.int64)
-        turn_cols = _TurnColumns()
-        pos = 0
-        k = 0
-        lo_parts: list[np.ndarray] = []
-        hi_parts: list[np.ndarray] = []
-        bounded = False
-        token_index: np.ndarray | None = None
-        for e, tl in enumerate(turns):
-            ep_start[e] = pos
-            for i, td in enumerate(tl):
-                if td.get("role") == "assistant":
-                    n = int(actual[k])
-                    try:
-                        bounds = entropy_bounds_of(
-                            td.get("meta"), int(declared[k]), field=f"turns[{i}].meta"
-                        )
-                    except InputError as err:
-                        raise InputError(err.message, path=source, row=e, field=err.field) from None
-                    if bounds is not None and n != int(declared[k]):
-                        # Rows were dropped: keep the bounds of the tokens that remain.
-                        if token_index is None:
-                            token_index = np.asarray(tokens.column("token_index").to_numpy())
-                        keep = token_index[pos : pos + n]
-                        bounds = (bounds[0][keep], bounds[1][keep])
-                    k += 1
-                    bounded |= bounds is not None
-                    lo_parts.append(np.full(n, np.nan) if bounds is None else bounds[0])
-                    hi_parts.append(np.full(n, np.nan) if bounds is None else bounds[1])
-                    turn_cols.add_assistant(e, i, pos, n, "token_ids" in td.get("arrays", ()))
-                    pos += n
+        ent_lo: np.ndarray | None = None
+        ent_hi: np.ndarray | None = None
+        if bounded_turns:
+            # Turns whose entropy is an estimate with bounds: NaN (exact) everywhere else.
+            total = int(actual.sum())
+            lo, hi = np.full(total, np.nan), np.full(total, np.nan)
+            run_start = np.cumsum(actual) - actual
+            token_index: np.ndarray | None = None
+            for k, e, i, meta in bounded_turns:
+                try:
+                    bounds = entropy_bounds_of(meta, int(declared[k]), field=f"turns[{i}].meta")
+                except InputError as err:
+                    raise InputError(err.message, path=source, row=e, field=err.field) from None
+                if bounds is None:  # pragma: no cover (only turns with bounds are listed)
                     continue
-                name = td.get("name")
-                call = None if name is None else ToolCall(name, td.get("arguments", {}))
-                args = None if call is None else call.arguments
-                key = None if call is None else call.key
-                turn_cols.add_tool(e, i, pos, td.get("status"), key, name, args, td.get("content"))
-            ep_end[e] = pos
+                s0, n = int(run_start[k]), int(actual[k])
+                if n != int(declared[k]):
+                    # Rows were dropped: keep the bounds of the tokens that remain.
+                    if token_index is None:
+                        token_index = np.asarray(tokens.column("token_index").to_numpy())
+                    keep = token_index[s0 : s0 + n]
+                    bounds = (bounds[0][keep], bounds[1][keep])
+                lo[s0 : s0 + n], hi[s0 : s0 + n] = bounds
+            ent_lo, ent_hi = lo, hi
 
         def column(name: str, fill: Any, dtype: Any) -> np.ndarray:
             col = tokens.column(name)
@@ -430,7 +497,27 @@ class TraceTable:
             token_ids=column("token_id", -1, np.int64),
             phase=column("phase", -1, np.int8),
             n_dropped=int(declared.sum()) - n_rows,
-            entropy_lower=_cat(lo_parts, np.float64) if bounded else None,
-            entropy_upper=_cat(hi_parts, np.float64) if bounded else None,
+            entropy_lower=ent_lo,
+            entropy_upper=ent_hi,
             **turn_cols.fields(),
         )
+
+
+def _shift_turns(
+    cols: _TurnColumns, missing: np.ndarray, ep_start: np.ndarray, ep_end: np.ndarray
+) -> None:
+    """Move token offsets after rows were dropped: ``missing`` (R,) rows lost per assistant turn
+    (in turn order). Each turn starts ``missing`` rows earlier for every row lost before it."""
+    is_asst = ~np.asarray(cols.is_tool, bool)
+    lost_at = np.zeros(len(cols.is_tool), np.int64)
+    lost_at[is_asst] = missing
+    before = np.cumsum(lost_at) - lost_at  # rows lost in earlier turns (all episodes)
+    start = np.asarray(cols.start, np.int64) - before
+    end = np.asarray(cols.end, np.int64) - before - lost_at
+    cols.start, cols.end = start.tolist(), end.tolist()
+    t_ep = np.asarray(cols.ep, np.int64)
+    first = np.searchsorted(t_ep, np.arange(ep_start.shape[0]))
+    # An episode starts where its first turn starts (every episode has turns).
+    ep_start[:] = start[first]
+    last = np.searchsorted(t_ep, np.arange(ep_start.shape[0]), side="right") - 1
+    ep_end[:] = end[last]

@@ -142,6 +142,10 @@ class AnalyzeConfig:
         check_bootstrap(self.confidence, self.n_boot)
 
 
+#: Summary keys holding event records, already JSON-ready when built.
+_RECORD_KEYS = frozenset({"eruptions", "frozen", "loops"})
+
+
 def _json_safe(obj: Any) -> Any:
     """Recursively turn numpy scalars/arrays into Python values and non-finite floats into None."""
     if isinstance(obj, dict):
@@ -445,7 +449,10 @@ class Analyzer:
             "n_boot": cfg.n_boot,
             "seed": cfg.seed,
         }
-        return _json_safe(out)
+        # The event records are built from plain Python values, finite or None
+        # (eruption_records, frozen_records, loop_records): walking thousands of them again
+        # would cost more than the rest of the summary.
+        return {k: v if k in _RECORD_KEYS else _json_safe(v) for k, v in out.items()}
 
     def _training(self) -> dict[str, Any]:
         step = self._cat("step").astype(np.float64)

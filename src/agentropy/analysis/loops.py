@@ -165,11 +165,15 @@ def _ngram_rate_bounds(
         return bounds
     seg = np.repeat(np.arange(n_seg, dtype=np.uint32), n_grams)
     first = np.cumsum(n_grams) - n_grams
-    gpos = starts[seg] + (np.arange(total) - first[seg])
-    h = ids[gpos] * _HASH_MULT
+    gpos = np.arange(total) + np.repeat(starts - first, n_grams)  # start of every n-gram
+    # Hash the n-gram starting at every token position with contiguous slices (no gathers),
+    # then keep the positions where a segment's n-gram starts.
+    m = ids.shape[0] - n + 1
+    h = ids[:m] * _HASH_MULT
     for j in range(1, n):
-        h = (h ^ ids[gpos + j]) * _HASH_STEP
-    key = (seg << np.uint32(hash_bits)) | (h >> np.uint64(64 - hash_bits)).astype(np.uint32)
+        h = (h ^ ids[j : j + m]) * _HASH_STEP
+    top = (h >> np.uint64(64 - hash_bits)).astype(np.uint32)[gpos]
+    key = (seg << np.uint32(hash_bits)) | top
     key.sort()
     dup = key[1:] == key[:-1]
     dup_per_seg = np.bincount(key[1:][dup] >> np.uint32(hash_bits), minlength=n_seg)

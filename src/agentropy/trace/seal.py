@@ -30,6 +30,8 @@ import json
 import zlib
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -42,15 +44,36 @@ _SEAL_VERSION = 1
 
 
 def episodes_digest(table: pa.Table) -> str:
-    """SHA-256 (hex) of an episodes table's content: canonical JSON of its columns, in order.
+    """SHA-256 (hex) of an episodes table's content, column by column, in order.
 
-    Computed from the decoded values (Python ints, floats, strings, lists), so the writer (from
-    the table it is about to write) and a reader (from the table it read back) agree exactly;
-    floats serialise with ``repr``, so any changed bit changes the digest.
+    Computed from the decoded values, so the writer (from the table it is about to write) and a
+    reader (from the table it read back) agree whatever the file's encoding. String columns
+    (the bulk: the ``turns`` JSON) are hashed as their UTF-8 bytes, value lengths and null mask,
+    straight from the Arrow buffers; the other columns as canonical JSON of their values (floats
+    serialise with ``repr``, so any changed bit changes the digest).
     """
-    cols = [[name, table.column(name).to_pylist()] for name in table.column_names]
-    text = json.dumps(cols, ensure_ascii=False, separators=(",", ":"), allow_nan=True)
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    import pyarrow as pa
+
+    h = hashlib.sha256()
+    for name in table.column_names:
+        column = table.column(name)
+        h.update(name.encode() + b"\0")
+        if pa.types.is_string(column.type):
+            arr = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+            nulls = arr.is_null().to_numpy(zero_copy_only=False)
+            offsets = np.frombuffer(arr.buffers()[1], np.int32)[
+                arr.offset : arr.offset + len(arr) + 1
+            ]
+            data = arr.buffers()[2]
+            h.update(np.packbits(nulls).tobytes())
+            h.update(np.diff(offsets).astype(np.int64).tobytes())
+            if data is not None and len(arr):
+                h.update(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
+        else:
+            text = json.dumps(column.to_pylist(), ensure_ascii=False, separators=(",", ":"))
+            h.update(text.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def make_seal(tokens_file: bytes | pa.Buffer, episodes: pa.Table, nonfinite_rows: int) -> bytes:

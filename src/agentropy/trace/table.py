@@ -12,6 +12,7 @@ tables, with no per-token Python objects). Tool statuses are coded by
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,12 +40,39 @@ __all__ = [
 _CACHEABLE_ARG = frozenset({str, int, bool, type(None)})
 
 
-class _TurnColumns:
-    """The per-turn columns of a :class:`TraceTable`, appended turn by turn by its builders.
+class _CallCodes:
+    """Integer identity codes of tool calls: equal codes = same name and canonical arguments
+    (:attr:`ToolCall.key`); ``names`` lists the keys in code order."""
 
-    Builders call :meth:`add_assistant` / :meth:`add_tool` once per turn (tens of thousands of
-    times per part), so each is a handful of list appends and nothing else.
-    """
+    def __init__(self) -> None:
+        self.names: dict[str, int] = {}
+        # (name, (argument name, type, value), ...) -> code, for calls whose arguments are flat
+        # scalars: spares a canonical JSON dump per call (most calls of a part repeat).
+        self._by_sig: dict[tuple[Any, ...], int] = {}
+
+    def of_key(self, key: str) -> int:
+        """Code of a call identity string."""
+        return self.names.setdefault(key, len(self.names))
+
+    def of_call(self, name: str, arguments: Mapping[str, Any]) -> int:
+        """Code of a call given as ``name`` and validated ``arguments``."""
+        sig: tuple[Any, ...] | None = (name,)
+        for k, v in arguments.items():
+            if v.__class__ not in _CACHEABLE_ARG:
+                sig = None
+                break
+            sig += ((k, v.__class__, v),)  # type: ignore[operator]
+        code = None if sig is None else self._by_sig.get(sig)
+        if code is None:
+            code = self.of_key(ToolCall(name, dict(arguments)).key)
+            if sig is not None:
+                self._by_sig[sig] = code
+        return code
+
+
+class _TurnColumns:
+    """The per-turn columns of a :class:`TraceTable`, appended turn by turn by
+    :meth:`TraceTable.from_episodes` (:meth:`TraceTable.from_arrow` builds them column-wise)."""
 
     def __init__(self) -> None:
         self.ep: list[int] = []
@@ -58,24 +86,11 @@ class _TurnColumns:
         self.name: list[str | None] = []
         self.arguments: list[Any] = []
         self.content: list[str | None] = []
-        self.key_codes: dict[str, int] = {}
-        # (name, (argument name, type, value), ...) -> identity code, for calls whose arguments
-        # are flat scalars: spares a canonical JSON dump per call (most calls repeat).
-        self._call_codes: dict[tuple[Any, ...], int] = {}
+        self.calls = _CallCodes()
 
     def add_assistant(self, e: int, i: int, start: int, n: int, has_ids: bool) -> None:
         """Turn ``i`` of episode ``e``: an assistant turn owning tokens ``[start, start + n)``."""
-        self.ep.append(e)
-        self.index.append(i)
-        self.is_tool.append(False)
-        self.start.append(start)
-        self.end.append(start + n)
-        self.has_ids.append(has_ids)
-        self.status.append(-1)
-        self.key.append(-1)
-        self.name.append(None)
-        self.arguments.append(None)
-        self.content.append(None)
+        self._add(e, i, False, start, start + n, has_ids, -1, -1, None, None, None)
 
     def add_tool(
         self,
@@ -90,44 +105,19 @@ class _TurnColumns:
     ) -> None:
         """Turn ``i`` of episode ``e``: a tool turn at token position ``pos`` (``call_key``:
         name + canonical arguments, None for an unparseable call)."""
-        key = -1 if call_key is None else self.key_codes.setdefault(call_key, len(self.key_codes))
-        self._add_tool(e, i, pos, status, key, name, arguments, content)
+        key = -1 if call_key is None else self.calls.of_key(call_key)
+        code = STATUS_CODES.get(status or "", -1)
+        self._add(e, i, True, pos, pos, False, code, key, name, arguments, content)
 
-    def add_call(
+    def _add(
         self,
         e: int,
         i: int,
-        pos: int,
-        status: str | None,
-        name: str | None,
-        arguments: Any,
-        content: str | None,
-    ) -> None:
-        """:meth:`add_tool` for a call given as ``name`` and ``arguments`` (a dict, already
-        validated; None name: no parsed call); the identity key is :attr:`ToolCall.key`."""
-        if name is None:
-            self._add_tool(e, i, pos, status, -1, None, None, content)
-            return
-        sig: tuple[Any, ...] | None = (name,)
-        for k, v in arguments.items():
-            if v.__class__ not in _CACHEABLE_ARG:
-                sig = None
-                break
-            sig += ((k, v.__class__, v),)  # type: ignore[operator]
-        code = None if sig is None else self._call_codes.get(sig)
-        if code is None:
-            call_key = ToolCall(name, arguments).key
-            code = self.key_codes.setdefault(call_key, len(self.key_codes))
-            if sig is not None:
-                self._call_codes[sig] = code
-        self._add_tool(e, i, pos, status, code, name, arguments, content)
-
-    def _add_tool(
-        self,
-        e: int,
-        i: int,
-        pos: int,
-        status: str | None,
+        is_tool: bool,
+        start: int,
+        end: int,
+        has_ids: bool,
+        status: int,
         key: int,
         name: str | None,
         arguments: Any,
@@ -135,11 +125,11 @@ class _TurnColumns:
     ) -> None:
         self.ep.append(e)
         self.index.append(i)
-        self.is_tool.append(True)
-        self.start.append(pos)
-        self.end.append(pos)
-        self.has_ids.append(False)
-        self.status.append(STATUS_CODES.get(status or "", -1))
+        self.is_tool.append(is_tool)
+        self.start.append(start)
+        self.end.append(end)
+        self.has_ids.append(has_ids)
+        self.status.append(status)
         self.key.append(key)
         self.name.append(name)
         self.arguments.append(arguments)
@@ -159,7 +149,7 @@ class _TurnColumns:
             "tool_name": self.name,
             "tool_arguments": self.arguments,
             "tool_content": self.content,
-            "key_names": list(self.key_codes),
+            "key_names": list(self.calls.names),
         }
 
 
@@ -391,65 +381,72 @@ class TraceTable:
             questions.append(q if isinstance(q, str) else None)
         turns = [json.loads(t) for t in episodes.column("turns").to_pylist()]
 
-        # One pass over the turns: the turn columns at their declared token counts, and the
-        # declared assistant-turn runs (episode, turn, n_tokens) in token-row order.
-        turn_cols = _TurnColumns()
-        add_assistant, add_call = turn_cols.add_assistant, turn_cols.add_call
-        run_ep, run_turn, run_len = [], [], []
-        bounded_turns: list[tuple[int, int, int, Any]] = []  # (run, episode, turn, meta)
-        ep_start = np.zeros(n_ep, np.int64)
-        ep_end = np.zeros(n_ep, np.int64)
-        pos = 0
-        for e, tl in enumerate(turns):
-            ep_start[e] = pos
-            for i, td in enumerate(tl):
-                if td["role"] == "assistant":
-                    n = td["n_tokens"]
-                    meta = td.get("meta")
-                    if meta is not None and meta.get(BOUNDS_META_KEY) is not None:
-                        bounded_turns.append((len(run_len), e, i, meta))
-                    run_ep.append(e)
-                    run_turn.append(i)
-                    run_len.append(n)
-                    add_assistant(e, i, pos, n, "token_ids" in td["arrays"])
-                    pos += n
-                else:
-                    args = td.get("arguments")
-                    add_call(
-                        e,
-                        i,
-                        pos,
-                        td.get("status"),
-                        td.get("name"),
-                        {} if args is None else args,
-                        td.get("content"),
-                    )
-            ep_end[e] = pos
-        declared = np.asarray(run_len, np.int64)
+        # The turn columns, built column-wise over the part's turns (tens of thousands) with
+        # comprehensions; token offsets follow the declared ``n_tokens``.
+        flat = [td for tl in turns for td in tl]
+        u = len(flat)
+        n_turns = np.fromiter(map(len, turns), np.int64, n_ep)
+        turn_ep = np.repeat(np.arange(n_ep, dtype=np.int64), n_turns)
+        first_turn = np.cumsum(n_turns) - n_turns
+        turn_index = np.arange(u, dtype=np.int64) - np.repeat(first_turn, n_turns)
+        is_tool = np.fromiter((td["role"] != "assistant" for td in flat), bool, u)
+        n_tok = np.fromiter((td.get("n_tokens", 0) for td in flat), np.int64, u)
+        has_ids = np.fromiter(("token_ids" in td.get("arrays", ()) for td in flat), bool, u)
+        status = np.fromiter(
+            (STATUS_CODES.get(td.get("status") or "", -1) for td in flat), np.int8, u
+        )
+        names = [td.get("name") for td in flat]
+        contents = [td.get("content") for td in flat]
+        arguments: list[Any] = [
+            None if nm is None else (td.get("arguments") or {})
+            for nm, td in zip(names, flat, strict=True)
+        ]
+        calls = _CallCodes()
+        tool_key = np.fromiter(
+            (
+                -1 if nm is None else calls.of_call(nm, a)
+                for nm, a in zip(names, arguments, strict=True)
+            ),
+            np.int64,
+            u,
+        )
+        asst = np.flatnonzero(~is_tool)
+        declared = n_tok[asst]
         actual = declared
         n_rows = tokens.num_rows
-        if n_rows != pos:
+        total = int(declared.sum())
+        if n_rows != total:
             if "episode_id" not in tokens.column_names:
                 raise InputError(
-                    f"tokens part has {n_rows} rows but the episodes' turns declare {pos} "
+                    f"tokens part has {n_rows} rows but the episodes' turns declare {total} "
                     "tokens (store corrupted)",
                     path=source,
                 )
-            # Rows were dropped: count the rows each (episode, turn) run really has, and move
-            # the turns' token offsets to match.
+            # Rows were dropped: count the rows each (episode, turn) run really has.
             enc = pc.dictionary_encode(tokens.column("episode_id")).combine_chunks()
             row_of = {eid: r for r, eid in enumerate(ids)}
             lut = np.array([row_of[v] for v in enc.dictionary.to_pylist()], np.int64)
             tok_ep = lut[enc.indices.to_numpy(zero_copy_only=False)]
             tok_turn = tokens.column("turn_index").to_numpy().astype(np.int64)
-            width = int(max(len(tl) for tl in turns)) + 1 if turns else 1
+            width = int(n_turns.max()) + 1 if n_ep else 1
             keys = tok_ep * width + tok_turn
             uniq, counts = np.unique(keys, return_counts=True)
-            want = np.asarray(run_ep, np.int64) * width + np.asarray(run_turn, np.int64)
+            want = turn_ep[asst] * width + turn_index[asst]
             at = np.clip(np.searchsorted(uniq, want), 0, max(len(uniq) - 1, 0))
             found = (uniq[at] == want) if len(uniq) else np.zeros(len(want), bool)
             actual = np.where(found, counts[at] if len(uniq) else 0, 0).astype(np.int64)
-            _shift_turns(turn_cols, declared - actual, ep_start, ep_end)
+            n_tok[asst] = actual
+        turn_end = np.cumsum(n_tok)
+        turn_start = turn_end - n_tok
+        ep_start = turn_start[first_turn] if n_ep else np.zeros(0, np.int64)
+        ep_end = turn_end[first_turn + n_turns - 1] if n_ep else np.zeros(0, np.int64)
+        # Assistant turns whose entropy is an estimate with bounds: (run, episode, turn, meta).
+        run_of = np.cumsum(~is_tool) - 1
+        bounded_turns = [
+            (int(run_of[j]), int(turn_ep[j]), int(turn_index[j]), flat[j]["meta"])
+            for j in asst
+            if flat[j].get("meta") and flat[j]["meta"].get(BOUNDS_META_KEY) is not None
+        ]
 
         ent_lo: np.ndarray | None = None
         ent_hi: np.ndarray | None = None
@@ -499,25 +496,16 @@ class TraceTable:
             n_dropped=int(declared.sum()) - n_rows,
             entropy_lower=ent_lo,
             entropy_upper=ent_hi,
-            **turn_cols.fields(),
+            turn_ep=turn_ep,
+            turn_index=turn_index,
+            turn_is_tool=is_tool,
+            turn_start=turn_start,
+            turn_end=turn_end,
+            turn_has_ids=has_ids,
+            tool_status=status,
+            tool_key=tool_key,
+            tool_name=names,
+            tool_arguments=arguments,
+            tool_content=contents,
+            key_names=list(calls.names),
         )
-
-
-def _shift_turns(
-    cols: _TurnColumns, missing: np.ndarray, ep_start: np.ndarray, ep_end: np.ndarray
-) -> None:
-    """Move token offsets after rows were dropped: ``missing`` (R,) rows lost per assistant turn
-    (in turn order). Each turn starts ``missing`` rows earlier for every row lost before it."""
-    is_asst = ~np.asarray(cols.is_tool, bool)
-    lost_at = np.zeros(len(cols.is_tool), np.int64)
-    lost_at[is_asst] = missing
-    before = np.cumsum(lost_at) - lost_at  # rows lost in earlier turns (all episodes)
-    start = np.asarray(cols.start, np.int64) - before
-    end = np.asarray(cols.end, np.int64) - before - lost_at
-    cols.start, cols.end = start.tolist(), end.tolist()
-    t_ep = np.asarray(cols.ep, np.int64)
-    first = np.searchsorted(t_ep, np.arange(ep_start.shape[0]))
-    # An episode starts where its first turn starts (every episode has turns).
-    ep_start[:] = start[first]
-    last = np.searchsorted(t_ep, np.arange(ep_start.shape[0]), side="right") - 1
-    ep_end[:] = end[last]

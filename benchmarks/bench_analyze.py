@@ -14,8 +14,9 @@ by 4 tool calls, with token ids, phases, failures, eruptions and the odd loop), 
 
 Both summaries must be identical (the whole JSON summary, not just counts): the script exits
 with status 1 otherwise. It prints the best time of each path, the median of the per-round
-ratios, the load average before and after, and each path's peak RSS, measured in a fresh
-process per path (so neither the generated store nor the other path inflates it).
+ratios, the CPU time of each path (all threads; less sensitive to other jobs than wall time on
+a shared machine), the load average before and after, and each path's peak RSS, measured in a
+fresh process per path (so neither the generated store nor the other path inflates it).
 
     .venv/bin/python benchmarks/bench_analyze.py            # 10M tokens
     .venv/bin/python benchmarks/bench_analyze.py --tokens 1000000 --repeats 5
@@ -155,12 +156,14 @@ def main() -> None:
     analyze_paths(store)  # imports (scipy via ruptures), page cache
     t_first = time.perf_counter() - t0
     times: dict[str, list[float]] = {"full": [], "seal": []}
+    cpu: dict[str, list[float]] = {"full": [], "seal": []}
     summaries: dict[str, dict] = {}
     for _ in range(args.repeats):
         for validation in ("full", "seal"):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             summary = analyze_paths(store, validation=validation)  # type: ignore[arg-type]
             times[validation].append(time.perf_counter() - t0)
+            cpu[validation].append(time.process_time() - c0)
             if summaries.setdefault(validation, summary) != summary:
                 raise SystemExit(f"error: two {validation} runs gave different summaries")
     load_after = os.getloadavg()
@@ -194,10 +197,17 @@ def main() -> None:
         f"{size_mb:.0f} MB, written in {t_write:.1f} s; first (cold) analyze {t_first:.2f} s"
     )
     print()
-    print("| path | analyze s (best) | tokens/s (best) | peak RSS MB |")
-    print("| --- | ---: | ---: | ---: |")
+    print(
+        "| path | analyze s (best) | tokens/s (best) | CPU s (best, all threads) "
+        "| tokens per CPU-second | peak RSS MB |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for v, name in (("full", "reference (validate every part)"), ("seal", "fast (sealed parts)")):
-        print(f"| {name} | {best[v]:.2f} | {n_tok / best[v]:,.0f} | {rss[v]:.0f} |")
+        c = min(cpu[v])
+        print(
+            f"| {name} | {best[v]:.2f} | {n_tok / best[v]:,.0f} | {c:.2f} | {n_tok / c:,.0f} "
+            f"| {rss[v]:.0f} |"
+        )
     print()
     print(
         f"fast / reference speed: {ratios[len(ratios) // 2]:.2f}x (median of {len(ratios)} "

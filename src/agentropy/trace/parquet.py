@@ -27,6 +27,9 @@ part (this is how long runs resume) and episode ids already in the store are ref
 (``overwrite=True`` starts afresh). One writer per store: a ``.writer.lock`` file is ``flock``-ed
 while a writer is open (the lock dies with its process, so a killed run can always resume).
 Writers store what they are given (non-finite values included) and validate structure only.
+Each episodes file carries the part's seal in its schema metadata (:mod:`agentropy.trace.seal`:
+checksums of both files), which lets the analyzer skip re-validating parts nobody has touched
+since; stores without seals (older writers) read exactly as before.
 Readers (:mod:`agentropy.trace.parquet_read`) see only complete parts and ignore leftovers of a
 killed writer. pyarrow is imported inside the functions, so ``import agentropy.trace`` stays light.
 """

@@ -8,8 +8,10 @@ field (the turn-level rules are :mod:`agentropy.trace.validate`'s).
 
 Entry points: :func:`read_parquet` / :func:`read_traces` load everything; :func:`iter_episodes`
 (and :func:`iter_episodes_counted`) stream episodes one part at a time (a JSONL file streams line
-by line); :func:`iter_parts` streams the raw ``(episodes_table, tokens_table)`` pairs for columnar
-analysis (:meth:`agentropy.trace.TraceTable.from_arrow`).
+by line); :func:`iter_parts` streams the raw ``(episodes_table, tokens_table)`` pairs;
+:func:`iter_part_tables` streams :class:`~agentropy.trace.TraceTable` parts for the analyzer,
+skipping re-validation of parts whose seal (:mod:`agentropy.trace.seal`) shows them untouched
+since the writer validated them, and reading the next part in a background thread.
 
 Non-finite values: a token whose entropy, logprob, sampling entropy or temperature is NaN or
 infinite is rejected by default (``nan_policy="raise"``); ``nan_policy="drop"`` removes such tokens

@@ -35,7 +35,13 @@ import numpy as np
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__: list[str] = []
+__all__ = [
+    "SEAL_KEY",
+    "episodes_digest",
+    "make_seal",
+    "read_seal",
+    "seal_holds",
+]
 
 #: Schema-metadata key of the seal in a part's episodes file.
 SEAL_KEY = b"agentropy.seal"

@@ -376,10 +376,16 @@ class TraceTable:
         success = np.array([-1 if v is None else int(v) for v in cols["success"]], np.int8)
         questions: list[str | None] = []
         for m in cols["meta"]:
-            meta = json.loads(m) if m else {}
+            meta = json.loads(m) if m and m != "{}" else {}
             q = meta.get("question") if isinstance(meta, dict) else None
             questions.append(q if isinstance(q, str) else None)
-        turns = [json.loads(t) for t in episodes.column("turns").to_pylist()]
+        # One JSON document for the whole part: one decoder call instead of one per episode
+        # (each string is one validated JSON list, so the joined text holds exactly n_ep).
+        turns = json.loads("[" + ",".join(episodes.column("turns").to_pylist()) + "]")
+        if len(turns) != n_ep:  # pragma: no cover (only if an unvalidated table is passed)
+            raise InputError(
+                "the 'turns' column does not hold one JSON list per episode", path=source
+            )
 
         # The turn columns, built column-wise over the part's turns (tens of thousands) with
         # comprehensions; token offsets follow the declared ``n_tokens``.

@@ -129,6 +129,10 @@ def test_writer_seals_every_part_and_the_fast_path_skips_validation(tmp_path, co
     for a, b in zip(fast, full, strict=True):
         assert_tables_equal(a, b)
     assert fast[0].entropy_lower is not None  # the bounded turn made it through
+    # The call-identity cache tells 1 / True / 1.0 and 0.0 / -0.0 apart, as ToolCall.key does.
+    eps = _varied_episodes()
+    for k, table in enumerate(fast):
+        assert_tables_equal(table, TraceTable.from_episodes(eps[3 * k : 3 * k + 3]))
     assert analyze_paths(store) == analyze_paths(store, validation="full")
 
 

@@ -152,3 +152,44 @@ def test_loop_config_validation():
         LoopConfig(repeats=1)
     with pytest.raises(ValueError, match="ngram_rate"):
         LoopConfig(ngram_rate=0.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 5), min_size=1, max_size=300),
+    st.lists(st.integers(1, 40), min_size=1, max_size=20),
+    st.integers(1, 4),
+)
+def test_hashed_ngram_bound_never_undercuts_the_exact_rate(ids, lengths, n):
+    """The 32-bit hashed bound that spares find_loops most exact sorts is an upper bound with the
+    same undefined (NaN) segments."""
+    from agentropy.analysis.loops import _ngram_rate_bounds
+
+    ids_a = np.asarray(ids, np.int64)
+    ends = np.minimum(np.cumsum(lengths), len(ids))
+    starts = np.concatenate([[0], ends[:-1]])
+    exact = ngram_repetition_rates(ids_a, starts, ends, n)
+    bound = _ngram_rate_bounds(ids_a, starts, ends, n)
+    assert bound is not None
+    assert np.array_equal(np.isnan(exact), np.isnan(bound))
+    defined = ~np.isnan(exact)
+    assert (bound[defined] >= exact[defined]).all()
+
+
+def test_find_loops_reports_the_same_loops_with_and_without_the_hashed_bound(monkeypatch):
+    rng = np.random.default_rng(0)
+    turns = []
+    for k in range(60):
+        n = int(rng.integers(3, 80))
+        ids = rng.integers(0, 50_000, n)
+        if k % 4 == 0:  # repeating turns, some above and some below the rate threshold
+            ids = np.tile(ids[: int(rng.integers(2, 12))], n)[:n]
+        turns.append(Turn(role="assistant", entropy=np.ones(n), token_ids=ids))
+        turns.append(Turn(role="tool", call=ToolCall("t", {"k": k % 3}), status="ok"))
+    table = TraceTable.from_episodes([Episode(episode_id="e", turns=turns)])
+    fast = loops_mod.find_loops(table)
+    monkeypatch.setattr(loops_mod, "_ngram_rate_bounds", lambda *a, **k: None)
+    exact = loops_mod.find_loops(table)
+    assert (fast.type == 1).sum() > 3
+    for name in ("ep", "turn_index", "type", "value"):
+        assert np.array_equal(getattr(fast, name), getattr(exact, name)), name

@@ -308,7 +308,13 @@ def test_report_reads_each_trace_file_once(tmp_path: Path, monkeypatch) -> None:
     write_parquet(eps[:12], tmp_path / "a.parquet")
     write_jsonl(eps[12:], tmp_path / "b.jsonl")
     opened: list[str] = []
-    for name in ("iter_parts", "iter_episodes_counted", "iter_episodes", "read_traces"):
+    for name in (
+        "iter_parts",
+        "iter_part_tables",
+        "iter_episodes_counted",
+        "iter_episodes",
+        "read_traces",
+    ):
         real = getattr(trace_mod, name)
 
         def counting(path, *args, _real=real, **kw):  # type: ignore[no-untyped-def]

@@ -129,6 +129,59 @@ def ngram_repetition_rates(
     return rates
 
 
+#: Multipliers of the n-gram hash in :func:`_ngram_rate_bounds` (odd 64-bit constants, so that
+#: multiplication wraps around as a bijection and mixes every input bit into the high bits).
+_HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
+_HASH_STEP = np.uint64(0xBF58476D1CE4E5B9)
+#: Fewest hash bits left beside the segment number in a 32-bit key; fewer means an exact pass.
+_MIN_HASH_BITS = 12
+
+
+def _ngram_rate_bounds(
+    token_ids: np.ndarray, starts: np.ndarray, ends: np.ndarray, n: int
+) -> np.ndarray | None:
+    """Upper bounds (J,) of :func:`ngram_repetition_rates` (NaN where a segment has no n-gram),
+    or None when there are too many segments to bound this way.
+
+    Why: the exact rates sort one 64-bit key per n-gram, and numpy sorts 32-bit keys several
+    times faster (SIMD); loops are rare, so a cheap bound that clears almost every turn leaves the
+    exact sort to a handful. Each n-gram becomes ``segment << b | hash(n-gram) >> (64 - b)`` in
+    32 bits. Equal n-grams of a segment get equal keys, so a group of ``k`` equal keys holds at
+    least the true repetitions among its n-grams and at most ``k - 1``: hash collisions can only
+    raise the count, so the result is never below the exact rate.
+    """
+    ids = np.asarray(token_ids, np.int64).view(np.uint64)
+    starts = np.asarray(starts, np.int64)
+    ends = np.asarray(ends, np.int64)
+    n_seg = starts.shape[0]
+    seg_bits = max(int(n_seg - 1).bit_length(), 1)
+    hash_bits = 32 - seg_bits
+    if hash_bits < _MIN_HASH_BITS:
+        return None
+    n_grams = np.maximum(ends - starts - n + 1, 0)
+    bounds = np.full(n_seg, np.nan)
+    total = int(n_grams.sum())
+    if total == 0:
+        return bounds
+    seg = np.repeat(np.arange(n_seg, dtype=np.uint32), n_grams)
+    first = np.cumsum(n_grams) - n_grams
+    gpos = np.arange(total) + np.repeat(starts - first, n_grams)  # start of every n-gram
+    # Hash the n-gram starting at every token position with contiguous slices (no gathers),
+    # then keep the positions where a segment's n-gram starts.
+    m = ids.shape[0] - n + 1
+    h = ids[:m] * _HASH_MULT
+    for j in range(1, n):
+        h = (h ^ ids[j : j + m]) * _HASH_STEP
+    top = (h >> np.uint64(64 - hash_bits)).astype(np.uint32)[gpos]
+    key = (seg << np.uint32(hash_bits)) | top
+    key.sort()
+    dup = key[1:] == key[:-1]
+    dup_per_seg = np.bincount(key[1:][dup] >> np.uint32(hash_bits), minlength=n_seg)
+    has = n_grams > 0
+    bounds[has] = dup_per_seg[has] / n_grams[has]
+    return bounds
+
+
 @dataclass(frozen=True, slots=True)
 class LoopTable:
     """Loops of a :class:`TraceTable`; shapes (L,)."""
@@ -164,9 +217,12 @@ def find_loops(table: TraceTable, config: LoopConfig = LoopConfig()) -> LoopTabl
 
     # n-gram repetition on assistant turns that carry token ids.
     arows = np.flatnonzero(~table.turn_is_tool & table.turn_has_ids)
-    rates = ngram_repetition_rates(
-        table.token_ids, table.turn_start[arows], table.turn_end[arows], config.ngram
-    )
+    starts, ends = table.turn_start[arows], table.turn_end[arows]
+    bound = _ngram_rate_bounds(table.token_ids, starts, ends, config.ngram)
+    if bound is not None:  # exact rates only where the bound says a loop is possible
+        arows = arows[np.where(np.isnan(bound), False, bound >= config.ngram_rate)]
+        starts, ends = table.turn_start[arows], table.turn_end[arows]
+    rates = ngram_repetition_rates(table.token_ids, starts, ends, config.ngram)
     hit = np.where(np.isnan(rates), False, rates >= config.ngram_rate)
     ng = arows[hit]
     ep_all = np.concatenate([rc_ep, table.turn_ep[ng]])

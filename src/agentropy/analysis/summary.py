@@ -81,7 +81,7 @@ from agentropy.analysis.training import (
     fit_exp_reward,
     step_series,
 )
-from agentropy.trace import PHASE_CODE, Episode, NanPolicy, TraceTable
+from agentropy.trace import PHASE_CODE, Episode, NanPolicy, TraceTable, Validation
 
 __all__ = [
     "FLOOR_WARN_SHARE",
@@ -140,6 +140,10 @@ class AnalyzeConfig:
 
     def __post_init__(self) -> None:
         check_bootstrap(self.confidence, self.n_boot)
+
+
+#: Summary keys holding event records, already JSON-ready when built.
+_RECORD_KEYS = frozenset({"eruptions", "frozen", "loops"})
 
 
 def _json_safe(obj: Any) -> Any:
@@ -445,7 +449,10 @@ class Analyzer:
             "n_boot": cfg.n_boot,
             "seed": cfg.seed,
         }
-        return _json_safe(out)
+        # The event records are built from plain Python values, finite or None
+        # (eruption_records, frozen_records, loop_records): walking thousands of them again
+        # would cost more than the rest of the summary.
+        return {k: v if k in _RECORD_KEYS else _json_safe(v) for k, v in out.items()}
 
     def _training(self) -> dict[str, Any]:
         step = self._cat("step").astype(np.float64)
@@ -506,22 +513,23 @@ def iter_tables(
     *,
     nan_policy: NanPolicy = "raise",
     episodes_per_part: int = 256,
+    validation: Validation = "seal",
 ) -> Iterator[TraceTable]:
     """Stream :class:`TraceTable` parts from trace stores (directories) and JSONL files.
 
-    A store is read part by part through :func:`agentropy.trace.iter_parts` (no per-token Python
-    objects); a JSONL file is read episode by episode and grouped into parts of
-    ``episodes_per_part``. Memory stays bounded by one part.
+    A store is read part by part through :func:`agentropy.trace.iter_part_tables` (no per-token
+    Python objects; ``validation`` says whether parts sealed by the writer skip re-validation);
+    a JSONL file is read episode by episode and grouped into parts of ``episodes_per_part``.
+    Memory stays bounded by two parts (one read ahead).
     """
-    from agentropy.trace import iter_episodes_counted, iter_parts
+    from agentropy.trace import iter_episodes_counted, iter_part_tables
 
     if isinstance(paths, str | Path):
         paths = [paths]
     for path in paths:
         p = Path(path)
         if p.is_dir():
-            for ep_table, tok_table in iter_parts(p, nan_policy=nan_policy):
-                yield TraceTable.from_arrow(ep_table, tok_table, source=str(p))
+            yield from iter_part_tables(p, nan_policy=nan_policy, validation=validation)
             continue
         chunk: list[Episode] = []
         dropped = 0
@@ -544,10 +552,15 @@ def analyze_paths(
     config: AnalyzeConfig = AnalyzeConfig(),
     *,
     nan_policy: NanPolicy = "raise",
+    validation: Validation = "seal",
 ) -> dict[str, Any]:
-    """Summary of trace files and stores, streamed part by part (module docstring: keys)."""
+    """Summary of trace files and stores, streamed part by part (module docstring: keys).
+
+    ``validation``: see :func:`agentropy.trace.iter_part_tables` (``"full"`` re-validates
+    every part of a store; the result is the same either way for a store the writer sealed).
+    """
     analyzer = Analyzer(config)
-    for table in iter_tables(paths, nan_policy=nan_policy):
+    for table in iter_tables(paths, nan_policy=nan_policy, validation=validation):
         analyzer.add_table(table)
     return analyzer.summary()
 

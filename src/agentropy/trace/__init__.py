@@ -11,7 +11,8 @@ Its rooms, each owning one job:
 - :mod:`~agentropy.trace.jsonl`: JSONL/JSON interchange, the public import/export format;
 - :mod:`~agentropy.trace.parquet` (layout, :class:`TraceWriter`) and
   :mod:`~agentropy.trace.parquet_read` (validated readers and streaming iterators): the crash-safe
-  Parquet store for large runs;
+  Parquet store for large runs, whose parts carry a :mod:`~agentropy.trace.seal` that lets the
+  analyzer skip re-validating parts the writer wrote;
 - :mod:`~agentropy.trace.table`: :class:`TraceTable`, the columnar view the analyzer works on.
 
 Every reader raises :class:`agentropy.errors.InputError` naming the file, the line (JSONL) or row
@@ -44,8 +45,11 @@ from agentropy.trace.model import (
 )
 from agentropy.trace.parquet import DEFAULT_EPISODES_PER_PART, TraceWriter, write_parquet
 from agentropy.trace.parquet_read import (
+    VALIDATIONS,
+    Validation,
     iter_episodes,
     iter_episodes_counted,
+    iter_part_tables,
     iter_parts,
     iter_token_batches,
     read_parquet,
@@ -67,6 +71,7 @@ __all__ = [
     "TOKEN_ARRAY_FIELDS",
     "TOKEN_FLOAT_FIELDS",
     "TOOL_STATUSES",
+    "VALIDATIONS",
     "Episode",
     "Episodes",
     "NanPolicy",
@@ -77,12 +82,14 @@ __all__ = [
     "TraceTable",
     "TraceWriter",
     "Turn",
+    "Validation",
     "canonical_arguments",
     "entropy_bounds_of",
     "episode_from_dict",
     "episode_to_dict",
     "iter_episodes",
     "iter_episodes_counted",
+    "iter_part_tables",
     "iter_parts",
     "iter_token_batches",
     "read_jsonl",

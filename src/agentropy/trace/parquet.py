@@ -27,6 +27,9 @@ part (this is how long runs resume) and episode ids already in the store are ref
 (``overwrite=True`` starts afresh). One writer per store: a ``.writer.lock`` file is ``flock``-ed
 while a writer is open (the lock dies with its process, so a killed run can always resume).
 Writers store what they are given (non-finite values included) and validate structure only.
+Each episodes file carries the part's seal in its schema metadata (:mod:`agentropy.trace.seal`:
+checksums of both files), which lets the analyzer skip re-validating parts nobody has touched
+since; stores without seals (older writers) read exactly as before.
 Readers (:mod:`agentropy.trace.parquet_read`) see only complete parts and ignore leftovers of a
 killed writer. pyarrow is imported inside the functions, so ``import agentropy.trace`` stays light.
 """
@@ -48,13 +51,15 @@ from agentropy.trace.jsonl import _dumps
 from agentropy.trace.model import (
     _ARRAY_DTYPE,
     TOKEN_ARRAY_FIELDS,
+    TOKEN_FLOAT_FIELDS,
     Episode,
     _assistant_extras,
     _cat,
     _episode_header,
     _tool_turn_dict,
 )
-from agentropy.trace.validate import _episode_arrays
+from agentropy.trace.seal import SEAL_KEY, make_seal
+from agentropy.trace.validate import _episode_arrays, _nesting_error
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -125,10 +130,17 @@ _TOKEN_COLUMN = {
 class _PendingEpisode:
     """An episode converted for Parquet at ``write`` time (later caller mutations do not leak)."""
 
-    __slots__ = ("n_tokens", "row", "token_cols")
+    __slots__ = ("n_tokens", "row", "sealable", "token_cols")
 
     def __init__(self, episode: Episode) -> None:
         all_arrays = _episode_arrays(episode)
+        # The one rule the readers apply that ``_episode_arrays`` does not: nesting depth of turn
+        # meta and tool arguments. An episode breaking it is stored as given but left unsealed,
+        # so that readers validate its part and report it.
+        self.sealable = not any(
+            _nesting_error(t.meta) or (t.call is not None and _nesting_error(t.call.arguments))
+            for t in episode.turns
+        )
         row = _episode_header(episode)
         turns_json = []
         turn_idx: list[np.ndarray] = []
@@ -161,18 +173,24 @@ class _PendingEpisode:
         self.token_cols = token_cols
 
 
-def _fsync_write_table(table: pa.Table, final: Path) -> None:
-    """Write ``table`` to a temporary name in the same directory, fsync, then rename atomically."""
+def _parquet_bytes(table: pa.Table) -> pa.Buffer:
+    """``table`` as the bytes of a zstd-compressed Parquet file (kept in memory to be sealed)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def _fsync_write(data: pa.Buffer, final: Path) -> None:
+    """Write ``data`` to a temporary name in the same directory, fsync, then rename atomically."""
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     try:
-        pq.write_table(table, tmp, compression="zstd")
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with open(tmp, "wb") as fh:
+            fh.write(memoryview(data))
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, final)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -337,9 +355,12 @@ class TraceWriter:
                 _cat([p.token_cols["token_index"] for p in buf], np.int32), pa.int32()
             ),
         }
+        nonfinite = np.zeros(int(counts.sum()), dtype=bool)
         for name in TOKEN_ARRAY_FIELDS:
             values = _cat([p.token_cols[name][0] for p in buf], _ARRAY_DTYPE[name])
             mask = _cat([p.token_cols[name][1] for p in buf], np.bool_)
+            if name in TOKEN_FLOAT_FIELDS:
+                nonfinite |= ~mask & ~np.isfinite(values)
             column = _TOKEN_COLUMN[name]
             typ = tokens_schema.field(column).type
             cols[column] = pa.array(values, type=typ, mask=mask if mask.any() else None)
@@ -347,10 +368,16 @@ class TraceWriter:
         rows = {f.name: [p.row.get(f.name) for p in buf] for f in episodes_schema}
         rows["fault_kinds"] = [p.row.get("fault_kinds", []) for p in buf]
         episodes = pa.table(rows, schema=episodes_schema)
+        tokens_file = _parquet_bytes(tokens)
+        if all(p.sealable for p in buf):
+            seal = make_seal(tokens_file, episodes, int(nonfinite.sum()))
+            episodes = episodes.replace_schema_metadata(
+                {**(episodes.schema.metadata or {}), SEAL_KEY: seal}
+            )
         name = f"part-{self._next_part:05d}.parquet"
         # Tokens first, episodes last: a part only counts once its episodes file exists.
-        _fsync_write_table(tokens, self.path / "tokens" / name)
-        _fsync_write_table(episodes, self.path / "episodes" / name)
+        _fsync_write(tokens_file, self.path / "tokens" / name)
+        _fsync_write(_parquet_bytes(episodes), self.path / "episodes" / name)
         self._next_part += 1
         self.n_written += len(buf)
         self.n_parts_written += 1

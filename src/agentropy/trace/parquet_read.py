@@ -8,8 +8,10 @@ field (the turn-level rules are :mod:`agentropy.trace.validate`'s).
 
 Entry points: :func:`read_parquet` / :func:`read_traces` load everything; :func:`iter_episodes`
 (and :func:`iter_episodes_counted`) stream episodes one part at a time (a JSONL file streams line
-by line); :func:`iter_parts` streams the raw ``(episodes_table, tokens_table)`` pairs for columnar
-analysis (:meth:`agentropy.trace.TraceTable.from_arrow`).
+by line); :func:`iter_parts` streams the raw ``(episodes_table, tokens_table)`` pairs;
+:func:`iter_part_tables` streams :class:`~agentropy.trace.TraceTable` parts for the analyzer,
+skipping re-validation of parts whose seal (:mod:`agentropy.trace.seal`) shows them untouched
+since the writer validated them, and reading the next part in a background thread.
 
 Non-finite values: a token whose entropy, logprob, sampling entropy or temperature is NaN or
 infinite is rejected by default (``nan_policy="raise"``); ``nan_policy="drop"`` removes such tokens
@@ -24,7 +26,7 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -42,6 +44,7 @@ from agentropy.trace.model import (
     _tname,
 )
 from agentropy.trace.parquet import _TOKEN_COLUMN, _list_parts, _schemas
+from agentropy.trace.table import TraceTable
 from agentropy.trace.validate import (
     _NAN_HINT,
     _TOKEN_ID_RANGE,
@@ -61,9 +64,17 @@ from agentropy.trace.validate import (
 if TYPE_CHECKING:
     import pyarrow as pa
 
+#: How a reader treats a store's parts: ``seal`` trusts parts whose seal matches their files,
+#: ``full`` re-validates every part (:func:`iter_part_tables`).
+Validation = Literal["seal", "full"]
+VALIDATIONS: tuple[str, ...] = ("seal", "full")
+#: Token columns :meth:`TraceTable.from_arrow` reads from a part none of whose rows was dropped.
+ANALYSIS_COLUMNS = ("entropy", "token_id", "phase")
+
 __all__ = [
     "iter_episodes",
     "iter_episodes_counted",
+    "iter_part_tables",
     "iter_parts",
     "iter_token_batches",
     "read_parquet",
@@ -360,6 +371,93 @@ def iter_parts(
 
             tok_table = tok_table.filter(pa.array(~bad))
         yield ep_table, tok_table
+
+
+def _sealed_part(ep_file: Path, tok_file: Path) -> tuple[pa.Table, pa.Table] | None:
+    """One part read without re-validation, when its seal holds (:mod:`agentropy.trace.seal`).
+
+    Returns the episodes table and the tokens table projected to :data:`ANALYSIS_COLUMNS`, or
+    None when the part must be validated instead: no seal, a seal that does not match the files
+    (an edit), or non-finite values (``nan_policy`` applies). The episodes file's columns are
+    still type-checked (:func:`_read_table`), since the digest is over decoded values.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from agentropy.trace.seal import read_seal, seal_holds
+
+    ep_table = _read_table(ep_file, _schemas()[1])
+    seal = read_seal(ep_table)
+    if seal is None:
+        return None
+    try:
+        data = tok_file.read_bytes()
+    except OSError:
+        return None  # the validating path reports it
+    if not seal_holds(seal, data, ep_table):
+        return None
+    try:
+        tokens = pq.read_table(pa.BufferReader(data), columns=list(ANALYSIS_COLUMNS))
+    except (OSError, pa.ArrowException):  # pragma: no cover (the bytes are the writer's)
+        return None
+    return ep_table, tokens
+
+
+def iter_part_tables(
+    path: str | Path,
+    *,
+    nan_policy: NanPolicy = "raise",
+    validation: Validation = "seal",
+) -> Iterator[TraceTable]:
+    """Stream a trace store as one :class:`~agentropy.trace.TraceTable` per complete part.
+
+    ``validation="seal"`` (the default): a part whose seal (:mod:`agentropy.trace.seal`) matches
+    its files is not re-validated and only the token columns the table needs are decoded; every
+    other part (no seal, edited, non-finite values) is validated as by :func:`iter_parts`, so bad
+    input raises the same :class:`~agentropy.errors.InputError`. The next part is read in a
+    background thread while the caller works on the current one (pyarrow and the checksum
+    release the GIL), so memory is bounded by two parts. ``validation="full"`` validates every
+    part and reads one part at a time: the reference path, for comparisons and for stores whose
+    files you do not trust to be what the writer wrote.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    _check_nan_policy(nan_policy)
+    if validation not in VALIDATIONS:
+        raise ValueError(f"validation must be one of {VALIDATIONS}, got {validation!r}")
+    source = str(path)
+    if validation == "full":
+        for ep_table, tok_table in iter_parts(path, nan_policy=nan_policy):
+            yield TraceTable.from_arrow(ep_table, tok_table, source=source)
+        return
+
+    def load(ep_file: Path, tok_file: Path) -> tuple[list[str], TraceTable]:
+        sealed = _sealed_part(ep_file, tok_file)
+        if sealed is None:
+            ep_table, tok_table, _, bad = _decode_part(ep_file, tok_file, nan_policy, build=False)
+            if bad.any():  # only reached under nan_policy="drop"
+                import pyarrow as pa
+
+                tok_table = tok_table.filter(pa.array(~bad))
+        else:
+            ep_table, tok_table = sealed
+        table = TraceTable.from_arrow(ep_table, tok_table, source=source)
+        return table.episode_id, table
+
+    parts = _store_parts(path)
+    seen: dict[str, Path] = {}
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentropy-read")
+    try:
+        ahead = pool.submit(load, *parts[0][1:])
+        for k, (_, ep_file, _) in enumerate(parts):
+            current = ahead
+            if k + 1 < len(parts):
+                ahead = pool.submit(load, *parts[k + 1][1:])
+            ids, table = current.result()
+            _check_unique(ids, seen, ep_file)
+            yield table
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def iter_token_batches(path: str | Path, *, nan_policy: NanPolicy = "raise") -> Iterator[pa.Table]:

@@ -12,6 +12,7 @@ tables, with no per-token Python objects). Tool statuses are coded by
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from agentropy.errors import InputError
 from agentropy.trace.model import (
+    BOUNDS_META_KEY,
     STATUS_CODES,
     Episode,
     NanPolicy,
@@ -33,8 +35,44 @@ __all__ = [
 ]
 
 
+#: Argument value types whose Python equality matches their canonical JSON (floats are not:
+#: ``-0.0 == 0.0``; ``1 == 1.0 == True`` is told apart by keeping the type in the cache key).
+_CACHEABLE_ARG = frozenset({str, int, bool, type(None)})
+
+
+class _CallCodes:
+    """Integer identity codes of tool calls: equal codes = same name and canonical arguments
+    (:attr:`ToolCall.key`); ``names`` lists the keys in code order."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, int] = {}
+        # (name, (argument name, type, value), ...) -> code, for calls whose arguments are flat
+        # scalars: spares a canonical JSON dump per call (most calls of a part repeat).
+        self._by_sig: dict[tuple[Any, ...], int] = {}
+
+    def of_key(self, key: str) -> int:
+        """Code of a call identity string."""
+        return self.names.setdefault(key, len(self.names))
+
+    def of_call(self, name: str, arguments: Mapping[str, Any]) -> int:
+        """Code of a call given as ``name`` and validated ``arguments``."""
+        sig: tuple[Any, ...] | None = (name,)
+        for k, v in arguments.items():
+            if v.__class__ not in _CACHEABLE_ARG:
+                sig = None
+                break
+            sig += ((k, v.__class__, v),)  # type: ignore[operator]
+        code = None if sig is None else self._by_sig.get(sig)
+        if code is None:
+            code = self.of_key(ToolCall(name, dict(arguments)).key)
+            if sig is not None:
+                self._by_sig[sig] = code
+        return code
+
+
 class _TurnColumns:
-    """The per-turn columns of a :class:`TraceTable`, appended turn by turn by its builders."""
+    """The per-turn columns of a :class:`TraceTable`, appended turn by turn by
+    :meth:`TraceTable.from_episodes` (:meth:`TraceTable.from_arrow` builds them column-wise)."""
 
     def __init__(self) -> None:
         self.ep: list[int] = []
@@ -48,7 +86,7 @@ class _TurnColumns:
         self.name: list[str | None] = []
         self.arguments: list[Any] = []
         self.content: list[str | None] = []
-        self.key_codes: dict[str, int] = {}
+        self.calls = _CallCodes()
 
     def add_assistant(self, e: int, i: int, start: int, n: int, has_ids: bool) -> None:
         """Turn ``i`` of episode ``e``: an assistant turn owning tokens ``[start, start + n)``."""
@@ -67,7 +105,7 @@ class _TurnColumns:
     ) -> None:
         """Turn ``i`` of episode ``e``: a tool turn at token position ``pos`` (``call_key``:
         name + canonical arguments, None for an unparseable call)."""
-        key = -1 if call_key is None else self.key_codes.setdefault(call_key, len(self.key_codes))
+        key = -1 if call_key is None else self.calls.of_key(call_key)
         code = STATUS_CODES.get(status or "", -1)
         self._add(e, i, True, pos, pos, False, code, key, name, arguments, content)
 
@@ -111,7 +149,7 @@ class _TurnColumns:
             "tool_name": self.name,
             "tool_arguments": self.arguments,
             "tool_content": self.content,
-            "key_names": list(self.key_codes),
+            "key_names": list(self.calls.names),
         }
 
 
@@ -338,76 +376,108 @@ class TraceTable:
         success = np.array([-1 if v is None else int(v) for v in cols["success"]], np.int8)
         questions: list[str | None] = []
         for m in cols["meta"]:
-            meta = json.loads(m) if m else {}
+            meta = json.loads(m) if m and m != "{}" else {}
             q = meta.get("question") if isinstance(meta, dict) else None
             questions.append(q if isinstance(q, str) else None)
-        turns = [json.loads(t) for t in episodes.column("turns").to_pylist()]
+        # One JSON document for the whole part: one decoder call instead of one per episode
+        # (each string is one validated JSON list, so the joined text holds exactly n_ep).
+        turns = json.loads("[" + ",".join(episodes.column("turns").to_pylist()) + "]")
+        if len(turns) != n_ep:  # pragma: no cover (only if an unvalidated table is passed)
+            raise InputError(
+                "the 'turns' column does not hold one JSON list per episode", path=source
+            )
 
-        # Declared assistant-turn runs, in token-row order.
-        run_ep, run_turn, run_len = [], [], []
-        for e, tl in enumerate(turns):
-            for i, td in enumerate(tl):
-                if td.get("role") == "assistant":
-                    run_ep.append(e)
-                    run_turn.append(i)
-                    run_len.append(int(td.get("n_tokens", 0)))
-        declared = np.asarray(run_len, np.int64)
+        # The turn columns, built column-wise over the part's turns (tens of thousands) with
+        # comprehensions; token offsets follow the declared ``n_tokens``.
+        flat = [td for tl in turns for td in tl]
+        u = len(flat)
+        n_turns = np.fromiter(map(len, turns), np.int64, n_ep)
+        turn_ep = np.repeat(np.arange(n_ep, dtype=np.int64), n_turns)
+        first_turn = np.cumsum(n_turns) - n_turns
+        turn_index = np.arange(u, dtype=np.int64) - np.repeat(first_turn, n_turns)
+        is_tool = np.fromiter((td["role"] != "assistant" for td in flat), bool, u)
+        n_tok = np.fromiter((td.get("n_tokens", 0) for td in flat), np.int64, u)
+        has_ids = np.fromiter(("token_ids" in td.get("arrays", ()) for td in flat), bool, u)
+        status = np.fromiter(
+            (STATUS_CODES.get(td.get("status") or "", -1) for td in flat), np.int8, u
+        )
+        names = [td.get("name") for td in flat]
+        contents = [td.get("content") for td in flat]
+        arguments: list[Any] = [
+            None if nm is None else (td.get("arguments") or {})
+            for nm, td in zip(names, flat, strict=True)
+        ]
+        calls = _CallCodes()
+        tool_key = np.fromiter(
+            (
+                -1 if nm is None else calls.of_call(nm, a)
+                for nm, a in zip(names, arguments, strict=True)
+            ),
+            np.int64,
+            u,
+        )
+        asst = np.flatnonzero(~is_tool)
+        declared = n_tok[asst]
         actual = declared
         n_rows = tokens.num_rows
-        if n_rows != int(declared.sum()):
+        total = int(declared.sum())
+        if n_rows != total:
+            if "episode_id" not in tokens.column_names:
+                raise InputError(
+                    f"tokens part has {n_rows} rows but the episodes' turns declare {total} "
+                    "tokens (store corrupted)",
+                    path=source,
+                )
             # Rows were dropped: count the rows each (episode, turn) run really has.
             enc = pc.dictionary_encode(tokens.column("episode_id")).combine_chunks()
             row_of = {eid: r for r, eid in enumerate(ids)}
             lut = np.array([row_of[v] for v in enc.dictionary.to_pylist()], np.int64)
             tok_ep = lut[enc.indices.to_numpy(zero_copy_only=False)]
             tok_turn = tokens.column("turn_index").to_numpy().astype(np.int64)
-            width = int(max(len(tl) for tl in turns)) + 1 if turns else 1
+            width = int(n_turns.max()) + 1 if n_ep else 1
             keys = tok_ep * width + tok_turn
             uniq, counts = np.unique(keys, return_counts=True)
-            want = np.asarray(run_ep, np.int64) * width + np.asarray(run_turn, np.int64)
+            want = turn_ep[asst] * width + turn_index[asst]
             at = np.clip(np.searchsorted(uniq, want), 0, max(len(uniq) - 1, 0))
             found = (uniq[at] == want) if len(uniq) else np.zeros(len(want), bool)
             actual = np.where(found, counts[at] if len(uniq) else 0, 0).astype(np.int64)
+            n_tok[asst] = actual
+        turn_end = np.cumsum(n_tok)
+        turn_start = turn_end - n_tok
+        ep_start = turn_start[first_turn] if n_ep else np.zeros(0, np.int64)
+        ep_end = turn_end[first_turn + n_turns - 1] if n_ep else np.zeros(0, np.int64)
+        # Assistant turns whose entropy is an estimate with bounds: (run, episode, turn, meta).
+        run_of = np.cumsum(~is_tool) - 1
+        bounded_turns = [
+            (int(run_of[j]), int(turn_ep[j]), int(turn_index[j]), flat[j]["meta"])
+            for j in asst
+            if flat[j].get("meta") and flat[j]["meta"].get(BOUNDS_META_KEY) is not None
+        ]
 
-        ep_start = np.zeros(n_ep, np.int64)
-        ep_end = np.zeros(n_ep, np.int64)
-        turn_cols = _TurnColumns()
-        pos = 0
-        k = 0
-        lo_parts: list[np.ndarray] = []
-        hi_parts: list[np.ndarray] = []
-        bounded = False
-        token_index: np.ndarray | None = None
-        for e, tl in enumerate(turns):
-            ep_start[e] = pos
-            for i, td in enumerate(tl):
-                if td.get("role") == "assistant":
-                    n = int(actual[k])
-                    try:
-                        bounds = entropy_bounds_of(
-                            td.get("meta"), int(declared[k]), field=f"turns[{i}].meta"
-                        )
-                    except InputError as err:
-                        raise InputError(err.message, path=source, row=e, field=err.field) from None
-                    if bounds is not None and n != int(declared[k]):
-                        # Rows were dropped: keep the bounds of the tokens that remain.
-                        if token_index is None:
-                            token_index = np.asarray(tokens.column("token_index").to_numpy())
-                        keep = token_index[pos : pos + n]
-                        bounds = (bounds[0][keep], bounds[1][keep])
-                    k += 1
-                    bounded |= bounds is not None
-                    lo_parts.append(np.full(n, np.nan) if bounds is None else bounds[0])
-                    hi_parts.append(np.full(n, np.nan) if bounds is None else bounds[1])
-                    turn_cols.add_assistant(e, i, pos, n, "token_ids" in td.get("arrays", ()))
-                    pos += n
+        ent_lo: np.ndarray | None = None
+        ent_hi: np.ndarray | None = None
+        if bounded_turns:
+            # Turns whose entropy is an estimate with bounds: NaN (exact) everywhere else.
+            total = int(actual.sum())
+            lo, hi = np.full(total, np.nan), np.full(total, np.nan)
+            run_start = np.cumsum(actual) - actual
+            token_index: np.ndarray | None = None
+            for k, e, i, meta in bounded_turns:
+                try:
+                    bounds = entropy_bounds_of(meta, int(declared[k]), field=f"turns[{i}].meta")
+                except InputError as err:
+                    raise InputError(err.message, path=source, row=e, field=err.field) from None
+                if bounds is None:  # pragma: no cover (only turns with bounds are listed)
                     continue
-                name = td.get("name")
-                call = None if name is None else ToolCall(name, td.get("arguments", {}))
-                args = None if call is None else call.arguments
-                key = None if call is None else call.key
-                turn_cols.add_tool(e, i, pos, td.get("status"), key, name, args, td.get("content"))
-            ep_end[e] = pos
+                s0, n = int(run_start[k]), int(actual[k])
+                if n != int(declared[k]):
+                    # Rows were dropped: keep the bounds of the tokens that remain.
+                    if token_index is None:
+                        token_index = np.asarray(tokens.column("token_index").to_numpy())
+                    keep = token_index[s0 : s0 + n]
+                    bounds = (bounds[0][keep], bounds[1][keep])
+                lo[s0 : s0 + n], hi[s0 : s0 + n] = bounds
+            ent_lo, ent_hi = lo, hi
 
         def column(name: str, fill: Any, dtype: Any) -> np.ndarray:
             col = tokens.column(name)
@@ -430,7 +500,18 @@ class TraceTable:
             token_ids=column("token_id", -1, np.int64),
             phase=column("phase", -1, np.int8),
             n_dropped=int(declared.sum()) - n_rows,
-            entropy_lower=_cat(lo_parts, np.float64) if bounded else None,
-            entropy_upper=_cat(hi_parts, np.float64) if bounded else None,
-            **turn_cols.fields(),
+            entropy_lower=ent_lo,
+            entropy_upper=ent_hi,
+            turn_ep=turn_ep,
+            turn_index=turn_index,
+            turn_is_tool=is_tool,
+            turn_start=turn_start,
+            turn_end=turn_end,
+            turn_has_ids=has_ids,
+            tool_status=status,
+            tool_key=tool_key,
+            tool_name=names,
+            tool_arguments=arguments,
+            tool_content=contents,
+            key_names=list(calls.names),
         )

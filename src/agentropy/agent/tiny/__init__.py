@@ -18,7 +18,7 @@ them.
 
 from __future__ import annotations
 
-from agentropy.agent.tiny.corpus import copy_drill
+from agentropy.agent.tiny.corpus import arith_drill, copy_drill
 from agentropy.agent.tiny.sft import (
     FitResult,
     TinyRecipe,
@@ -68,6 +68,7 @@ __all__ = [
     "assistant_labels",
     "bootstrap",
     "build_model",
+    "arith_drill",
     "build_tokenizer",
     "copy_drill",
     "default_agent_path",

@@ -350,6 +350,42 @@ def test_copy_drills_are_answerable_by_copying(tok) -> None:
     assert kinds == {"answer", "call", "echo"}
 
 
+def test_arith_drills_are_correct_and_follow_toolworld(tok) -> None:
+    """L0 facts are right and never negative; calc expressions take the operator the question
+    names and the values in the question's order (the reply is what the calc call would hold)."""
+    from agentropy.env.toolworld import calc_value
+
+    words = {"plus": "+", "minus": "-", "times": "*"}
+    kinds = set()
+    for seed in range(300):
+        messages = tiny.arith_drill(random.Random(seed), max_operand=9)
+        assert messages == tiny.arith_drill(random.Random(seed), max_operand=9)
+        prompt, reply = messages[0]["content"], messages[-1]["content"]
+        if "=" in reply:
+            kinds.add("facts")
+            facts = re.findall(r"(\d+) ([+-]) (\d+) = (-?\d+)\.", reply)
+            assert len(facts) == prompt.count("?") >= 1
+            for a, op, b, value in facts:
+                assert f"What is {a} {op} {b}?" in prompt
+                assert 0 <= int(a) <= 9 and 0 <= int(b) <= 9
+                assert int(value) == calc_value(f"{a} {op} {b}") >= 0
+        else:
+            kinds.add("expression")
+            question, *lines = prompt.split("\n")
+            values = dict(re.findall(r"The \w+ of (\w+) is (\d+)\.", "\n".join(lines)))
+            m = re.fullmatch(r"What is the \w+ of (\w+) (plus|minus|times) (.+)\?", question)
+            assert m, question
+            first, word, rest = m.groups()
+            second = re.fullmatch(r"the \w+ of (\w+)", rest)
+            right = values[second.group(1)] if second else rest
+            assert reply == f"{values[first]} {words[word]} {right}"
+            assert calc_value(reply) >= 0
+        ids, labels = tiny.assistant_labels(tok, messages)
+        trained = [i for i, label in zip(ids, labels, strict=True) if label != -100]
+        assert tok.decode(trained).startswith(reply)
+    assert kinds == {"facts", "expression"}
+
+
 def test_lr_schedule_warms_up_holds_through_drills_and_decays_over_transcripts() -> None:
     recipe = tiny.TinyRecipe(steps=50, drill_steps=30, drill_batch_size=4, warmup_steps=10)
     assert recipe.total_steps == 80

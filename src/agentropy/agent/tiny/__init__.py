@@ -18,7 +18,7 @@ them.
 
 from __future__ import annotations
 
-from agentropy.agent.tiny.corpus import copy_drill
+from agentropy.agent.tiny.corpus import arith_drill, copy_drill
 from agentropy.agent.tiny.sft import (
     FitResult,
     TinyRecipe,
@@ -65,6 +65,7 @@ __all__ = [
     "TinyRecipe",
     "agent_path",
     "agentropy_home",
+    "arith_drill",
     "assistant_labels",
     "bootstrap",
     "build_model",

@@ -18,7 +18,7 @@ from typing import Any
 
 from agentropy.env.format import ANSWER_CLOSE, ANSWER_OPEN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
-__all__ = ["copy_drill"]
+__all__ = ["arith_drill", "copy_drill"]
 
 
 def _world(world_seed: int) -> Any:
@@ -170,4 +170,67 @@ def copy_drill(rng: random.Random) -> list[dict[str, Any]]:
     return [
         {"role": "tool", "content": json.dumps({"value": int(value), "unit": unit})},
         {"role": "assistant", "content": f"I have the answer.\n{ANSWER_OPEN}{value}{ANSWER_CLOSE}"},
+    ]
+
+
+_OP_WORDS = {"plus": "+", "minus": "-", "times": "*"}
+
+
+def arith_drill(rng: random.Random, *, max_operand: int = 9) -> list[dict[str, Any]]:
+    """One synthetic arithmetic exercise as chat messages (a user turn, then the reply).
+
+    Two skills the transcripts teach with too few tokens for a small model to learn them: in a
+    transcript batch of ~5,000 assistant tokens an L0 sum is one token and a calc operator
+    one more, so the greedy 3 x 128 agent answered most L0 questions with ``10`` and wrote
+    ``+`` for ``times`` or ``minus``. Mixed into every transcript step with their own mean loss
+    (see :attr:`~agentropy.agent.tiny.sft.TinyRecipe.arith_mix`), each of those tokens weighs
+    about as much as a whole transcript. Two kinds, at random:
+
+    - ``facts``: one to four L0 questions (``What is 7 + 9?``, operands ``0..max_operand``,
+      differences never negative, as ToolWorld asks them), answered ``7 + 9 = 16.``: the
+      operands are copies, the result is the memorised fact;
+    - ``expression``: an L2- or L3-style question (``What is the age of Kalo times 4?``,
+      ``... minus the age of Miru?``) with the looked-up values as ``The age of Kalo is 67.``
+      lines (in random order, sometimes with a distractor), answered with the calc expression
+      (``67 * 4``, ``67 - 21``): pick the operator named in the question, take the values in
+      the question's order.
+    """
+    if rng.random() < 0.5:
+        questions, answers = [], []
+        for _ in range(rng.randint(1, 4)):
+            a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
+            if rng.random() < 0.5:
+                a, b = max(a, b), min(a, b)
+                op, value = "-", a - b
+            else:
+                op, value = "+", a + b
+            questions.append(f"What is {a} {op} {b}?")
+            answers.append(f"{a} {op} {b} = {value}.")
+        return [
+            {"role": "user", "content": " ".join(questions)},
+            {"role": "assistant", "content": " ".join(answers)},
+        ]
+    attr = rng.choice(("age", "weight", "height", "distance"))
+    name_a, name_b = _drill_name(rng), _drill_name(rng)
+    while name_b == name_a:
+        name_b = _drill_name(rng)
+    va, vb = rng.randint(2, 99), rng.randint(2, 99)
+    if rng.random() < 0.5:
+        word = rng.choice(("plus", "times"))
+        k = rng.randint(2, max_operand)
+        question = f"What is the {attr} of {name_a} {word} {k}?"
+        facts = [(name_a, va), (name_b, vb)] if rng.random() < 0.3 else [(name_a, va)]
+        expression = f"{va} {_OP_WORDS[word]} {k}"
+    else:
+        word = rng.choice(("plus", "minus"))
+        if word == "minus" and va < vb:
+            va, vb = vb, va
+        question = f"What is the {attr} of {name_a} {word} the {attr} of {name_b}?"
+        facts = [(name_a, va), (name_b, vb)]
+        expression = f"{va} {_OP_WORDS[word]} {vb}"
+    rng.shuffle(facts)
+    lines = "\n".join(f"The {attr} of {e} is {v}." for e, v in facts)
+    return [
+        {"role": "user", "content": f"{question}\n{lines}"},
+        {"role": "assistant", "content": expression},
     ]

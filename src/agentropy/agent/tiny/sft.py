@@ -34,6 +34,7 @@ from agentropy.agent.tiny.corpus import (
     _expert_conversations,
     _rename_entities,
     _world,
+    arith_drill,
     copy_drill,
 )
 from agentropy.agent.tiny.template import (
@@ -59,7 +60,7 @@ __all__ = [
 
 # Bump when the template, tokenizer construction or training procedure changes in a way that
 # makes agents cached under the same recipe hash stale.
-_FORMAT_VERSION = 4
+_FORMAT_VERSION = 5
 _DRILL_LOSS_WINDOW = 25
 """Drill steps averaged for :attr:`TinyRecipe.drill_target_loss`."""
 
@@ -139,6 +140,11 @@ class TinyRecipe:
     ``drill_weight``, so the copying learnt in the warm-up is not forgotten."""
     drill_weight: float = 1.0
     """Weight of the drill loss added to the transcript loss in mixed steps."""
+    arith_mix: int = 8
+    """Arithmetic drills (:func:`~agentropy.agent.tiny.corpus.arith_drill`: L0 sums and calc
+    operators) mixed into every transcript step (0: none), their own mean loss weighted by
+    ``drill_weight``. Without them the 3 x 128 agent answered most held-out L0 questions with
+    ``10`` (40.5 % greedy) and wrote ``+`` for ``times`` (L2) and for ``minus`` (L3)."""
 
     def __post_init__(self) -> None:
         # Accept any sequence of levels but store a tuple, so the recipe stays hashable.
@@ -185,6 +191,7 @@ class TinyRecipe:
             "drill_steps",
             "drill_batch_size",
             "drill_mix",
+            "arith_mix",
             "drill_weight",
             "drill_target_loss",
         ):
@@ -213,6 +220,7 @@ class TinyRecipe:
             drill_steps=400,
             drill_batch_size=16,
             drill_mix=4,
+            arith_mix=4,
         )
 
     @property
@@ -569,12 +577,23 @@ def fit(recipe: TinyRecipe, *, progress: bool) -> FitResult:
     drill_rng = random.Random(f"drill:{recipe.seed}")
     drill_losses: list[float] = []
 
+    arith_rng = random.Random(f"arith:{recipe.seed}")
+    max_operand = world.config.l0_max_operand
+
     def drill_loss(n: int) -> torch.Tensor:
         drills = [assistant_labels(tokenizer, copy_drill(drill_rng)) for _ in range(n)]
         logits, target = _assistant_logits(model, drills, shared_prefix_length(drills), pad_id)
         loss = torch.nn.functional.cross_entropy(logits, target)
         drill_losses.append(loss.item())
         return loss
+
+    def arith_loss(n: int) -> torch.Tensor:
+        drills = [
+            assistant_labels(tokenizer, arith_drill(arith_rng, max_operand=max_operand))
+            for _ in range(n)
+        ]
+        logits, target = _assistant_logits(model, drills, shared_prefix_length(drills), pad_id)
+        return torch.nn.functional.cross_entropy(logits, target)
 
     def update(loss: torch.Tensor, factor: float) -> None:
         for group in optimizer.param_groups:
@@ -605,6 +624,8 @@ def fit(recipe: TinyRecipe, *, progress: bool) -> FitResult:
             train_tokens += target.numel()
             if recipe.drill_mix and recipe.drill_weight:
                 loss = loss + recipe.drill_weight * drill_loss(recipe.drill_mix)
+            if recipe.arith_mix and recipe.drill_weight:
+                loss = loss + recipe.drill_weight * arith_loss(recipe.arith_mix)
             update(loss, _lr_factor(drill_steps_run + t, recipe, transcript_step=t))
     train_seconds = time.perf_counter() - start
 

@@ -131,7 +131,7 @@ def state_tensors(state: Any) -> Any:
 
 def _any(mask: np.ndarray) -> bool:
     """``mask.any()`` for a bool array, faster on small arrays."""
-    return np.count_nonzero(mask) > 0
+    return int(np.count_nonzero(mask)) > 0
 
 
 def _all(mask: np.ndarray) -> bool:

@@ -299,7 +299,7 @@ class ScheduledTemperatureProcessor(LogitsProcessor):
             for e in self._eos:
                 self._done = self._done | (last == e)
             if _any(self._done):
-                active = ~self._done
+                active = np.logical_not(self._done)
         phase = self._phases(input_ids)
         entropy = as_array(step_entropy(scores)) if self._reads_model else self._nan  # T = 1
         obs = StepObservation(
@@ -309,8 +309,9 @@ class ScheduledTemperatureProcessor(LogitsProcessor):
             active=active,
             reset=self._ones if new else self._zeros,
         )
-        if self._arrays:
-            temps, self._state = self.schedule.update_arrays(self._state, obs)
+        update_arrays = getattr(self.schedule, "update_arrays", None) if self._arrays else None
+        if update_arrays is not None:
+            temps, self._state = update_arrays(self._state, obs)
         else:
             t, self._state = self.schedule.update(
                 self._state, StepObservation(*map(torch.from_numpy, obs))

@@ -444,7 +444,7 @@ def _mean_by_step(series: list[list[float | None]]) -> list[float | None]:
     run has a value."""
     out: list[float | None] = []
     for step in range(max((len(x) for x in series), default=0)):
-        values = [x[step] for x in series if step < len(x) and x[step] is not None]
+        values = [v for x in series if step < len(x) and (v := x[step]) is not None]
         out.append(float(np.mean(values)) if values else None)
     return out
 

@@ -264,7 +264,7 @@ def _ratio_measurement(
     arms, missing = _arms(summary, "high", "low")
     if missing:
         return Measurement(missing=missing)
-    a, b = _shared(summary, *arms, key)
+    a, b = _shared(summary, arms[0], arms[1], key)
     n = int(a.size)
     if n < 2:
         return Measurement(missing=f"{n} shared tasks with {what} in both arms (need 2)")
@@ -311,7 +311,7 @@ def _phase_vs_constant(summary: Mapping[str, Any], cfg: dict) -> Measurement:
     arms, missing = _arms(summary, "high", "constant")
     if missing:
         return Measurement(missing=missing)
-    a, b = _shared(summary, *arms, "success")
+    a, b = _shared(summary, arms[0], arms[1], "success")
     d = paired_difference_ci(
         a.astype(np.int64), b.astype(np.int64),
         confidence=cfg["confidence"], n_boot=cfg["n_boot"], seed=cfg["seed"],

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import errno
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "InputError",
+    "read_toml",
 ]
 
 
@@ -71,6 +73,20 @@ def os_reason(err: OSError) -> str:
         return _OS_REASONS[err.errno]
     text = err.strerror or str(err) or type(err).__name__
     return text[:1].lower() + text[1:]
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The parsed TOML file at ``path``; a missing or malformed file is an :class:`InputError`
+    naming it (every ``--config`` reader goes through here)."""
+    import tomllib
+
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise InputError("config file not found", path=p) from None
+    except tomllib.TOMLDecodeError as err:
+        raise InputError(f"not valid TOML: {err}", path=p) from None
 
 
 class OutputError(Exception):

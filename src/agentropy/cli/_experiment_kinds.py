@@ -10,11 +10,10 @@ Every row of the pre-registered claims table names the config file that reproduc
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
-from agentropy.errors import InputError
+from agentropy.errors import InputError, read_toml
 from agentropy.pipelines import intervention
 
 __all__ = ["KINDS", "config_kind", "run_kind_config"]
@@ -27,12 +26,7 @@ CLAIMS_JSON = "claims.json"
 
 def config_kind(path: Path) -> str | None:
     """The ``kind`` of a config file (None: a plain TrainConfig file)."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError("no such file", path=path) from None
-    except tomllib.TOMLDecodeError as err:
-        raise InputError(f"not valid TOML: {err}", path=path) from None
+    data = read_toml(path)
     kind = data.get(KIND_KEY)
     if kind is not None and kind not in KINDS:
         raise InputError(f"unknown kind {kind!r}; choose from {sorted(KINDS)}", path=path)

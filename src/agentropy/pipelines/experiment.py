@@ -53,7 +53,7 @@ from typing import Any, TypedDict
 import numpy as np
 
 from agentropy.analysis.recovery import CONFIDENCE, CONSTANT_POLICY, EXPLORE_POLICY
-from agentropy.errors import InputError
+from agentropy.errors import InputError, read_toml
 from agentropy.rl.config import TrainConfig, build_config
 from agentropy.trace import PHASES
 
@@ -192,15 +192,8 @@ class ExperimentConfig:
         the shared :class:`~agentropy.rl.config.TrainConfig` is the ``[train]`` table (its nested
         ``[train.rhythm]`` / ``[train.target]``). Errors name the file
         (:class:`~agentropy.errors.InputError`); unknown keys suggest the closest one."""
-        import tomllib
-
         p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise InputError("experiment config file not found", path=p) from None
-        except tomllib.TOMLDecodeError as err:
-            raise InputError(f"not valid TOML: {err}", path=p) from None
+        data = read_toml(p)
         try:
             return build_config(cls, data)  # type: ignore[no-any-return]
         except ValueError as err:

@@ -54,13 +54,12 @@ import os
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agentropy.errors import InputError
+from agentropy.errors import InputError, read_toml
 
 __all__ = [
     "ARMS",
@@ -142,12 +141,7 @@ class InterventionConfig:
     def from_toml(cls, path: str | Path) -> InterventionConfig:
         """Read a config file whose ``kind`` is :data:`KIND`; unknown keys are an error."""
         p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise InputError("no such file", path=p) from None
-        except tomllib.TOMLDecodeError as err:
-            raise InputError(f"not valid TOML: {err}", path=p) from None
+        data = read_toml(p)
         kind = data.pop("kind", None)
         if kind != KIND:
             raise InputError(f"expected kind = {KIND!r}, got {kind!r}", path=p, field="kind")

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from agentropy.env.toolworld import LEVELS
-from agentropy.errors import InputError
+from agentropy.errors import InputError, read_toml
 from agentropy.monitor.detector import ALERT_NAMES, MonitorConfig
 from agentropy.rl.advantages import ADV_STDS, AdvStd
 from agentropy.rl.coefs import (
@@ -440,12 +440,7 @@ class TrainConfig:
 
         Errors name the file (:class:`~agentropy.errors.InputError`) or the override."""
         p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise InputError("config file not found", path=p) from None
-        except tomllib.TOMLDecodeError as err:
-            raise InputError(f"not valid TOML: {err}", path=p) from None
+        data = read_toml(p)
         try:
             config = cls.from_dict(data)
         except ValueError as err:

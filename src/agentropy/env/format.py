@@ -68,6 +68,9 @@ def render_tool_call(call: ToolCall) -> str:
     """The canonical text of a tool call (compact JSON, so a tiny model has few tokens to emit)."""
     payload = {"name": call.name, "arguments": call.arguments}
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    # A string holding the closing tag would end the call early: JSON's "\/" escape keeps it
+    # one string (no ToolWorld name or argument contains "</", so their text is unchanged).
+    body = body.replace("</", "<\\/")
     return f"{TOOL_CALL_OPEN}{body}{TOOL_CALL_CLOSE}"
 
 

@@ -386,9 +386,74 @@ def test_arith_drills_are_correct_and_follow_toolworld(tok) -> None:
     assert kinds == {"facts", "expression"}
 
 
+def test_decision_drills_are_minimal_pairs_whose_last_turn_is_the_right_move(tok) -> None:
+    """Each group asks four questions about one lookup that differ only in their tail; the
+    trained turn (the last) is the move the tail asks for: answer, convert, calc or a second
+    lookup, and it is the only labelled turn."""
+    from agentropy.agent.tiny.corpus import _world
+
+    world = _world(0)
+    tools = world.tool_schemas()
+    for seed in range(4):
+        chats = tiny.decision_drills(world, random.Random(seed), n_groups=3, rename_prob=0.8)
+        assert chats == tiny.decision_drills(
+            world, random.Random(seed), n_groups=3, rename_prob=0.8
+        )
+        assert len(chats) == 12
+        for group in (chats[i : i + 4] for i in range(0, len(chats), 4)):
+            questions = [chat[1]["content"] for chat in group]
+            tails = [re.fullmatch(r"What is the \w+ of \w+(.*)\?", q).group(1) for q in questions]
+            assert tails[0] == ""
+            assert re.fullmatch(r" in \w+", tails[1])
+            assert re.fullmatch(r" (plus|times) \d+", tails[2])
+            assert re.fullmatch(r" (plus|minus) the \w+ of \w+", tails[3])
+            moves = []
+            for chat in group:
+                roles = [m["role"] for m in chat]
+                assert roles == ["system", "user", "assistant", "tool", "assistant"]
+                assert '"value"' in chat[3]["content"]  # fault-free: the lookup answered
+                last = chat[-1]["content"]
+                moves.append(
+                    "answer" if "<answer>" in last else last.split('"name":"')[1].split('"')[0]
+                )
+            assert moves == ["answer", "convert", "calc", "lookup"]
+            for chat in group:
+                ids, labels = tiny.sft._last_turn_only(
+                    tiny.assistant_labels(tok, chat, tools=tools)
+                )
+                trained = tok.decode([i for i, lab in zip(ids, labels, strict=True) if lab != -100])
+                assert trained.startswith(chat[-1]["content"])
+                assert chat[2]["content"] not in trained
+
+
+def test_recipe_hash_ignores_polish_fields_without_a_polish() -> None:
+    """A recipe without a polish stage keeps the hash it had before the polish fields existed
+    (the shipped agent's main stage); with one, every polish field changes the hash."""
+    import dataclasses
+
+    plain = dataclasses.replace(tiny.TinyRecipe(), polish_steps=0)
+    assert dataclasses.replace(plain, polish_lr=5e-4, decision_groups=2).recipe_hash == (
+        plain.recipe_hash
+    )
+    full = tiny.TinyRecipe()
+    assert full.polish_steps > 0 and full.recipe_hash != plain.recipe_hash
+    for change in ({"polish_lr": 5e-4}, {"decision_groups": 2}, {"polish_steps": 100}):
+        assert dataclasses.replace(full, **change).recipe_hash != full.recipe_hash
+
+
+def test_polish_lr_warms_up_then_decays() -> None:
+    recipe = tiny.TinyRecipe(polish_steps=40, polish_warmup_steps=5)
+    factors = [tiny.sft._polish_lr_factor(s, recipe) for s in range(recipe.polish_steps)]
+    assert factors[0] == pytest.approx(0.2) and factors[4] == pytest.approx(1.0)
+    assert factors[5] == pytest.approx(1.0) and factors[-1] == pytest.approx(recipe.min_lr_ratio)
+    assert all(a >= b for a, b in itertools.pairwise(factors[4:]))
+    with pytest.raises(ValueError, match="polish_warmup_steps"):
+        tiny.TinyRecipe(polish_steps=5, polish_warmup_steps=5)
+
+
 def test_lr_schedule_warms_up_holds_through_drills_and_decays_over_transcripts() -> None:
     recipe = tiny.TinyRecipe(steps=50, drill_steps=30, drill_batch_size=4, warmup_steps=10)
-    assert recipe.total_steps == 80
+    assert recipe.total_steps == 80 + recipe.polish_steps
     drills = [tiny.sft._lr_factor(s, recipe) for s in range(20)]  # the warm-up stopped at 20
     assert drills[0] == pytest.approx(0.1) and drills[9:] == [1.0] * 11
     decay = [tiny.sft._lr_factor(20 + t, recipe, transcript_step=t) for t in range(recipe.steps)]

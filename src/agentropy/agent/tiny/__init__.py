@@ -18,13 +18,14 @@ them.
 
 from __future__ import annotations
 
-from agentropy.agent.tiny.corpus import arith_drill, copy_drill
+from agentropy.agent.tiny.corpus import arith_drill, copy_drill, decision_drills
 from agentropy.agent.tiny.sft import (
     FitResult,
     TinyRecipe,
     build_model,
     evaluate,
     fit,
+    polish,
     shared_prefix_length,
 )
 from agentropy.agent.tiny.store import (
@@ -71,10 +72,12 @@ __all__ = [
     "build_model",
     "build_tokenizer",
     "copy_drill",
+    "decision_drills",
     "default_agent_path",
     "evaluate",
     "fit",
     "load_agent",
+    "polish",
     "read_agent_info",
     "shared_prefix_length",
 ]

@@ -18,7 +18,7 @@ from typing import Any
 
 from agentropy.env.format import ANSWER_CLOSE, ANSWER_OPEN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
-__all__ = ["arith_drill", "copy_drill"]
+__all__ = ["arith_drill", "copy_drill", "decision_drills"]
 
 
 def _world(world_seed: int) -> Any:
@@ -234,3 +234,61 @@ def arith_drill(rng: random.Random, *, max_operand: int = 9) -> list[dict[str, A
         {"role": "user", "content": f"{question}\n{lines}"},
         {"role": "assistant", "content": expression},
     ]
+
+
+def decision_drills(
+    world: Any, rng: random.Random, *, n_groups: int, rename_prob: float
+) -> list[list[dict[str, Any]]]:
+    """Minimal-pair decision exercises: ``4 * n_groups`` expert transcripts cut after the move
+    that follows the first lookup (train-split entities, fault-free).
+
+    Each group takes one entity and attribute and asks four questions that differ only in
+    their tail, so the transcripts up to the decision have the same shape and only the tail
+    tells the moves apart: ``What is the age of Kalo?`` (answer), ``... in months?``
+    (``convert``), ``... plus 7?`` or ``times 7`` (``calc``) and ``... plus the age of Miru?``
+    (a second ``lookup``). The expert writes each transcript with the same random state, so the
+    opening plan is worded alike (renaming, per transcript, may give the four different names).
+    Train only on the last assistant turn (the decision; see
+    :func:`~agentropy.agent.tiny.sft.polish`).
+
+    Why: the arithmetic-drill agent (recipe ``85652a1f710b``) could not tell ``What is the age
+    of Lono?`` from ``... in months?`` at the decision point: sampling at T = 1 it converted on
+    35-42 % of both kinds of question (30 train-split and test-split contexts x 16 samples
+    each), and greedy decoding converted on 70 % of held-out L1 tasks, while it told ``plus``
+    and ``times`` apart (the arithmetic drills name them). Entity names are renamed with
+    probability ``rename_prob`` as in the transcripts.
+    """
+    from agentropy.env.expert import expert_messages
+    from agentropy.env.toolworld import ATTRIBUTES, Task, calc_value, convert_value
+
+    ops = {"plus": "+", "times": "*", "minus": "-"}
+    conversations: list[tuple[int, list[dict[str, Any]]]] = []
+    for _ in range(n_groups):
+        a, b = rng.sample(world.entities["train"], 2)
+        attr = rng.choice(tuple(ATTRIBUTES))
+        va, vb = world.kb[a][attr], world.kb[b][attr]
+        base, drift = ATTRIBUTES[attr]
+        word, k = rng.choice(("plus", "times")), rng.randint(2, world.config.calc_operand_max)
+        # L3 subtracts the smaller value, so "minus" needs the first value to be the larger.
+        word3 = rng.choice(("plus", "minus")) if va >= vb else "plus"
+        stem = f"What is the {attr} of {a}"
+        tasks = [
+            Task("decision-1", 1, "train", f"{stem}?", str(va), (),
+                 {"kind": "lookup", "lookups": [[a, attr]]}),
+            Task("decision-2", 2, "train", f"{stem} in {drift}?",
+                 str(convert_value(va, base, drift)), (),
+                 {"kind": "convert", "lookups": [[a, attr]], "unit": drift}),
+            Task("decision-3", 2, "train", f"{stem} {word} {k}?",
+                 str(calc_value(f"{va} {ops[word]} {k}")), (),
+                 {"kind": "calc", "lookups": [[a, attr]], "op": ops[word], "operand": k}),
+            Task("decision-4", 3, "train", f"{stem} {word3} the {attr} of {b}?",
+                 str(calc_value(f"{va} {ops[word3]} {vb}")), (),
+                 {"kind": "combine", "lookups": [[a, attr], [b, attr]], "op": ops[word3]}),
+        ]  # fmt: skip
+        state = rng.random()
+        for task in tasks:
+            messages = expert_messages(world, task, random.Random(state))
+            first_tool = next(i for i, m in enumerate(messages) if m["role"] == "tool")
+            conversations.append((task.level, messages[: first_tool + 2]))
+    renamed = _rename_entities(world, conversations, prob=rename_prob, seed=rng.randrange(1 << 30))
+    return [messages for _, messages in renamed]

@@ -75,6 +75,8 @@ def _train(recipe: TinyRecipe, out_dir: Path, *, progress: bool) -> dict[str, An
         "drill_steps_run": result.drill_steps_run,
         "losses": losses,
         "drill_losses": result.drill_losses,
+        "polish_losses": result.polish_losses,
+        "polish_seconds": result.polish_seconds,
         "heldout": result.heldout,
         "sample": result.sample,
     }

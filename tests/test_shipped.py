@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -44,6 +45,13 @@ def test_shipped_agent_matches_the_default_recipe_and_fits() -> None:
     info = tiny.read_agent_info(shipped.SHIPPED_DIR)
     assert info["recipe_hash"] == record["recipe_hash"]
     assert len(info["losses"]) == info["drill_steps_run"] + tiny.TinyRecipe().steps  # loss curve
+    assert len(info["polish_losses"]) == tiny.TinyRecipe().polish_steps
+    if "stages" in record:  # built in stages: the main stage is the recipe without its polish
+        main = dataclasses.replace(tiny.TinyRecipe(), polish_steps=0)
+        assert record["stages"]["main"]["recipe_hash"] == main.recipe_hash
+        assert record["stages"]["polish"]["steps"] == tiny.TinyRecipe().polish_steps
+        stage_s = record["stages"]["main"]["wall_s"] + record["stages"]["polish"]["wall_s"]
+        assert record["build_wall_s"] == pytest.approx(stage_s, abs=0.2)
     assert {"torch", "transformers", "tokenizers"} <= set(record["library_versions"])
     assert record["build_wall_s"] > 0
     rows = record["eval"]["rows"]

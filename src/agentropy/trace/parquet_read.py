@@ -43,7 +43,7 @@ from agentropy.trace.model import (
     Turn,
     _tname,
 )
-from agentropy.trace.parquet import _TOKEN_COLUMN, _list_parts, _schemas
+from agentropy.trace.parquet import _TOKEN_COLUMN, _list_parts, _schemas, _turn_fields
 from agentropy.trace.table import TraceTable
 from agentropy.trace.validate import (
     _NAN_HINT,
@@ -147,7 +147,10 @@ def _check_unique(ids: Sequence[str], seen: dict[str, Path], ep_file: Path) -> N
             )
 
 
-def _read_table(path: Path, schema: pa.Schema) -> pa.Table:
+def _read_table(path: Path, schema: pa.Schema | None) -> pa.Table:
+    """The whole table of ``path``, checked against ``schema`` (columns, types) and put in its
+    column order. ``schema=None``: an episodes file of format 1 or 2 (format 2 when it has any
+    of the format-2 columns), returned with all its columns."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -156,6 +159,9 @@ def _read_table(path: Path, schema: pa.Schema) -> pa.Table:
     except (OSError, pa.ArrowException) as err:
         reason = " ".join(str(err).split())  # pyarrow's messages span lines
         raise InputError(f"unreadable Parquet file ({reason})", path=path) from None
+    if schema is None:
+        v2 = any(f.name in table.column_names for f in _turn_fields())
+        schema = _schemas(2 if v2 else 1)[1]
     for f in schema:
         if f.name not in table.column_names:
             raise InputError("missing column", path=path, field=f.name)
@@ -189,7 +195,9 @@ def _decode_part(
     import pyarrow.compute as pc
 
     tokens_schema, episodes_schema = _schemas()
-    ep_table = _read_table(ep_file, episodes_schema)
+    # The format-2 turn columns are a cache of the turns JSON that only a holding seal vouches
+    # for: validation reads the JSON, and the tables it yields have the format-1 columns.
+    ep_table = _read_table(ep_file, None).select(episodes_schema.names)
     tok_table = _read_table(tok_file, tokens_schema)
     for col in ("episode_id", "turns"):
         if ep_table.column(col).null_count:
@@ -355,8 +363,9 @@ def iter_parts(
 ) -> Iterator[tuple[pa.Table, pa.Table]]:
     """Stream a trace store part by part: ``(episodes_table, tokens_table)`` per complete part.
 
-    Tables follow the layout in the module docstring (raw columns; phases are int8 codes; the
-    ``turns`` and ``meta`` columns are JSON strings). Each part is validated as it is read.
+    Tables follow the layout in :mod:`agentropy.trace.parquet` (raw columns; phases are int8
+    codes; the ``turns`` and ``meta`` columns are JSON strings; the format-2 turn columns, which
+    repeat the ``turns`` JSON, are left out). Each part is validated as it is read.
     ``nan_policy="drop"`` removes token rows with a non-finite float; their ``token_index``
     values are left as stored, so a turn's dropped count is its ``n_tokens`` minus its rows.
     Memory is bounded by the largest part.
@@ -376,17 +385,19 @@ def iter_parts(
 def _sealed_part(ep_file: Path, tok_file: Path) -> tuple[pa.Table, pa.Table] | None:
     """One part read without re-validation, when its seal holds (:mod:`agentropy.trace.seal`).
 
-    Returns the episodes table and the tokens table projected to :data:`ANALYSIS_COLUMNS`, or
-    None when the part must be validated instead: no seal, a seal that does not match the files
-    (an edit), or non-finite values (``nan_policy`` applies). The episodes file's columns are
-    still type-checked (:func:`_read_table`), since the digest is over decoded values.
+    Returns the episodes table (all its columns: in a format-2 store, the turn columns that
+    spare :meth:`TraceTable.from_arrow` the ``turns`` JSON) and the tokens table projected to
+    :data:`ANALYSIS_COLUMNS`, or None when the part must be validated instead: no seal, a seal
+    that does not match the files (an edit), or non-finite values (``nan_policy`` applies). The
+    episodes file's columns are still type-checked (:func:`_read_table`), since the digest is over
+    decoded values.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from agentropy.trace.seal import read_seal, seal_holds
 
-    ep_table = _read_table(ep_file, _schemas()[1])
+    ep_table = _read_table(ep_file, None)
     seal = read_seal(ep_table)
     if seal is None:
         return None

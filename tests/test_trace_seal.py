@@ -366,6 +366,24 @@ def test_read_ahead_keeps_part_order_errors_and_early_exit(tmp_path):
         list(iter_part_tables(other))
 
 
+def test_parts_analysed_in_parallel_give_the_same_summary_and_errors_in_order(tmp_path):
+    store = tmp_path / "run.parquet"
+    write_parquet(_varied_episodes(9), store, episodes_per_part=2)
+    serial = analyze_paths(store, workers=1)
+    assert serial["episodes"] == 9
+    for workers in (2, 3):
+        assert analyze_paths(store, workers=workers) == serial
+    # Parts 1 and 3 are bad: the first in part order is reported, however many threads read.
+    for k in (1, 3):
+        _rewrite(store / "tokens" / f"part-{k:05d}.parquet", lambda t: _set(t, "entropy", 0, -1.0))
+    for workers in (1, 3):
+        with pytest.raises(InputError) as err:
+            analyze_paths(store, workers=workers)
+        assert err.value.path == str(store / "tokens" / "part-00001.parquet")
+    with pytest.raises(ValueError, match="workers must be"):
+        analyze_paths(store, workers=0)
+
+
 def test_validation_name_is_checked(tmp_path):
     store = tmp_path / "run.parquet"
     write_parquet([make_episode(0)], store)

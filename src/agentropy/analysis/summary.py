@@ -2,7 +2,9 @@
 
 :class:`Analyzer` takes episodes one part at a time (an in-memory list, a JSONL file, a Parquet
 part), analyses each part vectorised (:mod:`breath`, :mod:`loops`), keeps only small
-per-episode and per-failure records, and builds the summary at the end; memory grows with the
+per-episode and per-failure records, and builds the summary at the end (a part's analysis,
+:meth:`Analyzer.analyze_part`, is apart from adding it, :meth:`Analyzer.add_part`, so that
+:func:`analyze_paths` analyses a store's parts in two threads and adds them in order); memory grows with the
 number of episodes and events, never with tokens. Results do not depend on how the episodes are
 split into parts or ordered (lists are sorted by ``episode_id``, ``turn_index``).
 

@@ -11,7 +11,9 @@ Entry points: :func:`read_parquet` / :func:`read_traces` load everything; :func:
 by line); :func:`iter_parts` streams the raw ``(episodes_table, tokens_table)`` pairs;
 :func:`iter_part_tables` streams :class:`~agentropy.trace.TraceTable` parts for the analyzer,
 skipping re-validation of parts whose seal (:mod:`agentropy.trace.seal`) shows them untouched
-since the writer validated them, and reading the next part in a background thread.
+since the writer validated them, and reading the next part in a background thread;
+:func:`map_part_tables` applies a function (the analysis of a part) to each part's table in a
+pool of threads, parts in parallel, results in part order.
 
 Non-finite values: a token whose entropy, logprob, sampling entropy or temperature is NaN or
 infinite is rejected by default (``nan_policy="raise"``); ``nan_policy="drop"`` removes such tokens

@@ -360,7 +360,10 @@ class TraceTable:
         ``episodes`` and ``tokens`` are the pyarrow tables yielded by
         :func:`agentropy.trace.iter_parts` (already validated; rows dropped under
         ``nan_policy="drop"`` are missing from ``tokens`` and counted in ``n_dropped``). Token
-        columns are converted to numpy without building per-token Python objects.
+        columns are converted to numpy without building per-token Python objects. When
+        ``episodes`` has the turn columns of store format 2 (:mod:`agentropy.trace.parquet`; a
+        sealed part read by :func:`agentropy.trace.iter_part_tables`), the turns are read from
+        them and the ``turns`` JSON is not decoded; the caller vouches that they agree with it.
         """
         import pyarrow.compute as pc
 

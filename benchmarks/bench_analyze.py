@@ -10,9 +10,15 @@ by 4 tool calls, with token ids, phases, failures, eruptions and the odd loop), 
   cross-checked), all token columns decoded, one part at a time;
 - **fast** (the default of ``agentropy analyze``): ``validation="seal"``: parts whose writer's
   seal matches their files skip re-validation, only the three token columns the analysis reads
-  are decoded, and the next part is read in a background thread.
+  are decoded, the per-turn columns of store format 2 replace the ``turns`` JSON, and two
+  threads each read and analyse a part (``workers=2``), the main thread adding the results in
+  order; timed also with one thread (``workers=1``: read and analyse one part after another).
 
-Both summaries must be identical (the whole JSON summary, not just counts): the script exits
+With ``--format1`` the same episodes are also written as a store of format 1 (the layout before
+the turn columns: the analyzer decodes each part's ``turns`` JSON) and the fast path is timed on
+it too, in the same rounds.
+
+All summaries must be identical (the whole JSON summary, not just counts): the script exits
 with status 1 otherwise. It prints the best time of each path, the median of the per-round
 ratios, the CPU time of each path (all threads; less sensitive to other jobs than wall time on
 a shared machine), the load average before and after, and each path's peak RSS, measured in a
@@ -21,6 +27,7 @@ fresh process per path (so neither the generated store nor the other path inflat
     .venv/bin/python benchmarks/bench_analyze.py            # 10M tokens
     .venv/bin/python benchmarks/bench_analyze.py --tokens 1000000 --repeats 5
     .venv/bin/python benchmarks/bench_analyze.py --tokens 2000000 --report   # + the HTML report
+    .venv/bin/python benchmarks/bench_analyze.py --format1   # + the fast path on a format-1 store
 
 ``--report`` also times :func:`agentropy.report.html.report_from_paths` on the same store (one
 streamed pass: summary, claims and timeline examples; needs plotly) next to the fast analyze.
@@ -108,19 +115,38 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _rss_child(store: Path, validation: str) -> None:
+class _FormatOneWriter(TraceWriter):
+    """Writes a store as writers before format 2 did (no turn columns, seal version 1)."""
+
+    _format_version = 1
+
+
+def _write_store(store: Path, n_ep: int, args: argparse.Namespace, *, format1: bool) -> float:
+    """Write the synthetic store (the same episodes for the same seed); returns seconds."""
+    rng = np.random.default_rng(0)
+    writer = _FormatOneWriter if format1 else TraceWriter
+    t0 = time.perf_counter()
+    with writer(store, episodes_per_part=args.episodes_per_part) as w:
+        for i in range(n_ep):
+            w.write(synthetic_episode(i, rng, args.tokens_per_episode))
+    return time.perf_counter() - t0
+
+
+def _rss_child(store: Path, validation: str, workers: int) -> None:
     """Child mode: analyze ``store`` once and print the tokens (peak RSS is read by the parent)."""
-    summary = analyze_paths(store, validation=validation)  # type: ignore[arg-type]
+    summary = analyze_paths(store, validation=validation, workers=workers)  # type: ignore[arg-type]
     print(summary["tokens"])
 
 
-def _peak_rss_mb(store: Path, validation: str) -> float:
+def _peak_rss_mb(store: Path, validation: str, workers: int) -> float:
     """Peak RSS (MB) of a fresh process that imports agentropy and analyzes ``store`` once."""
     here = Path(__file__).resolve()
     sys.path.insert(0, str(here.parent))
     from _measure import run_isolated
 
-    m = run_isolated([sys.executable, str(here), "--rss-child", str(store), validation])
+    m = run_isolated(
+        [sys.executable, str(here), "--rss-child", str(store), validation, str(workers)]
+    )
     m.check()
     return m.peak_rss_bytes / 2**20
 
@@ -134,40 +160,44 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the generated store")
     ap.add_argument("--report", action="store_true", help="also time the HTML report (plotly)")
-    ap.add_argument("--rss-child", nargs=2, metavar=("STORE", "VALIDATION"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--format1", action="store_true", help="also time the fast path on a format-1 store"
+    )
+    ap.add_argument("--rss-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rss_child:
-        _rss_child(Path(args.rss_child[0]), args.rss_child[1])
+        _rss_child(Path(args.rss_child[0]), args.rss_child[1], int(args.rss_child[2]))
         return
 
     root = Path(tempfile.mkdtemp(prefix="bench_analyze_", dir=args.dir))
     store = root / "run.parquet"
     n_ep = max(1, args.tokens // args.tokens_per_episode)
-    rng = np.random.default_rng(0)
-    t0 = time.perf_counter()
-    with TraceWriter(store, episodes_per_part=args.episodes_per_part) as w:
-        for i in range(n_ep):
-            w.write(synthetic_episode(i, rng, args.tokens_per_episode))
-    t_write = time.perf_counter() - t0
+    t_write = _write_store(store, n_ep, args, format1=False)
     size_mb = sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) / 2**20
+    # path name -> (store, validation, workers)
+    paths = {"full": (store, "full", 1), "serial": (store, "seal", 1), "seal": (store, "seal", 2)}
+    if args.format1:
+        old_store = root / "format1.parquet"
+        _write_store(old_store, n_ep, args, format1=True)
+        paths["format1"] = (old_store, "seal", 2)
 
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     analyze_paths(store)  # imports (scipy via ruptures), page cache
     t_first = time.perf_counter() - t0
-    times: dict[str, list[float]] = {"full": [], "seal": []}
-    cpu: dict[str, list[float]] = {"full": [], "seal": []}
+    times: dict[str, list[float]] = {v: [] for v in paths}
+    cpu: dict[str, list[float]] = {v: [] for v in paths}
     summaries: dict[str, dict] = {}
     for _ in range(args.repeats):
-        for validation in ("full", "seal"):
+        for name, (path, validation, workers) in paths.items():
             t0, c0 = time.perf_counter(), time.process_time()
-            summary = analyze_paths(store, validation=validation)  # type: ignore[arg-type]
-            times[validation].append(time.perf_counter() - t0)
-            cpu[validation].append(time.process_time() - c0)
-            if summaries.setdefault(validation, summary) != summary:
-                raise SystemExit(f"error: two {validation} runs gave different summaries")
+            summary = analyze_paths(path, validation=validation, workers=workers)  # type: ignore[arg-type]
+            times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+            if summaries.setdefault(name, summary) != summary:
+                raise SystemExit(f"error: two {name} runs gave different summaries")
     load_after = os.getloadavg()
-    identical = summaries["full"] == summaries["seal"]
+    identical = all(summaries[v] == summaries["full"] for v in paths)
     report_times = []
     if args.report:
         from agentropy.report.html import report_from_paths
@@ -176,7 +206,7 @@ def main() -> None:
             t0 = time.perf_counter()
             report_from_paths([store], root / "report.html")
             report_times.append(time.perf_counter() - t0)
-    rss = {v: _peak_rss_mb(store, v) for v in ("full", "seal")}
+    rss = {name: _peak_rss_mb(path, v, w) for name, (path, v, w) in paths.items()}
     if not args.keep:
         shutil.rmtree(root)
 
@@ -202,7 +232,14 @@ def main() -> None:
         "| tokens per CPU-second | peak RSS MB |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for v, name in (("full", "reference (validate every part)"), ("seal", "fast (sealed parts)")):
+    labels = {
+        "full": "reference (validate every part)",
+        "serial": "fast, 1 thread (read + analyse part by part)",
+        "seal": "fast, 2 threads (parts in parallel; the default)",
+        "format1": "fast, 2 threads, format-1 store (turns JSON)",
+    }
+    for v in paths:
+        name = labels[v]
         c = min(cpu[v])
         print(
             f"| {name} | {best[v]:.2f} | {n_tok / best[v]:,.0f} | {c:.2f} | {n_tok / c:,.0f} "
@@ -213,6 +250,20 @@ def main() -> None:
         f"fast / reference speed: {ratios[len(ratios) // 2]:.2f}x (median of {len(ratios)} "
         f"rounds; range {ratios[0]:.2f}-{ratios[-1]:.2f}x); summaries identical: {identical}"
     )
+    rp = sorted(f / s for f, s in zip(times["serial"], times["seal"], strict=True))
+    cp = sorted(s / f for f, s in zip(cpu["serial"], cpu["seal"], strict=True))
+    print(
+        f"fast, 2 threads / 1 thread: {rp[len(rp) // 2]:.2f}x wall (range {rp[0]:.2f}-"
+        f"{rp[-1]:.2f}x), CPU 2 threads / 1 thread {cp[len(cp) // 2]:.2f}x (medians)"
+    )
+    if args.format1:
+        r1 = sorted(f / s for f, s in zip(times["format1"], times["seal"], strict=True))
+        c1 = sorted(f / s for f, s in zip(cpu["format1"], cpu["seal"], strict=True))
+        print(
+            f"fast, format 2 / format 1 store: {r1[len(r1) // 2]:.2f}x wall, "
+            f"{c1[len(c1) // 2]:.2f}x CPU (medians of {len(r1)} rounds; wall range "
+            f"{r1[0]:.2f}-{r1[-1]:.2f}x)"
+        )
     if report_times:
         print()
         print("| report s (first) | report s (best) | report / fast analyze (best) |")
@@ -226,7 +277,7 @@ def main() -> None:
         f"{len(summary['training']['cycles'])}"
     )
     if not identical:
-        raise SystemExit("error: the fast path's summary differs from the reference path's")
+        raise SystemExit("error: a fast path's summary differs from the reference path's")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from agentropy.trace import (
     Episode,
     ToolCall,
     TraceTable,
+    TraceWriter,
     Turn,
     iter_part_tables,
     parquet_read,
@@ -148,6 +149,73 @@ def test_fast_path_builds_the_same_tables_as_validation(episodes, per_part):
     assert len(fast) == len(full)
     for a, b in zip(fast, full, strict=True):
         assert_tables_equal(a, b)
+
+
+class _FormatOneWriter(TraceWriter):
+    """Writes stores as writers before format 2 did: no turn columns, seal version 1."""
+
+    _format_version = 1
+
+
+def test_format_1_store_reads_to_the_same_tables_and_summary(tmp_path, count_validations):
+    import pyarrow.parquet as pq
+
+    eps = _varied_episodes()
+    old, new = tmp_path / "old.parquet", tmp_path / "new.parquet"
+    with _FormatOneWriter(old, episodes_per_part=3) as w:
+        w.write_many(eps)
+    write_parquet(eps, new, episodes_per_part=3)
+    old_part = pq.read_table(old / "episodes" / "part-00001.parquet")
+    new_part = pq.read_table(new / "episodes" / "part-00001.parquet")
+    assert "turn_is_tool" not in old_part.column_names and "turn_is_tool" in new_part.column_names
+    assert old_part.schema.metadata[b"agentropy.trace_format"] == b"1"
+    assert new_part.schema.metadata[b"agentropy.trace_format"] == b"2"
+    assert read_seal(old_part)["version"] == 1 and read_seal(new_part)["version"] == 2
+    # The old seals still hold: the old store takes the fast path (reading the turns JSON).
+    old_fast, new_fast = _tables(old, "seal"), _tables(new, "seal")
+    assert count_validations == []
+    for a, b in zip(old_fast, new_fast, strict=True):
+        assert_tables_equal(a, b)
+    summary = analyze_paths(new)
+    assert analyze_paths(old) == summary
+    assert analyze_paths(old, validation="full") == summary
+    # A format-2 writer appends to a format-1 store; each part reads in its own format.
+    with TraceWriter(old, episodes_per_part=3) as w:
+        w.write(make_episode(100))
+    assert analyze_paths(old) == analyze_paths(old, validation="full")
+    assert analyze_paths(old)["episodes"] == len(eps) + 1
+
+
+def test_fast_path_reads_turn_columns_not_the_turns_json(tmp_path, monkeypatch):
+    from agentropy.trace import table as table_module
+
+    store = tmp_path / "run.parquet"
+    eps = _varied_episodes()
+    eps[0].turns.pop(-1)  # the turn with entropy bounds: its part would need the JSON
+    write_parquet(eps, store, episodes_per_part=3)
+    full = _tables(store, "full")
+
+    def no_json(*args: Any, **kw: Any) -> Any:
+        raise AssertionError("the turns JSON was decoded")
+
+    monkeypatch.setattr(table_module, "_turns_from_json", no_json)
+    fast = _tables(store, "seal")
+    for a, b in zip(fast, full, strict=True):
+        assert_tables_equal(a, b)
+    assert fast[0].question == [None, "age of Pata?", None]
+    last = int(np.flatnonzero(fast[0].turn_ep == 0)[-1])  # episode 0's last turn
+    assert fast[0].tool_arguments[last] == {"x": 0.0, "y": [1, {"z": 2}]}
+
+
+def test_edited_turn_columns_break_the_seal_and_the_json_wins(tmp_path, count_validations):
+    store = tmp_path / "run.parquet"
+    write_parquet([make_episode(i) for i in range(3)], store)
+    before = analyze_paths(store)
+    part = store / "episodes" / "part-00000.parquet"
+    # Claim that every tool call of episode 1 succeeded: the columns disagree with the JSON.
+    _rewrite(part, lambda t: _set(t, "turn_status", 1, [-1, 0, -1, 0, -1, 0]))
+    assert analyze_paths(store) == before
+    assert count_validations == ["part-00000.parquet"]
 
 
 def test_store_without_seals_is_validated_and_gives_the_same_summary(tmp_path, count_validations):
@@ -296,6 +364,24 @@ def test_read_ahead_keeps_part_order_errors_and_early_exit(tmp_path):
         (other / sub / "part-00001.parquet").write_bytes(src.read_bytes())
     with pytest.raises(InputError, match="duplicate episode_id"):
         list(iter_part_tables(other))
+
+
+def test_parts_analysed_in_parallel_give_the_same_summary_and_errors_in_order(tmp_path):
+    store = tmp_path / "run.parquet"
+    write_parquet(_varied_episodes(9), store, episodes_per_part=2)
+    serial = analyze_paths(store, workers=1)
+    assert serial["episodes"] == 9
+    for workers in (2, 3):
+        assert analyze_paths(store, workers=workers) == serial
+    # Parts 1 and 3 are bad: the first in part order is reported, however many threads read.
+    for k in (1, 3):
+        _rewrite(store / "tokens" / f"part-{k:05d}.parquet", lambda t: _set(t, "entropy", 0, -1.0))
+    for workers in (1, 3):
+        with pytest.raises(InputError) as err:
+            analyze_paths(store, workers=workers)
+        assert err.value.path == str(store / "tokens" / "part-00001.parquet")
+    with pytest.raises(ValueError, match="workers must be"):
+        analyze_paths(store, workers=0)
 
 
 def test_validation_name_is_checked(tmp_path):

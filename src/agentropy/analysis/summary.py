@@ -2,7 +2,9 @@
 
 :class:`Analyzer` takes episodes one part at a time (an in-memory list, a JSONL file, a Parquet
 part), analyses each part vectorised (:mod:`breath`, :mod:`loops`), keeps only small
-per-episode and per-failure records, and builds the summary at the end; memory grows with the
+per-episode and per-failure records, and builds the summary at the end (a part's analysis,
+:meth:`Analyzer.analyze_part`, is apart from adding it, :meth:`Analyzer.add_part`, so that
+:func:`analyze_paths` analyses a store's parts in two threads and adds them in order); memory grows with the
 number of episodes and events, never with tokens. Results do not depend on how the episodes are
 split into parts or ordered (lists are sorted by ``episode_id``, ``turn_index``).
 
@@ -60,6 +62,7 @@ from agentropy.analysis.bounds import BoundsAccumulator
 from agentropy.analysis.breath import (
     KINDS,
     BreathConfig,
+    TriggerTable,
     analyze_triggers,
     eruption_records,
     frozen_records,
@@ -212,6 +215,19 @@ class Evidence:
         return analyzer.evidence()
 
 
+@dataclass(frozen=True, slots=True)
+class PartAnalysis:
+    """One part analysed by :meth:`Analyzer.analyze_part`, ready for :meth:`Analyzer.add_part`."""
+
+    table: TraceTable
+    trig: TriggerTable
+    counts: dict[str, int]
+    at_floor: int
+    records: dict[str, list[dict[str, Any]]]
+    per_ep: dict[str, Any]
+    fail: dict[str, np.ndarray]
+
+
 class Analyzer:
     """Accumulates parts; :meth:`summary` assembles the result (see module docstring).
 
@@ -261,48 +277,49 @@ class Analyzer:
         Returns the part's own ``eruptions``, ``frozen`` and ``loops`` records (also kept for the
         summary), so a caller can act on the part while it is in memory (e.g. keep an example).
         """
+        return self.add_part(self.analyze_part(table))
+
+    def analyze_part(self, table: TraceTable) -> PartAnalysis:
+        """The analysis of one part, not yet added: reads only ``self.config``, so parts can be
+        analysed in several threads at once and added (:meth:`add_part`) in order."""
         cfg = self.config
         trig = analyze_triggers(table, cfg.breath)
-        self._bounds.add(table, trig)
         loops = find_loops(table, cfg.loops)
         checked, halluc = hallucinated_calls(table, known_tools=cfg.known_tools, config=cfg.loops)
         n_ep = table.n_episodes
-        c = self._counts
-        ep_offset = c["episodes"]  # row of this part's first episode in the per-episode lists
-        c["episodes"] += n_ep
-        c["tokens"] += table.n_tokens
-        c["dropped_nonfinite"] += table.n_dropped
-        c["triggers"] += int(trig.ep.shape[0])
-        c["no_response"] += int(trig.no_response.sum())
-        c["tool_failures"] += int(trig.failed.sum())
+        counts = {
+            "episodes": n_ep,
+            "tokens": table.n_tokens,
+            "dropped_nonfinite": table.n_dropped,
+            "triggers": int(trig.ep.shape[0]),
+            "no_response": int(trig.no_response.sum()),
+            "tool_failures": int(trig.failed.sum()),
+        }
         # Failed triggers whose baseline is the eps floor: their spike ratios are inflated
         # (any response reads as an eruption), so a high share makes eruption counts unreliable.
-        at_floor = trig.stats.baseline[trig.failed] <= cfg.breath.eps
-        self._floor += int(at_floor.sum())
-        part = {
+        at_floor = int((trig.stats.baseline[trig.failed] <= cfg.breath.eps).sum())
+        records = {
             "eruptions": eruption_records(table, trig),
             "frozen": frozen_records(table, trig),
             "loops": loop_records(table, loops),
         }
-        self._eruptions += part["eruptions"]
-        self._frozen += part["frozen"]
-        self._loops += part["loops"]
 
         # Per-episode token aggregates, vectorised over the part's token table.
         lengths = table.ep_end - table.ep_start
         tok_ep = np.repeat(np.arange(n_ep), lengths)
-        ph = table.phase.astype(np.int64)
         ncol = len(ENTROPY_COLUMNS)
         ent_sum = np.zeros((n_ep, ncol))
         ent_cnt = np.zeros((n_ep, ncol))
         ent_sum[:, 0] = np.bincount(tok_ep, weights=table.entropy, minlength=n_ep)
         ent_cnt[:, 0] = lengths
-        known = ph >= 0
-        flat = tok_ep[known] * (ncol - 1) + ph[known]
+        # (episode, phase) bins of the tokens with a known phase (usually all: no masking).
+        flat = tok_ep * (ncol - 1) + table.phase
+        weights = table.entropy
+        if table.n_tokens and table.phase.min() < 0:
+            known = table.phase >= 0
+            flat, weights = flat[known], weights[known]
         size = n_ep * (ncol - 1)
-        ent_sum[:, 1:] = np.bincount(flat, weights=table.entropy[known], minlength=size).reshape(
-            n_ep, ncol - 1
-        )
+        ent_sum[:, 1:] = np.bincount(flat, weights=weights, minlength=size).reshape(n_ep, ncol - 1)
         ent_cnt[:, 1:] = np.bincount(flat, minlength=size).reshape(n_ep, ncol - 1)
 
         failed = trig.failed
@@ -338,17 +355,33 @@ class Analyzer:
             "halluc": h_count,
             "first_fail_spike": first_spike,
         }
-        for k, v in per_ep.items():
-            self._ep.setdefault(k, []).append(v)
-
         nxt = trig.next_tool[failed]
         has_next = nxt >= 0
-        self._fail["spike"].append(spike[failed])
-        self._fail["has_next"].append(has_next)
-        self._fail["next_ok"].append(has_next & (trig.status[np.maximum(nxt, 0)] == 0))
-        self._fail["ep"].append(trig.ep[failed] + ep_offset)
-        self._fail["turn"].append(trig.turn_index[failed])
-        return part
+        fail = {
+            "spike": spike[failed],
+            "has_next": has_next,
+            "next_ok": has_next & (trig.status[np.maximum(nxt, 0)] == 0),
+            "ep": trig.ep[failed],  # row within the part; add_part offsets it
+            "turn": trig.turn_index[failed],
+        }
+        return PartAnalysis(table, trig, counts, at_floor, records, per_ep, fail)
+
+    def add_part(self, part: PartAnalysis) -> dict[str, list[dict[str, Any]]]:
+        """Add a part analysed by :meth:`analyze_part` (parts in trace order); returns its
+        event records, as :meth:`add_table`."""
+        ep_offset = self._counts["episodes"]  # row of the part's first episode in the lists
+        for k, v in part.counts.items():
+            self._counts[k] += v
+        self._bounds.add(part.table, part.trig)
+        self._floor += part.at_floor
+        self._eruptions += part.records["eruptions"]
+        self._frozen += part.records["frozen"]
+        self._loops += part.records["loops"]
+        for k, v in part.per_ep.items():
+            self._ep.setdefault(k, []).append(v)
+        for k, arr in part.fail.items():
+            self._fail[k].append(arr + ep_offset if k == "ep" else arr)
+        return part.records
 
     # ---------------------------------------------------------------------------------------
     def _cat(self, key: str) -> Any:
@@ -553,15 +586,34 @@ def analyze_paths(
     *,
     nan_policy: NanPolicy = "raise",
     validation: Validation = "seal",
+    workers: int = 2,
 ) -> dict[str, Any]:
     """Summary of trace files and stores, streamed part by part (module docstring: keys).
 
     ``validation``: see :func:`agentropy.trace.iter_part_tables` (``"full"`` re-validates
     every part of a store; the result is the same either way for a store the writer sealed).
+    ``workers``: threads that read and analyse a store's parts in parallel under
+    ``validation="seal"`` (:func:`agentropy.trace.parquet_read.map_part_tables`; memory bounded
+    by ``workers + 1`` parts); parts are added in order, so the summary does not depend on it.
     """
+    from agentropy.trace.parquet_read import map_part_tables
+
+    if isinstance(paths, str | Path):
+        paths = [paths]
     analyzer = Analyzer(config)
-    for table in iter_tables(paths, nan_policy=nan_policy, validation=validation):
-        analyzer.add_table(table)
+    for path in paths:
+        if not Path(path).is_dir():
+            for table in iter_tables([path], nan_policy=nan_policy, validation=validation):
+                analyzer.add_table(table)
+            continue
+        for part in map_part_tables(
+            path,
+            analyzer.analyze_part,
+            nan_policy=nan_policy,
+            validation=validation,
+            workers=workers,
+        ):
+            analyzer.add_part(part)
     return analyzer.summary()
 
 

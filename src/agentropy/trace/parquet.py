@@ -19,6 +19,18 @@ A store is a directory, conventionally named ``something.parquet``, holding numb
 of turn dicts as in JSONL, except that assistant turns carry ``n_tokens`` and ``arrays`` — the
 names of the per-token arrays the turn has — instead of the arrays themselves).
 
+Format 2 (this writer; schema metadata ``agentropy.trace_format``) adds to the episodes file the
+columns the analyzer needs from the ``turns`` JSON, as lists with one entry per turn, so that it
+need not decode the JSON (the largest cost of reading a part): ``question`` (string:
+``meta["question"]`` when a string), ``turn_is_tool`` (list<bool>), ``turn_n_tokens``
+(list<int32>, 0 for tool turns), ``turn_has_ids`` (list<bool>: the turn has ``token_ids``),
+``turn_status`` (list<int8>: :data:`~agentropy.trace.STATUS_CODES`, -1 none), ``turn_name``,
+``turn_arguments`` (list<string>: the canonical JSON of the call's arguments, null without a
+parsed call), ``turn_content`` (list<string>) and ``turn_bounded`` (list<bool>: an assistant turn whose
+meta holds entropy bounds). They are derived from ``turns``, which stays the source of truth:
+readers use them only in a part whose seal holds (the seal covers them), and validate and read
+the JSON otherwise. Format 1 stores (no such columns) read as before.
+
 An episode's tokens are never split across parts. The writer writes each part under a temporary
 name and renames it into place, tokens first and episodes last; a part exists only once its
 episodes file exists, so a writer killed at any moment loses at most the part in flight. Opening
@@ -38,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 from collections.abc import Iterable
@@ -50,6 +63,8 @@ from agentropy.errors import InputError
 from agentropy.trace.jsonl import _dumps
 from agentropy.trace.model import (
     _ARRAY_DTYPE,
+    BOUNDS_META_KEY,
+    STATUS_CODES,
     TOKEN_ARRAY_FIELDS,
     TOKEN_FLOAT_FIELDS,
     Episode,
@@ -57,6 +72,7 @@ from agentropy.trace.model import (
     _cat,
     _episode_header,
     _tool_turn_dict,
+    canonical_arguments,
 )
 from agentropy.trace.seal import SEAL_KEY, make_seal
 from agentropy.trace.validate import _episode_arrays, _nesting_error
@@ -75,14 +91,36 @@ __all__ = [
 DEFAULT_EPISODES_PER_PART = 256
 _LOCK_NAME = ".writer.lock"
 _PART_RE = re.compile(r"^part-(\d+)\.parquet$")
-_FORMAT_VERSION = "1"
+#: Store format this writer writes (module docstring); readers read formats 1 and 2.
+_FORMAT_VERSION = 2
+_FORMAT_KEY = b"agentropy.trace_format"
 
 
-def _schemas() -> tuple[pa.Schema, pa.Schema]:
-    """(tokens schema, episodes schema) — the layout documented in the module docstring."""
+def _turn_fields() -> list[pa.Field]:
+    """The format-2 columns of the episodes file (module docstring), in order."""
     import pyarrow as pa
 
-    meta = {b"agentropy.trace_format": _FORMAT_VERSION.encode()}
+    return [
+        pa.field("question", pa.string()),
+        pa.field("turn_is_tool", pa.list_(pa.bool_())),
+        pa.field("turn_n_tokens", pa.list_(pa.int32())),
+        pa.field("turn_has_ids", pa.list_(pa.bool_())),
+        pa.field("turn_status", pa.list_(pa.int8())),
+        pa.field("turn_name", pa.list_(pa.string())),
+        pa.field("turn_arguments", pa.list_(pa.string())),
+        pa.field("turn_content", pa.list_(pa.string())),
+        pa.field("turn_bounded", pa.list_(pa.bool_())),
+    ]
+
+
+def _schemas(version: int = 1) -> tuple[pa.Schema, pa.Schema]:
+    """(tokens schema, episodes schema) of store format ``version`` (module docstring).
+
+    Format 2 is format 1 plus the ``question`` and ``turn_*`` columns of the episodes file.
+    """
+    import pyarrow as pa
+
+    meta = {_FORMAT_KEY: str(version).encode()}
     tokens = pa.schema(
         [
             pa.field("episode_id", pa.string(), nullable=False),
@@ -110,6 +148,7 @@ def _schemas() -> tuple[pa.Schema, pa.Schema]:
             pa.field("latency_s", pa.float64()),
             pa.field("meta", pa.string()),
             pa.field("turns", pa.string(), nullable=False),
+            *(_turn_fields() if version >= 2 else []),
         ],
         metadata=meta,
     )
@@ -162,6 +201,7 @@ class _PendingEpisode:
             n_total += n
         row["turns"] = _dumps(turns_json, episode.episode_id, "turns[].meta")
         row["meta"] = _dumps(row.get("meta", {}), episode.episode_id, "meta")
+        row.update(_turn_columns(row["turns"], row["meta"]))
         self.row = row
         self.n_tokens = n_total
         token_cols: dict[str, Any] = {
@@ -171,6 +211,38 @@ class _PendingEpisode:
         for name in TOKEN_ARRAY_FIELDS:
             token_cols[name] = (_cat(cols[name], _ARRAY_DTYPE[name]), _cat(masks[name], np.bool_))
         self.token_cols = token_cols
+
+
+def _turn_columns(turns_json: str, meta_json: str) -> dict[str, Any]:
+    """The format-2 columns of one episode (module docstring), from its stored JSON.
+
+    Derived from the JSON text as a reader decodes it, not from the in-memory turns, so that
+    they hold exactly what a reader of the JSON would find (numpy scalars already converted,
+    argument order canonical); :meth:`TraceTable.from_arrow` reads either and must agree.
+    """
+    turns = json.loads(turns_json)
+    meta = json.loads(meta_json)
+    question = meta.get("question") if isinstance(meta, dict) else None
+    names = [td.get("name") for td in turns]
+    return {
+        "question": question if isinstance(question, str) else None,
+        "turn_is_tool": [td["role"] != "assistant" for td in turns],
+        "turn_n_tokens": [td.get("n_tokens", 0) for td in turns],
+        "turn_has_ids": ["token_ids" in td.get("arrays", ()) for td in turns],
+        "turn_status": [STATUS_CODES.get(td.get("status") or "", -1) for td in turns],
+        "turn_name": names,
+        "turn_arguments": [
+            None if nm is None else canonical_arguments(td.get("arguments") or {})
+            for nm, td in zip(names, turns, strict=True)
+        ],
+        "turn_content": [td.get("content") for td in turns],
+        "turn_bounded": [
+            td["role"] == "assistant"
+            and bool(td.get("meta"))
+            and td["meta"].get(BOUNDS_META_KEY) is not None
+            for td in turns
+        ],
+    }
 
 
 def _parquet_bytes(table: pa.Table) -> pa.Buffer:
@@ -249,6 +321,10 @@ class TraceWriter:
     readable. Opening an existing store appends to it (resuming a run) unless ``overwrite``,
     which first deletes the store's parts.
     """
+
+    #: Store format written (module docstring). Tests set 1 in a subclass to write stores as
+    #: writers before format 2 did (no turn columns, seal version 1).
+    _format_version: int = _FORMAT_VERSION
 
     def __init__(
         self,
@@ -339,7 +415,8 @@ class TraceWriter:
             return
         import pyarrow as pa
 
-        tokens_schema, episodes_schema = _schemas()
+        version = self._format_version
+        tokens_schema, episodes_schema = _schemas(version)
         buf = self._buffer
         counts = np.array([p.n_tokens for p in buf], dtype=np.int64)
         ids = [p.row["episode_id"] for p in buf]
@@ -370,7 +447,7 @@ class TraceWriter:
         episodes = pa.table(rows, schema=episodes_schema)
         tokens_file = _parquet_bytes(tokens)
         if all(p.sealable for p in buf):
-            seal = make_seal(tokens_file, episodes, int(nonfinite.sum()))
+            seal = make_seal(tokens_file, episodes, int(nonfinite.sum()), version=version)
             episodes = episodes.replace_schema_metadata(
                 {**(episodes.schema.metadata or {}), SEAL_KEY: seal}
             )

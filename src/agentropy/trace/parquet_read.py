@@ -11,7 +11,9 @@ Entry points: :func:`read_parquet` / :func:`read_traces` load everything; :func:
 by line); :func:`iter_parts` streams the raw ``(episodes_table, tokens_table)`` pairs;
 :func:`iter_part_tables` streams :class:`~agentropy.trace.TraceTable` parts for the analyzer,
 skipping re-validation of parts whose seal (:mod:`agentropy.trace.seal`) shows them untouched
-since the writer validated them, and reading the next part in a background thread.
+since the writer validated them, and reading the next part in a background thread;
+:func:`map_part_tables` applies a function (the analysis of a part) to each part's table in a
+pool of threads, parts in parallel, results in part order.
 
 Non-finite values: a token whose entropy, logprob, sampling entropy or temperature is NaN or
 infinite is rejected by default (``nan_policy="raise"``); ``nan_policy="drop"`` removes such tokens
@@ -24,9 +26,9 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
@@ -43,7 +45,7 @@ from agentropy.trace.model import (
     Turn,
     _tname,
 )
-from agentropy.trace.parquet import _TOKEN_COLUMN, _list_parts, _schemas
+from agentropy.trace.parquet import _TOKEN_COLUMN, _list_parts, _schemas, _turn_fields
 from agentropy.trace.table import TraceTable
 from agentropy.trace.validate import (
     _NAN_HINT,
@@ -68,6 +70,7 @@ if TYPE_CHECKING:
 #: ``full`` re-validates every part (:func:`iter_part_tables`).
 Validation = Literal["seal", "full"]
 VALIDATIONS: tuple[str, ...] = ("seal", "full")
+_T = TypeVar("_T")
 #: Token columns :meth:`TraceTable.from_arrow` reads from a part none of whose rows was dropped.
 ANALYSIS_COLUMNS = ("entropy", "token_id", "phase")
 
@@ -77,6 +80,7 @@ __all__ = [
     "iter_part_tables",
     "iter_parts",
     "iter_token_batches",
+    "map_part_tables",
     "read_parquet",
     "read_traces",
 ]
@@ -147,15 +151,24 @@ def _check_unique(ids: Sequence[str], seen: dict[str, Path], ep_file: Path) -> N
             )
 
 
-def _read_table(path: Path, schema: pa.Schema) -> pa.Table:
+def _read_table(path: Path, schema: pa.Schema | None) -> pa.Table:
+    """The whole table of ``path``, checked against ``schema`` (columns, types) and put in its
+    column order. ``schema=None``: an episodes file of format 1 or 2 (format 2 when it has any
+    of the format-2 columns), returned with all its columns."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        # ParquetFile.read, not pq.read_table: the same table without the datasets layer,
+        # which costs more than decoding a small episodes file.
+        with pq.ParquetFile(path) as fh:
+            table = fh.read()
     except (OSError, pa.ArrowException) as err:
         reason = " ".join(str(err).split())  # pyarrow's messages span lines
         raise InputError(f"unreadable Parquet file ({reason})", path=path) from None
+    if schema is None:
+        v2 = any(f.name in table.column_names for f in _turn_fields())
+        schema = _schemas(2 if v2 else 1)[1]
     for f in schema:
         if f.name not in table.column_names:
             raise InputError("missing column", path=path, field=f.name)
@@ -189,7 +202,9 @@ def _decode_part(
     import pyarrow.compute as pc
 
     tokens_schema, episodes_schema = _schemas()
-    ep_table = _read_table(ep_file, episodes_schema)
+    # The format-2 turn columns are a cache of the turns JSON that only a holding seal vouches
+    # for: validation reads the JSON, and the tables it yields have the format-1 columns.
+    ep_table = _read_table(ep_file, None).select(episodes_schema.names)
     tok_table = _read_table(tok_file, tokens_schema)
     for col in ("episode_id", "turns"):
         if ep_table.column(col).null_count:
@@ -355,8 +370,9 @@ def iter_parts(
 ) -> Iterator[tuple[pa.Table, pa.Table]]:
     """Stream a trace store part by part: ``(episodes_table, tokens_table)`` per complete part.
 
-    Tables follow the layout in the module docstring (raw columns; phases are int8 codes; the
-    ``turns`` and ``meta`` columns are JSON strings). Each part is validated as it is read.
+    Tables follow the layout in :mod:`agentropy.trace.parquet` (raw columns; phases are int8
+    codes; the ``turns`` and ``meta`` columns are JSON strings; the format-2 turn columns, which
+    repeat the ``turns`` JSON, are left out). Each part is validated as it is read.
     ``nan_policy="drop"`` removes token rows with a non-finite float; their ``token_index``
     values are left as stored, so a turn's dropped count is its ``n_tokens`` minus its rows.
     Memory is bounded by the largest part.
@@ -376,17 +392,19 @@ def iter_parts(
 def _sealed_part(ep_file: Path, tok_file: Path) -> tuple[pa.Table, pa.Table] | None:
     """One part read without re-validation, when its seal holds (:mod:`agentropy.trace.seal`).
 
-    Returns the episodes table and the tokens table projected to :data:`ANALYSIS_COLUMNS`, or
-    None when the part must be validated instead: no seal, a seal that does not match the files
-    (an edit), or non-finite values (``nan_policy`` applies). The episodes file's columns are
-    still type-checked (:func:`_read_table`), since the digest is over decoded values.
+    Returns the episodes table (all its columns: in a format-2 store, the turn columns that
+    spare :meth:`TraceTable.from_arrow` the ``turns`` JSON) and the tokens table projected to
+    :data:`ANALYSIS_COLUMNS`, or None when the part must be validated instead: no seal, a seal
+    that does not match the files (an edit), or non-finite values (``nan_policy`` applies). The
+    episodes file's columns are still type-checked (:func:`_read_table`), since the digest is over
+    decoded values.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from agentropy.trace.seal import read_seal, seal_holds
 
-    ep_table = _read_table(ep_file, _schemas()[1])
+    ep_table = _read_table(ep_file, None)
     seal = read_seal(ep_table)
     if seal is None:
         return None
@@ -397,7 +415,7 @@ def _sealed_part(ep_file: Path, tok_file: Path) -> tuple[pa.Table, pa.Table] | N
     if not seal_holds(seal, data, ep_table):
         return None
     try:
-        tokens = pq.read_table(pa.BufferReader(data), columns=list(ANALYSIS_COLUMNS))
+        tokens = pq.ParquetFile(pa.BufferReader(data)).read(columns=list(ANALYSIS_COLUMNS))
     except (OSError, pa.ArrowException):  # pragma: no cover (the bytes are the writer's)
         return None
     return ep_table, tokens
@@ -420,18 +438,44 @@ def iter_part_tables(
     part and reads one part at a time: the reference path, for comparisons and for stores whose
     files you do not trust to be what the writer wrote.
     """
+    yield from map_part_tables(path, _same, nan_policy=nan_policy, validation=validation)
+
+
+def _same(table: TraceTable) -> TraceTable:
+    return table
+
+
+def map_part_tables(
+    path: str | Path,
+    fn: Callable[[TraceTable], _T],
+    *,
+    nan_policy: NanPolicy = "raise",
+    validation: Validation = "seal",
+    workers: int = 1,
+) -> Iterator[_T]:
+    """``fn(table)`` for each part's table of :func:`iter_part_tables`, in part order.
+
+    With ``validation="seal"``, each part is read and ``fn`` applied in one of ``workers``
+    background threads, ``workers`` parts ahead of the caller: parts are decoded (and, say,
+    analysed) in parallel as far as pyarrow and numpy release the GIL, and memory is bounded by
+    ``workers + 1`` parts and results. ``fn`` must be safe to call from several threads at once.
+    Errors surface in part order, as with :func:`iter_part_tables`. ``validation="full"``
+    reads and applies ``fn`` one part at a time in the calling thread.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     _check_nan_policy(nan_policy)
     if validation not in VALIDATIONS:
         raise ValueError(f"validation must be one of {VALIDATIONS}, got {validation!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     source = str(path)
     if validation == "full":
         for ep_table, tok_table in iter_parts(path, nan_policy=nan_policy):
-            yield TraceTable.from_arrow(ep_table, tok_table, source=source)
+            yield fn(TraceTable.from_arrow(ep_table, tok_table, source=source))
         return
 
-    def load(ep_file: Path, tok_file: Path) -> tuple[list[str], TraceTable]:
+    def load(ep_file: Path, tok_file: Path) -> tuple[list[str], _T]:
         sealed = _sealed_part(ep_file, tok_file)
         if sealed is None:
             ep_table, tok_table, _, bad = _decode_part(ep_file, tok_file, nan_policy, build=False)
@@ -442,20 +486,20 @@ def iter_part_tables(
         else:
             ep_table, tok_table = sealed
         table = TraceTable.from_arrow(ep_table, tok_table, source=source)
-        return table.episode_id, table
+        return table.episode_id, fn(table)
 
     parts = _store_parts(path)
     seen: dict[str, Path] = {}
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentropy-read")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agentropy-read")
     try:
-        ahead = pool.submit(load, *parts[0][1:])
+        ahead = [pool.submit(load, *parts[k][1:]) for k in range(min(workers, len(parts)))]
         for k, (_, ep_file, _) in enumerate(parts):
-            current = ahead
-            if k + 1 < len(parts):
-                ahead = pool.submit(load, *parts[k + 1][1:])
-            ids, table = current.result()
+            current = ahead.pop(0)
+            if k + workers < len(parts):
+                ahead.append(pool.submit(load, *parts[k + workers][1:]))
+            ids, result = current.result()
             _check_unique(ids, seen, ep_file)
-            yield table
+            yield result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

@@ -360,12 +360,15 @@ class TraceTable:
         ``episodes`` and ``tokens`` are the pyarrow tables yielded by
         :func:`agentropy.trace.iter_parts` (already validated; rows dropped under
         ``nan_policy="drop"`` are missing from ``tokens`` and counted in ``n_dropped``). Token
-        columns are converted to numpy without building per-token Python objects.
+        columns are converted to numpy without building per-token Python objects. When
+        ``episodes`` has the turn columns of store format 2 (:mod:`agentropy.trace.parquet`; a
+        sealed part read by :func:`agentropy.trace.iter_part_tables`), the turns are read from
+        them and the ``turns`` JSON is not decoded; the caller vouches that they agree with it.
         """
         import pyarrow.compute as pc
 
         cols = episodes.select(
-            ["episode_id", "task_id", "step", "policy", "success", "reward", "latency_s", "meta"]
+            ["episode_id", "task_id", "step", "policy", "success", "reward", "latency_s"]
         ).to_pydict()
         ids: list[str] = cols["episode_id"]
         n_ep = len(ids)
@@ -374,48 +377,14 @@ class TraceTable:
             return np.array([np.nan if v is None else v for v in values], np.float64)
 
         success = np.array([-1 if v is None else int(v) for v in cols["success"]], np.int8)
-        questions: list[str | None] = []
-        for m in cols["meta"]:
-            meta = json.loads(m) if m and m != "{}" else {}
-            q = meta.get("question") if isinstance(meta, dict) else None
-            questions.append(q if isinstance(q, str) else None)
-        # One JSON document for the whole part: one decoder call instead of one per episode
-        # (each string is one validated JSON list, so the joined text holds exactly n_ep).
-        turns = json.loads("[" + ",".join(episodes.column("turns").to_pylist()) + "]")
-        if len(turns) != n_ep:  # pragma: no cover (only if an unvalidated table is passed)
-            raise InputError(
-                "the 'turns' column does not hold one JSON list per episode", path=source
-            )
-
-        # The turn columns, built column-wise over the part's turns (tens of thousands) with
-        # comprehensions; token offsets follow the declared ``n_tokens``.
-        flat = [td for tl in turns for td in tl]
-        u = len(flat)
-        n_turns = np.fromiter(map(len, turns), np.int64, n_ep)
+        turns = _turns_from_columns(episodes)
+        if turns is None:
+            turns = _turns_from_json(episodes, source)
+        n_turns, is_tool, n_tok = turns.n_turns, turns.is_tool, turns.n_tokens
+        u = is_tool.shape[0]
         turn_ep = np.repeat(np.arange(n_ep, dtype=np.int64), n_turns)
         first_turn = np.cumsum(n_turns) - n_turns
         turn_index = np.arange(u, dtype=np.int64) - np.repeat(first_turn, n_turns)
-        is_tool = np.fromiter((td["role"] != "assistant" for td in flat), bool, u)
-        n_tok = np.fromiter((td.get("n_tokens", 0) for td in flat), np.int64, u)
-        has_ids = np.fromiter(("token_ids" in td.get("arrays", ()) for td in flat), bool, u)
-        status = np.fromiter(
-            (STATUS_CODES.get(td.get("status") or "", -1) for td in flat), np.int8, u
-        )
-        names = [td.get("name") for td in flat]
-        contents = [td.get("content") for td in flat]
-        arguments: list[Any] = [
-            None if nm is None else (td.get("arguments") or {})
-            for nm, td in zip(names, flat, strict=True)
-        ]
-        calls = _CallCodes()
-        tool_key = np.fromiter(
-            (
-                -1 if nm is None else calls.of_call(nm, a)
-                for nm, a in zip(names, arguments, strict=True)
-            ),
-            np.int64,
-            u,
-        )
         asst = np.flatnonzero(~is_tool)
         declared = n_tok[asst]
         actual = declared
@@ -449,9 +418,8 @@ class TraceTable:
         # Assistant turns whose entropy is an estimate with bounds: (run, episode, turn, meta).
         run_of = np.cumsum(~is_tool) - 1
         bounded_turns = [
-            (int(run_of[j]), int(turn_ep[j]), int(turn_index[j]), flat[j]["meta"])
-            for j in asst
-            if flat[j].get("meta") and flat[j]["meta"].get(BOUNDS_META_KEY) is not None
+            (int(run_of[j]), int(turn_ep[j]), int(turn_index[j]), meta)
+            for j, meta in turns.bounds_meta
         ]
 
         ent_lo: np.ndarray | None = None
@@ -489,7 +457,7 @@ class TraceTable:
             episode_id=ids,
             task_id=cols["task_id"],
             policy=cols["policy"],
-            question=questions,
+            question=turns.question,
             step=floats(cols["step"]),
             success=success,
             reward=floats(cols["reward"]),
@@ -507,11 +475,134 @@ class TraceTable:
             turn_is_tool=is_tool,
             turn_start=turn_start,
             turn_end=turn_end,
-            turn_has_ids=has_ids,
-            tool_status=status,
-            tool_key=tool_key,
-            tool_name=names,
-            tool_arguments=arguments,
-            tool_content=contents,
-            key_names=list(calls.names),
+            turn_has_ids=turns.has_ids,
+            tool_status=turns.status,
+            tool_key=turns.tool_key,
+            tool_name=turns.names,
+            tool_arguments=turns.arguments,
+            tool_content=turns.contents,
+            key_names=turns.key_names,
         )
+
+
+@dataclass(slots=True)
+class _PartTurns:
+    """The per-turn columns of one Parquet part, as :meth:`TraceTable.from_arrow` needs them
+    (``U`` turns of the part, in episode order), and each episode's question."""
+
+    n_turns: np.ndarray
+    """(E,) int64 turns per episode."""
+    is_tool: np.ndarray
+    """(U,) bool."""
+    n_tokens: np.ndarray
+    """(U,) int64 declared tokens (0 for tool turns); writable."""
+    has_ids: np.ndarray
+    """(U,) bool."""
+    status: np.ndarray
+    """(U,) int8 status codes."""
+    tool_key: np.ndarray
+    """(U,) int64 call identity codes, -1 without a parsed call."""
+    key_names: list[str]
+    names: list[str | None]
+    arguments: list[Any]
+    contents: list[str | None]
+    question: list[str | None]
+    bounds_meta: list[tuple[int, dict[str, Any]]]
+    """(turn row, meta) of the assistant turns whose meta holds entropy bounds."""
+
+
+def _turns_from_json(episodes: Any, source: str | None) -> _PartTurns:
+    """The part's turns decoded from its ``turns`` JSON column (any store format)."""
+    questions: list[str | None] = []
+    for m in episodes.column("meta").to_pylist():
+        meta = json.loads(m) if m and m != "{}" else {}
+        q = meta.get("question") if isinstance(meta, dict) else None
+        questions.append(q if isinstance(q, str) else None)
+    n_ep = episodes.num_rows
+    # One JSON document for the whole part: one decoder call instead of one per episode
+    # (each string is one validated JSON list, so the joined text holds exactly n_ep).
+    turns = json.loads("[" + ",".join(episodes.column("turns").to_pylist()) + "]")
+    if len(turns) != n_ep:  # pragma: no cover (only if an unvalidated table is passed)
+        raise InputError("the 'turns' column does not hold one JSON list per episode", path=source)
+    # Built column-wise over the part's turns (thousands) with comprehensions.
+    flat = [td for tl in turns for td in tl]
+    u = len(flat)
+    is_tool = np.fromiter((td["role"] != "assistant" for td in flat), bool, u)
+    names = [td.get("name") for td in flat]
+    arguments: list[Any] = [
+        None if nm is None else (td.get("arguments") or {})
+        for nm, td in zip(names, flat, strict=True)
+    ]
+    calls = _CallCodes()
+    tool_key = np.fromiter(
+        (
+            -1 if nm is None else calls.of_call(nm, a)
+            for nm, a in zip(names, arguments, strict=True)
+        ),
+        np.int64,
+        u,
+    )
+    return _PartTurns(
+        n_turns=np.fromiter(map(len, turns), np.int64, n_ep),
+        is_tool=is_tool,
+        n_tokens=np.fromiter((td.get("n_tokens", 0) for td in flat), np.int64, u),
+        has_ids=np.fromiter(("token_ids" in td.get("arrays", ()) for td in flat), bool, u),
+        status=np.fromiter(
+            (STATUS_CODES.get(td.get("status") or "", -1) for td in flat), np.int8, u
+        ),
+        tool_key=tool_key,
+        key_names=list(calls.names),
+        names=names,
+        arguments=arguments,
+        contents=[td.get("content") for td in flat],
+        question=questions,
+        bounds_meta=[
+            (j, flat[j]["meta"])
+            for j in np.flatnonzero(~is_tool).tolist()
+            if flat[j].get("meta") and flat[j]["meta"].get(BOUNDS_META_KEY) is not None
+        ],
+    )
+
+
+def _turns_from_columns(episodes: Any) -> _PartTurns | None:
+    """The part's turns from the format-2 turn columns (:mod:`agentropy.trace.parquet`), with
+    no JSON decoding but the calls' arguments; None when the table has no such columns or a
+    turn carries entropy bounds (their arrays live in the turn's meta, in the JSON)."""
+    import pyarrow.compute as pc
+
+    if "turn_is_tool" not in episodes.column_names:
+        return None
+
+    def flat(name: str) -> Any:
+        col = episodes.column(name)
+        return pc.list_flatten(col.combine_chunks() if col.num_chunks != 1 else col.chunk(0))
+
+    if pc.any(flat("turn_bounded")).as_py():
+        return None
+    lengths = pc.list_value_length(episodes.column("turn_is_tool"))
+    n_turns = np.asarray(pc.fill_null(lengths, 0).to_numpy(), np.int64)
+    names_arr = flat("turn_name")
+    args_arr = flat("turn_arguments")
+    # Call identity "name:canonical arguments" (ToolCall.key), coded in order of first
+    # appearance as _CallCodes does; null (no parsed call) -> -1.
+    enc = pc.dictionary_encode(pc.binary_join_element_wise(names_arr, args_arr, ":"))
+    tool_key = np.asarray(pc.fill_null(enc.indices, -1).to_numpy(), np.int64)
+    names: list[str | None] = names_arr.to_pylist()
+    args_json: list[str | None] = args_arr.to_pylist()
+    present = [a for a in args_json if a is not None]
+    decoded = iter(json.loads("[" + ",".join(present) + "]") if present else [])
+    arguments = [None if a is None else next(decoded) for a in args_json]
+    return _PartTurns(
+        n_turns=n_turns,
+        is_tool=np.asarray(flat("turn_is_tool").to_numpy(zero_copy_only=False), bool),
+        n_tokens=np.array(flat("turn_n_tokens").to_numpy(), np.int64),
+        has_ids=np.asarray(flat("turn_has_ids").to_numpy(zero_copy_only=False), bool),
+        status=np.asarray(flat("turn_status").to_numpy(), np.int8),
+        tool_key=tool_key,
+        key_names=enc.dictionary.to_pylist(),
+        names=names,
+        arguments=arguments,
+        contents=flat("turn_content").to_pylist(),
+        question=episodes.column("question").to_pylist(),
+        bounds_meta=[],
+    )

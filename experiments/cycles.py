@@ -85,7 +85,7 @@ def read_series(path: str | Path) -> list[tuple[str, dict[str, list[float | None
                 series[metric] = vals
         if "entropy" not in series:
             raise InputError("no entropy series (rollout/entropy or entropy/mean)", path=src.path)
-        out.append((str(path) if src.name == Path(path).name else src.name, series))
+        out.append((src.name, series))
     return out
 
 
@@ -100,10 +100,14 @@ def summarize(
     runs = []
     for p in paths:
         for run_dir in runs_under(p):
-            for name, series in read_series(run_dir):
+            # label: the run's path below the folder given, or the path as given
+            label = str(run_dir.relative_to(p)) if run_dir != Path(p) else str(p)
+            found = read_series(run_dir)
+            for name, series in found:
                 rows = cycle_table(series, config, channels=channels)
                 runs.append({
-                    "run": name,
+                    "run": label if len(found) == 1 else f"{label}/{name}",
+                    "path": str(run_dir),
                     "steps": len(series["step"]),
                     "channels": [c for c in channels if c in series],
                     "cycles": [r.to_dict() for r in rows],
@@ -127,6 +131,11 @@ def _pair(c: WindowChange | None) -> str:
     return f"{c.before:.2f}->{c.after:.2f}{mark}"
 
 
+def _worse(changes: dict[str, WindowChange]) -> str:
+    names = dict(COLUMNS)
+    return ", ".join(names[m] for m, c in changes.items() if c.worse) or "none"
+
+
 def _span(s: Sequence[int] | None) -> str:
     return "-" if s is None else f"{s[0]}-{s[1]}"
 
@@ -146,11 +155,12 @@ def render(report: dict[str, Any]) -> Any:
         t.add_column(head)
     for _, head in COLUMNS:
         t.add_column(head, justify="right")
+    t.add_column("worse after")
     for run in report["runs"]:
         rows: list[CycleRow] = run["_rows"]
         if not rows:
             t.add_row(run["run"], *([""] if multi else []), "no eruption", "", "", "",
-                      *("" for _ in COLUMNS))  # fmt: skip
+                      *("" for _ in COLUMNS), "")  # fmt: skip
         for r in rows:
             end = "never" if r.end_step is None else str(r.end_step)
             level = "?" if r.level is None else f"{r.level:.3f}"
@@ -159,13 +169,13 @@ def render(report: dict[str, Any]) -> Any:
                 run["run"], *([r.channel] if multi else []),
                 f"{r.onset_step}/{r.peak_step}/{end}", f"{level}->{r.peak:.3f}", kind,
                 f"{_span(r.steps_before)} | {_span(r.steps_after)}",
-                *(_pair(r.changes.get(m)) for m, _ in COLUMNS),
+                *(_pair(r.changes.get(m)) for m, _ in COLUMNS), _worse(r.changes),
             )  # fmt: skip
         p: Persistence = run["_persistence"]
         t.add_row(
             run["run"], *(["all"] if multi else []), "first vs last", "", "run",
             f"{_span(p.steps_before)} | {_span(p.steps_after)}",
-            *(_pair(p.changes.get(m)) for m, _ in COLUMNS), end_section=True,
+            *(_pair(p.changes.get(m)) for m, _ in COLUMNS), _worse(p.changes), end_section=True,
         )  # fmt: skip
     return t
 

@@ -282,8 +282,10 @@ def cycle_table(
             elif a.name == "divergence" and opened:
                 opened[-1]["diverged"] = True
             elif a.name == "subsided" and opened:
-                cyc = next(c for c in reversed(opened) if c["onset"] == a.evidence["onset_step"])
-                cyc["end"], cyc["kind"] = int(a.evidence["end_step"]), a.kind
+                onset = a.evidence["onset_step"]
+                cyc = next((c for c in reversed(opened) if c["onset"] == onset), None)
+                if cyc is not None:
+                    cyc["end"], cyc["kind"] = int(a.evidence["end_step"]), a.kind
         ent = arrays[channel]
         prev_end = -1  # index of the previous cycle's end on this channel
         for k, cyc in enumerate(opened):

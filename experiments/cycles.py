@@ -7,7 +7,9 @@ phase ``rollout/entropy_<phase>``) and prints, per eruption, reward and the dege
 the window before its onset, during it and in the window after it subsided (or the run's last
 window if it never did), with a mark where a rate got significantly worse
 (:mod:`agentropy.monitor.cycles` has the definitions). A last row per run compares the window
-before its first eruption with its last window: what the cycles left behind.
+before its first eruption with its last window: what the cycles left behind. Below the table,
+as a cross-check, the cycles the analyzer's change-point detector finds in the same overall
+entropy series (``agentropy analyze``'s ``training.cycles``).
 
 Run (``experiments/cycles.toml`` trains the runs)::
 
@@ -89,6 +91,26 @@ def read_series(path: str | Path) -> list[tuple[str, dict[str, list[float | None
     return out
 
 
+def analyzer_cycles(series: dict[str, list[float | None]]) -> list[dict[str, Any]]:
+    """Cross-check: the analyzer's change-point cycles
+    (:func:`agentropy.analysis.training.detect_cycles`) on the same overall entropy series."""
+    import numpy as np
+
+    from agentropy.analysis.training import detect_cycles
+
+    def arr(m: str) -> np.ndarray:
+        return np.asarray([np.nan if v is None else v for v in series[m]], np.float64)
+
+    reward = arr("reward") if "reward" in series else None
+    steps = np.asarray(series["step"], np.int64)
+    cycles, _ = detect_cycles(steps, arr("entropy"), reward)
+    return [
+        {"start_step": c.start_step, "peak_step": c.peak_step, "end_step": c.end_step,
+         "amplitude": c.amplitude, "subsided": c.subsided, "kind": c.kind}
+        for c in cycles
+    ]  # fmt: skip
+
+
 def summarize(
     paths: Sequence[str | Path],
     config: CycleTableConfig | None = None,
@@ -100,8 +122,8 @@ def summarize(
     runs = []
     for p in paths:
         for run_dir in runs_under(p):
-            # label: the run's path below the folder given, or the path as given
-            label = str(run_dir.relative_to(p)) if run_dir != Path(p) else str(p)
+            # label: the folder given and the run's path below it, or the path as given
+            label = str(Path(p).name / run_dir.relative_to(p)) if run_dir != Path(p) else str(p)
             found = read_series(run_dir)
             for name, series in found:
                 rows = cycle_table(series, config, channels=channels)
@@ -115,6 +137,7 @@ def summarize(
                               ("productive", "degenerate", "neutral", "never_subsided")},
                     "degenerate_after": sum(r.degenerate_after for r in rows),
                     "persistence": (kept := persistence(series, rows, config)).to_dict(),
+                    "analyzer_cycles": analyzer_cycles(series),
                     "_rows": rows,
                     "_persistence": kept,
                 })  # fmt: skip
@@ -228,7 +251,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit(2) from None
     from rich.console import Console
 
-    Console(width=200).print(render(report))
+    console = Console(width=200)
+    console.print(render(report))
+    for run in report["runs"]:
+        found = run["analyzer_cycles"]
+        text = ", ".join(f"{c['start_step']}/{c['peak_step']}/{c['end_step']} "
+                         f"+{c['amplitude']:.3f} {c['kind']}" for c in found)  # fmt: skip
+        console.print(f"analyzer (change points, overall entropy) {run['run']}: "
+                      f"{len(found)} cycles{': ' + text if found else ''}")  # fmt: skip
     return report
 
 

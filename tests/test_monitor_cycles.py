@@ -202,11 +202,15 @@ def test_summarize_reads_runs_prefers_rollout_entropy_and_writes_json(tmp_path, 
     assert len(names) == 2 and "rhythm" in names[0] and "vanilla" in names[1]
     quiet, degen = report["runs"]
     assert quiet["cycles"] == [] and degen["kinds"]["degenerate"] == 1
+    # the analyzer's change points, as a cross-check, agree on this clean case
+    assert quiet["analyzer_cycles"] == [] and len(degen["analyzer_cycles"]) == 1
+    assert degen["analyzer_cycles"][0]["peak_step"] == degen["cycles"][0]["peak_step"]
     doc = json.loads(out.read_text())
     assert doc["runs"][1]["cycles"][0]["changes"]["loop_rate"]["worse"] is True
     assert "_rows" not in doc["runs"][0]
     text = capsys.readouterr().out
     assert "degenerate" in text and "no eruption" in text and "first vs last" in text
+    assert "analyzer (change points, overall entropy) vanilla/seed-0: 1 cycles" in text
 
 
 @pytest.mark.parametrize(

@@ -210,7 +210,7 @@ def test_summarize_reads_runs_prefers_rollout_entropy_and_writes_json(tmp_path, 
     assert "_rows" not in doc["runs"][0]
     text = capsys.readouterr().out
     assert "degenerate" in text and "no eruption" in text and "first vs last" in text
-    assert "analyzer (change points, overall entropy) vanilla/seed-0: 1 cycles" in text
+    assert "analyzer (change points, overall entropy) exp/vanilla/seed-0: 1 cycles" in text
 
 
 @pytest.mark.parametrize(

@@ -193,6 +193,9 @@ def _write_run(run: Path, pattern: str, seed: int = 0, decoy: bool = False) -> i
     return onset
 
 
+# slow: pyarrow, rich and ruptures (the analyzer cross-check) imports take 2-3 s on the shared
+# 2 cores; the error paths below keep the script in the fast tier
+@pytest.mark.slow
 def test_summarize_reads_runs_prefers_rollout_entropy_and_writes_json(tmp_path, capsys):
     _write_run(tmp_path / "exp" / "vanilla" / "seed-0", "degenerate", decoy=True)
     _write_run(tmp_path / "exp" / "rhythm" / "seed-0", "quiet")

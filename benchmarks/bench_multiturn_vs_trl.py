@@ -53,8 +53,11 @@ def _agent() -> tuple[Any, Any]:
     from agentropy import integrations as adapter
     from agentropy.agent import tiny
 
+    from agentropy.agent.shipped import shipped_agent_path
+
     torch.set_num_threads(THREADS)
-    path = tiny.default_agent_path()
+    # The agent shipped in the repository, else the one `agentropy bootstrap` built.
+    path = shipped_agent_path() or tiny.default_agent_path()
     if not (path / "config.json").is_file():
         raise SystemExit(f"no embedded agent at {path}; run `agentropy bootstrap` first")
     model, tokenizer = tiny.load_agent(path)

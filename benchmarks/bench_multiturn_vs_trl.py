@@ -21,9 +21,9 @@ are the same strings ours feed), temperature 1, same batch of ``tasks x group`` 
   timed from one training rollout's start to the next (the runner call is wrapped in the
   worker), TRL's by a callback from ``on_step_begin`` to ``on_step_end``.
 
-CPU time (``time.thread_time`` of the generating thread, one torch thread) does not count the
-time a process waits for a core, so on a loaded machine its ratios are the ones to read; wall
-times are given next to them.
+CPU time (``time.process_time``: every thread of the process, so work a library does in
+helper threads counts too) does not count the time a process waits for a core, so on a loaded
+machine its ratios are the ones to read; wall times are given next to them.
 
 Budgets differ in kind: ours caps assistant tokens per turn and per episode and the number of
 turns; TRL caps everything after the prompt (tool messages included) with
@@ -224,10 +224,10 @@ def rollouts(args: argparse.Namespace) -> dict:
         inner = trainer._generate
 
         def generate(prompts):
-            t0, c0 = time.perf_counter(), time.thread_time()
+            t0, c0 = time.perf_counter(), time.process_time()
             result = inner(prompts)
             timed["s"] = time.perf_counter() - t0
-            timed["cpu"] = time.thread_time() - c0
+            timed["cpu"] = time.process_time() - c0
             timed["assistant_tokens"] = float(sum(sum(m) for m in result[2]))
             return result
 
@@ -255,12 +255,12 @@ def rollouts(args: argparse.Namespace) -> dict:
             }
 
         def run_ours(seed: int) -> dict:
-            t0, c0 = time.perf_counter(), time.thread_time()
+            t0, c0 = time.perf_counter(), time.process_time()
             eps = rollout(
                 model, tokenizer, world, batch, schedule=ConstantTemperature(1.0),
                 config=ours_cfg, seed=seed,
             )  # fmt: skip
-            s, cpu = time.perf_counter() - t0, time.thread_time() - c0
+            s, cpu = time.perf_counter() - t0, time.process_time() - c0
             tokens = sum(t.n_tokens for e in eps for t in e.assistant_turns)
             tools = sum(1 for e in eps for t in e.turns if t.role == "tool")
             return {"s": s, "cpu": cpu, "tokens": float(tokens), "tools": tools}
@@ -294,11 +294,11 @@ class _Baton:
         print("@@wait", flush=True)
         if not sys.stdin.readline():
             raise SystemExit("parent closed the baton")
-        self.t0, self.c0 = time.perf_counter(), time.thread_time()
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
 
     def end(self) -> None:
         if self.t0 is not None:
-            wall, cpu = time.perf_counter() - self.t0, time.thread_time() - self.c0
+            wall, cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
             print(f"@@done {wall:.6f} {cpu:.6f}", flush=True)
             self.t0 = None
 

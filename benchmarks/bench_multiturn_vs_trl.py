@@ -13,9 +13,17 @@ are the same strings ours feed), temperature 1, same batch of ``tasks x group`` 
   ``generate`` per tool iteration on the concatenated ids, TRL's own tool loop), timed around
   ``_generate`` only. Reported: assistant tokens/s (TRL: completion tokens with
   ``tool_mask = 1``; ours: sampled assistant tokens) and tool turns/s (tool calls executed).
-- **Training step** (each trainer in its own process, one after the other): median wall time
-  of a whole multi-turn GRPO step (rollouts + scoring + loss + backward + optimizer) after the
-  first. Ours reads ``time/step_s`` from ``metrics.parquet``; TRL's is timed by a callback.
+- **Training step** (each trainer in its own process, steps interleaved: the parent hands a
+  baton back and forth, so step k of one trainer runs between steps k of the other, in
+  alternating order, and load drift hits both alike): wall and CPU time of a whole multi-turn
+  GRPO step (rollouts + scoring + loss + backward + optimizer), median and range over the
+  steps after the first (ours: also before the last, which runs the final evaluation). Ours is
+  timed from one training rollout's start to the next (the runner call is wrapped in the
+  worker), TRL's by a callback from ``on_step_begin`` to ``on_step_end``.
+
+CPU time (``time.process_time``: every thread of the process, so work a library does in
+helper threads counts too) does not count the time a process waits for a core, so on a loaded
+machine its ratios are the ones to read; wall times are given next to them.
 
 Budgets differ in kind: ours caps assistant tokens per turn and per episode and the number of
 turns; TRL caps everything after the prompt (tool messages included) with
@@ -31,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import statistics
@@ -41,7 +48,7 @@ import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _measure import python_argv, run_isolated
+from _measure import python_argv
 
 THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 LR = 1e-6
@@ -52,9 +59,11 @@ def _agent() -> tuple[Any, Any]:
 
     from agentropy import integrations as adapter
     from agentropy.agent import tiny
+    from agentropy.agent.shipped import shipped_agent_path
 
     torch.set_num_threads(THREADS)
-    path = tiny.default_agent_path()
+    # The agent shipped in the repository, else the one `agentropy bootstrap` built.
+    path = shipped_agent_path() or tiny.default_agent_path()
     if not (path / "config.json").is_file():
         raise SystemExit(f"no embedded agent at {path}; run `agentropy bootstrap` first")
     model, tokenizer = tiny.load_agent(path)
@@ -215,9 +224,10 @@ def rollouts(args: argparse.Namespace) -> dict:
         inner = trainer._generate
 
         def generate(prompts):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             result = inner(prompts)
             timed["s"] = time.perf_counter() - t0
+            timed["cpu"] = time.process_time() - c0
             timed["assistant_tokens"] = float(sum(sum(m) for m in result[2]))
             return result
 
@@ -237,37 +247,79 @@ def rollouts(args: argparse.Namespace) -> dict:
             env_cls.calls = 0
             trainer.model.eval()
             trainer._generate_and_score_completions([dict(x) for x in inputs])
-            return {"s": timed["s"], "tokens": timed["assistant_tokens"], "tools": env_cls.calls}
+            return {
+                "s": timed["s"],
+                "cpu": timed["cpu"],
+                "tokens": timed["assistant_tokens"],
+                "tools": env_cls.calls,
+            }
 
         def run_ours(seed: int) -> dict:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             eps = rollout(
                 model, tokenizer, world, batch, schedule=ConstantTemperature(1.0),
                 config=ours_cfg, seed=seed,
             )  # fmt: skip
-            s = time.perf_counter() - t0
+            s, cpu = time.perf_counter() - t0, time.process_time() - c0
             tokens = sum(t.n_tokens for e in eps for t in e.assistant_turns)
             tools = sum(1 for e in eps for t in e.turns if t.role == "tool")
-            return {"s": s, "tokens": float(tokens), "tools": tools}
+            return {"s": s, "cpu": cpu, "tokens": float(tokens), "tools": tools}
 
         run_trl(), run_ours(0)  # warm-up
         res: dict[str, list[dict]] = {"ours": [], "trl": []}
-        for r in range(args.rounds):
+        for r in range(args.rounds):  # alternating order: neither side always runs first
+            if r % 2:
+                res["trl"].append(run_trl())
             res["ours"].append(run_ours(r + 1))
-            res["trl"].append(run_trl())
+            if not r % 2:
+                res["trl"].append(run_trl())
     return res
 
 
 # --------------------------------------------------------------------------------------------
-# Training steps, each trainer in its own process
+# Training steps: each trainer in its own process, steps interleaved by a baton
 # --------------------------------------------------------------------------------------------
 
 
-def worker_ours(args: argparse.Namespace) -> dict:
+class _Baton:
+    """The worker's side of the baton: before each training step it prints ``@@wait`` and
+    blocks until the parent writes a line on stdin; after the step it prints ``@@done <wall s>
+    <cpu s>``. Only ``@@`` lines are protocol (trainers print their own logs)."""
+
+    def __init__(self) -> None:
+        self.t0: float | None = None
+        self.c0 = 0.0
+
+    def begin(self) -> None:
+        print("@@wait", flush=True)
+        if not sys.stdin.readline():
+            raise SystemExit("parent closed the baton")
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+
+    def end(self) -> None:
+        if self.t0 is not None:
+            wall, cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
+            print(f"@@done {wall:.6f} {cpu:.6f}", flush=True)
+            self.t0 = None
+
+
+def worker_ours(args: argparse.Namespace) -> None:
+    import agentropy.rl.trainer as trainer_mod
     from agentropy.rl.config import TrainConfig
-    from agentropy.rl.trainer import read_metrics, train
 
     model, tokenizer = _agent()
+    baton = _Baton()
+    inner = trainer_mod.rollout
+
+    def rollout(*a: Any, **kw: Any) -> Any:
+        # A training step starts with its rollout; evaluations (policy "eval:...") are inside
+        # the step that runs them. The previous step ends where the next one starts.
+        if not str(kw.get("policy_name") or "").startswith("eval:"):
+            baton.end()
+            baton.begin()
+        return inner(*a, **kw)
+
+    trainer_mod.rollout = rollout
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(
             out=os.path.join(out, "run"),
@@ -293,44 +345,93 @@ def worker_ours(args: argparse.Namespace) -> dict:
             tensorboard=False,
             progress=False,
         )
-        train(config, model=model, tokenizer=tokenizer)
-        rows = read_metrics(config.out)
-    timed = rows[1:-1]  # drop warm-up and the evaluating last step
-    return {
-        "step_s": statistics.median(r["time/step_s"] for r in timed),
-        "rollout_s": statistics.median(r["time/rollout_s"] for r in timed),
-        "steps_timed": len(timed),
-    }
+        trainer_mod.train(config, model=model, tokenizer=tokenizer)
+    baton.end()
 
 
-def worker_trl(args: argparse.Namespace) -> dict:
+def worker_trl(args: argparse.Namespace) -> None:
     from transformers import TrainerCallback
 
-    class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
+    baton = _Baton()
 
+    class StepBaton(TrainerCallback):
         def on_step_begin(self, a, state, control, **kwargs):
-            self.t0 = time.perf_counter()
+            baton.begin()
 
         def on_step_end(self, a, state, control, **kwargs):
-            self.times.append(time.perf_counter() - self.t0)
+            baton.end()
 
     model, tokenizer = _agent()
     world, tasks = _world_and_tasks(args.level, args.tasks * args.steps)
     model.train()
-    timer = StepTimer()
     with tempfile.TemporaryDirectory() as out:
         trainer = _trl_trainer(
-            model, tokenizer, world, tasks, args, out, steps=args.steps, callbacks=[timer]
+            model, tokenizer, world, tasks, args, out, steps=args.steps, callbacks=[StepBaton()]
         )
         trainer.train()
-    return {"step_s": statistics.median(timer.times[1:]), "steps_timed": len(timer.times) - 1}
 
 
 def _worker_argv(kind: str, args: argparse.Namespace) -> list[str]:
     flags = [f"--{k}={getattr(args, k)}" for k in ("tasks", "group", "turns", "length", "steps")]
     return python_argv(__file__, f"--worker={kind}", f"--level={args.level}", *flags)
+
+
+def interleaved_steps(args: argparse.Namespace) -> dict[str, list[tuple[float, float]]]:
+    """Start both trainers, then hand the baton to each in turn (order alternating per step);
+    return each one's ``(wall s, cpu s)`` per step."""
+    import contextlib
+    import subprocess
+
+    times: dict[str, list[tuple[float, float]]] = {"ours": [], "trl": []}
+    with contextlib.ExitStack() as stack:
+        logs = {k: stack.enter_context(tempfile.TemporaryFile(mode="w+")) for k in times}
+        procs = {
+            kind: stack.enter_context(
+                subprocess.Popen(
+                    _worker_argv(kind, args),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=logs[kind],
+                    text=True,
+                    bufsize=1,
+                    env=dict(os.environ),
+                )
+            )
+            for kind in times
+        }
+
+        def failure(kind: str, what: str) -> RuntimeError:
+            procs[kind].kill()
+            procs[kind].wait()
+            logs[kind].seek(0)
+            return RuntimeError(f"{kind} trainer {what}:\n{logs[kind].read()[-4000:]}")
+
+        def expect(kind: str, word: str) -> list[str]:
+            out = procs[kind].stdout
+            assert out is not None
+            for line in out:
+                if line.startswith("@@" + word):
+                    return line.split()[1:]
+            raise failure(kind, f"exited without {word!r}")
+
+        try:
+            for step in range(args.steps):
+                for kind in ("ours", "trl") if step % 2 == 0 else ("trl", "ours"):
+                    expect(kind, "wait")
+                    stdin = procs[kind].stdin
+                    assert stdin is not None
+                    stdin.write("go\n")
+                    stdin.flush()
+                    wall, cpu = expect(kind, "done")
+                    times[kind].append((float(wall), float(cpu)))
+            for kind, p in procs.items():
+                if p.wait(timeout=600) != 0:
+                    raise failure(kind, "failed")
+        finally:
+            for p in procs.values():
+                if p.poll() is None:
+                    p.kill()
+    return times
 
 
 def main() -> None:
@@ -340,28 +441,28 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=4, help="assistant turns per episode at most")
     ap.add_argument("--length", type=int, default=160, help="token budget (see docstring)")
     ap.add_argument("--level", type=int, default=2, help="ToolWorld level of the tasks")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rollout rounds")
-    ap.add_argument("--steps", type=int, default=4, help="training steps per trainer (0: skip)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rollout rounds (0: skip)")
+    ap.add_argument(
+        "--steps", type=int, default=6, help="training steps per trainer, interleaved (0: skip)"
+    )
     ap.add_argument("--worker", choices=("ours", "trl"), default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        fn = worker_ours if args.worker == "ours" else worker_trl
-        print(json.dumps(fn(args)))
+        (worker_ours if args.worker == "ours" else worker_trl)(args)
         return
 
-    roll = rollouts(args)
-    steps: dict[str, dict] = {}
-    if args.steps > 1:
-        for kind in ("ours", "trl"):
-            m = run_isolated(_worker_argv(kind, args), env=dict(os.environ)).check()
-            steps[kind] = json.loads(m.stdout.strip().splitlines()[-1])
+    roll = rollouts(args) if args.rounds > 0 else {}
+    steps = interleaved_steps(args) if args.steps > 2 else {}
     _report(args, roll, steps)
 
 
-def _report(args: argparse.Namespace, roll: dict, steps: dict) -> None:
-    def med(side: str, key: str) -> float:
-        return statistics.median(r[key] / r["s"] for r in roll[side])
+def _spread(xs: list[float], fmt: str = "{:,.1f}") -> str:
+    """``median [min-max]``."""
+    med, lo, hi = statistics.median(xs), min(xs), max(xs)
+    return f"{fmt.format(med)} [{fmt.format(lo)}-{fmt.format(hi)}]"
 
+
+def _report(args: argparse.Namespace, roll: dict, steps: dict) -> None:
     print(
         f"\n### Multi-turn vs TRL ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
         f"{platform.machine()} {os.cpu_count()} CPUs, {THREADS} thread(s) per process)\n"
@@ -369,29 +470,57 @@ def _report(args: argparse.Namespace, roll: dict, steps: dict) -> None:
     print(
         f"Embedded agent, ToolWorld level {args.level} train tasks: {args.tasks} tasks x "
         f"{args.group} = batch {args.tasks * args.group}, <= {args.turns} turns, budget "
-        f"{args.length} tokens, T = 1; {args.rounds} interleaved rounds (median).\n"
+        f"{args.length} tokens, T = 1.\n"
     )
-    print("| metric | agentropy | TRL | agentropy / TRL |")
-    print("| --- | ---: | ---: | ---: |")
-    for key, label in (("tokens", "assistant tokens / s"), ("tools", "tool turns / s")):
-        ours, trl = med("ours", key), med("trl", key)
-        ratio = ours / trl if trl else float("nan")
-        print(f"| {label} | {ours:,.1f} | {trl:,.1f} | {ratio:.2f}x |")
-    for key, label in (
-        ("s", "rollout wall s"),
-        ("tokens", "assistant tokens"),
-        ("tools", "tool turns"),
-    ):
-        ours = statistics.median(r[key] for r in roll["ours"])
-        trl = statistics.median(r[key] for r in roll["trl"])
+    if roll:
+        n = len(roll["ours"])
         print(
-            f"| {label} (per batch) | {ours:,.2f} | {trl:,.2f} | {ours / trl if trl else float('nan'):.2f} |"
+            f"Rollouts: {n} interleaved rounds in one process; median [min-max] over rounds; "
+            "ratios are per round (paired), then median [min-max].\n"
         )
+        print("| metric | agentropy | TRL | agentropy / TRL |")
+        print("| --- | ---: | ---: | ---: |")
+        for key, label in (("tokens", "assistant tokens"), ("tools", "tool turns")):
+            for clock, unit in (("s", "wall s"), ("cpu", "CPU s")):
+                ours = [r[key] / r[clock] for r in roll["ours"]]
+                trl = [r[key] / r[clock] for r in roll["trl"]]
+                ratio = [o / t if t else float("nan") for o, t in zip(ours, trl, strict=True)]
+                print(
+                    f"| {label} / {unit} | {_spread(ours)} | {_spread(trl)} | "
+                    f"{_spread(ratio, '{:.2f}')}x |"
+                )
+        for key, label in (
+            ("s", "rollout wall s"),
+            ("cpu", "rollout CPU s"),
+            ("tokens", "assistant tokens"),
+            ("tools", "tool turns"),
+        ):
+            ours = [r[key] for r in roll["ours"]]
+            trl = [r[key] for r in roll["trl"]]
+            ratio = [o / t if t else float("nan") for o, t in zip(ours, trl, strict=True)]
+            print(
+                f"| {label} (per batch) | {_spread(ours, '{:,.2f}')} | {_spread(trl, '{:,.2f}')} "
+                f"| {_spread(ratio, '{:.2f}')} |"
+            )
     if steps:
-        o, t = steps["ours"]["step_s"], steps["trl"]["step_s"]
-        n_o, n_t = steps["ours"]["steps_timed"], steps["trl"]["steps_timed"]
-        print(f"| training step s (median of {n_o} / {n_t}) | {o:.2f} | {t:.2f} | {o / t:.2f} |")
-        print(f"| of which our rollouts s | {steps['ours']['rollout_s']:.2f} | | |")
+        # Drop the first step of each (warm-up) and our last (it runs the final evaluation).
+        ours = steps["ours"][1:-1]
+        trl = steps["trl"][1 : len(ours) + 1]
+        print(
+            f"\nTraining steps: both trainers in their own processes, steps interleaved (baton, "
+            f"order alternating); steps 2..{len(ours) + 1} of {args.steps}; median [min-max]; "
+            "ratios per step pair.\n"
+        )
+        print("| whole GRPO step | agentropy | TRL | agentropy / TRL |")
+        print("| --- | ---: | ---: | ---: |")
+        for i, unit in ((0, "wall s"), (1, "CPU s")):
+            o = [x[i] for x in ours]
+            t = [x[i] for x in trl]
+            ratio = [a / b for a, b in zip(o, t, strict=True)]
+            print(
+                f"| {unit} | {_spread(o, '{:.2f}')} | {_spread(t, '{:.2f}')} | "
+                f"{_spread(ratio, '{:.2f}')} |"
+            )
     print(
         f"\nLoad average (1, 5, 15 min) at the end: {os.getloadavg()}; command: `python {' '.join(sys.argv)}`"
     )

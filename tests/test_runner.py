@@ -299,6 +299,30 @@ def test_batched_draw_equals_the_row_by_row_draw() -> None:
         assert int(tokens[j]) == int(k)
 
 
+@pytest.mark.parametrize("case", ["all_draw", "greedy_rows", "neg_inf"])
+def test_sample_logprob_and_entropy_have_the_bits_of_logprobs_and_entropy(case) -> None:
+    """The runner's per-step shortcut (no argument checks, no greedy work when no row is greedy)
+    records the bits :func:`logprobs_and_entropy` gives on the scaled logits."""
+    from agentropy.agent.runner import _sample
+    from agentropy.entropy import apply_temperature, logprobs_and_entropy
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(9, 1007, generator=g) * 4
+    temps = torch.rand(9, generator=g) * 1.5 + 0.1
+    if case == "greedy_rows":
+        temps[[2, 5]] = 0.0
+    if case == "neg_inf":
+        logits[3, ::2] = -math.inf  # 0 * log 0 terms: the checked path
+    gens = [torch.Generator().manual_seed(j) for j in range(9)]
+    tokens, logprob, ent = _sample(logits, temps, gens)
+    t = torch.where(temps == 0, torch.ones_like(temps), temps)
+    lp_ref, h_ref = logprobs_and_entropy(apply_temperature(logits, t), tokens)
+    greedy = temps == 0
+    assert torch.equal(logprob, torch.where(greedy, 0.0, lp_ref))
+    assert torch.equal(ent, torch.where(greedy, 0.0, h_ref))
+    assert torch.isfinite(logprob).all() and (ent >= 0).all()
+
+
 class RecordingSchedule:
     """Per-row temperatures that vary by row, phase and step (some rows greedy); logs them."""
 

@@ -165,35 +165,67 @@ def forward_kwargs(model: Any) -> tuple[str, bool]:
 def _sample(
     logits: torch.Tensor, temps: torch.Tensor, generators: Sequence[torch.Generator]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sample one token per row of fp32 ``logits`` (b, V) at ``temps`` (b,).
+    """Sample one token per row of fp32 ``logits`` (b, V) at ``temps`` (b,) fp32.
 
     Returns ``(tokens (b,) int64, logprob (b,), sampling_entropy (b,))``: log-prob and entropy
     under ``softmax(logits / T)``, from the same scaled logits the token was drawn from; both 0
     for greedy rows (T = 0), which take the argmax (lowest id on ties).
-    """
-    from agentropy.entropy import apply_temperature, logprobs_and_entropy
 
+    This runs once per decoding step, so it skips what cannot change the result: the argument
+    checks of :func:`~agentropy.entropy.apply_temperature` and
+    :func:`~agentropy.entropy.logprobs_and_entropy` (whose arithmetic it repeats, for the same
+    bits), and the greedy-row work when no row is greedy. A row whose result is not finite (a
+    ``-inf`` logit) goes through ``logprobs_and_entropy`` itself.
+    """
+    from agentropy.entropy import _divide, logprobs_and_entropy
+
+    b = logits.shape[0]
     greedy = temps == 0
+    draw = (~greedy).nonzero().squeeze(1).tolist()
+    all_draw = len(draw) == b
     # Temperature applied once, to fp32 logits, before softmax (DESIGN.md); greedy rows are
     # scaled by 1 and never drawn from.
-    scaled = apply_temperature(logits, torch.where(greedy, torch.ones_like(temps), temps))
-    probs = torch.softmax(scaled, dim=-1)  # (b, V)
-    tokens = logits.argmax(dim=-1)
-    draw = (~greedy).nonzero().squeeze(1).tolist()
+    t = temps if all_draw else torch.where(greedy, torch.ones_like(temps), temps)
+    scaled = _divide(logits, t.to(device=logits.device, dtype=torch.float32).contiguous())
+    tokens = torch.empty(b, dtype=torch.int64, device=logits.device)
+    if not all_draw:
+        tokens = logits.argmax(dim=-1)
     if draw:
         # Inverse-CDF draw, one uniform per token from the row's own generator, so the draw does
         # not depend on which other rows share the batch; the CDFs of all drawing rows in one
         # batched cumsum/searchsorted (row by row, the same bits, at a fraction of the cost).
+        probs = torch.softmax(scaled, dim=-1)  # (b, V)
         u = torch.stack(
             [torch.rand((), generator=generators[j], dtype=torch.float64) for j in draw]
         ).to(logits.device)
-        rows = torch.tensor(draw, device=logits.device)
-        cdf = probs[rows].double().cumsum(1)  # (d, V)
+        if all_draw:
+            cdf = probs.double().cumsum(1)  # (b, V)
+        else:
+            rows = torch.tensor(draw, device=logits.device)
+            cdf = probs[rows].double().cumsum(1)  # (d, V)
         k = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
-        tokens[rows] = k.clamp_max(logits.shape[-1] - 1)
-    logprob, sampling_entropy = logprobs_and_entropy(scaled, tokens)  # T already applied
+        k = k.clamp_max(logits.shape[-1] - 1)
+        if all_draw:
+            tokens = k
+        else:
+            tokens[rows] = k
+    # logprobs_and_entropy(scaled, tokens) at T = 1 (T already applied), its operations in order.
+    ls = torch.log_softmax(scaled, -1)
+    p = torch.exp(ls)
+    h = torch.linalg.vecdot(p, ls).neg_()
+    sum_p = p.sum(-1)
+    log_z = sum_p.log()
+    h = h.div_(sum_p).add_(log_z)
+    logprob = ls.gather(1, tokens.unsqueeze(1)).squeeze(1).sub_(log_z)
+    # One reduction and one sync: finite iff every row is (see entropy.step_entropy).
+    if not math.isfinite((h.sum() + logprob.sum()).item()):
+        logprob, h = logprobs_and_entropy(scaled, tokens)
+    else:
+        h = h.clamp_min_(0.0)
+    if all_draw:
+        return tokens, logprob, h
     zero = torch.zeros_like(logprob)
-    return tokens, torch.where(greedy, zero, logprob), torch.where(greedy, zero, sampling_entropy)
+    return tokens, torch.where(greedy, zero, logprob), torch.where(greedy, zero, h)
 
 
 def rollout(

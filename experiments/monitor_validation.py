@@ -31,7 +31,8 @@ Run::
     AGENTROPY_HOME=/tmp/home PYTHONPATH=src python experiments/monitor_validation.py run \\
         --kind unstable --seed 0 --steps 8 --out runs/mon/unstable
     ... run --kind healthy --seed 0 --steps 20 --out runs/mon/healthy-0   (seeds 0, 1, 2)
-    ... summarize runs/mon/*
+    ... summarize runs/mon/*     (--replay: the current detector over the logged metrics)
+    ... run --kind unstable --lr 1e-3 ...   (another learning rate; kind = unstable when lr >= 3e-4)
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ ONSET_FACTOR = 1.5
 DETECT_WITHIN = 3
 """Steps after the onset within which ``divergence`` or ``collapse`` must fire."""
 BAD_ALERTS = ("divergence", "collapse")
+UNSTABLE_LR = 3e-4
+"""The unstable runs' learning rate (and any larger one: ``run --lr``); the default is 2e-5."""
 
 
 def run(
@@ -56,13 +59,16 @@ def run(
     model: str | None = None,
     loss: str | None = None,
     resume: bool = False,
+    lr: float | None = None,
 ) -> None:
     from agentropy.rl.config import TrainConfig
     from agentropy.rl.trainer import train
 
-    extra = {"lr": 3e-4, "loss": "vanilla"} if kind == "unstable" else {}
+    extra: dict = {"lr": UNSTABLE_LR, "loss": "vanilla"} if kind == "unstable" else {}
     if loss is not None:
         extra["loss"] = loss
+    if lr is not None:
+        extra["lr"] = lr
     cfg = TrainConfig(
         out=out, model=model, seed=seed, steps=steps, eval_episodes=8, eval_every=10_000,
         checkpoint_every=0, threads=1, progress=False, **extra,
@@ -160,8 +166,8 @@ def summarize(dirs: list[str], replay: bool = False) -> dict:
     pooled = {k: {g: ([], []) for g in GROUPS} for k in kinds}
     for d in dirs:
         rows = read_metrics(d)
-        cfg = (Path(d) / "config.toml").read_text()
-        kind = "unstable" if "lr = 0.0003" in cfg else "healthy"
+        lr = float(read_toml_text((Path(d) / "config.toml").read_text())["lr"])
+        kind = "unstable" if lr >= UNSTABLE_LR else "healthy"
         if (Path(d) / "summary.json").exists() and not replay:
             alerts = json.loads((Path(d) / "summary.json").read_text())["alerts"]
         else:  # a run still going (or cut short): the detector is pure, replay its rows
@@ -242,6 +248,7 @@ def main() -> None:
     r.add_argument("--out", required=True)
     r.add_argument("--model", default=None, help="agent directory (default: the embedded agent)")
     r.add_argument("--loss", default=None, help="override the loss (unstable: vanilla)")
+    r.add_argument("--lr", type=float, default=None, help="override the lr (unstable: 3e-4)")
     r.add_argument(
         "--resume", action="store_true",
         help="continue the run in --out from its newest checkpoint up to --steps",
@@ -254,7 +261,7 @@ def main() -> None:
     )  # fmt: skip
     args = ap.parse_args()
     if args.cmd == "run":
-        run(args.kind, args.seed, args.steps, args.out, args.model, args.loss, args.resume)
+        run(args.kind, args.seed, args.steps, args.out, args.model, args.loss, args.resume, args.lr)
     else:
         print(json.dumps(summarize(args.dirs, replay=args.replay), indent=1))
 

@@ -99,7 +99,8 @@ def trace_predictions(run_dir: str, rows: list[dict]) -> dict[int, dict[str, flo
     cfg = read_toml_text((Path(run_dir) / "config.toml").read_text())
     by_step: dict[int, list] = {}
     for ep in read_parquet(store):
-        by_step.setdefault(int(ep.step), []).append(ep)
+        if ep.step is not None:
+            by_step.setdefault(int(ep.step), []).append(ep)
     row_of = {int(r["step"]): r for r in rows}
     out: dict[int, dict[str, float]] = {}
     for step, eps in sorted(by_step.items()):
@@ -163,7 +164,9 @@ def summarize(dirs: list[str], replay: bool = False) -> dict:
 
     kinds = ("pg_logged", "pg", "pg+bonus")
     runs: list[dict] = []
-    pooled = {k: {g: ([], []) for g in GROUPS} for k in kinds}
+    pooled: dict[str, dict[str, tuple[list[float], list[float]]]] = {
+        k: {g: ([], []) for g in GROUPS} for k in kinds
+    }
     for d in dirs:
         rows = read_metrics(d)
         lr = float(read_toml_text((Path(d) / "config.toml").read_text())["lr"])
@@ -175,7 +178,7 @@ def summarize(dirs: list[str], replay: bool = False) -> dict:
             for r in rows:
                 tracker.step(int(r["step"]), r)
             alerts = [a.to_dict() for a in tracker.alerts]
-        h = [r.get("rollout/entropy") for r in rows]
+        h = [float(r["rollout/entropy"]) for r in rows]
         onset = next((r["step"] for r in rows if r["rollout/entropy"] > ONSET_FACTOR * h[0]), None)
         bad = [a for a in alerts if a["name"] in BAD_ALERTS]
         first_bad = bad[0]["step"] if bad else None

@@ -23,6 +23,22 @@ change ``-eta * cov`` is reported with ``eta = 1`` by default and :func:`agreeme
 on a run (least squares through the origin) while the Pearson correlation of predicted and
 realised changes, with its bootstrap interval, is the scale-free measure of how well they agree.
 
+**Entropy bonus.** The covariance is the policy-gradient term only. A loss with an entropy term
+``-c * H`` (``loss=flat``, ``target``, ``rhythm``: per-phase ``c``) moves the logits too: its
+gradient at a state is that of a policy gradient with the per-token pseudo-advantage
+``c * (-log pi(a|s) - H(s))`` (same token weights when both terms share the aggregation, the
+trainer's default), so to first order it changes the entropy by
+
+    npg:  eta * c * Var_{a ~ pi}(log pi(a|s)) = eta * c * E_a[(log pi(a|s) + H(s))^2]
+    pg:   eta * c * E_a[pi(a|s) (log pi(a|s) + H(s))^2],
+
+always >= 0 for a bonus. With the exact entropy ``H(s)`` recorded at each sampled token,
+``(log pi(a) + H(s))^2`` (times ``pi(a)`` for ``pg``) is an unbiased one-sample estimate of the
+expectation; :func:`bonus_stats` sums it per group and :func:`bonus_metrics` logs
+``cov/<group>_bonus_pred_dH``, to be added to ``cov/<group>_pred_dH`` (same ``eta`` units).
+Not modelled: PPO clipping (inactive at the first update of a step), Adam's per-coordinate
+scaling, ``rhythm``'s contraction term.
+
 Reductions follow the project's rule (sum values and counts, divide once): :func:`covariance_stats`
 returns sums ``(n, sum x, sum y, sum xy)`` per group that add across minibatches and ranks;
 :func:`finalize` turns them into covariances. Use the log-probs of the policy *before* the update
@@ -42,6 +58,8 @@ __all__ = [
     "GROUPS",
     "agreement",
     "attribution_metrics",
+    "bonus_metrics",
+    "bonus_stats",
     "covariance_stats",
     "entropy_change_attribution",
     "finalize",
@@ -154,6 +172,75 @@ def attribution_metrics(stats: torch.Tensor, *, eta: float = 1.0) -> dict[str, f
         out[f"cov/{name}_pred_dH"] = -eta * cov
         out[f"cov/{name}_tokens"] = float(r["n"] or 0)
     return out
+
+
+def bonus_stats(
+    logprob: torch.Tensor,
+    entropy: torch.Tensor,
+    mask: torch.Tensor,
+    coef: float | torch.Tensor,
+    phase: torch.Tensor | None = None,
+    *,
+    variant: Variant = "npg",
+) -> torch.Tensor:
+    """Sufficient statistics of the entropy bonus's first-order entropy change, per group.
+
+    ``logprob`` (B, T) log-probs of the sampled tokens (nats, T = 1); ``entropy`` (B, T) the
+    exact model entropy at each of those positions (T = 1); ``mask`` (B, T) bool, as in
+    :func:`covariance_stats`; ``coef`` the entropy coefficient ``c`` of the loss ``-c * H``:
+    a number, or (len(PHASES),) one per phase (``rhythm``'s lambdas, indexed by ``phase``).
+    Returns (5, 2) float64 ``[n, sum c (log pi + H)^2]`` (``pg``: ``c pi (log pi + H)^2``) for
+    :data:`GROUPS`; sums of minibatches add. :func:`bonus_metrics` divides once.
+    """
+    if variant not in ("npg", "pg"):
+        raise ValueError(f"variant must be 'npg' or 'pg', got {variant!r}")
+    if logprob.dim() != 2 or mask.shape != logprob.shape or entropy.shape != logprob.shape:
+        raise ValueError(
+            f"logprob, entropy and mask must all be (B, T); got {tuple(logprob.shape)}, "
+            f"{tuple(entropy.shape)} and {tuple(mask.shape)}"
+        )
+    m = mask.to(torch.bool)
+    x = torch.where(m, logprob.detach().to(torch.float64), 0.0)
+    h = torch.where(m, entropy.detach().to(torch.float64), 0.0)
+    c = torch.as_tensor(coef, dtype=torch.float64)
+    if c.dim() == 1:
+        if c.shape[0] != len(PHASES) or phase is None:
+            raise ValueError(
+                f"a per-phase coef needs {len(PHASES)} values and phase codes, got shape "
+                f"{tuple(c.shape)} and phase {'None' if phase is None else 'given'}"
+            )
+        codes = phase.long()
+        if bool((m & ((codes < 0) | (codes >= len(PHASES)))).any()):
+            raise ValueError(f"phase codes of masked-in tokens must be in [0, {len(PHASES)})")
+        c = c[codes.clamp(0, len(PHASES) - 1)]
+    elif c.dim() != 0:
+        raise ValueError(f"coef must be a number or one per phase, got shape {tuple(c.shape)}")
+    y = c * (x + h) ** 2
+    if variant == "pg":
+        y = torch.exp(x) * y
+    y = torch.where(m, y, 0.0)
+    if bool((m & ~(torch.isfinite(x) & torch.isfinite(h))).any()):
+        raise ValueError("log-probs and entropies of masked-in tokens must be finite")
+    rows = []
+    for code in range(-1, len(PHASES)):
+        g = m if code < 0 else (m & (phase == code) if phase is not None else torch.zeros_like(m))
+        w = g.to(torch.float64)
+        rows.append(torch.stack([w.sum(), (w * y).sum()]))
+    return torch.stack(rows)
+
+
+def bonus_metrics(stats: torch.Tensor, *, eta: float = 1.0) -> dict[str, float]:
+    """``cov/<group>_bonus_pred_dH`` (nats, logit step ``eta``): the entropy bonus's predicted
+    first-order entropy change, from summed :func:`bonus_stats`; groups without tokens are left
+    out. Add it to ``cov/<group>_pred_dH`` for the prediction of the whole loss."""
+    stats = stats.to(torch.float64)
+    if stats.shape != (len(GROUPS), 2):
+        raise ValueError(f"stats must be ({len(GROUPS)}, 2), got {tuple(stats.shape)}")
+    return {
+        f"cov/{name}_bonus_pred_dH": eta * s / n
+        for name, (n, s) in zip(GROUPS, stats.tolist(), strict=True)
+        if n > 0
+    }
 
 
 def agreement(

@@ -59,7 +59,12 @@ is *quiet* or *erupting*. While quiet it keeps its last ``window`` values.
   around 0.12): single steps below the floor are sampling noise, a level that stays below it
   is a collapse. A drop to a constant is caught like a noisy decay (the level keeps falling
   until the window holds only collapsed values). Fires once, and re-arms when the level (or,
-  during an eruption, the value) climbs above ``collapse_rearm`` times the floor.
+  during an eruption, the value) climbs above ``collapse_rearm`` times the floor. A channel
+  whose reference is already within that band (``reference <= collapse_rearm * F``: the
+  session-7 agent's act and answer phases sit at 0.03 and 0.008 nats from step 1) starts
+  disarmed, as if it had collapsed: it has no height to collapse from, and a dip of its level
+  is noise (it raised 2 false collapses in 25 healthy steps); it arms once its level climbs
+  above ``collapse_rearm * F`` like a re-armed channel.
 - ``nonfinite``: any metric that is NaN or infinite (once, until it is finite again); the value
   is then treated as missing.
 
@@ -189,7 +194,8 @@ class ChannelState(NamedTuple):
     settle_level: float | None = None
     settle_before: tuple[tuple[str, float, int], ...] = ()
     collapsed: bool = False
-    """``collapse`` fired and has not re-armed."""
+    """``collapse`` fired, or the channel's reference was already at its floor (within
+    ``collapse_rearm`` times it), and the level has not since climbed above that band."""
     pending: tuple[tuple[int, float], ...] = ()
     """(step, value) of the latest steps above the rise threshold, awaiting ``confirm``."""
     pending_level: float | None = None
@@ -373,7 +379,7 @@ class Monitor:
         c = self.config
         alerts: list[Alert] = []
         if ch.collapsed and ch.reference is not None:
-            floor = max(c.collapse_floor, c.collapse_fraction * ch.reference)
+            floor = self._collapse_floor(ch.reference)
             # an erupting channel's values are confirmed (``confirm`` steps above its level)
             # but kept out of its quiet history: the value itself says whether it came back
             back = h if ch.erupting else _mean_of((*ch.history, h)[-c.collapse_window :])
@@ -431,7 +437,10 @@ class Monitor:
         hist = (*hist, h)[-c.window :]
         ch = ch._replace(history=hist)
         if ch.reference is None and len(hist) >= c.min_history:
-            ch = ch._replace(reference=statistics.median(hist[: c.min_history]))
+            ref = statistics.median(hist[: c.min_history])
+            # a channel that starts at its floor has nothing to collapse from: disarmed
+            at_floor = ref <= c.collapse_rearm * self._collapse_floor(ref)
+            ch = ch._replace(reference=ref, collapsed=ch.collapsed or at_floor)
         if ch.settle_end is not None:
             ch = ch._replace(settled=ch.settled + 1)
         if ch.settle_end is not None and ch.settled >= c.after_window:
@@ -627,6 +636,11 @@ class Monitor:
             _SUGGEST["divergence"].format(what=_what(name), onset=onset, why=reason),
         )  # fmt: skip
 
+    def _collapse_floor(self, reference: float) -> float:
+        """The collapse floor ``F`` of a channel with this reference level, nats."""
+        c = self.config
+        return max(c.collapse_floor, c.collapse_fraction * reference)
+
     def _collapse(
         self,
         ch: ChannelState,
@@ -639,7 +653,7 @@ class Monitor:
         c = self.config
         if ch.collapsed or ch.reference is None:
             return None
-        floor = max(c.collapse_floor, c.collapse_fraction * ch.reference)
+        floor = self._collapse_floor(ch.reference)
         m, k = c.collapse_window, c.trend_window
         if len(ch.history) < m + k:
             return None

@@ -501,6 +501,20 @@ def _mean_loss(model: LlamaForCausalLM, examples: Sequence[Example], pad_id: int
     return torch.nn.functional.cross_entropy(logits, target)
 
 
+def _copy_drills(tokenizer: PreTrainedTokenizerFast, rng: random.Random, n: int) -> list[Example]:
+    """``n`` copy drills (:func:`~agentropy.agent.tiny.corpus.copy_drill`), encoded."""
+    return [assistant_labels(tokenizer, copy_drill(rng)) for _ in range(n)]
+
+
+def _arith_drills(
+    tokenizer: PreTrainedTokenizerFast, rng: random.Random, n: int, *, max_operand: int
+) -> list[Example]:
+    """``n`` arithmetic drills (:func:`~agentropy.agent.tiny.corpus.arith_drill`), encoded."""
+    return [
+        assistant_labels(tokenizer, arith_drill(rng, max_operand=max_operand)) for _ in range(n)
+    ]
+
+
 def _last_turn_only(example: Example) -> Example:
     """``example`` with labels kept only on its last run of labelled tokens (the last turn)."""
     ids, labels = example
@@ -557,16 +571,12 @@ def polish(
         loss = torch.nn.functional.cross_entropy(logits, target)
         if recipe.drill_weight:
             if recipe.drill_mix:
-                drills = [
-                    assistant_labels(tokenizer, copy_drill(copy_rng))
-                    for _ in range(recipe.drill_mix)
-                ]
+                drills = _copy_drills(tokenizer, copy_rng, recipe.drill_mix)
                 loss = loss + recipe.drill_weight * _mean_loss(model, drills, pad_id)
             if recipe.arith_mix:
-                drills = [
-                    assistant_labels(tokenizer, arith_drill(arith_rng, max_operand=max_operand))
-                    for _ in range(recipe.arith_mix)
-                ]
+                drills = _arith_drills(
+                    tokenizer, arith_rng, recipe.arith_mix, max_operand=max_operand
+                )
                 loss = loss + recipe.drill_weight * _mean_loss(model, drills, pad_id)
             if recipe.decision_groups:
                 chats = decision_drills(
@@ -759,17 +769,14 @@ def fit(recipe: TinyRecipe, *, progress: bool) -> FitResult:
     max_operand = world.config.l0_max_operand
 
     def drill_loss(n: int) -> torch.Tensor:
-        drills = [assistant_labels(tokenizer, copy_drill(drill_rng)) for _ in range(n)]
-        loss = _mean_loss(model, drills, pad_id)
+        loss = _mean_loss(model, _copy_drills(tokenizer, drill_rng, n), pad_id)
         drill_losses.append(loss.item())
         return loss
 
     def arith_loss(n: int) -> torch.Tensor:
-        drills = [
-            assistant_labels(tokenizer, arith_drill(arith_rng, max_operand=max_operand))
-            for _ in range(n)
-        ]
-        return _mean_loss(model, drills, pad_id)
+        return _mean_loss(
+            model, _arith_drills(tokenizer, arith_rng, n, max_operand=max_operand), pad_id
+        )
 
     def advance(loss: float) -> None:
         bar.update(task_id, advance=1, loss=f"{loss:.3f}")

@@ -1,12 +1,16 @@
 """Fixtures and model builders shared across test files.
 
-Plain helpers (:func:`tiny_lm`, :func:`tool_tokenizer`, :data:`CALL_OK`, :data:`CALL_BAD`) are
+Plain helpers (:func:`tiny_lm`, :func:`tool_tokenizer`, :func:`load_experiment`, :data:`CALL_OK`,
+:data:`CALL_BAD`) are
 imported by test modules with ``from conftest import ...`` (pytest puts ``tests/`` on
 ``sys.path``), for module-level helpers that cannot take fixtures.
 """
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -14,6 +18,16 @@ import pytest
 #: Two whole tool calls (one readable, one cut off) that :func:`tool_tokenizer` makes single tokens.
 CALL_OK = '{"name":"lookup","arguments":{"entity":"Pata","attribute":"age"}}'
 CALL_BAD = '{"name":"lookup","argu'
+
+
+def load_experiment(name: str) -> ModuleType:
+    """The script ``experiments/<name>.py`` imported as a module (experiments/ is no package)."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"experiment_{name}", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def tool_tokenizer() -> Any:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -19,18 +17,9 @@ from agentropy.monitor.cycles import (
     step_noise,
 )
 from agentropy.monitor.synthetic import planted_series
+from conftest import load_experiment
 
-
-def _load() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "experiments" / "cycles.py"
-    spec = importlib.util.spec_from_file_location("cycles_script", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-script = _load()
+script = load_experiment("cycles")
 
 
 def _columns(rows: list[dict[str, float | None]]) -> dict[str, list[float | None]]:

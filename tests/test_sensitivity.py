@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -15,18 +12,9 @@ from hypothesis import strategies as st
 from agentropy.analysis.breath import BreathConfig
 from agentropy.errors import OutputError
 from agentropy.trace import Episode, ToolCall, TraceTable, Turn
+from conftest import load_experiment
 
-
-def _load() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "experiments" / "sensitivity.py"
-    spec = importlib.util.spec_from_file_location("sensitivity", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-sens = _load()
+sens = load_experiment("sensitivity")
 
 
 @settings(max_examples=50, deadline=None)

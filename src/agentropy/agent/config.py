@@ -39,6 +39,11 @@ class RunnerConfig:
     """Decoding steps a row may wait before its tool message (a block of many tokens) is fed,
     so that several rows' tool messages share one block instead of each padding the whole
     batch's cache by its length; 0 feeds every tool message at once."""
+    kv_cache: str = "growing"
+    """``"growing"``: each layer's keys/values live in a buffer with spare columns and a step's
+    block is written in place (:mod:`agentropy.agent.kvcache`); ``"dynamic"``: transformers'
+    ``DynamicCache``, which re-copies the whole cache with ``torch.cat`` at every step. Same
+    values either way; ``"dynamic"`` is kept for comparison (``benchmarks/bench_kvcache.py``)."""
 
     def __post_init__(self) -> None:
         for name in ("max_turns", "max_new_tokens", "max_tokens", "batch_size"):
@@ -54,4 +59,8 @@ class RunnerConfig:
         if not isinstance(self.hold_steps, int) or self.hold_steps < 0:
             raise ValueError(
                 f"RunnerConfig.hold_steps must be an integer >= 0 (steps), got {self.hold_steps!r}"
+            )
+        if self.kv_cache not in ("growing", "dynamic"):
+            raise ValueError(
+                f"RunnerConfig.kv_cache must be 'growing' or 'dynamic', got {self.kv_cache!r}"
             )

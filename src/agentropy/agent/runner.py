@@ -358,6 +358,7 @@ def _run_wave(
 ) -> list[_Row]:
     from transformers import DynamicCache
 
+    from agentropy.agent.kvcache import growing_cache
     from agentropy.entropy import step_entropy
     from agentropy.env.format import parse_assistant
 
@@ -371,7 +372,10 @@ def _run_wave(
     rows = [_new_row(i, tasks[i], tokenizer, world, tools, config.markers, seed) for i in wave]
     n = len(rows)
     state = schedule.init(n)
-    cache = DynamicCache(config=model.config)
+    if config.kv_cache == "growing":
+        cache = growing_cache(model.config)
+    else:
+        cache = DynamicCache(config=model.config)
     live = list(range(n))  # wave positions of the rows in the batch, in batch order
     attn = torch.zeros((n, 0), dtype=torch.long, device=device)
 

@@ -20,14 +20,20 @@ CALL_OK = '{"name":"lookup","arguments":{"entity":"Pata","attribute":"age"}}'
 CALL_BAD = '{"name":"lookup","argu'
 
 
-def load_experiment(name: str) -> ModuleType:
-    """The script ``experiments/<name>.py`` imported as a module (experiments/ is no package)."""
-    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"experiment_{name}", path)
+def load_script(folder: str, name: str) -> ModuleType:
+    """The script ``<folder>/<name>.py`` of the repository (``experiments``, ``benchmarks``: no
+    packages) imported as a module."""
+    path = Path(__file__).resolve().parents[1] / folder / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{folder}_{name}", path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def load_experiment(name: str) -> ModuleType:
+    """The script ``experiments/<name>.py`` imported as a module."""
+    return load_script("experiments", name)
 
 
 def tool_tokenizer() -> Any:

@@ -51,7 +51,13 @@ import numpy as np
 import torch
 
 from agentropy.agent.config import RunnerConfig
-from agentropy.control.base import StepObservation, TemperatureSchedule
+from agentropy.control.base import (
+    StepObservation,
+    TemperatureSchedule,
+    _extremes,
+    as_array,
+    state_arrays,
+)
 from agentropy.control.phases import IncrementalDecoder, PhaseMarkers, PhaseTracker
 from agentropy.trace import FAILED_STATUSES, Episode, Turn
 
@@ -371,7 +377,7 @@ def _run_wave(
 
     rows = [_new_row(i, tasks[i], tokenizer, world, tools, config.markers, seed) for i in wave]
     n = len(rows)
-    state = schedule.init(n)
+    state = _schedule_state(schedule, n)
     if config.kv_cache == "growing":
         cache = growing_cache(model.config)
     else:
@@ -425,28 +431,8 @@ def _run_wave(
         sampling = [live[j] for j in fed]  # wave positions of the rows that sample
 
         # ---- schedule: per-row temperatures from what we know before sampling
-        h = step_entropy(logits)  # (b,) model entropy, T = 1
-        live_t = torch.tensor(sampling, dtype=torch.long)
-        entropy_full = torch.zeros(n, dtype=torch.float32)
-        entropy_full[live_t] = h.cpu()
-        active = torch.zeros(n, dtype=torch.bool)
-        active[live_t] = True
-        obs = StepObservation(
-            phase=torch.tensor([r.tracker.phase for r in rows], dtype=torch.int64),
-            entropy=entropy_full,
-            prev_sampling_entropy=torch.tensor(
-                [r.prev_sampling_entropy for r in rows], dtype=torch.float32
-            ),
-            active=active,
-            reset=torch.tensor([r.fresh and not r.done for r in rows], dtype=torch.bool),
-        )
-        temps_full, state = schedule.update(state, obs)
-        temps_full = torch.as_tensor(temps_full, dtype=torch.float32).reshape(-1)
-        if temps_full.shape[0] != n:
-            raise ValueError(f"schedule returned {temps_full.shape[0]} temperatures for {n} rows")
-        temps = temps_full[live_t]
-        if not bool(torch.isfinite(temps).all()) or bool((temps < 0).any()):
-            raise ValueError(f"schedule returned invalid temperatures {temps.tolist()}")
+        h = step_entropy(logits)  # (b,) model entropy, T = 1 (recorded for every token)
+        temps, state = _schedule_step(schedule, state, rows, sampling, h)
         tokens, logprob, samp_ent = _sample(
             logits, temps.to(logits.device), [rows[i].generator for i in sampling]
         )
@@ -499,6 +485,55 @@ def _run_wave(
                 attn = attn[idx]
             live = [live[j] for j in keep]
     return rows
+
+
+def _schedule_step(
+    schedule: TemperatureSchedule,
+    state: Any,
+    rows: list[_Row],
+    sampling: list[int],
+    h: torch.Tensor,
+) -> tuple[torch.Tensor, Any]:
+    """The controller's part of one decoding step: the observation of every row of the wave,
+    the schedule's update, and the temperatures (f,) of the rows ``sampling`` (wave positions),
+    whose model entropies are ``h`` (f,); returns them with the schedule's new state.
+
+    The observation is built as NumPy arrays and a schedule with ``update_arrays`` (every
+    built-in one) steps on them, its state kept as arrays between steps (see
+    :func:`_schedule_state`): a (B,)-sized torch call costs several times a NumPy one, and this
+    runs once per generated token. Other schedules get tensors through ``update``.
+    """
+    n = len(rows)
+    idx = np.array(sampling, dtype=np.intp)
+    entropy = np.zeros(n, dtype=np.float32)
+    entropy[idx] = as_array(h.cpu())
+    active = np.zeros(n, dtype=bool)
+    active[idx] = True
+    phase: np.ndarray = np.array([r.tracker.phase for r in rows], dtype=np.int64)
+    prev: np.ndarray = np.array([r.prev_sampling_entropy for r in rows], dtype=np.float32)
+    reset: np.ndarray = np.array([r.fresh and not r.done for r in rows], dtype=bool)
+    obs = StepObservation(phase, entropy, prev, active, reset)
+    update_arrays = getattr(schedule, "update_arrays", None)
+    if update_arrays is not None:
+        temps_full, state = update_arrays(state, obs)
+    else:
+        t, state = schedule.update(state, StepObservation(*map(torch.from_numpy, obs)))
+        temps_full = as_array(torch.as_tensor(t, dtype=torch.float32).reshape(-1))
+    temps_full = np.asarray(temps_full, dtype=np.float32).reshape(-1)
+    if temps_full.shape[0] != n:
+        raise ValueError(f"schedule returned {temps_full.shape[0]} temperatures for {n} rows")
+    temps = temps_full[idx]
+    lo, hi = _extremes(temps, 0.0, 0.0)
+    if not (lo >= 0 and hi < math.inf):  # NaN fails both
+        raise ValueError(f"schedule returned invalid temperatures {temps.tolist()}")
+    return torch.from_numpy(temps), state
+
+
+def _schedule_state(schedule: TemperatureSchedule, n: int) -> Any:
+    """A new state for ``n`` rows, as :func:`_schedule_step` keeps it (NumPy arrays for a
+    schedule with ``update_arrays``, else the schedule's own tensors)."""
+    state = schedule.init(n)
+    return state_arrays(state) if hasattr(schedule, "update_arrays") else state
 
 
 def _hold(rows: list[_Row], live: list[int], lens: list[int], hold_steps: int) -> set[int]:

@@ -201,7 +201,7 @@ def table(title: str, rows: list[dict], extra: str | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", help="default cuda; without a GPU only --quick runs (on cpu)")
     ap.add_argument("--shape", default="8,4096,151936", help="B,T,V of the logits")
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     ap.add_argument("--repeats", type=int, default=5)
@@ -217,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
             QUICK["model_batch"],
             QUICK["model_len"],
         )
+    if args.device is None:
+        if not torch.cuda.is_available() and not args.quick:
+            print("bench_gpu: no CUDA device here; skipped (--quick --device cpu: a smoke run)")
+            return 0
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     shape = tuple(int(s) for s in args.shape.split(","))
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()

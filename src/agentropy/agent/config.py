@@ -44,6 +44,11 @@ class RunnerConfig:
     block is written in place (:mod:`agentropy.agent.kvcache`); ``"dynamic"``: transformers'
     ``DynamicCache``, which re-copies the whole cache with ``torch.cat`` at every step. Same
     values either way; ``"dynamic"`` is kept for comparison (``benchmarks/bench_kvcache.py``)."""
+    share_prompts: bool = True
+    """Rows of a wave with the same prompt (a GRPO group: one task, several rollouts) have it
+    prefilled once and the keys/values copied to each (needs ``kv_cache="growing"``); a wave
+    of distinct prompts is fed as before. Same episodes up to floating-point differences
+    from the prefill's batch shape."""
 
     def __post_init__(self) -> None:
         for name in ("max_turns", "max_new_tokens", "max_tokens", "batch_size"):

@@ -364,7 +364,7 @@ def _run_wave(
 ) -> list[_Row]:
     from transformers import DynamicCache
 
-    from agentropy.agent.kvcache import growing_cache
+    from agentropy.agent.kvcache import GrowingLayer, growing_cache
     from agentropy.entropy import step_entropy
     from agentropy.env.format import parse_assistant
 
@@ -384,6 +384,8 @@ def _run_wave(
         cache = DynamicCache(config=model.config)
     live = list(range(n))  # wave positions of the rows in the batch, in batch order
     attn = torch.zeros((n, 0), dtype=torch.long, device=device)
+    if config.share_prompts and all(type(x) is GrowingLayer for x in cache.layers):
+        attn = _prefill_shared_prompts(model, rows, cache, cache_kw, has_keep, pad_id, attn)
 
     while live:
         # ---- one block: each live row feeds its pending tokens, right-padded to width w
@@ -485,6 +487,57 @@ def _run_wave(
                 attn = attn[idx]
             live = [live[j] for j in keep]
     return rows
+
+
+def _prefill_shared_prompts(
+    model: Any,
+    rows: list[_Row],
+    cache: Any,
+    cache_kw: str,
+    has_keep: bool,
+    pad_id: int,
+    attn: torch.Tensor,
+) -> torch.Tensor:
+    """Prefill each distinct prompt of a fresh wave once and copy its keys/values to every row
+    that has it; return the wave's attention mask so far (B, columns).
+
+    Each distinct prompt but its last token is fed in one right-padded block (one row per
+    prompt, positions counted as in the main loop); the cache rows are then selected with
+    repeats (``batch_select_indices``), and each row keeps its prompt's last token pending, so
+    the main loop's first step feeds it and samples as before. A wave whose prompts are all
+    distinct is left alone (``attn`` returned as it came, nothing fed).
+    """
+    distinct: dict[tuple[int, ...], int] = {}
+    which = [distinct.setdefault(tuple(r.pending), len(distinct)) for r in rows]
+    prompts = list(distinct)
+    if len(prompts) == len(rows) or min(len(p) for p in prompts) < 2:
+        return attn
+    device = attn.device
+    w = max(len(p) for p in prompts) - 1
+    ids = torch.full((len(prompts), w), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), w), dtype=torch.long)
+    pos = torch.zeros((len(prompts), w), dtype=torch.long)
+    for k, p in enumerate(prompts):
+        m = len(p) - 1
+        ids[k, :m] = torch.tensor(p[:-1], dtype=torch.long)
+        mask[k, :m] = 1
+        pos[k, :m] = torch.arange(m)
+        pos[k, m:] = m - 1
+    kwargs: dict[str, Any] = {
+        "input_ids": ids.to(device),
+        "attention_mask": mask.to(device),
+        "position_ids": pos.to(device),
+        cache_kw: cache,
+        "use_cache": True,
+    }
+    if has_keep:
+        kwargs["logits_to_keep"] = 1  # no logits are read
+    model(**kwargs)
+    idx = torch.tensor(which, dtype=torch.long, device=device)
+    cache.batch_select_indices(idx)
+    for r in rows:
+        r.fed, r.pending = len(r.pending) - 1, r.pending[-1:]
+    return mask.to(device)[idx]
 
 
 def _schedule_step(

@@ -31,8 +31,14 @@ turns; TRL caps everything after the prompt (tool messages included) with
 set so that episodes can finish (``--turns`` turns, ``--length`` tokens); the rates above are per
 token and per tool call, so they compare the loops, not the budgets.
 
+``--inflate HIDDEN,LAYERS[,HEAD_DIM]`` runs both sides on a larger model that computes the
+embedded agent's function (``benchmarks/_inflate.py``: zero-padded width, heads and MLP units,
+extra layers that add 0 to the residual stream), so the loops are compared at a realistic
+model cost with the same tool-calling behaviour; the header gives its parameter count and its
+largest logit difference from the embedded agent (rounding only).
+
     AGENTROPY_HOME=... .venv/bin/python benchmarks/bench_multiturn_vs_trl.py \
-        [--tasks 4 --group 4 --turns 4 --length 160 --rounds 3 --steps 4]
+        [--tasks 4 --group 4 --turns 4 --length 160 --rounds 3 --steps 4 --inflate 512,8,64]
 """
 
 from __future__ import annotations
@@ -54,7 +60,9 @@ THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 LR = 1e-6
 
 
-def _agent() -> tuple[Any, Any]:
+def _agent(inflate: str | None = None) -> tuple[Any, Any]:
+    """The embedded agent and its tokenizer; with ``inflate`` (``--inflate``), the agent enlarged
+    by :func:`_inflate.inflate` (same function, a larger model's cost)."""
     import torch
 
     from agentropy import integrations as adapter
@@ -67,7 +75,36 @@ def _agent() -> tuple[Any, Any]:
     if not (path / "config.json").is_file():
         raise SystemExit(f"no embedded agent at {path}; run `agentropy bootstrap` first")
     model, tokenizer = tiny.load_agent(path)
+    if inflate:
+        model = _inflated(model, inflate)
     return model, adapter.prepare_tokenizer(tokenizer)
+
+
+def _inflated(model: Any, spec: str) -> Any:
+    """``model`` enlarged as ``HIDDEN,LAYERS[,HEAD_DIM]`` says (the same seed in every process,
+    so both trainers get the same weights)."""
+    from _inflate import inflate
+
+    hidden, layers, *head_dim = (int(x) for x in spec.split(","))
+    return inflate(model, hidden=hidden, layers=layers, head_dim=head_dim[0] if head_dim else None)
+
+
+def _inflation_record(args: argparse.Namespace) -> str:
+    """The header's line on the inflated model: its shape, parameter count, and how far its
+    logits are from the embedded agent's on real prompts."""
+    from _inflate import max_logit_diff, n_params, toolworld_prompts
+
+    small, tokenizer = _agent()
+    big = _inflated(small, args.inflate)
+    c = big.config
+    diff = max_logit_diff(small, big, toolworld_prompts(tokenizer, level=args.level, n=4))
+    return (
+        f"Inflated (`--inflate {args.inflate}`, benchmarks/_inflate.py): hidden {c.hidden_size}, "
+        f"{c.num_hidden_layers} layers, {c.num_attention_heads} heads x {c.head_dim}, MLP "
+        f"{c.intermediate_size}: {n_params(big):,} parameters (embedded agent: "
+        f"{n_params(small):,}); max |logit difference| vs the embedded agent on 4 level-"
+        f"{args.level} prompts: {diff:.1e} (fp32).\n"
+    )
 
 
 def _world_and_tasks(level: int, n: int) -> tuple[Any, list[Any]]:
@@ -208,7 +245,7 @@ def rollouts(args: argparse.Namespace) -> dict:
     from agentropy.agent.runner import RunnerConfig, rollout
     from agentropy.control.base import ConstantTemperature
 
-    model, tokenizer = _agent()
+    model, tokenizer = _agent(args.inflate)
     world, tasks = _world_and_tasks(args.level, args.tasks)
     batch = [t for t in tasks for _ in range(args.group)]
     ours_cfg = RunnerConfig(
@@ -307,7 +344,7 @@ def worker_ours(args: argparse.Namespace) -> None:
     import agentropy.rl.trainer as trainer_mod
     from agentropy.rl.config import TrainConfig
 
-    model, tokenizer = _agent()
+    model, tokenizer = _agent(args.inflate)
     baton = _Baton()
     inner = trainer_mod.rollout
 
@@ -361,7 +398,7 @@ def worker_trl(args: argparse.Namespace) -> None:
         def on_step_end(self, a, state, control, **kwargs):
             baton.end()
 
-    model, tokenizer = _agent()
+    model, tokenizer = _agent(args.inflate)
     world, tasks = _world_and_tasks(args.level, args.tasks * args.steps)
     model.train()
     with tempfile.TemporaryDirectory() as out:
@@ -373,6 +410,8 @@ def worker_trl(args: argparse.Namespace) -> None:
 
 def _worker_argv(kind: str, args: argparse.Namespace) -> list[str]:
     flags = [f"--{k}={getattr(args, k)}" for k in ("tasks", "group", "turns", "length", "steps")]
+    if args.inflate:
+        flags.append(f"--inflate={args.inflate}")
     return python_argv(__file__, f"--worker={kind}", f"--level={args.level}", *flags)
 
 
@@ -445,15 +484,23 @@ def main() -> None:
     ap.add_argument(
         "--steps", type=int, default=6, help="training steps per trainer, interleaved (0: skip)"
     )
+    ap.add_argument(
+        "--inflate",
+        default=None,
+        metavar="HIDDEN,LAYERS[,HEAD_DIM]",
+        help="run both sides on the embedded agent enlarged to this shape, computing the same "
+        "function (benchmarks/_inflate.py); default: the embedded agent as it is",
+    )
     ap.add_argument("--worker", choices=("ours", "trl"), default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         (worker_ours if args.worker == "ours" else worker_trl)(args)
         return
 
+    inflation = _inflation_record(args) if args.inflate else ""
     roll = rollouts(args) if args.rounds > 0 else {}
     steps = interleaved_steps(args) if args.steps > 2 else {}
-    _report(args, roll, steps)
+    _report(args, roll, steps, inflation)
 
 
 def _spread(xs: list[float], fmt: str = "{:,.1f}") -> str:
@@ -462,7 +509,7 @@ def _spread(xs: list[float], fmt: str = "{:,.1f}") -> str:
     return f"{fmt.format(med)} [{fmt.format(lo)}-{fmt.format(hi)}]"
 
 
-def _report(args: argparse.Namespace, roll: dict, steps: dict) -> None:
+def _report(args: argparse.Namespace, roll: dict, steps: dict, inflation: str = "") -> None:
     print(
         f"\n### Multi-turn vs TRL ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
         f"{platform.machine()} {os.cpu_count()} CPUs, {THREADS} thread(s) per process)\n"
@@ -472,6 +519,8 @@ def _report(args: argparse.Namespace, roll: dict, steps: dict) -> None:
         f"{args.group} = batch {args.tasks * args.group}, <= {args.turns} turns, budget "
         f"{args.length} tokens, T = 1.\n"
     )
+    if inflation:
+        print(inflation)
     if roll:
         n = len(roll["ours"])
         print(

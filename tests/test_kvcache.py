@@ -92,3 +92,43 @@ def test_rollouts_through_either_cache_are_the_same(tok: Any, arch: str) -> None
             np.testing.assert_allclose(ta.entropy, tb.entropy, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="kv_cache"):
         RunnerConfig(kv_cache="static")
+
+
+def test_shared_prompts_are_prefilled_once_and_change_no_episode(tok: Any) -> None:
+    """A wave of GRPO groups (each task repeated) prefills each distinct prompt once, then
+    samples the same episodes as feeding every row's prompt (fp64, so the prefill's batch shape
+    cannot flip a draw); a wave of distinct prompts feeds as before."""
+    world = ToolWorld(ToolWorldConfig())
+    tasks = world.tasks(split="test", level=2, n=2, seed=0)
+    model = tiny_lm(tok, seed=3, layers=2, head_dim=8).to(torch.float64)
+    batches: list[int] = []
+    model.register_forward_pre_hook(
+        lambda m, a, kw: batches.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+    cfg: dict[str, Any] = dict(
+        max_turns=3, max_new_tokens=16, max_tokens=40, batch_size=6, record_inputs=True
+    )
+    group = [t for t in tasks for _ in range(3)]
+    sched = ConstantTemperature(1.0)
+    runs = []
+    for share in (True, False):
+        batches.clear()
+        runs.append(
+            rollout(
+                model,
+                tok,
+                world,
+                group,
+                schedule=sched,
+                config=RunnerConfig(**cfg, share_prompts=share),
+                seed=4,
+            )
+        )
+        assert batches[0] == (2 if share else 6)
+    assert [e.meta["input_ids"] for e in runs[0]] == [e.meta["input_ids"] for e in runs[1]]
+    for a, b in zip(*runs, strict=True):
+        for ta, tb in zip(a.assistant_turns, b.assistant_turns, strict=True):
+            np.testing.assert_allclose(ta.logprob, tb.logprob, rtol=1e-9, atol=1e-12)
+    batches.clear()
+    rollout(model, tok, world, tasks, schedule=sched, config=RunnerConfig(**cfg), seed=4)
+    assert batches[0] == 2  # distinct prompts: one block of both, as before

@@ -47,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 COEF = 0.01  # entropy coefficient of the loss in parts 2 and 3
 ERR_ROWS = 256  # rows compared against fp64
-QUICK = {"shape": "2,128,4096", "model_batch": 2, "model_len": 64}
+QUICK = {"shape": "2,64,2048", "model_batch": 2, "model_len": 32}
 
 
 def _sync(device: torch.device) -> None:
@@ -152,7 +152,7 @@ def part_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtyp
 
     if args.quick:
         cfg = Qwen3Config(
-            vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
         )  # fmt: skip
         torch.manual_seed(0)

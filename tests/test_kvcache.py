@@ -19,10 +19,11 @@ from agentropy.env.toolworld import ToolWorld, ToolWorldConfig
 from conftest import tiny_lm, tool_tokenizer
 
 # One step of the layer API: ("update", block width), ("select", kept rows), ("crop", -n).
+# crop(0) is a no-op in transformers 5.24 and crops to length 0 in 5.0 (the lowest we support).
 _op = st.one_of(
     st.tuples(st.just("update"), st.integers(1, 300)),
     st.tuples(st.just("select"), st.lists(st.integers(0, 3), min_size=1, max_size=4)),
-    st.tuples(st.just("crop"), st.integers(-5, 0)),
+    st.tuples(st.just("crop"), st.integers(-5, -1)),
 )
 
 

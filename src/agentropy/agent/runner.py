@@ -395,38 +395,26 @@ def _run_wave(
         for j in held:
             lens[j] = 0
         w = max(lens)
-        ids = torch.full((b, w), pad_id, dtype=torch.long)
-        mask = torch.zeros((b, w), dtype=torch.long)
-        pos = torch.zeros((b, w), dtype=torch.long)
+        # A held row feeds nothing this step (padding only, at its last position).
+        ids, mask, pos = _block(
+            [(rows[i].pending if lens[j] else [], rows[i].fed) for j, i in enumerate(live)],
+            pad_id,
+        )
         for j, i in enumerate(live):
             row, k = rows[i], lens[j]
-            if k == 0:  # held: padding only, at its last position (it has real tokens before)
-                pos[j, :] = row.fed - 1
+            if k == 0:
                 row.held += 1
-                continue
-            ids[j, :k] = torch.tensor(row.pending, dtype=torch.long)
-            mask[j, :k] = 1
-            # Positions count real tokens only; padding repeats the last one (it is masked).
-            pos[j, :k] = torch.arange(row.fed, row.fed + k)
-            pos[j, k:] = row.fed + k - 1
-            row.fed += k
-            row.pending = []
-            row.held = 0
+            else:
+                row.fed += k
+                row.pending = []
+                row.held = 0
         attn = torch.cat([attn, mask.to(device)], dim=1)
         fed = [j for j in range(b) if lens[j]]  # rows that sample this step
         fed_t = torch.tensor(fed, dtype=torch.long)
         last = torch.tensor([lens[j] for j in fed]) - 1  # column of each row's last real token
         keep_cols = torch.unique(last)  # sorted
-        kwargs: dict[str, Any] = {
-            "input_ids": ids.to(device),
-            "attention_mask": attn,
-            "position_ids": pos.to(device),
-            cache_kw: cache,
-            "use_cache": True,
-        }
-        if has_keep:
-            kwargs["logits_to_keep"] = keep_cols.to(device) if len(keep_cols) < w else 0
-        out = model(**kwargs)
+        keep = (keep_cols.to(device) if len(keep_cols) < w else 0) if has_keep else None
+        out = _forward(model, cache_kw, cache, ids.to(device), attn, pos.to(device), keep)
         logits = out.logits
         col = torch.searchsorted(keep_cols, last) if has_keep and len(keep_cols) < w else last
         logits = logits[fed_t.to(logits.device), col.to(logits.device)].float()  # (f, V) fp32
@@ -513,31 +501,59 @@ def _prefill_shared_prompts(
     if len(prompts) == len(rows) or min(len(p) for p in prompts) < 2:
         return attn
     device = attn.device
-    w = max(len(p) for p in prompts) - 1
-    ids = torch.full((len(prompts), w), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), w), dtype=torch.long)
-    pos = torch.zeros((len(prompts), w), dtype=torch.long)
-    for k, p in enumerate(prompts):
-        m = len(p) - 1
-        ids[k, :m] = torch.tensor(p[:-1], dtype=torch.long)
-        mask[k, :m] = 1
-        pos[k, :m] = torch.arange(m)
-        pos[k, m:] = m - 1
-    kwargs: dict[str, Any] = {
-        "input_ids": ids.to(device),
-        "attention_mask": mask.to(device),
-        "position_ids": pos.to(device),
-        cache_kw: cache,
-        "use_cache": True,
-    }
-    if has_keep:
-        kwargs["logits_to_keep"] = 1  # no logits are read
-    model(**kwargs)
+    ids, mask, pos = _block([(list(p[:-1]), 0) for p in prompts], pad_id)
+    mask = mask.to(device)
+    keep = 1 if has_keep else None  # no logits are read
+    _forward(model, cache_kw, cache, ids.to(device), mask, pos.to(device), keep)
     idx = torch.tensor(which, dtype=torch.long, device=device)
     cache.batch_select_indices(idx)
     for r in rows:
         r.fed, r.pending = len(r.pending) - 1, r.pending[-1:]
-    return mask.to(device)[idx]
+    return mask[idx]
+
+
+def _block(
+    feeds: list[tuple[list[int], int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One right-padded block ``(ids, attention mask, position ids)``, each (B, W) int64, W the
+    longest feed: row j feeds the tokens ``feeds[j][0]`` at positions from ``feeds[j][1]``.
+    Positions count real tokens only; padding (mask 0) repeats the row's last position (the one
+    before ``feeds[j][1]`` for a row that feeds nothing)."""
+    b, w = len(feeds), max(len(t) for t, _ in feeds)
+    ids = torch.full((b, w), pad_id, dtype=torch.long)
+    mask = torch.zeros((b, w), dtype=torch.long)
+    pos = torch.zeros((b, w), dtype=torch.long)
+    for j, (tokens, start) in enumerate(feeds):
+        k = len(tokens)
+        if k:
+            ids[j, :k] = torch.tensor(tokens, dtype=torch.long)
+            mask[j, :k] = 1
+            pos[j, :k] = torch.arange(start, start + k)
+        pos[j, k:] = start + k - 1
+    return ids, mask, pos
+
+
+def _forward(
+    model: Any,
+    cache_kw: str,
+    cache: Any,
+    ids: torch.Tensor,
+    attn: torch.Tensor,
+    pos: torch.Tensor,
+    keep: torch.Tensor | int | None,
+) -> Any:
+    """The model's output for one block fed into ``cache`` (``attn``: the mask of every column
+    so far); ``keep`` is ``logits_to_keep`` (None: a model without it)."""
+    kwargs: dict[str, Any] = {
+        "input_ids": ids,
+        "attention_mask": attn,
+        "position_ids": pos,
+        cache_kw: cache,
+        "use_cache": True,
+    }
+    if keep is not None:
+        kwargs["logits_to_keep"] = keep
+    return model(**kwargs)
 
 
 def _schedule_step(
